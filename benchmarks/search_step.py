@@ -1,0 +1,109 @@
+"""Search step speed: the full supernet vs the same supernet pruned to ~30% of its FLOPs.
+
+Prints, side by side in one run: median step time (one forward + one backward + both
+optimizer steps, as in the search), images/s, achieved GFLOP/s (3 x forward FLOPs per image,
+the usual forward + backward estimate) and its ratio to a large float32 matmul's GFLOP/s on
+the same machine (the practical peak).
+
+    python benchmarks/search_step.py                 # the default digits space
+    python benchmarks/search_step.py --input-size 32 --channels 16 --cells 8 --batch 64
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from goldnas_ray.config import Config  # noqa: E402
+from goldnas_ray.search import GoldSearch  # noqa: E402
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def prune_to(search: GoldSearch, fraction: float, seed: int = 0) -> None:
+    """Prune random operators (never a node's last input) until FLOPs <= fraction x full."""
+    model = search.model
+    rng = random.Random(seed)
+    while model.flops() > fraction * model.full_flops:
+        keys = model.alive_ops()
+        per_node: dict = {}
+        for k in keys:
+            per_node[(k.cell, k.dst)] = per_node.get((k.cell, k.dst), 0) + 1
+        candidates = [k for k in keys if per_node[(k.cell, k.dst)] > 1 and model.part_flops.get(k, 0) > 0]
+        if not candidates:
+            break
+        model.prune([rng.choice(candidates)])
+    search._rebuild_optimizers()
+
+
+def time_steps(search: GoldSearch, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int = 3) -> list[float]:
+    search.model.train()
+    for _ in range(warmup):
+        search.train_step(x, y)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        search.train_step(x, y)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cells", type=int, default=Config().space.num_cells)
+    p.add_argument("--channels", type=int, default=Config().space.init_channels)
+    p.add_argument("--input-size", type=int, default=8)
+    p.add_argument("--in-channels", type=int, default=1)
+    p.add_argument("--batch", type=int, default=Config().data.batch_size)
+    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--fraction", type=float, default=0.3)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = Config().override([f"space.num_cells={args.cells}", f"space.init_channels={args.channels}"]).validate()
+    shape = (args.in_channels, args.input_size, args.input_size)
+    x = torch.randn(args.batch, *shape)
+    y = torch.randint(0, 10, (args.batch,))
+
+    peak = matmul_gflops()
+    rows = []
+    for label in ("full", f"pruned to {int(args.fraction * 100)}%"):
+        search = GoldSearch(cfg, shape, 10)
+        search.schedule.lam = 0.1  # include the cost term, as in a real search epoch
+        if label != "full":
+            prune_to(search, args.fraction)
+        times = time_steps(search, x, y, args.steps)
+        med = statistics.median(times)
+        flops = search.model.flops()
+        achieved = 3 * flops * args.batch / med / 1e9
+        rows.append((label, flops, len(search.model.alive_ops()), med, args.batch / med, achieved))
+
+    print(f"space: {args.cells} cells, {args.channels} channels, input {shape}, batch {args.batch}, "
+          f"{args.threads} threads; median of {args.steps} steps")
+    print(f"peak: 2048x2048 float32 matmul {peak:.1f} GFLOP/s")
+    print(f"{'supernet':<16}{'MFLOPs/img':>11}{'ops':>6}{'step ms':>10}{'img/s':>9}{'GFLOP/s':>9}{'of peak':>9}")
+    for label, flops, ops, med, ips, achieved in rows:
+        print(f"{label:<16}{flops / 1e6:>11.3f}{ops:>6}{med * 1e3:>10.1f}{ips:>9.0f}{achieved:>9.2f}"
+              f"{achieved / peak:>9.1%}")
+    full, pruned = rows
+    print(f"pruned/full: FLOPs {pruned[1] / full[1]:.2f}, step time {pruned[3] / full[3]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Run configuration: one dataclass per concern, loadable from YAML, overridable from the CLI.
+
+Every value is validated by :func:`Config.validate` before any model is built, and each error
+names the offending field (``search.xi_min``), so a typo never costs compute.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from goldnas_ray.operations import PRIMITIVES
+
+COSTS = ("flops", "params", "ops")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+@dataclass
+class SpaceConfig:
+    """The relaxed search space (DESIGN.md section 2)."""
+
+    num_cells: int = 6
+    num_nodes: int = 4
+    init_channels: int = 8
+    stem_multiplier: int = 3
+    operators: list[str] = field(default_factory=lambda: ["skip_connect", "sep_conv_3x3"])
+    auxiliary: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Where images come from. ``digits`` ships inside scikit-learn; ``cifar10`` reads the
+    binary release from ``root`` (downloading it only when ``download`` is true)."""
+
+    dataset: str = "digits"
+    root: str = "data"
+    download: bool = False
+    batch_size: int = 64
+    cutout: int = 0
+
+
+@dataclass
+class SearchConfig:
+    """One-level optimisation, gradual pruning and the variable resource constraint
+    (DESIGN.md sections 3 and 4)."""
+
+    max_epochs: int = 80
+    # weights
+    w_lr: float = 0.05
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    # architecture parameters
+    a_lr: float = 1.0
+    a_momentum: float = 0.9
+    a_weight_decay: float = 0.0
+    auxiliary_weight: float = 0.4
+    # resource constraint
+    cost: str = "flops"
+    ops_cost_k: float = 10.0
+    lambda0: float = 0.002
+    c0: float = 2.0
+    # pruning
+    xi_min: float = 0.01
+    xi_max: float = 0.05
+    n0: int = 4
+    t0: int = 3
+    # stop when the live FLOPs fall to flops_min (absolute) or, when it is unset,
+    # to flops_min_ratio x the full supernet's FLOPs
+    flops_min: float | None = None
+    flops_min_ratio: float = 0.3
+
+
+@dataclass
+class Config:
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    seed: int = 0
+
+    # ---- I/O -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> "Config":
+        cfg = cls()
+        apply_dict(cfg, raw or {}, prefix="")
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping, got {type(raw).__name__}")
+        return cls.from_dict(raw)
+
+    def override(self, assignments: list[str]) -> "Config":
+        """Apply ``section.key=value`` strings (values parsed as YAML scalars)."""
+        for item in assignments:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like section.key=value")
+            key, value = item.split("=", 1)
+            nested: Any = yaml.safe_load(value)
+            for part in reversed(key.strip().split(".")):
+                nested = {part: nested}
+            apply_dict(self, nested, prefix="")
+        return self
+
+    # ---- validation ------------------------------------------------------------------
+    def validate(self) -> "Config":
+        s, d, q = self.space, self.data, self.search
+        _positive_int("space.num_cells", s.num_cells)
+        _positive_int("space.num_nodes", s.num_nodes)
+        _positive_int("space.init_channels", s.init_channels)
+        _positive_int("space.stem_multiplier", s.stem_multiplier)
+        if not s.operators:
+            raise ConfigError("space.operators must name at least one operator")
+        for op in s.operators:
+            if op not in PRIMITIVES:
+                raise ConfigError(
+                    f"space.operators: unknown operator {op!r}; known: {', '.join(PRIMITIVES)}"
+                )
+        if len(set(s.operators)) != len(s.operators):
+            raise ConfigError("space.operators lists an operator twice")
+        if d.dataset not in ("digits", "cifar10"):
+            raise ConfigError(f"data.dataset: unknown dataset {d.dataset!r}; known: digits, cifar10")
+        _positive_int("data.batch_size", d.batch_size)
+        if d.cutout < 0:
+            raise ConfigError(f"data.cutout must be >= 0, got {d.cutout}")
+        _positive_int("search.max_epochs", q.max_epochs)
+        for name in ("w_lr", "a_lr", "c0"):
+            if not getattr(q, name) > 0:
+                raise ConfigError(f"search.{name} must be > 0, got {getattr(q, name)}")
+        if q.c0 <= 1:
+            raise ConfigError(f"search.c0 must be > 1 (lambda must grow), got {q.c0}")
+        for name in ("w_momentum", "a_momentum"):
+            if not 0 <= getattr(q, name) < 1:
+                raise ConfigError(f"search.{name} must be in [0, 1), got {getattr(q, name)}")
+        for name in ("w_weight_decay", "a_weight_decay", "grad_clip", "auxiliary_weight"):
+            if getattr(q, name) < 0:
+                raise ConfigError(f"search.{name} must be >= 0, got {getattr(q, name)}")
+        if not q.lambda0 > 0:
+            raise ConfigError(f"search.lambda0 must be > 0, got {q.lambda0}")
+        if q.cost not in COSTS:
+            raise ConfigError(f"search.cost: unknown cost {q.cost!r}; known: {', '.join(COSTS)}")
+        if not 0 <= q.xi_min < 1:
+            raise ConfigError(f"search.xi_min must be in [0, 1), got {q.xi_min}")
+        if not 0 <= q.xi_max < 1:
+            raise ConfigError(f"search.xi_max must be in [0, 1), got {q.xi_max}")
+        if q.xi_min > q.xi_max:
+            raise ConfigError(f"search.xi_min ({q.xi_min}) must not exceed search.xi_max ({q.xi_max})")
+        _positive_int("search.n0", q.n0)
+        if not isinstance(q.t0, int) or q.t0 < 0:
+            raise ConfigError(f"search.t0 must be an integer >= 0, got {q.t0!r}")
+        if q.flops_min is not None and not q.flops_min > 0:
+            raise ConfigError(f"search.flops_min must be > 0, got {q.flops_min}")
+        if not 0 < q.flops_min_ratio < 1:
+            raise ConfigError(f"search.flops_min_ratio must be in (0, 1), got {q.flops_min_ratio}")
+        return self
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def apply_dict(target: Any, raw: dict[str, Any], prefix: str) -> None:
+    """Copy ``raw`` onto dataclass ``target``, rejecting unknown keys and wrong types."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"unknown config field {name!r}; known: {', '.join(fields)}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            apply_dict(current, value, prefix=f"{name}.")
+            continue
+        setattr(target, key, _coerce(name, current, value, fields[key].type))
+
+
+def _coerce(name: str, current: Any, value: Any, annotation: Any) -> Any:
+    optional = "None" in str(annotation)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name} may not be null")
+    if isinstance(current, bool) or "bool" == str(annotation):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if isinstance(current, int) and not isinstance(current, bool) and "float" not in str(annotation):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+    if isinstance(current, float) or "float" in str(annotation):
+        if isinstance(value, str):  # YAML 1.1 reads "1e12" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(current, list):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a list of names, got {value!r}")
+        return list(value)
+    if isinstance(current, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return value
+    return value

@@ -1,0 +1,52 @@
+"""The discrete network of one architecture, built from its genotype for retraining."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from goldnas_ray.genotype import Genotype
+from goldnas_ray.network import Network
+from goldnas_ray.operations import OPS
+
+
+def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Zero whole samples of a branch with probability ``drop_prob`` (rescaling survivors)."""
+    if drop_prob <= 0.0:
+        return x
+    keep = 1.0 - drop_prob
+    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x * mask / keep
+
+
+class PlainEdge(nn.Module):
+    """Sum of the edge's operators; drop-path on every operator but the identity (DARTS)."""
+
+    def __init__(self, ops: tuple[str, ...], c: int, stride: int, affine: bool):
+        super().__init__()
+        self.ops = nn.ModuleDict({name: OPS[name](c, stride, affine) for name in ops})
+        self.drop_prob = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = None
+        for op in self.ops.values():
+            y = op(x)
+            if self.training and self.drop_prob > 0 and not isinstance(op, nn.Identity):
+                y = drop_path(y, self.drop_prob)
+            out = y if out is None else out + y
+        return out
+
+
+class DiscreteNet(Network):
+    def __init__(self, geno: Genotype, auxiliary: bool = False):
+        super().__init__(geno, affine=True, edge_factory=PlainEdge, auxiliary=auxiliary)
+        self.genotype = geno
+
+    def set_drop_path(self, prob: float) -> None:
+        for module in self.modules():
+            if isinstance(module, PlainEdge):
+                module.drop_prob = prob
+
+
+def build_network(geno: Genotype, auxiliary: bool = False) -> DiscreteNet:
+    """The trainable network of ``geno`` (its FLOPs are the FLOPs recorded for it)."""
+    return DiscreteNet(geno, auxiliary=auxiliary)

@@ -1,0 +1,202 @@
+"""Genotypes: plain data describing one architecture of the relaxed space, stored as JSON.
+
+A genotype holds everything needed to rebuild the network (operators per edge of every
+cell, reduction flags, channels, nodes, input size, classes). Files are versioned and
+checked on load; every problem is reported with its location (``cells[3].edges[2].ops``).
+Never pickle: genotypes are exchanged between runs, people and tools.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from goldnas_ray.operations import PRIMITIVES
+from goldnas_ray.space import Edge, OpKey, cell_edges, check_spatial
+
+FORMAT = "goldnas-ray/genotype"
+VERSION = 1
+
+
+class GenotypeError(ValueError):
+    """A genotype file or dict is malformed; the message says where."""
+
+
+@dataclass
+class CellGenotype:
+    reduction: bool
+    edges: dict[Edge, tuple[str, ...]]  # only edges that keep at least one operator
+
+    def uses_input(self, node: int) -> bool:
+        return any(e.src == node for e in self.edges)
+
+
+@dataclass
+class Genotype:
+    cells: list[CellGenotype]
+    num_nodes: int
+    init_channels: int
+    stem_multiplier: int
+    input_size: int
+    in_channels: int
+    num_classes: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_cells(self) -> int:
+        return len(self.cells)
+
+    def op_keys(self) -> list[OpKey]:
+        return [OpKey(k, e.src, e.dst, op)
+                for k, cell in enumerate(self.cells) for e, ops in cell.edges.items() for op in ops]
+
+    def live_cells(self) -> list[bool]:
+        """Which cells feed the classifier; a cell whose output no later live cell reads
+        is dead: the network neither builds nor runs it."""
+        n = self.num_cells
+        live = [False] * n
+        for k in reversed(range(n)):
+            if k == n - 1:
+                live[k] = True
+            else:
+                nxt = live[k + 1] and self.cells[k + 1].uses_input(1)
+                nxt2 = k + 2 < n and live[k + 2] and self.cells[k + 2].uses_input(0)
+                live[k] = nxt or nxt2
+        return live
+
+    # ---- JSON --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "num_cells": self.num_cells,
+            "num_nodes": self.num_nodes,
+            "init_channels": self.init_channels,
+            "stem_multiplier": self.stem_multiplier,
+            "input_size": self.input_size,
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "cells": [
+                {
+                    "reduction": cell.reduction,
+                    "edges": [{"src": e.src, "dst": e.dst, "ops": list(ops)}
+                              for e, ops in sorted(cell.edges.items())],
+                }
+                for cell in self.cells
+            ],
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "Genotype":
+        return _parse(raw)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.replace(path)
+
+
+def load_genotype(path: str | Path) -> Genotype:
+    """Read and validate a genotype JSON file."""
+    path = Path(path)
+    if not path.is_file():
+        raise GenotypeError(f"genotype file {path} does not exist")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GenotypeError(f"genotype file {path} is not valid JSON: {exc}") from exc
+    try:
+        return _parse(raw)
+    except GenotypeError as exc:
+        raise GenotypeError(f"genotype file {path}: {exc}") from None
+
+
+def _int(raw: dict, name: str, minimum: int = 1) -> int:
+    if name not in raw:
+        raise GenotypeError(f"missing field {name!r}")
+    value = raw[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise GenotypeError(f"field {name!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _parse(raw: Any) -> Genotype:
+    if not isinstance(raw, dict):
+        raise GenotypeError(f"a genotype must be a JSON object, got {type(raw).__name__}")
+    if raw.get("format") != FORMAT:
+        raise GenotypeError(f"field 'format' must be {FORMAT!r}, got {raw.get('format')!r}")
+    if raw.get("version") != VERSION:
+        raise GenotypeError(f"unsupported version {raw.get('version')!r}; this release reads {VERSION}")
+    num_nodes = _int(raw, "num_nodes")
+    num_cells = _int(raw, "num_cells")
+    sizes = {name: _int(raw, name) for name in
+             ("init_channels", "stem_multiplier", "input_size", "in_channels", "num_classes")}
+    if sizes["num_classes"] < 2:
+        raise GenotypeError("field 'num_classes' must be at least 2")
+    cells_raw = raw.get("cells")
+    if not isinstance(cells_raw, list) or len(cells_raw) != num_cells:
+        raise GenotypeError(f"field 'cells' must be a list of num_cells={num_cells} cells")
+    valid_edges = set(cell_edges(num_nodes))
+    cells = []
+    for k, cell_raw in enumerate(cells_raw):
+        where = f"cells[{k}]"
+        if not isinstance(cell_raw, dict) or not isinstance(cell_raw.get("reduction"), bool):
+            raise GenotypeError(f"{where} must be an object with a boolean 'reduction'")
+        edges_raw = cell_raw.get("edges")
+        if not isinstance(edges_raw, list):
+            raise GenotypeError(f"{where}.edges must be a list")
+        edges: dict[Edge, tuple[str, ...]] = {}
+        for i, e in enumerate(edges_raw):
+            ew = f"{where}.edges[{i}]"
+            if not isinstance(e, dict) or not all(isinstance(e.get(f), int) for f in ("src", "dst")):
+                raise GenotypeError(f"{ew} must be an object with integer 'src' and 'dst'")
+            edge = Edge(e["src"], e["dst"])
+            if edge not in valid_edges:
+                raise GenotypeError(
+                    f"{ew}: no edge {edge.src}->{edge.dst} in a cell with {num_nodes} nodes "
+                    f"(src must be < dst, dst in 2..{num_nodes + 1})")
+            if edge in edges:
+                raise GenotypeError(f"{ew}: edge {edge.src}->{edge.dst} listed twice")
+            ops = e.get("ops")
+            if not isinstance(ops, list) or not ops:
+                raise GenotypeError(f"{ew}.ops must be a non-empty list of operator names")
+            for op in ops:
+                if op not in PRIMITIVES:
+                    raise GenotypeError(f"{ew}.ops: unknown operator {op!r}; known: {', '.join(PRIMITIVES)}")
+            if len(set(ops)) != len(ops):
+                raise GenotypeError(f"{ew}.ops lists an operator twice")
+            edges[edge] = tuple(ops)
+        for dst in range(2, num_nodes + 2):
+            if not any(e.dst == dst for e in edges):
+                raise GenotypeError(f"{where}: node {dst} has no input edge")
+        cells.append(CellGenotype(cell_raw["reduction"], edges))
+    metadata = raw.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise GenotypeError("field 'metadata' must be an object")
+    for name in ("flops", "params"):
+        if name in metadata and not (isinstance(metadata[name], (int, float))
+                                     and math.isfinite(metadata[name]) and metadata[name] > 0):
+            raise GenotypeError(f"metadata.{name} must be a positive number, got {metadata[name]!r}")
+    geno = Genotype(cells, num_nodes, metadata=metadata, **sizes)
+    try:
+        check_reductions(geno)
+    except ValueError as exc:
+        raise GenotypeError(str(exc)) from None
+    return geno
+
+
+def check_reductions(geno: Genotype) -> None:
+    """Reduction flags must sit where the space puts them, at sizes that halve evenly."""
+    from goldnas_ray.space import reduction_cells
+
+    expected = reduction_cells(geno.num_cells)
+    for k, cell in enumerate(geno.cells):
+        if cell.reduction != (k in expected):
+            raise ValueError(f"cells[{k}].reduction is {cell.reduction}; with {geno.num_cells} cells "
+                             f"the reduction cells are {sorted(expected)}")
+    check_spatial(geno.input_size, geno.num_cells)

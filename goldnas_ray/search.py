@@ -1,0 +1,229 @@
+"""GOLD-NAS search: one-level optimisation with gradual, resource-constrained pruning.
+
+Bi, Xie, Chen, Wei, Tian. "GOLD-NAS: Gradual, One-Level, Differentiable", 2020.
+
+Each step is ONE forward and ONE backward on a training batch; the same gradients update the
+weights (SGD) and the alphas (their own SGD). Loss = CE (+ aux) + lambda * cost(alpha).
+Once per epoch: prune (see :func:`select_prunes`), record an architecture that held still for
+more than t0 epochs, move lambda (see :class:`LambdaSchedule`), stop at flops_min or
+max_epochs. :class:`GoldSearch` holds the whole state and saves / restores it exactly.
+This module is pure PyTorch: the Ray Train loop and the local loop both drive it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from goldnas_ray.config import Config
+from goldnas_ray.cost import count_params
+from goldnas_ray.discrete import build_network
+from goldnas_ray.genotype import Genotype
+from goldnas_ray.schedule import LambdaSchedule, ParetoRecorder, select_prunes
+from goldnas_ray.space import OpKey
+from goldnas_ray.supernet import SuperNet
+
+STATE_VERSION = 1
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    images: int
+    seconds: float
+
+
+class GoldSearch:
+    """The search state: supernet, optimizers, lambda schedule, recorder, counters."""
+
+    def __init__(self, cfg: Config, input_shape: tuple[int, int, int], num_classes: int,
+                 device: torch.device | str = "cpu"):
+        cfg.validate()
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        torch.manual_seed(cfg.seed)
+        s = cfg.space
+        self.model = SuperNet(s.num_cells, s.num_nodes, s.operators, s.init_channels,
+                              input_size=input_shape[1], in_channels=input_shape[0],
+                              num_classes=num_classes, stem_multiplier=s.stem_multiplier,
+                              auxiliary=s.auxiliary).to(self.device)
+        q = cfg.search
+        self.flops_min = q.flops_min if q.flops_min is not None else q.flops_min_ratio * self.model.full_flops
+        if self.flops_min >= self.model.full_flops:
+            raise ValueError(f"search.flops_min ({self.flops_min:.4g}) must be below the full "
+                             f"supernet's FLOPs ({self.model.full_flops:.4g})")
+        self.schedule = LambdaSchedule(q.lambda0, q.c0, q.n0)
+        self.recorder = ParetoRecorder(q.t0)
+        self.epoch = 0  # epochs completed
+        self.finished = False
+        self.history: list[dict[str, Any]] = []
+        self.w_opt, self.a_opt = self._make_optimizers()
+
+    # ---- optimizers --------------------------------------------------------------------
+    def _make_optimizers(self) -> tuple[torch.optim.SGD, torch.optim.SGD]:
+        q = self.cfg.search
+        w_opt = torch.optim.SGD(self.model.weight_parameters(), lr=q.w_lr, momentum=q.w_momentum,
+                                weight_decay=q.w_weight_decay)
+        a_opt = torch.optim.SGD(self.model.arch_parameters(), lr=q.a_lr, momentum=q.a_momentum,
+                                weight_decay=q.a_weight_decay)
+        return w_opt, a_opt
+
+    def _rebuild_optimizers(self) -> None:
+        """New optimizers over the surviving parameters, keeping their momentum."""
+        old_w, old_a = self.w_opt, self.a_opt
+        self.w_opt, self.a_opt = self._make_optimizers()
+        for old, new in ((old_w, self.w_opt), (old_a, self.a_opt)):
+            for group in new.param_groups:
+                for p in group["params"]:
+                    if p in old.state:
+                        new.state[p] = old.state[p]
+
+    # ---- training ----------------------------------------------------------------------
+    @property
+    def lam(self) -> float:
+        return self.schedule.lam
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, net: nn.Module | None = None
+                   ) -> tuple[float, int]:
+        """One forward + one backward; updates weights and alphas. Returns (loss, correct)."""
+        net = net if net is not None else self.model
+        q = self.cfg.search
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        logits, aux = net(x, with_aux=True)
+        loss = F.cross_entropy(logits, y)
+        if aux is not None and q.auxiliary_weight > 0:
+            loss = loss + q.auxiliary_weight * F.cross_entropy(aux, y)
+        total = loss
+        if self.lam > 0:
+            total = loss + self.lam * self.model.expected_cost(q.cost, q.ops_cost_k)
+        self.w_opt.zero_grad(set_to_none=True)
+        self.a_opt.zero_grad(set_to_none=True)
+        total.backward()
+        if q.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.w_opt.param_groups[0]["params"], q.grad_clip)
+        self.w_opt.step()
+        self.a_opt.step()
+        correct = int((logits.detach().argmax(1) == y).sum())
+        return float(loss.detach()), correct
+
+    def train_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                    net: nn.Module | None = None) -> EpochStats:
+        self.model.train()
+        start = time.perf_counter()
+        loss_sum, correct, images = 0.0, 0, 0
+        for x, y in batches:
+            loss, c = self.train_step(x, y, net)
+            loss_sum += loss * len(y)
+            correct += c
+            images += len(y)
+        seconds = time.perf_counter() - start
+        return EpochStats(loss_sum / max(images, 1), correct / max(images, 1), images, seconds)
+
+    # ---- per-epoch decisions -----------------------------------------------------------
+    def decide_prunes(self) -> list[OpKey]:
+        q = self.cfg.search
+        return select_prunes(self.model.pruning_weights(), q.xi_min, q.xi_max, q.n0)
+
+    def end_epoch(self, stats: EpochStats, prunes: list[OpKey] | None = None) -> dict[str, Any]:
+        """Record, prune, move lambda and check the stop rule; returns the history row.
+
+        ``prunes`` lets a distributed caller pass the decision made on rank 0 so that every
+        rank prunes exactly the same operators; by default it is decided here.
+        """
+        prunes = self.decide_prunes() if prunes is None else [OpKey(*k) for k in prunes]
+        self.epoch += 1
+        lam_used, delta_used = self.schedule.lam, self.schedule.delta
+        recorded = []
+        if self.recorder.end_epoch(will_change=bool(prunes)):
+            recorded.append(self._record())
+        if prunes:
+            self.model.prune(prunes)
+            self._rebuild_optimizers()
+            self.recorder.changed()
+        self.schedule.update(len(prunes))
+        flops = self.model.flops()
+        if flops <= self.flops_min or self.epoch >= self.cfg.search.max_epochs:
+            self.finished = True
+            recorded.append(self._record())
+        row = {
+            "epoch": self.epoch,
+            "lambda": lam_used,
+            "delta": delta_used,
+            "flops": flops,
+            "params": sum(p.numel() for p in self.model.weight_parameters()),
+            "alive_ops": len(self.model.alive_ops()),
+            "pruned": len(prunes),
+            "loss": stats.loss,
+            "accuracy": stats.accuracy,
+            "seconds": stats.seconds,
+            "images_per_second": stats.images / stats.seconds if stats.seconds > 0 else 0.0,
+            "recorded": ",".join(r for r in recorded if r),
+        }
+        self.history.append(row)
+        return row
+
+    def _record(self) -> str | None:
+        """Record the current architecture (skipped when its FLOPs equal the last record's,
+        e.g. when only free skip connections were pruned since)."""
+        flops = self.model.flops()
+        records = self.recorder.records
+        if records and records[-1]["flops"] <= flops:
+            return None
+        geno = self.model.genotype()
+        arch_id = f"arch-{len(records):03d}"
+        params = count_params(build_network(geno))
+        geno.metadata = {"id": arch_id, "epoch": self.epoch, "flops": flops, "params": params,
+                         "lambda": self.schedule.lam, "alive_ops": len(self.model.alive_ops())}
+        records.append({"id": arch_id, "epoch": self.epoch, "flops": flops, "params": params,
+                        "lambda": self.schedule.lam, "alive_ops": len(self.model.alive_ops()),
+                        "genotype": geno.to_dict()})
+        return arch_id
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.recorder.records
+
+    # ---- state -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "config": self.cfg.to_dict(),
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "epoch": self.epoch,
+            "finished": self.finished,
+            "genotype": self.model.genotype().to_dict(),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "w_opt": self.w_opt.state_dict(),
+            "a_opt": self.a_opt.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "recorder": self.recorder.state_dict(),
+            "history": list(self.history),
+            "rng": torch.get_rng_state(),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> "GoldSearch":
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"checkpoint version {state.get('version')!r} is not {STATE_VERSION}")
+        search = cls(Config.from_dict(state["config"]), tuple(state["input_shape"]),
+                     state["num_classes"], device)
+        search.model.restrict_to(Genotype.from_dict(state["genotype"]))
+        search.model.load_state_dict(state["model"])
+        search.w_opt, search.a_opt = search._make_optimizers()
+        search.w_opt.load_state_dict(state["w_opt"])
+        search.a_opt.load_state_dict(state["a_opt"])
+        search.schedule.load_state_dict(state["schedule"])
+        search.recorder.load_state_dict(state["recorder"])
+        search.epoch = int(state["epoch"])
+        search.finished = bool(state["finished"])
+        search.history = list(state["history"])
+        torch.set_rng_state(state["rng"])
+        return search

@@ -1,0 +1,187 @@
+"""The GOLD-NAS supernet: every (cell, edge, operator) gated by its own sigmoid(alpha).
+
+Edge output = sum over alive operators o of sigmoid(alpha_o) * o(x). Sigmoid, not softmax:
+operators do not compete, so any subset of an edge's operators may survive. Pruning an
+operator deletes its module and its alpha (so the optimizers lose them too) and the forward
+pass never calls it again: a smaller supernet is a cheaper step. Batch norm inside the cells
+has no affine parameters, as in DARTS's search.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+
+from goldnas_ray.cost import count_flops
+from goldnas_ray.genotype import CellGenotype, Genotype
+from goldnas_ray.network import Cell, Network
+from goldnas_ray.operations import OPS
+from goldnas_ray.space import Edge, OpKey, cell_edges, check_spatial, log10_space_size, reduction_cells
+
+
+class GatedEdge(nn.Module):
+    def __init__(self, ops: tuple[str, ...], c: int, stride: int, affine: bool):
+        super().__init__()
+        self.ops = nn.ModuleDict({name: OPS[name](c, stride, affine) for name in ops})
+        self.alphas = nn.ParameterDict({name: nn.Parameter(torch.zeros(())) for name in ops})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = None
+        for name, op in self.ops.items():
+            y = torch.sigmoid(self.alphas[name]) * op(x)
+            out = y if out is None else out + y
+        return out
+
+    def remove(self, op: str) -> None:
+        del self.ops[op]
+        del self.alphas[op]
+
+
+def full_genotype(num_cells: int, num_nodes: int, operators: Iterable[str], init_channels: int,
+                  stem_multiplier: int, input_size: int, in_channels: int, num_classes: int) -> Genotype:
+    """The whole relaxed space as one genotype: every operator on every edge of every cell."""
+    ops = tuple(operators)
+    reductions = reduction_cells(num_cells)
+    cells = [CellGenotype(k in reductions, {e: ops for e in cell_edges(num_nodes)})
+             for k in range(num_cells)]
+    return Genotype(cells, num_nodes, init_channels, stem_multiplier, input_size, in_channels, num_classes)
+
+
+class SuperNet(Network):
+    def __init__(self, num_cells: int, num_nodes: int, operators: Iterable[str], init_channels: int,
+                 input_size: int, in_channels: int, num_classes: int, stem_multiplier: int = 3,
+                 auxiliary: bool = False):
+        check_spatial(input_size, num_cells)
+        geno = full_genotype(num_cells, num_nodes, operators, init_channels, stem_multiplier,
+                             input_size, in_channels, num_classes)
+        super().__init__(geno, affine=False, edge_factory=GatedEdge, auxiliary=auxiliary)
+        self._geno = geno
+        self.operators = tuple(operators)
+        self.input_shape = (in_channels, input_size, input_size)
+        self.log10_size = log10_space_size(num_cells, num_nodes, len(self.operators))
+        # Per-part cost tables, measured once on the full supernet (shapes never change).
+        labels: dict[nn.Module, object] = {self.stem: "stem", self.classifier: "classifier"}
+        self.op_params: dict[object, int] = {}
+        for k, cell in enumerate(self.cells):
+            for name, module in cell.pre.items():
+                labels[module] = ("pre", k, int(name[1]))
+            for key, op_module in self._op_modules():
+                labels[op_module] = key
+        for module, label in labels.items():
+            self.op_params[label] = sum(p.numel() for p in module.parameters())
+        self.part_flops = count_flops(self, self.input_shape, labels)
+        self.full_flops = self.flops()
+        self.full_params = sum(self.op_params.values())
+        self.num_ops_full = len(self.alive_ops())
+
+    # ---- structure ---------------------------------------------------------------------
+    def _op_modules(self) -> Iterator[tuple[OpKey, nn.Module]]:
+        for k, cell in enumerate(self.cells):
+            if not self.live[k]:
+                continue
+            for edge_key, edge in cell.edges.items():
+                src, dst = (int(v) for v in edge_key[1:].split("_"))
+                for op, module in edge.ops.items():
+                    yield OpKey(k, src, dst, op), module
+
+    def alive_ops(self) -> list[OpKey]:
+        """Alive operators of the live cells, in a fixed order."""
+        return [key for key, _ in self._op_modules()]
+
+    def alpha(self, key: OpKey) -> nn.Parameter:
+        return self.cells[key.cell].edges[key.edge.key].alphas[key.op]
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alpha(key) for key in self.alive_ops()]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def genotype(self) -> Genotype:
+        return copy.deepcopy(self._geno)
+
+    # ---- cost --------------------------------------------------------------------------
+    def flops(self) -> int:
+        """FLOPs of the current (pruned) network on one image; equal to the FLOPs of the
+        discrete network built from :meth:`genotype`."""
+        total = self.part_flops.get("stem", 0) + self.part_flops.get("classifier", 0)
+        for k, cell in enumerate(self.cells):
+            if self.live[k]:
+                total += sum(self.part_flops.get(("pre", k, int(n[1])), 0) for n in cell.pre)
+        return total + sum(self.part_flops.get(key, 0) for key in self.alive_ops())
+
+    def expected_cost(self, kind: str = "flops", ops_k: float = 10.0) -> torch.Tensor:
+        """Differentiable resource term, normalised by the full supernet's value.
+
+        flops / params: sum over alive o of sigmoid(alpha_o) * cost(o), over the full network's
+        FLOPs (or parameters). ops: sum over alive o of log(1 + k * w_o) with w_o the pruning
+        weight (sigmoid normalised within the node), over the number of operators in the full
+        supernet; it ignores how expensive an operator is.
+        """
+        keys = self.alive_ops()
+        gates = torch.sigmoid(torch.stack([self.alpha(k) for k in keys]))
+        if kind == "ops":
+            weights = gates / self._node_sums(keys, gates)
+            return torch.log1p(ops_k * weights).sum() / self.num_ops_full
+        if kind == "flops":
+            table, norm = self.part_flops, self.full_flops
+        elif kind == "params":
+            table, norm = self.op_params, self.full_params
+        else:
+            raise ValueError(f"unknown cost {kind!r}")
+        costs = torch.tensor([float(table.get(k, 0)) for k in keys], device=gates.device)
+        return (gates * costs).sum() / norm
+
+    @staticmethod
+    def _node_sums(keys: list[OpKey], gates: torch.Tensor) -> torch.Tensor:
+        nodes = {}
+        index = torch.tensor([nodes.setdefault((k.cell, k.dst), len(nodes)) for k in keys],
+                             device=gates.device)
+        sums = torch.zeros(len(nodes), device=gates.device, dtype=gates.dtype).index_add(0, index, gates)
+        return sums[index]
+
+    @torch.no_grad()
+    def pruning_weights(self) -> dict[OpKey, float]:
+        """sigmoid(alpha_o) divided by the sum of sigmoid(alpha) entering the same node."""
+        keys = self.alive_ops()
+        gates = torch.sigmoid(torch.stack([self.alpha(k) for k in keys]).float())
+        weights = (gates / self._node_sums(keys, gates)).cpu().tolist()
+        return dict(zip(keys, weights))
+
+    # ---- pruning -----------------------------------------------------------------------
+    def prune(self, keys: Iterable[OpKey]) -> None:
+        """Remove operators; cells whose output nobody reads any more are removed whole."""
+        keys = list(keys)
+        for key in keys:
+            cell_geno = self._geno.cells[key.cell]
+            ops = cell_geno.edges.get(key.edge, ())
+            if key.op not in ops:
+                raise KeyError(f"operator {key} is not alive")
+            remaining = tuple(o for o in ops if o != key.op)
+            if not remaining and not any(e.dst == key.dst and e != key.edge for e in cell_geno.edges):
+                raise ValueError(f"cannot prune {key}: it is the last input of node {key.dst}")
+            cell = self.cells[key.cell]
+            edge_module = cell.edges[key.edge.key]
+            edge_module.remove(key.op)
+            if remaining:
+                cell_geno.edges[key.edge] = remaining
+            else:
+                del cell_geno.edges[key.edge]
+                del cell.edges[key.edge.key]
+        for k in {key.cell for key in keys}:
+            if isinstance(self.cells[k], Cell):
+                self.cells[k].refresh()
+        self.live = self._geno.live_cells()
+        for k, live in enumerate(self.live):
+            if not live and isinstance(self.cells[k], Cell):
+                self.cells[k] = nn.Identity()
+        if self.aux_head is not None and not self.live[self.aux_index]:
+            self.aux_head = None
+
+    def restrict_to(self, geno: Genotype) -> None:
+        """Prune everything that ``geno`` does not keep (used to restore a saved search)."""
+        keep = set(geno.op_keys())
+        self.prune([key for key in self._geno.op_keys() if key not in keep])

@@ -1,0 +1,72 @@
+"""Run a GOLD-NAS search.
+
+    python pipelines/search.py --local                 # in this process, embedded defaults
+    python pipelines/search.py --local --smoke-test    # a run of seconds
+    python pipelines/search.py --local --config cfg.yaml --set search.lambda0=0.02
+
+Writes frontier.json, genotypes/, history.parquet and checkpoints/ under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from goldnas_ray.artifacts import OutputDirError  # noqa: E402
+from goldnas_ray.config import Config, ConfigError  # noqa: E402
+from goldnas_ray.data import DataError  # noqa: E402
+
+SMOKE = ["space.num_cells=3", "space.init_channels=4", "search.max_epochs=3",
+         "search.lambda0=1.0", "search.xi_max=0.2", "search.t0=0", "data.batch_size=128"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder; must not exist or be empty unless --resume "
+                        "(default: runs/search-<date>-<time>)")
+    p.add_argument("--config", type=Path, help="YAML file with space/data/search sections")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. search.lambda0=0.02 (repeatable)")
+    p.add_argument("--seed", type=int, help="random seed (config: seed)")
+    p.add_argument("--max-epochs", type=int, help="stop after this many epochs (config: search.max_epochs)")
+    p.add_argument("--smoke-test", action="store_true", help="a tiny search that runs in seconds")
+    p.add_argument("--resume", action="store_true", help="continue the search stored in --out")
+    p.add_argument("--local", action="store_true", help="run in this process, without Ray")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    cfg = Config.from_yaml(args.config) if args.config else Config()
+    overrides = list(SMOKE) if args.smoke_test else []
+    overrides += args.overrides
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.max_epochs is not None:
+        overrides.append(f"search.max_epochs={args.max_epochs}")
+    return cfg.override(overrides).validate()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.out is None:
+        if args.resume:
+            print("error: --resume needs --out, the folder of the search to continue", file=sys.stderr)
+            return 2
+        args.out = Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
+    try:
+        cfg = None if args.resume else build_config(args)
+        from goldnas_ray.runner import run_local
+
+        run_local(cfg, args.out, resume=args.resume)
+    except (ConfigError, OutputDirError, DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

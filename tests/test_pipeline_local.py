@@ -1,0 +1,54 @@
+"""pipelines/search.py --local, run as a user runs it."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "pipelines" / "search.py"), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_smoke_run_writes_the_contract_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "run"
+    proc = run("--local", "--smoke-test", "--out", str(out), "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "search space: 10^" in proc.stdout and "epoch   1/3" in proc.stdout
+    frontier = json.loads((out / "frontier.json").read_text())
+    assert frontier["config"]["seed"] == 3 and frontier["finished"] is True
+    assert frontier["architectures"] and all((out / a["genotype"]).is_file() for a in frontier["architectures"])
+    assert (out / "history.parquet").is_file() and (out / "checkpoints" / "latest.pt").is_file()
+    before = (out / "frontier.json").read_bytes()
+
+    again = run("--local", "--smoke-test", "--out", str(out))
+    assert again.returncode == 2 and "already exists and is not empty" in again.stderr
+    assert (out / "frontier.json").read_bytes() == before
+
+    # resuming a finished search changes nothing and says so
+    resumed = run("--local", "--resume", "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert json.loads((out / "frontier.json").read_text())["architectures"] == frontier["architectures"]
+
+
+def test_bad_input_fails_before_training(tmp_path):
+    proc = run("--local", "--out", str(tmp_path / "x"), "--set", "search.xi_min=0.9")
+    assert proc.returncode == 2 and "search.xi_min" in proc.stderr
+    assert not (tmp_path / "x").exists()
+    proc = run("--local", "--resume", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "not a search output folder" in proc.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("space:\n  operators: [conv_9x9]\n")
+    proc = run("--local", "--config", str(bad), "--out", str(tmp_path / "y"))
+    assert proc.returncode == 2 and "unknown operator 'conv_9x9'" in proc.stderr
+
+
+def test_core_modules_import_neither_ray_nor_mlflow():
+    code = ("import sys, goldnas_ray, goldnas_ray.runner, goldnas_ray.artifacts; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow')]; print(bad)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -1,0 +1,117 @@
+"""Supernet structure, FLOPs against torch's own counter, pruning, gradients."""
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from goldnas_ray import build_network
+from goldnas_ray.cost import count_params, total_flops
+from goldnas_ray.operations import PRIMITIVES
+from goldnas_ray.space import OpKey, cell_edges, log10_space_size
+from goldnas_ray.supernet import SuperNet
+
+
+def torch_flops(model, shape, **kw):
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *shape), **kw)
+    return counter.get_total_flops()
+
+
+def test_space_size_matches_the_paper():
+    assert len(cell_edges(4)) == 14
+    # 2 operators x 14 edges x 14 cells: about 10^118; x 20 cells: about 10^168
+    assert round(log10_space_size(14, 4, 2)) == 118
+    assert round(log10_space_size(20, 4, 2)) == 169 or round(log10_space_size(20, 4, 2)) == 168
+
+
+@pytest.mark.parametrize("cells,nodes,ops,c,size,in_ch", [
+    (3, 4, ("skip_connect", "sep_conv_3x3"), 4, 8, 1),
+    (5, 3, PRIMITIVES, 6, 16, 3),
+    (8, 4, ("skip_connect", "sep_conv_3x3", "dil_conv_5x5"), 8, 32, 3),
+])
+def test_flops_agree_with_flop_counter_mode(cells, nodes, ops, c, size, in_ch):
+    net = SuperNet(cells, nodes, ops, c, input_size=size, in_channels=in_ch, num_classes=10)
+    shape = (in_ch, size, size)
+    assert net.flops() == torch_flops(net, shape)
+    # prune a third of the operators (never a node's last input) and compare again
+    keys = net.alive_ops()
+    doomed, seen = [], set()
+    for key in keys[::3]:
+        node = (key.cell, key.dst)
+        if sum(1 for k in keys if (k.cell, k.dst) == node) - sum(1 for d in doomed if (d.cell, d.dst) == node) > 1:
+            doomed.append(key)
+    net.prune(doomed)
+    counted = torch_flops(net, shape)
+    assert abs(net.flops() - counted) <= 0.01 * counted
+    assert net.flops() == counted
+    # the discrete network of the pruned genotype has exactly the same FLOPs
+    discrete = build_network(net.genotype())
+    assert total_flops(discrete, shape) == counted == torch_flops(discrete, shape)
+
+
+def test_every_parameter_gets_a_gradient():
+    net = SuperNet(3, 4, PRIMITIVES, 4, input_size=8, in_channels=1, num_classes=10, auxiliary=True)
+    net.train()
+    logits, aux = net(torch.randn(4, 1, 8, 8), with_aux=True)
+    loss = logits.sum() + aux.sum() + net.expected_cost("flops")
+    loss.backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert missing == []
+    assert all(float(p.grad.abs()) > 0 for p in net.arch_parameters())
+
+
+def test_pruning_removes_modules_parameters_and_cost():
+    net = SuperNet(3, 4, ("skip_connect", "sep_conv_3x3"), 4, input_size=8, in_channels=1, num_classes=10)
+    n_params, flops, n_ops = sum(p.numel() for p in net.parameters()), net.flops(), len(net.alive_ops())
+    victim = OpKey(0, 0, 2, "sep_conv_3x3")
+    net.prune([victim])
+    assert victim not in net.alive_ops() and len(net.alive_ops()) == n_ops - 1
+    assert "sep_conv_3x3" not in net.cells[0].edges["e0_2"].ops
+    assert sum(p.numel() for p in net.parameters()) < n_params
+    assert net.flops() < flops
+    # the forward pass no longer calls the module: it has no hook left to fire
+    assert all(victim.op not in n for n, _ in net.cells[0].edges["e0_2"].named_modules())
+    with pytest.raises(KeyError):
+        net.prune([victim])
+
+
+def test_node_keeps_working_and_last_input_is_protected():
+    net = SuperNet(3, 4, ("skip_connect", "sep_conv_3x3"), 4, input_size=8, in_channels=1, num_classes=10)
+    # node 2 of cell 1 has edges from nodes 0 and 1, two operators each: leave one
+    net.prune([OpKey(1, 0, 2, "skip_connect"), OpKey(1, 0, 2, "sep_conv_3x3"),
+               OpKey(1, 1, 2, "skip_connect")])
+    assert [k for k in net.alive_ops() if k.cell == 1 and k.dst == 2] == [OpKey(1, 1, 2, "sep_conv_3x3")]
+    assert torch.isfinite(net(torch.randn(2, 1, 8, 8))).all()
+    with pytest.raises(ValueError, match="last input"):
+        net.prune([OpKey(1, 1, 2, "sep_conv_3x3")])
+
+
+def test_unused_cell_input_and_dead_cells_are_removed():
+    net = SuperNet(3, 2, ("skip_connect",), 4, input_size=8, in_channels=1, num_classes=10)
+    # last cell reads only its s0 input (cell 0's output): cell 1 becomes dead
+    net.prune([OpKey(2, 1, 2, "skip_connect"), OpKey(2, 1, 3, "skip_connect"),
+               OpKey(2, 2, 3, "skip_connect")])
+    assert "s1" not in net.cells[2].pre
+    assert net.live == [True, False, True]
+    assert all(k.cell != 1 for k in net.alive_ops())
+    shape = (1, 8, 8)
+    assert net.flops() == torch_flops(net, shape)
+    discrete = build_network(net.genotype())
+    assert total_flops(discrete, shape) == net.flops()
+    assert count_params(discrete) < count_params(build_network(SuperNet(
+        3, 2, ("skip_connect",), 4, input_size=8, in_channels=1, num_classes=10).genotype()))
+
+
+def test_expected_cost_is_normalised_and_differentiable():
+    net = SuperNet(3, 4, ("skip_connect", "sep_conv_3x3"), 4, input_size=8, in_channels=1, num_classes=10)
+    for kind in ("flops", "params", "ops"):
+        cost = net.expected_cost(kind)
+        assert 0 < float(cost.detach()) < 1
+        if kind == "ops":  # normalised within nodes: equal gates give a zero gradient
+            continue
+        grads = torch.autograd.grad(cost, net.arch_parameters(), allow_unused=True)
+        sep = [g for g, k in zip(grads, net.alive_ops()) if k.op == "sep_conv_3x3"]
+        assert all(g is not None and float(g) > 0 for g in sep)
+    # all gates at 0.5: FLOPs cost = 0.5 * (operator FLOPs) / total FLOPs
+    op_flops = sum(net.part_flops.get(k, 0) for k in net.alive_ops())
+    assert float(net.expected_cost("flops")) == pytest.approx(0.5 * op_flops / net.full_flops, rel=1e-6)
