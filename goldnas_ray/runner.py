@@ -49,10 +49,18 @@ def describe_start(search: GoldSearch, dataset: Dataset | str, workers: int = 1)
 
 
 def run_local(cfg: Config | None, out: Path, resume: bool = False,
-              log: Callable[[str], None] = print, device: str = "cpu") -> GoldSearch:
+              log: Callable[[str], None] = print, device: str = "cpu",
+              mlflow_uri: str | None = None, experiment: str = "goldnas-search",
+              tracking: bool = False) -> GoldSearch:
     """Run (or resume) a whole search in this process, writing the output files each epoch."""
     out = Path(out)
     artifacts.check_out_dir(out, resume)
+    uri = None
+    if tracking:
+        from goldnas_ray.tracking import check_uri, resolve_uri
+
+        uri = resolve_uri(out, mlflow_uri)
+        check_uri(uri)
     if resume:
         state = artifacts.load_checkpoint(out / artifacts.CHECKPOINT)
         cfg = Config.from_dict(state["config"]).validate()
@@ -66,6 +74,15 @@ def run_local(cfg: Config | None, out: Path, resume: bool = False,
         search = GoldSearch(cfg, data.input_shape, data.num_classes, device)
         out.mkdir(parents=True, exist_ok=True)
     info = run_info(search, data.name, workers=1)
+    tracker = None
+    if uri:
+        from goldnas_ray.tracking import SearchTracker
+
+        run_id = artifacts.read_frontier(out).get("mlflow_run_id") if resume else None
+        tags = {"space_log10_size": f"{search.model.log10_size:.2f}", "dataset": data.name,
+                "workers": "1", "goldnas.out": str(out.resolve())}
+        tracker = SearchTracker(uri, experiment, out.name, cfg.to_dict(), tags, run_id=run_id)
+        info |= {"mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": uri}
     log(describe_start(search, data))
     started = time.perf_counter()
     while not search.finished:
@@ -77,10 +94,15 @@ def run_local(cfg: Config | None, out: Path, resume: bool = False,
         state = search.state_dict()
         artifacts.save_checkpoint(out, state)
         artifacts.write_outputs(out, state, info)
+        if tracker is not None:
+            tracker.log_epoch(row)
         log(format_epoch(row, cfg.search.max_epochs, search.model.full_flops))
     if not resume or search.history:
         state = search.state_dict()
         artifacts.write_outputs(out, state, info)
+    if tracker is not None:
+        tracker.log_outputs(out)
+        tracker.finish()
     log(f"search finished after {search.epoch} epochs ({time.perf_counter() - started:.0f}s here); "
         f"{len(search.records)} architectures recorded in {out / artifacts.FRONTIER}")
     return search

@@ -1,6 +1,8 @@
 """Run a GOLD-NAS search.
 
-    python pipelines/search.py --local                 # in this process, embedded defaults
+    python pipelines/search.py                         # Ray Train (local Ray, or RAY_ADDRESS)
+    ray job submit --working-dir . -- python pipelines/search.py --workers 2
+    python pipelines/search.py --local                 # in this process, no Ray
     python pipelines/search.py --local --smoke-test    # a run of seconds
     python pipelines/search.py --local --config cfg.yaml --set search.lambda0=0.02
 
@@ -36,6 +38,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke-test", action="store_true", help="a tiny search that runs in seconds")
     p.add_argument("--resume", action="store_true", help="continue the search stored in --out")
     p.add_argument("--local", action="store_true", help="run in this process, without Ray")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default 1)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="GPUs per worker; > 0 trains on CUDA with NCCL (default 0: CPU, gloo)")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="worker-group restarts Ray Train may make after a failure (default 2)")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
+                                        "else sqlite:///<out>/mlflow.db)")
+    p.add_argument("--experiment", default="goldnas-search", help="MLflow experiment name")
+    p.add_argument("--no-mlflow", action="store_true", help="do not track the run in MLflow")
     return p.parse_args(argv)
 
 
@@ -59,10 +71,19 @@ def main(argv: list[str] | None = None) -> int:
         args.out = Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
     try:
         cfg = None if args.resume else build_config(args)
-        from goldnas_ray.runner import run_local
+        if args.local:
+            from goldnas_ray.runner import run_local
 
-        run_local(cfg, args.out, resume=args.resume)
-    except (ConfigError, OutputDirError, DataError, ValueError) as exc:
+            run_local(cfg, args.out, resume=args.resume, mlflow_uri=args.mlflow_uri,
+                      experiment=args.experiment, tracking=not args.no_mlflow)
+        else:
+            from goldnas_ray.ray_driver import run_ray
+
+            run_ray(cfg, args.out, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                    gpus_per_worker=args.gpus_per_worker, resume=args.resume,
+                    mlflow_uri=args.mlflow_uri, experiment=args.experiment,
+                    max_failures=args.max_failures, tracking=not args.no_mlflow)
+    except (ConfigError, OutputDirError, DataError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,132 @@
+"""MLflow tracking of a search: one run, config as params, per-epoch metrics, artifacts.
+
+Written by rank 0 only, through ``MlflowClient`` (no global fluent state on the workers).
+Default store: ``sqlite:///<out>/mlflow.db``, unless --mlflow-uri or MLFLOW_TRACKING_URI.
+"""
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+METRICS = {  # history column -> MLflow metric name
+    "lambda": "lambda",
+    "delta": "delta_lambda",
+    "flops": "flops",
+    "params": "params",
+    "alive_ops": "alive_ops",
+    "pruned": "pruned_ops",
+    "loss": "train_loss",
+    "accuracy": "train_acc",
+    "seconds": "epoch_seconds",
+    "images_per_second": "images_per_second",
+}
+
+
+class TrackingError(ValueError):
+    """The MLflow tracking URI cannot be used."""
+
+
+def resolve_uri(out: Path, uri: str | None) -> str:
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{(Path(out) / 'mlflow.db').resolve()}"
+
+
+def check_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast when an http(s) tracking server does not answer."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise TrackingError(f"MLflow server {uri} answered {resp.status} on /health")
+        except (urllib.error.URLError, OSError) as exc:
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable: {exc}") from exc
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = str(v)
+    return flat
+
+
+class SearchTracker:
+    def __init__(self, uri: str, experiment: str, run_name: str, config: dict[str, Any],
+                 tags: dict[str, str], run_id: str | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=uri)
+        self.uri = uri
+        if run_id is None:
+            exp = self.client.get_experiment_by_name(experiment)
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
+            self.run_id = run.info.run_id
+            from mlflow.entities import Param
+
+            params = [Param(k, v[:6000]) for k, v in _flatten(config).items()]
+            for i in range(0, len(params), 100):
+                self.client.log_batch(self.run_id, params=params[i:i + 100])
+        else:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        metrics = [Metric(name, float(row[col]), ts, int(row["epoch"])) for col, name in METRICS.items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def log_outputs(self, out: Path) -> None:
+        out = Path(out)
+        for name in ("frontier.json", "history.parquet", "config.yaml"):
+            if (out / name).is_file():
+                self.client.log_artifact(self.run_id, str(out / name))
+        if (out / "genotypes").is_dir():
+            self.client.log_artifacts(self.run_id, str(out / "genotypes"), "genotypes")
+        for png in write_plots(out):
+            self.client.log_artifact(self.run_id, str(png), "plots")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def write_plots(out: Path) -> list[Path]:
+    """lambda and FLOPs over epochs, recorded architectures marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    hist_path = Path(out) / "history.parquet"
+    if not hist_path.is_file():
+        return []
+    hist = pd.read_parquet(hist_path)
+    rec = hist[hist["recorded"].astype(str) != ""]
+    paths = []
+    for col, label, fname, log in (("lambda", "lambda", "lambda.png", True),
+                                   ("flops", "MFLOPs per image", "flops.png", False)):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        scale = 1e-6 if col == "flops" else 1.0
+        ax.plot(hist["epoch"], hist[col] * scale, lw=1.5)
+        ax.scatter(rec["epoch"], rec[col] * scale, color="C3", zorder=3, label="recorded architecture")
+        if log and (hist[col] > 0).any():
+            ax.set_yscale("symlog", linthresh=max(float(hist[col][hist[col] > 0].min()), 1e-6))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.legend(loc="best")
+        fig.tight_layout()
+        path = Path(out) / "plots" / fname
+        path.parent.mkdir(exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
