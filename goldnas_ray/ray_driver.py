@@ -8,6 +8,7 @@ place the requested workers.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +28,8 @@ def connect(log: Callable[[str], None] = print) -> dict[str, float]:
     import ray
 
     address = os.environ.get("RAY_ADDRESS")
+    if address:
+        check_address(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=True)
@@ -38,6 +41,20 @@ def connect(log: Callable[[str], None] = print) -> dict[str, float]:
     log(f"Ray: {'joined ' + address if address else 'started locally'}; cluster has "
         f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
     return resources
+
+
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """A plain TCP connect to the GCS first: ray.init would otherwise retry for minutes."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"RAY_ADDRESS {address!r} is not of the form host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ClusterError(f"Ray cluster at RAY_ADDRESS={address} is unreachable: {exc}") from exc
 
 
 def check_capacity(resources: dict[str, float], workers: int, cpus: float, gpus: float) -> None:

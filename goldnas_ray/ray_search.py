@@ -78,6 +78,7 @@ def _check_consistency(search: GoldSearch, out: Path, rank: int) -> None:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -88,7 +89,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(loop_config.get("threads_per_worker", 1))))
     pid_dir = out / ".workers"
     pid_dir.mkdir(parents=True, exist_ok=True)
-    (pid_dir / f"rank-{rank}.pid").write_text(str(os.getpid()))
+    (pid_dir / f"rank-{rank}.json").write_text(json.dumps(
+        {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}))
 
     checkpoint = ray.train.get_checkpoint()
     state = None

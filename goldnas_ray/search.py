@@ -165,6 +165,7 @@ class GoldSearch:
             "seconds": stats.seconds,
             "images_per_second": stats.images / stats.seconds if stats.seconds > 0 else 0.0,
             "recorded": ",".join(r for r in recorded if r),
+            "end_time": time.time(),
         }
         self.history.append(row)
         return row

@@ -1,0 +1,197 @@
+"""The product path, for real: a local Ray cluster of two nodes on 127.0.0.1, a real MLflow
+server, and the search submitted with the `ray job submit --working-dir .` CLI."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = [pytest.mark.ray]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """Head (1 CPU) + a second node (1 CPU) on 127.0.0.1, so 2 workers land on 2 nodes."""
+    ray = str(BIN / "ray")
+    port, dash = free_port(), free_port()
+    # token authentication (Ray 2.60) on every process of the cluster, this test and the jobs
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token")
+    subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
+    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", f"--port={port}",
+                    "--dashboard-host", "127.0.0.1", f"--dashboard-port={dash}", "--num-cpus", "1",
+                    "--include-dashboard", "true", "--disable-usage-stats"],
+                   check=True, capture_output=True, env=env, timeout=180)
+    address = f"127.0.0.1:{port}"
+    subprocess.run([ray, "start", "--address", address, "--node-ip-address", "127.0.0.1",
+                    "--num-cpus", "1", "--disable-usage-stats"],
+                   check=True, capture_output=True, env=env, timeout=180)
+    dashboard = f"http://127.0.0.1:{dash}"
+    wait_http(dashboard)
+    yield {"address": address, "dashboard": dashboard, "env": env}
+    subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(uri + "/health", timeout=120)
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def submit(cluster, *args, timeout=900):
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"],
+           "--working-dir", str(ROOT),
+           "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "runs", "data"]}),
+           "--", sys.executable, "pipelines/search.py", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=cluster["env"])
+
+
+@pytest.mark.mlflow
+def test_job_submit_two_workers_two_nodes_tracked_in_mlflow(ray_cluster, mlflow_server, tmp_path):
+    out = tmp_path / "search"
+    proc = submit(ray_cluster, "--smoke-test", "--workers", "2", "--out", str(out),
+                  "--mlflow-uri", mlflow_server, "--experiment", "ci-search")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "succeeded" in proc.stdout.lower()
+
+    frontier = json.loads((out / "frontier.json").read_text())
+    archs = frontier["architectures"]
+    assert frontier["finished"] and frontier["workers"] == 2 and archs
+    assert all((out / a["genotype"]).is_file() for a in archs)
+    assert (out / "history.parquet").is_file() and (out / "checkpoints" / "latest.pt").is_file()
+
+    # the two ranks ran on the two nodes, and held identical alive sets and alphas every epoch
+    ranks = [json.loads((out / ".workers" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["node_id"] != ranks[1]["node_id"]
+    lines = [json.loads(line) for line in (out / ".workers" / "consistency.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3]
+    assert all(line["ranks"][0] == line["ranks"][1] for line in lines)
+    assert len({line["ranks"][0]["alive"] for line in lines}) == 3  # pruning changed it each epoch
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run = client.get_run(frontier["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "ci-search"
+    assert run.data.params["search.max_epochs"] == "3" and run.data.params["space.num_cells"] == "3"
+    assert run.data.tags["dataset"] == "digits" and run.data.tags["workers"] == "2"
+    assert float(run.data.tags["space_log10_size"]) == pytest.approx(frontier["space_log10_size"], abs=0.01)
+    for name in ("lambda", "delta_lambda", "flops", "params", "alive_ops", "pruned_ops", "train_loss",
+                 "train_acc", "epoch_seconds", "images_per_second"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert sorted(m.step for m in history) == [1, 2, 3], name
+    flops = sorted(client.get_metric_history(run.info.run_id, "flops"), key=lambda m: m.step)
+    assert [m.value for m in flops] == [float(v) for v in
+                                       __import__("pandas").read_parquet(out / "history.parquet")["flops"]]
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"frontier.json", "history.parquet", "genotypes", "plots"} <= top
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/flops.png", "plots/lambda.png"}
+    assert len(client.list_artifacts(run.info.run_id, "genotypes")) == len(archs)
+
+
+def test_more_workers_than_the_cluster_can_place_fails_before_training(ray_cluster, tmp_path):
+    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
+    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "search.py"), "--smoke-test",
+                           "--workers", "3", "--out", str(tmp_path / "x"), "--no-mlflow"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "could never all be placed" in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_unreachable_addresses_fail_fast(tmp_path):
+    script = str(ROOT / "pipelines" / "search.py")
+    env = dict(os.environ, RAY_ADDRESS=f"127.0.0.1:{free_port()}")
+    proc = subprocess.run([sys.executable, script, "--smoke-test", "--out", str(tmp_path / "a"), "--no-mlflow"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "unreachable" in proc.stderr
+    env.pop("RAY_ADDRESS")
+    proc = subprocess.run([sys.executable, script, "--smoke-test", "--out", str(tmp_path / "b"),
+                           "--mlflow-uri", f"http://127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "MLflow tracking server" in proc.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+KILL_ARGS = ["--set", "space.num_cells=3", "--set", "space.init_channels=4", "--set", "data.batch_size=128",
+             "--set", "search.max_epochs=7", "--set", "search.lambda0=0.3", "--set", "search.t0=1",
+             "--set", "search.flops_min_ratio=0.05", "--workers", "2", "--no-mlflow", "--seed", "5"]
+
+
+def _frontier_summary(out):
+    frontier = json.loads((out / "frontier.json").read_text())
+    return [(a["id"], a["epoch"], a["flops"], a["params"]) for a in frontier["architectures"]]
+
+
+def test_a_killed_worker_is_replaced_and_the_search_records_the_same_architectures(ray_cluster, tmp_path):
+    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
+    script = str(ROOT / "pipelines" / "search.py")
+    straight = tmp_path / "straight"
+    proc = subprocess.run([sys.executable, script, *KILL_ARGS, "--out", str(straight)],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    run = subprocess.Popen([sys.executable, script, *KILL_ARGS, "--out", str(killed)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    deadline = time.time() + 300
+    victim = None
+    while time.time() < deadline and run.poll() is None:
+        hist = killed / "history.parquet"
+        if hist.is_file() and (killed / ".workers" / "rank-1.json").is_file():
+            import pandas as pd
+
+            if len(pd.read_parquet(hist)) >= 2:
+                victim = json.loads((killed / ".workers" / "rank-1.json").read_text())["pid"]
+                os.kill(victim, 9)
+                break
+        time.sleep(0.2)
+    assert victim is not None, "the run ended before a worker could be killed"
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, output[-3000:]
+    new_pid = json.loads((killed / ".workers" / "rank-1.json").read_text())["pid"]
+    assert new_pid != victim, "rank 1 was not restarted"
+    assert _frontier_summary(killed) == _frontier_summary(straight)
+    import pandas as pd
+
+    a, b = pd.read_parquet(straight / "history.parquet"), pd.read_parquet(killed / "history.parquet")
+    assert list(a["flops"]) == list(b["flops"]) and list(a["epoch"]) == list(b["epoch"])
+    assert a["loss"].tolist() == pytest.approx(b["loss"].tolist(), rel=1e-5)
