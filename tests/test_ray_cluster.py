@@ -195,3 +195,39 @@ def test_a_killed_worker_is_replaced_and_the_search_records_the_same_architectur
     a, b = pd.read_parquet(straight / "history.parquet"), pd.read_parquet(killed / "history.parquet")
     assert list(a["flops"]) == list(b["flops"]) and list(a["epoch"]) == list(b["epoch"])
     assert a["loss"].tolist() == pytest.approx(b["loss"].tolist(), rel=1e-5)
+
+
+def test_resume_on_ray_continues_a_local_search_to_the_same_result(ray_cluster, tmp_path):
+    """2 epochs in-process, interrupted; --resume on Ray (1 worker) must end exactly where an
+    uninterrupted in-process run ends: same recorded architectures, same history."""
+    import pandas as pd
+
+    from conftest import tiny_config
+    from goldnas_ray.artifacts import save_checkpoint, write_outputs
+    from goldnas_ray.data import iterate_batches, load_digits
+    from goldnas_ray.runner import run_local
+    from goldnas_ray.search import GoldSearch
+
+    cfg = tiny_config(lambda0=0.3, t0=1, max_epochs=5, flops_min_ratio=0.05)
+    run_local(cfg, tmp_path / "straight", log=lambda _: None)
+
+    data = load_digits()
+    partial = GoldSearch(tiny_config(lambda0=0.3, t0=1, max_epochs=5, flops_min_ratio=0.05), data.input_shape, 10)
+    for _ in range(2):
+        partial.end_epoch(partial.train_epoch(iterate_batches(
+            data.x_train, data.y_train, cfg.data.batch_size, cfg.seed, partial.epoch)))
+    out = tmp_path / "resumed"
+    out.mkdir()
+    save_checkpoint(out, partial.state_dict())
+    write_outputs(out, partial.state_dict(), {})
+
+    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
+    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "search.py"), "--resume", "--out", str(out),
+                           "--no-mlflow", "--cpus-per-worker", "1"],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _frontier_summary(out) == _frontier_summary(tmp_path / "straight")
+    a, b = pd.read_parquet(tmp_path / "straight" / "history.parquet"), pd.read_parquet(out / "history.parquet")
+    assert list(a["epoch"]) == list(b["epoch"]) == [1, 2, 3, 4, 5]
+    assert list(a["flops"]) == list(b["flops"])
+    assert a["loss"].tolist() == pytest.approx(b["loss"].tolist(), rel=1e-5)
