@@ -2,7 +2,7 @@
 server, and the search submitted with the `ray job submit --working-dir .` CLI."""
 import json
 import os
-import shutil
+import secrets
 import socket
 import subprocess
 import sys
@@ -41,7 +41,9 @@ def ray_cluster(tmp_path_factory):
     ray = str(BIN / "ray")
     port, dash = free_port(), free_port()
     # token authentication (Ray 2.60) on every process of the cluster, this test and the jobs
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token")
+    # (a fresh token of this session's own, passed by environment to every process)
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN=secrets.token_hex(32))
     subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
     subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", f"--port={port}",
                     "--dashboard-host", "127.0.0.1", f"--dashboard-port={dash}", "--num-cpus", "1",
