@@ -86,6 +86,13 @@ def write_outputs(out: Path, state: dict[str, Any], info: dict[str, Any]) -> Non
     tmp.replace(out / HISTORY)
 
 
+def read_run_id(out: Path) -> str | None:
+    """The MLflow run id recorded in ``out``'s frontier.json, or None when there is none yet
+    (a crash between the checkpoint and the frontier write leaves no frontier.json)."""
+    path = Path(out) / FRONTIER
+    return json.loads(path.read_text()).get("mlflow_run_id") if path.is_file() else None
+
+
 def read_frontier(out: Path) -> dict[str, Any]:
     path = Path(out) / FRONTIER
     if not path.is_file():

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from goldnas_ray import artifacts
 from goldnas_ray.config import Config
 from goldnas_ray.data import load_dataset
-from goldnas_ray.tracking import check_uri, resolve_uri
+from goldnas_ray.tracking import check_uri, resolve_uri, run_tags
 
 
 class ClusterError(RuntimeError):
@@ -84,10 +84,7 @@ def run_ray(cfg: Config | None, out: Path, *, workers: int = 1, cpus_per_worker:
     if resume:
         state = artifacts.load_checkpoint(out / artifacts.CHECKPOINT)
         cfg = Config.from_dict(state["config"])
-        try:
-            run_id = artifacts.read_frontier(out).get("mlflow_run_id")
-        except artifacts.OutputDirError:
-            run_id = None
+        run_id = artifacts.read_run_id(out)
         if state["finished"]:
             log(f"search in {out} already finished after epoch {state['epoch']}; nothing to do")
             return artifacts.read_frontier(out)
@@ -113,15 +110,8 @@ def run_ray(cfg: Config | None, out: Path, *, workers: int = 1, cpus_per_worker:
         "mlflow_run_id": run_id,
         "experiment": experiment,
         "run_name": out.name,
-        "tags": {"space_log10_size": "", "dataset": data.name, "workers": str(workers),
-                 "goldnas.out": str(out)},
-        "info": {"mlflow_tracking_uri": uri} if uri else {},
+        "tags": run_tags(cfg.space, data.name, workers, out),
     }
-    # the space size is a tag too: compute it without building a model
-    from goldnas_ray.space import log10_space_size
-
-    s = cfg.space
-    loop_config["tags"]["space_log10_size"] = f"{log10_space_size(s.num_cells, s.num_nodes, len(s.operators)):.2f}"
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,

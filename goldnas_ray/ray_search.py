@@ -27,8 +27,13 @@ from goldnas_ray.runner import describe_start, format_epoch, run_info
 from goldnas_ray.search import EpochStats, GoldSearch
 
 
+def _distributed() -> bool:
+    """True inside a process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+    if not _distributed():
         return model
     from torch.nn.parallel import DistributedDataParallel
 
@@ -37,7 +42,7 @@ def _wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 
 def _all_reduce_stats(stats: EpochStats, device: torch.device) -> EpochStats:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if not _distributed():
         return stats
     t = torch.tensor([stats.loss * stats.images, stats.accuracy * stats.images, stats.images],
                      dtype=torch.float64, device=device)
@@ -49,7 +54,7 @@ def _all_reduce_stats(stats: EpochStats, device: torch.device) -> EpochStats:
 
 
 def _broadcast(obj: Any) -> Any:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if not _distributed():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -66,7 +71,7 @@ def _digest(search: GoldSearch) -> dict[str, Any]:
 def _check_consistency(search: GoldSearch, out: Path, rank: int) -> None:
     """Every rank must hold the same alive set and bit-identical alphas after each epoch;
     rank 0 appends all ranks' digests to .workers/consistency.jsonl and stops on a mismatch."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if not _distributed():
         return
     digests: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(digests, _digest(search))
@@ -107,7 +112,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         search = GoldSearch(cfg, tuple(data_shape), classes, device)
     cfg = search.cfg
     data = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.download)
-    info = run_info(search, data.name, world) | loop_config.get("info", {})
+    info = run_info(search, data.name, world)
 
     tracker = None
     if rank == 0:
@@ -150,9 +155,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
-    if rank == 0:
-        state = search.state_dict()
-        artifacts.write_outputs(out, state, info)
-        if tracker is not None:
-            tracker.log_outputs(out)
-            tracker.finish()
+    if rank == 0 and tracker is not None:
+        tracker.log_outputs(out)
+        tracker.finish()

@@ -76,12 +76,11 @@ def run_local(cfg: Config | None, out: Path, resume: bool = False,
     info = run_info(search, data.name, workers=1)
     tracker = None
     if uri:
-        from goldnas_ray.tracking import SearchTracker
+        from goldnas_ray.tracking import SearchTracker, run_tags
 
-        run_id = artifacts.read_frontier(out).get("mlflow_run_id") if resume else None
-        tags = {"space_log10_size": f"{search.model.log10_size:.2f}", "dataset": data.name,
-                "workers": "1", "goldnas.out": str(out.resolve())}
-        tracker = SearchTracker(uri, experiment, out.name, cfg.to_dict(), tags, run_id=run_id)
+        run_id = artifacts.read_run_id(out) if resume else None
+        tracker = SearchTracker(uri, experiment, out.name, cfg.to_dict(),
+                                run_tags(cfg.space, data.name, 1, out), run_id=run_id)
         info |= {"mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": uri}
     log(describe_start(search, data))
     started = time.perf_counter()
@@ -97,9 +96,6 @@ def run_local(cfg: Config | None, out: Path, resume: bool = False,
         if tracker is not None:
             tracker.log_epoch(row)
         log(format_epoch(row, cfg.search.max_epochs, search.model.full_flops))
-    if not resume or search.history:
-        state = search.state_dict()
-        artifacts.write_outputs(out, state, info)
     if tracker is not None:
         tracker.log_outputs(out)
         tracker.finish()

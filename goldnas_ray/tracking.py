@@ -46,6 +46,15 @@ def check_uri(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"MLflow tracking server {uri} is unreachable: {exc}") from exc
 
 
+def run_tags(space: Any, dataset: str, workers: int, out: Path) -> dict[str, str]:
+    """Tags of a search run: space size, dataset, workers and the output folder."""
+    from goldnas_ray.space import log10_space_size
+
+    size = log10_space_size(space.num_cells, space.num_nodes, len(space.operators))
+    return {"space_log10_size": f"{size:.2f}", "dataset": dataset, "workers": str(workers),
+            "goldnas.out": str(Path(out).resolve())}
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     flat: dict[str, str] = {}
     for k, v in d.items():

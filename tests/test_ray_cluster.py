@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +123,7 @@ def test_job_submit_two_workers_two_nodes_tracked_in_mlflow(ray_cluster, mlflow_
         assert sorted(m.step for m in history) == [1, 2, 3], name
     flops = sorted(client.get_metric_history(run.info.run_id, "flops"), key=lambda m: m.step)
     assert [m.value for m in flops] == [float(v) for v in
-                                       __import__("pandas").read_parquet(out / "history.parquet")["flops"]]
+                                       pd.read_parquet(out / "history.parquet")["flops"]]
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"frontier.json", "history.parquet", "genotypes", "plots"} <= top
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/flops.png", "plots/lambda.png"}
@@ -179,8 +180,6 @@ def test_a_killed_worker_is_replaced_and_the_search_records_the_same_architectur
     while time.time() < deadline and run.poll() is None:
         hist = killed / "history.parquet"
         if hist.is_file() and (killed / ".workers" / "rank-1.json").is_file():
-            import pandas as pd
-
             if len(pd.read_parquet(hist)) >= 2:
                 victim = json.loads((killed / ".workers" / "rank-1.json").read_text())["pid"]
                 os.kill(victim, 9)
@@ -192,8 +191,6 @@ def test_a_killed_worker_is_replaced_and_the_search_records_the_same_architectur
     new_pid = json.loads((killed / ".workers" / "rank-1.json").read_text())["pid"]
     assert new_pid != victim, "rank 1 was not restarted"
     assert _frontier_summary(killed) == _frontier_summary(straight)
-    import pandas as pd
-
     a, b = pd.read_parquet(straight / "history.parquet"), pd.read_parquet(killed / "history.parquet")
     assert list(a["flops"]) == list(b["flops"]) and list(a["epoch"]) == list(b["epoch"])
     assert a["loss"].tolist() == pytest.approx(b["loss"].tolist(), rel=1e-5)
@@ -202,8 +199,6 @@ def test_a_killed_worker_is_replaced_and_the_search_records_the_same_architectur
 def test_resume_on_ray_continues_a_local_search_to_the_same_result(ray_cluster, tmp_path):
     """2 epochs in-process, interrupted; --resume on Ray (1 worker) must end exactly where an
     uninterrupted in-process run ends: same recorded architectures, same history."""
-    import pandas as pd
-
     from conftest import tiny_config
     from goldnas_ray.artifacts import save_checkpoint, write_outputs
     from goldnas_ray.data import iterate_batches, load_digits
