@@ -120,16 +120,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if loop_config.get("mlflow_uri"):
             from goldnas_ray.tracking import SearchTracker
 
+            # a worker group restarted by FailureConfig gets the same loop_config as the first
+            # attempt: the run that attempt created is the one frontier.json names
+            run_id = loop_config.get("mlflow_run_id") or artifacts.read_run_id(out)
             tracker = SearchTracker(loop_config["mlflow_uri"], loop_config["experiment"],
                                     loop_config["run_name"], cfg.to_dict(), loop_config["tags"],
-                                    run_id=loop_config.get("mlflow_run_id"))
+                                    run_id=run_id)
             info["mlflow_run_id"] = tracker.run_id
             info["mlflow_tracking_uri"] = tracker.uri
-            logged = {int(r["epoch"]) for r in search.history}
-            # epochs finished before a restart were logged already; log none twice
-            tracker_logged = logged
-        else:
-            tracker_logged = set()
 
     net = _wrap(search.model, device)
     while not search.finished:
@@ -147,7 +145,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state = search.state_dict()
             artifacts.save_checkpoint(out, state)
             artifacts.write_outputs(out, state, info)
-            if tracker is not None and row["epoch"] not in tracker_logged:
+            if tracker is not None:
                 tracker.log_epoch(row)
             print(format_epoch(row, cfg.search.max_epochs, search.model.full_flops), flush=True)
             with tempfile.TemporaryDirectory() as tmp:

@@ -82,16 +82,24 @@ class SearchTracker:
             params = [Param(k, v[:6000]) for k, v in _flatten(config).items()]
             for i in range(0, len(params), 100):
                 self.client.log_batch(self.run_id, params=params[i:i + 100])
+            self.logged_steps: set[int] = set()
         else:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
+            self.logged_steps = {m.step for m in self.client.get_metric_history(run_id, METRICS["flops"])}
 
     def log_epoch(self, row: dict[str, Any]) -> None:
+        """Log one history row; an epoch already in the run (logged, then re-run after a
+        restart from an earlier checkpoint) is not logged twice."""
         from mlflow.entities import Metric
 
+        step = int(row["epoch"])
+        if step in self.logged_steps:
+            return
         ts = int(time.time() * 1000)
-        metrics = [Metric(name, float(row[col]), ts, int(row["epoch"])) for col, name in METRICS.items()]
+        metrics = [Metric(name, float(row[col]), ts, step) for col, name in METRICS.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
+        self.logged_steps.add(step)
 
     def log_outputs(self, out: Path) -> None:
         out = Path(out)

@@ -156,7 +156,7 @@ def test_unreachable_addresses_fail_fast(tmp_path):
 
 KILL_ARGS = ["--set", "space.num_cells=3", "--set", "space.init_channels=4", "--set", "data.batch_size=128",
              "--set", "search.max_epochs=7", "--set", "search.lambda0=0.3", "--set", "search.t0=1",
-             "--set", "search.flops_min_ratio=0.05", "--workers", "2", "--no-mlflow", "--seed", "5"]
+             "--set", "search.flops_min_ratio=0.05", "--workers", "2", "--seed", "5"]
 
 
 def _frontier_summary(out):
@@ -168,7 +168,7 @@ def test_a_killed_worker_is_replaced_and_the_search_records_the_same_architectur
     env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
     script = str(ROOT / "pipelines" / "search.py")
     straight = tmp_path / "straight"
-    proc = subprocess.run([sys.executable, script, *KILL_ARGS, "--out", str(straight)],
+    proc = subprocess.run([sys.executable, script, *KILL_ARGS, "--no-mlflow", "--out", str(straight)],
                           capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -194,6 +194,17 @@ def test_a_killed_worker_is_replaced_and_the_search_records_the_same_architectur
     a, b = pd.read_parquet(straight / "history.parquet"), pd.read_parquet(killed / "history.parquet")
     assert list(a["flops"]) == list(b["flops"]) and list(a["epoch"]) == list(b["epoch"])
     assert a["loss"].tolist() == pytest.approx(b["loss"].tolist(), rel=1e-5)
+
+    # the restarted worker group went on logging into the same MLflow run, each epoch once
+    from mlflow.tracking import MlflowClient
+
+    frontier = json.loads((killed / "frontier.json").read_text())
+    client = MlflowClient(tracking_uri=frontier["mlflow_tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("goldnas-search").experiment_id])
+    assert [r.info.run_id for r in runs] == [frontier["mlflow_run_id"]]
+    assert runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(frontier["mlflow_run_id"], "flops")]
+    assert sorted(steps) == list(range(1, 8))
 
 
 def test_resume_on_ray_continues_a_local_search_to_the_same_result(ray_cluster, tmp_path):
