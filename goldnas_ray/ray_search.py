@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +100,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = artifacts.load_checkpoint(Path(d) / "latest.pt")
+            state = artifacts.load_checkpoint(Path(d) / artifacts.CHECKPOINT.name)
     elif loop_config.get("resume"):
         state = artifacts.load_checkpoint(out / artifacts.CHECKPOINT)
     if state is not None:
@@ -148,9 +147,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if tracker is not None:
                 tracker.log_epoch(row)
             print(format_epoch(row, cfg.search.max_epochs, search.model.full_flops), flush=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                torch.save(state, Path(tmp) / "latest.pt")
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            # the state is serialised once, into <out>/checkpoints; Ray copies that folder to
+            # its storage before report returns (SYNC upload, the local copy is kept)
+            checkpoint_dir = (out / artifacts.CHECKPOINT).parent
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir))
         else:
             ray.train.report(metrics)
     if rank == 0 and tracker is not None:

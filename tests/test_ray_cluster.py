@@ -190,6 +190,11 @@ def test_a_killed_worker_is_replaced_and_the_search_records_the_same_architectur
     assert run.returncode == 0, output[-3000:]
     new_pid = json.loads((killed / ".workers" / "rank-1.json").read_text())["pid"]
     assert new_pid != victim, "rank 1 was not restarted"
+    # the new group continued from the reported checkpoint, not from scratch: epoch 1 (done
+    # before the kill) was never run again, and every epoch ran to the end at least once
+    epochs = [json.loads(line)["epoch"] for line in
+              (killed / ".workers" / "consistency.jsonl").read_text().splitlines()]
+    assert epochs.count(1) == 1 and sorted(set(epochs)) == list(range(1, 8)), epochs
     assert _frontier_summary(killed) == _frontier_summary(straight)
     a, b = pd.read_parquet(straight / "history.parquet"), pd.read_parquet(killed / "history.parquet")
     assert list(a["flops"]) == list(b["flops"]) and list(a["epoch"]) == list(b["epoch"])
