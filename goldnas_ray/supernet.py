@@ -18,7 +18,7 @@ from goldnas_ray.cost import count_flops
 from goldnas_ray.genotype import CellGenotype, Genotype
 from goldnas_ray.network import Cell, Network
 from goldnas_ray.operations import OPS
-from goldnas_ray.space import Edge, OpKey, cell_edges, check_spatial, log10_space_size, reduction_cells
+from goldnas_ray.space import OpKey, cell_edges, check_spatial, log10_space_size, reduction_cells
 
 
 class GatedEdge(nn.Module):

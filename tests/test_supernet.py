@@ -35,7 +35,7 @@ def test_flops_agree_with_flop_counter_mode(cells, nodes, ops, c, size, in_ch):
     assert net.flops() == torch_flops(net, shape)
     # prune a third of the operators (never a node's last input) and compare again
     keys = net.alive_ops()
-    doomed, seen = [], set()
+    doomed = []
     for key in keys[::3]:
         node = (key.cell, key.dst)
         if sum(1 for k in keys if (k.cell, k.dst) == node) - sum(1 for d in doomed if (d.cell, d.dst) == node) > 1:
