@@ -6,8 +6,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from goldnas_ray import artifacts
 from goldnas_ray.config import Config
 from goldnas_ray.data import Dataset, iterate_batches, load_dataset
@@ -102,15 +100,3 @@ def run_local(cfg: Config | None, out: Path, resume: bool = False,
     log(f"search finished after {search.epoch} epochs ({time.perf_counter() - started:.0f}s here); "
         f"{len(search.records)} architectures recorded in {out / artifacts.FRONTIER}")
     return search
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512,
-             device: str | torch.device = "cpu") -> float:
-    """Top-1 accuracy of ``model`` on (x, y)."""
-    model.eval()
-    correct = 0
-    for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size].to(device)
-        correct += int((model(xb).argmax(1).cpu() == y[start:start + batch_size]).sum())
-    return correct / max(len(x), 1)

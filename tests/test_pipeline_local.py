@@ -47,7 +47,8 @@ def test_bad_input_fails_before_training(tmp_path):
 
 
 def test_core_modules_import_neither_ray_nor_mlflow():
-    code = ("import sys, goldnas_ray, goldnas_ray.runner, goldnas_ray.artifacts; "
+    code = ("import sys, goldnas_ray, goldnas_ray.runner, goldnas_ray.artifacts, goldnas_ray.retrain, "
+            "goldnas_ray.frontier, goldnas_ray.sampling, goldnas_ray.candidates; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow')]; print(bad)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -9,7 +9,8 @@ from goldnas_ray import build_network, load_genotype
 from goldnas_ray.artifacts import load_checkpoint, save_checkpoint
 from goldnas_ray.cost import count_params, total_flops
 from goldnas_ray.data import iterate_batches
-from goldnas_ray.runner import evaluate, run_local
+from goldnas_ray.retrain import evaluate
+from goldnas_ray.runner import run_local
 from goldnas_ray.search import GoldSearch
 
 FAST = dict(lambda0=0.05, t0=1, max_epochs=12, flops_min_ratio=0.05)

@@ -1,0 +1,113 @@
+"""The accuracy/FLOPs frontier of a retrain: one row per architecture, Pareto flags, a plot.
+
+    frontier.parquet / frontier.csv   arch_id, kind (searched | random), flops, params,
+                                      accuracy_mean, accuracy_std, seeds, epochs, on_front, ...
+    frontier.png                      accuracy against FLOPs, Pareto staircases drawn
+
+An architecture is on the front when no other one has FLOPs <= its FLOPs and accuracy >= its
+accuracy with at least one of the two strictly better. Accuracy is the test accuracy after
+the last epoch (no choice of the best epoch on the test set), averaged over seeds.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ["arch_id", "kind", "flops", "params", "accuracy_mean", "accuracy_std", "seeds",
+           "epochs", "on_front", "search_epoch", "search_lambda", "genotype"]
+
+
+def non_dominated(flops: Sequence[float], accuracy: Sequence[float]) -> list[bool]:
+    """Which points no other point dominates (fewer or equal FLOPs and higher or equal
+    accuracy, strictly better in one). Identical points do not dominate each other."""
+    f = np.asarray(flops, dtype=float)
+    a = np.asarray(accuracy, dtype=float)
+    if f.shape != a.shape:
+        raise ValueError(f"{len(f)} FLOPs values but {len(a)} accuracies")
+    keep = []
+    for i in range(len(f)):
+        dominated = (f <= f[i]) & (a >= a[i]) & ((f < f[i]) | (a > a[i]))
+        keep.append(not bool(dominated.any()))
+    return keep
+
+
+def summarise(trials: pd.DataFrame, architectures: pd.DataFrame) -> pd.DataFrame:
+    """One row per architecture from the final epoch of each of its trials.
+
+    ``trials``: one row per (trial, epoch) with arch_id, seed, epoch, test_acc.
+    ``architectures``: arch_id, kind, flops, params (and optional search_epoch, search_lambda,
+    genotype), one row each.
+    """
+    last = trials.sort_values("epoch").groupby(["arch_id", "seed"], as_index=False).tail(1)
+    acc = last.groupby("arch_id").agg(accuracy_mean=("test_acc", "mean"),
+                                      accuracy_std=("test_acc", "std"),
+                                      seeds=("seed", "nunique"), epochs=("epoch", "min"))
+    table = architectures.merge(acc, left_on="arch_id", right_index=True, how="inner")
+    table["on_front"] = non_dominated(table["flops"], table["accuracy_mean"])
+    for col in COLUMNS:
+        if col not in table:
+            table[col] = None
+    return table[COLUMNS].sort_values(["flops", "arch_id"]).reset_index(drop=True)
+
+
+def staircase(flops: Sequence[float], accuracy: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The Pareto points sorted by FLOPs (accuracy rises along them), for a step plot."""
+    mask = non_dominated(flops, accuracy)
+    pts = sorted((f, a) for f, a, m in zip(flops, accuracy, mask) if m)
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot(table: pd.DataFrame, path: Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    styles = {"searched": ("C0", "o", "-"), "random": ("C1", "s", "--")}
+    for kind, group in table.groupby("kind", sort=True):
+        color, marker, line = styles.get(kind, ("C2", "^", ":"))
+        x = group["flops"].to_numpy() / 1e6
+        y = 100 * group["accuracy_mean"].to_numpy()
+        err = 100 * group["accuracy_std"].fillna(0).to_numpy()
+        ax.errorbar(x, y, yerr=err, fmt=marker, color=color, capsize=3, label=f"{kind} ({len(group)})")
+        sx, sy = staircase(x, y)
+        if sx:  # the kind's own front: a step up at each Pareto point, flat to the right
+            ax.step(sx + [x.max()], sy + [sy[-1]], where="post", color=color, ls=line, lw=1.2, alpha=0.8)
+    front = table[table["on_front"]]
+    ax.scatter(front["flops"] / 1e6, 100 * front["accuracy_mean"], s=140, facecolors="none",
+               edgecolors="black", label="on the joint front", zorder=4)
+    for _, row in table.iterrows():
+        ax.annotate(row["arch_id"], (row["flops"] / 1e6, 100 * row["accuracy_mean"]), fontsize=7,
+                    xytext=(4, -9), textcoords="offset points")
+    ax.set_xlabel("MFLOPs per image (multiply-add = 2)")
+    ax.set_ylabel("test accuracy (%), mean over seeds")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_report(out: Path, table: pd.DataFrame, title: str = "") -> list[Path]:
+    """frontier.parquet, frontier.csv and frontier.png under ``out`` (each written atomically)."""
+    out = Path(out)
+    paths = []
+    for name, write in (("frontier.parquet", lambda p: table.to_parquet(p, index=False)),
+                        ("frontier.csv", lambda p: table.to_csv(p, index=False))):
+        tmp = out / f".{name}.tmp-{os.getpid()}"
+        write(tmp)
+        tmp.replace(out / name)
+        paths.append(out / name)
+    paths.append(plot(table, out / "frontier.png", title))
+    return paths

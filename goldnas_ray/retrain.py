@@ -1,0 +1,140 @@
+"""Training one architecture from scratch: DARTS's retraining recipe, as a resumable state.
+
+Recipe (DESIGN.md section 4, every knob in :class:`~goldnas_ray.config.RetrainConfig`):
+SGD with momentum and weight decay, learning rate annealed by a cosine over the epochs,
+gradient clipping, cutout, an auxiliary head on the 2L/3 cell weighted 0.4, and drop-path
+whose probability rises linearly from 0 to ``drop_path`` over the epochs. Test accuracy is
+measured after every epoch.
+
+Every epoch's data order, cutout squares and drop-path masks come from (seed, epoch) alone,
+so a trial restored from its checkpoint continues exactly as if it had never stopped. Pure
+PyTorch: the Ray Tune trainable drives it, and so can a plain loop.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from goldnas_ray.config import RetrainConfig
+from goldnas_ray.cost import count_params, total_flops
+from goldnas_ray.data import Dataset, epoch_generator, iterate_batches
+from goldnas_ray.discrete import build_network
+from goldnas_ray.genotype import Genotype
+
+STATE_VERSION = 1
+
+
+class Retrainer:
+    """Network, optimizer, schedule and per-epoch history of one (architecture, seed)."""
+
+    def __init__(self, geno: Genotype, cfg: RetrainConfig, seed: int,
+                 device: torch.device | str = "cpu"):
+        cfg.validate()
+        self.geno, self.cfg, self.seed = geno, cfg, seed
+        self.device = torch.device(device)
+        torch.manual_seed(seed)  # the initial weights depend on the seed only
+        self.model = build_network(geno, auxiliary=cfg.auxiliary)
+        shape = (geno.in_channels, geno.input_size, geno.input_size)
+        self.flops = total_flops(self.model, shape)
+        self.params = count_params(self.model)
+        self.model.to(self.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=cfg.epochs, eta_min=cfg.lr_min)
+        self.epoch = 0  # epochs completed
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.cfg.epochs
+
+    def train_epoch(self, data: Dataset) -> dict[str, Any]:
+        """Train one epoch, then measure test accuracy; returns (and keeps) the epoch's row."""
+        cfg, model = self.cfg, self.model
+        lr = self.optimizer.param_groups[0]["lr"]
+        drop_prob = cfg.drop_path * self.epoch / cfg.epochs
+        model.set_drop_path(drop_prob)
+        model.train()
+        # drop-path masks come from the global RNG: seed it from (seed, epoch)
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=epoch_generator(self.seed, self.epoch, -2))))
+        start = time.perf_counter()
+        loss_sum, correct, images = 0.0, 0, 0
+        for x, y in iterate_batches(data.x_train, data.y_train, cfg.batch_size, self.seed, self.epoch,
+                                    cutout_size=cfg.cutout):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            logits, aux = model(x, with_aux=True)
+            loss = F.cross_entropy(logits, y)
+            total = loss
+            if aux is not None and cfg.auxiliary_weight > 0:
+                total = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            images += len(y)
+        self.scheduler.step()
+        train_seconds = time.perf_counter() - start
+        test_acc = evaluate(model, data.x_test, data.y_test, device=self.device)
+        self.epoch += 1
+        row = {
+            "epoch": self.epoch,
+            "lr": lr,
+            "drop_path": drop_prob,
+            "train_loss": loss_sum / max(images, 1),
+            "train_acc": correct / max(images, 1),
+            "test_acc": test_acc,
+            "seconds": time.perf_counter() - start,
+            "images_per_second": images / max(train_seconds, 1e-9),
+        }
+        self.history.append(row)
+        return row
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: tensors and plain data only, so it loads
+        with ``torch.load(weights_only=True)``."""
+        return {
+            "version": STATE_VERSION,
+            "genotype": self.geno.to_dict(),
+            "config": {k: getattr(self.cfg, k) for k in self.cfg.__dataclass_fields__},
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": list(self.history),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> "Retrainer":
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"retrain checkpoint version {state.get('version')!r}; "
+                             f"this release reads {STATE_VERSION}")
+        trainer = cls(Genotype.from_dict(state["genotype"]), RetrainConfig(**state["config"]),
+                      int(state["seed"]), device)
+        trainer.model.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        trainer.epoch = int(state["epoch"])
+        trainer.history = list(state["history"])
+        return trainer
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512,
+             device: str | torch.device = "cpu") -> float:
+    """Top-1 accuracy of ``model`` on (x, y)."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size].to(device)
+        correct += int((model(xb).argmax(1).cpu() == y[start:start + batch_size]).sum())
+    return correct / max(len(x), 1)
