@@ -27,6 +27,8 @@ def connect(log: Callable[[str], None] = print) -> dict[str, float]:
     """ray.init on RAY_ADDRESS or a new local instance; returns the cluster's resources."""
     import ray
 
+    if ray.is_initialized():  # a pipeline that searches, then retrains, connects once
+        return ray.cluster_resources()
     address = os.environ.get("RAY_ADDRESS")
     if address:
         check_address(address)

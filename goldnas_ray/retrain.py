@@ -93,6 +93,7 @@ class Retrainer:
             "test_acc": test_acc,
             "seconds": time.perf_counter() - start,
             "images_per_second": images / max(train_seconds, 1e-9),
+            "end_time": time.time(),
         }
         self.history.append(row)
         return row

@@ -147,3 +147,96 @@ def write_plots(out: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+TRIAL_METRICS = ("test_acc", "train_loss", "train_acc", "lr", "drop_path", "seconds", "images_per_second")
+
+
+class RetrainTracker:
+    """A retrain in MLflow: one parent run, one nested child run per (architecture, seed).
+
+    Everything is written from the driver (the Ray Tune callback sees every trial's results),
+    so concurrent trials never write to the store at once and a sqlite store is safe. Child
+    runs are created up front, status SCHEDULED, and their ids kept in retrain.json: a trial
+    restored after a failure or a ``--resume`` logs into its own run, each epoch once.
+    """
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._client = None
+        self._logged: dict[str, set[int]] = {}
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune may pickle its callbacks
+        return {"uri": self.uri, "_client": None, "_logged": {}}
+
+    def _params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def start(self, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str],
+              children: dict[str, tuple[str, dict[str, Any], dict[str, str]]]) -> tuple[str, dict[str, str]]:
+        """Create the parent run and one child per entry of ``children`` (key -> (name,
+        params, tags)); returns (parent id, key -> child id)."""
+        from mlflow.entities import Metric
+
+        exp = self.client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        parent = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+        self._params(parent, params)
+        child_ids = {}
+        for key, (name, child_params, child_tags) in children.items():
+            run = self.client.create_run(exp_id, run_name=name,
+                                         tags=child_tags | {"mlflow.parentRunId": parent})
+            child_ids[key] = run.info.run_id
+            self._params(run.info.run_id, child_params)
+            # FLOPs and parameters as metrics too, so the UI can put them on a chart axis
+            ts = int(time.time() * 1000)
+            self.client.log_batch(run.info.run_id, metrics=[
+                Metric(n, float(child_params[n]), ts, 0) for n in ("flops", "params")])
+            self.client.update_run(run.info.run_id, status="SCHEDULED")
+        return parent, child_ids
+
+    def trial_started(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+        if run_id not in self._logged:
+            history = self.client.get_metric_history(run_id, "test_acc")
+            self._logged[run_id] = {m.step for m in history}
+
+    def log_trial_epoch(self, run_id: str, row: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        if run_id not in self._logged:
+            self.trial_started(run_id)
+        step = int(row["epoch"])
+        if step in self._logged[run_id]:
+            return
+        ts = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(n, float(row[n]), ts, step)
+                                               for n in TRIAL_METRICS if n in row])
+        self._logged[run_id].add(step)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_report(self, parent_id: str, out: Path, summary: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        out = Path(out)
+        for name in ("frontier.parquet", "frontier.csv", "frontier.png", "trials.parquet", "retrain.json"):
+            if (out / name).is_file():
+                self.client.log_artifact(parent_id, str(out / name))
+        if (out / "genotypes").is_dir():
+            self.client.log_artifacts(parent_id, str(out / "genotypes"), "genotypes")
+        ts = int(time.time() * 1000)
+        self.client.log_batch(parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in summary.items()])

@@ -25,19 +25,14 @@ SMOKE = ["space.num_cells=3", "space.init_channels=4", "search.max_epochs=3",
          "search.lambda0=1.0", "search.xi_max=0.2", "search.t0=0", "data.batch_size=128"]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder; must not exist or be empty unless --resume "
-                        "(default: runs/search-<date>-<time>)")
-    p.add_argument("--config", type=Path, help="YAML file with space/data/search sections")
+def add_search_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared with pipelines/pipeline.py."""
+    p.add_argument("--config", type=Path, help="YAML file with space/data/search/retrain sections")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. search.lambda0=0.02 (repeatable)")
     p.add_argument("--seed", type=int, help="random seed (config: seed)")
     p.add_argument("--max-epochs", type=int, help="stop after this many epochs (config: search.max_epochs)")
     p.add_argument("--smoke-test", action="store_true", help="a tiny search that runs in seconds")
-    p.add_argument("--resume", action="store_true", help="continue the search stored in --out")
-    p.add_argument("--local", action="store_true", help="run in this process, without Ray")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0,
@@ -48,6 +43,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                         "else sqlite:///<out>/mlflow.db)")
     p.add_argument("--experiment", default="goldnas-search", help="MLflow experiment name")
     p.add_argument("--no-mlflow", action="store_true", help="do not track the run in MLflow")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder; must not exist or be empty unless --resume "
+                        "(default: runs/search-<date>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the search stored in --out")
+    p.add_argument("--local", action="store_true", help="run in this process, without Ray")
+    add_search_flags(p)
     return p.parse_args(argv)
 
 

@@ -1,10 +1,20 @@
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
 from goldnas_ray.config import Config  # noqa: E402
@@ -32,3 +42,80 @@ def digits():
     from goldnas_ray.data import load_digits
 
     return load_digits()
+
+
+# ---- a real Ray cluster and a real MLflow server, one of each per test session ------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """Head (1 CPU) + a second node (1 CPU) on 127.0.0.1, so 2 workers land on 2 nodes."""
+    ray = str(BIN / "ray")
+    port, dash = free_port(), free_port()
+    # token authentication (Ray 2.60) on every process of the cluster, this test and the jobs
+    # (a fresh token of this session's own, passed by environment to every process)
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN=secrets.token_hex(32))
+    subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
+    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", f"--port={port}",
+                    "--dashboard-host", "127.0.0.1", f"--dashboard-port={dash}", "--num-cpus", "1",
+                    "--include-dashboard", "true", "--disable-usage-stats"],
+                   check=True, capture_output=True, env=env, timeout=180)
+    address = f"127.0.0.1:{port}"
+    # the second node gets its own temp dir, as a node on another machine has: sharing the
+    # head's would let its runtime-env agent unpack the job's working_dir over the folder the
+    # driver runs in (short path: Ray puts unix sockets below it)
+    node2 = tempfile.mkdtemp(prefix="rn2-", dir="/tmp")
+    subprocess.run([ray, "start", "--address", address, "--node-ip-address", "127.0.0.1",
+                    "--num-cpus", "1", "--disable-usage-stats", "--temp-dir", node2],
+                   check=True, capture_output=True, env=env, timeout=180)
+    dashboard = f"http://127.0.0.1:{dash}"
+    wait_http(dashboard)
+    yield {"address": address, "dashboard": dashboard, "env": env}
+    subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+    shutil.rmtree(node2, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(uri + "/health", timeout=120)
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def submit(cluster, script, *args, timeout=900, job_id=None):
+    """``ray job submit --working-dir <repo> -- python pipelines/<script> args``; with
+    ``job_id`` the job gets that submission id and the call returns without waiting."""
+    no_wait = ["--no-wait", "--submission-id", job_id] if job_id else []
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"], *no_wait,
+           "--working-dir", str(ROOT),
+           "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "runs", "data"]}),
+           "--", sys.executable, f"pipelines/{script}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=cluster["env"])

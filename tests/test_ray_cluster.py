@@ -2,94 +2,23 @@
 server, and the search submitted with the `ray job submit --working-dir .` CLI."""
 import json
 import os
-import secrets
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import free_port, submit
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.ray]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(url)
-
-
-@pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
-    """Head (1 CPU) + a second node (1 CPU) on 127.0.0.1, so 2 workers land on 2 nodes."""
-    ray = str(BIN / "ray")
-    port, dash = free_port(), free_port()
-    # token authentication (Ray 2.60) on every process of the cluster, this test and the jobs
-    # (a fresh token of this session's own, passed by environment to every process)
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token",
-               RAY_AUTH_TOKEN=secrets.token_hex(32))
-    subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
-    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", f"--port={port}",
-                    "--dashboard-host", "127.0.0.1", f"--dashboard-port={dash}", "--num-cpus", "1",
-                    "--include-dashboard", "true", "--disable-usage-stats"],
-                   check=True, capture_output=True, env=env, timeout=180)
-    address = f"127.0.0.1:{port}"
-    subprocess.run([ray, "start", "--address", address, "--node-ip-address", "127.0.0.1",
-                    "--num-cpus", "1", "--disable-usage-stats"],
-                   check=True, capture_output=True, env=env, timeout=180)
-    dashboard = f"http://127.0.0.1:{dash}"
-    wait_http(dashboard)
-    yield {"address": address, "dashboard": dashboard, "env": env}
-    subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(uri + "/health", timeout=120)
-        yield uri
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def submit(cluster, *args, timeout=900):
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"],
-           "--working-dir", str(ROOT),
-           "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "runs", "data"]}),
-           "--", sys.executable, "pipelines/search.py", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=cluster["env"])
 
 
 @pytest.mark.mlflow
 def test_job_submit_two_workers_two_nodes_tracked_in_mlflow(ray_cluster, mlflow_server, tmp_path):
     out = tmp_path / "search"
-    proc = submit(ray_cluster, "--smoke-test", "--workers", "2", "--out", str(out),
+    proc = submit(ray_cluster, "search.py", "--smoke-test", "--workers", "2", "--out", str(out),
                   "--mlflow-uri", mlflow_server, "--experiment", "ci-search")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "succeeded" in proc.stdout.lower()

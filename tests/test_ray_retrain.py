@@ -1,0 +1,169 @@
+"""Retraining on Ray Tune, for real: the two-node cluster on 127.0.0.1 and the MLflow server of
+conftest.py, jobs submitted with `ray job submit`."""
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import BIN, submit
+
+from goldnas_ray.frontier import non_dominated
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
+
+
+@pytest.fixture(scope="module")
+def pipeline(ray_cluster, mlflow_server, tmp_path_factory):
+    """pipelines/pipeline.py as one job: a 1-epoch smoke search (2 recorded architectures),
+    then their retrain, 2 trials x 2 epochs, one CPU each on a cluster of 2 one-CPU nodes."""
+    out = tmp_path_factory.mktemp("pipeline") / "p"
+    proc = submit(ray_cluster, "pipeline.py", "--smoke-test", "--max-epochs", "1", "--out", str(out),
+                  "--mlflow-uri", mlflow_server, "--experiment", "ci-pipe-search",
+                  "--retrain-experiment", "ci-pipe-retrain")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out, proc.stdout
+
+
+def _client(uri):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def test_pipeline_retrains_the_front_concurrently_and_reports_it(pipeline, mlflow_server):
+    out, stdout = pipeline
+    search = json.loads((out / "search" / "frontier.json").read_text())
+    assert len(search["architectures"]) == 2
+    retrain = out / "retrain"
+    manifest = json.loads((retrain / "retrain.json").read_text())
+    assert manifest["trials"] == ["arch-000-s0", "arch-001-s0"]
+
+    # the report agrees with the search's records and with the trials' last epochs
+    table = pd.read_parquet(retrain / "frontier.parquet")
+    assert list(pd.read_csv(retrain / "frontier.csv")["arch_id"]) == list(table["arch_id"])
+    assert (retrain / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    recorded = {a["id"]: a for a in search["architectures"]}
+    assert sorted(table["arch_id"]) == sorted(recorded)
+    trials = pd.read_parquet(retrain / "trials.parquet")
+    for _, row in table.iterrows():
+        assert row["kind"] == "searched" and row["epochs"] == 2 and row["seeds"] == 1
+        assert row["flops"] == recorded[row["arch_id"]]["flops"]
+        assert row["params"] == recorded[row["arch_id"]]["params"]
+        mine = trials[trials["arch_id"] == row["arch_id"]].sort_values("epoch")
+        assert list(mine["epoch"]) == [1, 2]
+        assert row["accuracy_mean"] == mine["test_acc"].iloc[-1]
+    assert list(table["on_front"]) == non_dominated(table["flops"], table["accuracy_mean"])
+    assert "arch-000" in stdout and "retrain finished" in stdout
+
+    # both trials ran at the same time, one on each node
+    starts, nodes = {}, {}
+    for key in manifest["trials"]:
+        first = json.loads((retrain / ".trials" / f"{key}.jsonl").read_text().splitlines()[0])
+        starts[key], nodes[key] = first["time"], first["node_id"]
+    ends = trials.groupby("key")["end_time"].max().to_dict()
+    assert max(starts.values()) < min(ends.values()), (starts, ends)
+    assert len(set(nodes.values())) == 2
+
+    # MLflow: a parent run linked to the search run, one child per trial with its history
+    client = _client(mlflow_server)
+    parent = client.get_run(manifest["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert client.get_experiment(parent.info.experiment_id).name == "ci-pipe-retrain"
+    assert parent.data.tags["goldnas.search_run_id"] == search["mlflow_run_id"]
+    assert client.get_run(search["mlflow_run_id"]).info.status == "FINISHED"
+    assert {"frontier.csv", "frontier.parquet", "frontier.png", "trials.parquet"} <= \
+        {a.path for a in client.list_artifacts(parent.info.run_id)}
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.info.run_name for r in children) == manifest["trials"]
+    for child in children:
+        p = child.data.params
+        assert child.info.status == "FINISHED"
+        assert p["kind"] == "searched" and p["seed"] == "0" and p["retrain.epochs"] == "2"
+        assert int(p["flops"]) == recorded[p["arch_id"]]["flops"]
+        history = sorted(client.get_metric_history(child.info.run_id, "test_acc"), key=lambda m: m.step)
+        mine = trials[trials["arch_id"] == p["arch_id"]].sort_values("epoch")
+        assert [m.step for m in history] == [1, 2]
+        assert [m.value for m in history] == pytest.approx(list(mine["test_acc"]))
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")] == [1, 2]
+
+
+def test_an_interrupted_retrain_from_an_mlflow_search_run_resumes(pipeline, ray_cluster, mlflow_server,
+                                                                   tmp_path):
+    search = json.loads((pipeline[0] / "search" / "frontier.json").read_text())
+    out = tmp_path / "r"
+    job = f"retrain-{int(time.time())}"
+    args = ["--search-run", search["mlflow_run_id"], "--mlflow-uri", mlflow_server, "--random", "1",
+            "--epochs", "4", "--set", "retrain.batch_size=128", "--out", str(out)]
+    proc = submit(ray_cluster, "retrain.py", *args, job_id=job)
+    assert proc.returncode == 0, proc.stderr
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((out / "ray" / "retrain").glob("*/checkpoint_*")):
+        time.sleep(0.2)
+    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", ray_cluster["dashboard"], job],
+                          capture_output=True, text=True, timeout=120, env=ray_cluster["env"])
+    assert stop.returncode == 0, stop.stderr
+    assert not (out / "frontier.csv").exists(), "the retrain finished before it could be interrupted"
+    manifest = json.loads((out / "retrain.json").read_text())
+    assert manifest["trials"] == ["arch-000-s0", "arch-001-s0", "random-000-s0"]
+    assert (out / "search" / "frontier.json").is_file()  # read from the MLflow run's artifacts
+
+    proc = submit(ray_cluster, "retrain.py", "--resume", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    trials = pd.read_parquet(out / "trials.parquet")
+    for key in manifest["trials"]:
+        assert list(trials[trials["key"] == key]["epoch"]) == [1, 2, 3, 4], key
+    starts = [json.loads(line)["start_epoch"] for key in manifest["trials"]
+              for line in (out / ".trials" / f"{key}.jsonl").read_text().splitlines()]
+    assert any(s > 0 for s in starts), f"no trial continued from a checkpoint: {starts}"
+
+    table = pd.read_parquet(out / "frontier.parquet")
+    assert sorted(table["kind"]) == ["random", "searched", "searched"]
+    rnd = table[table["kind"] == "random"].iloc[0]
+    searched = sorted(a["flops"] for a in search["architectures"])
+    assert any(abs(rnd["flops"] - f) <= 0.02 * f for f in searched)
+
+    client = _client(mlflow_server)
+    parent = client.get_run(manifest["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["goldnas.search_run_id"] == search["mlflow_run_id"]
+    for key, run_id in manifest["mlflow_child_run_ids"].items():
+        steps = [m.step for m in client.get_metric_history(run_id, "test_acc")]
+        assert sorted(steps) == [1, 2, 3, 4], (key, steps)  # every epoch once, across the restart
+        assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_bad_genotypes_are_refused_before_any_trial(pipeline, ray_cluster, tmp_path):
+    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
+    script = str(ROOT / "pipelines" / "retrain.py")
+    source = pipeline[0] / "search"
+
+    def attempt(name, edit):
+        copy = tmp_path / name
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("checkpoints", "ray", "mlflow.db"))
+        edit(copy / "genotypes" / "arch-001.json")
+        out = tmp_path / f"{name}-out"
+        proc = subprocess.run([sys.executable, script, "--search-dir", str(copy), "--out", str(out),
+                               "--no-mlflow"], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert not out.exists()  # nothing written, no trial started
+        return proc.stderr
+
+    err = attempt("truncated", lambda p: p.write_text(p.read_text()[:100]))
+    assert "arch-001.json is not valid JSON" in err
+
+    def drop_operator(path):
+        raw = json.loads(path.read_text())  # the last cell is always live: its FLOPs count
+        edges = sorted(raw["cells"][-1]["edges"], key=lambda e: -len(e["ops"]))
+        edge = next(e for e in edges if "sep_conv_3x3" in e["ops"])
+        edge["ops"].remove("sep_conv_3x3")
+        edge["ops"] = edge["ops"] or ["skip_connect"]
+        path.write_text(json.dumps(raw))
+
+    err = attempt("mismatched", drop_operator)
+    assert "arch-001.json: its network has" in err and "frontier.json records" in err
