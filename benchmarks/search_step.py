@@ -7,6 +7,7 @@ the same machine (the practical peak).
 
     python benchmarks/search_step.py                 # the default digits space
     python benchmarks/search_step.py --input-size 32 --channels 16 --cells 8 --batch 64
+    python benchmarks/search_step.py --device cuda
 """
 from __future__ import annotations
 
@@ -25,13 +26,20 @@ from goldnas_ray.config import Config  # noqa: E402
 from goldnas_ray.search import GoldSearch  # noqa: E402
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
     times = []
     for _ in range(repeats):
+        sync(device)
         t = time.perf_counter()
         a @ b
+        sync(device)
         times.append(time.perf_counter() - t)
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
@@ -58,8 +66,10 @@ def time_steps(search: GoldSearch, x: torch.Tensor, y: torch.Tensor, steps: int,
         search.train_step(x, y)
     times = []
     for _ in range(steps):
+        sync(str(search.device))
         t = time.perf_counter()
-        search.train_step(x, y)
+        search.train_step(x, y)  # returns float(loss): waits for the GPU too
+        sync(str(search.device))
         times.append(time.perf_counter() - t)
     return times
 
@@ -74,17 +84,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=15)
     p.add_argument("--fraction", type=float, default=0.3)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = Config().override([f"space.num_cells={args.cells}", f"space.init_channels={args.channels}"]).validate()
     shape = (args.in_channels, args.input_size, args.input_size)
-    x = torch.randn(args.batch, *shape)
-    y = torch.randint(0, 10, (args.batch,))
+    x = torch.randn(args.batch, *shape, device=args.device)
+    y = torch.randint(0, 10, (args.batch,), device=args.device)
 
-    peak = matmul_gflops()
+    peak = matmul_gflops(device=args.device)
     rows = []
     for label in ("full", f"pruned to {int(args.fraction * 100)}%"):
-        search = GoldSearch(cfg, shape, 10)
+        search = GoldSearch(cfg, shape, 10, device=args.device)
         search.schedule.lam = 0.1  # include the cost term, as in a real search epoch
         if label != "full":
             prune_to(search, args.fraction)
@@ -95,7 +106,7 @@ def main() -> None:
         rows.append((label, flops, len(search.model.alive_ops()), med, args.batch / med, achieved))
 
     print(f"space: {args.cells} cells, {args.channels} channels, input {shape}, batch {args.batch}, "
-          f"{args.threads} threads; median of {args.steps} steps")
+          f"{args.threads} threads, device {args.device}; median of {args.steps} steps")
     print(f"peak: 2048x2048 float32 matmul {peak:.1f} GFLOP/s")
     print(f"{'supernet':<16}{'MFLOPs/img':>11}{'ops':>6}{'step ms':>10}{'img/s':>9}{'GFLOP/s':>9}{'of peak':>9}")
     for label, flops, ops, med, ips, achieved in rows:
