@@ -228,8 +228,13 @@ def run_retrain(out: Path, *, search_dir: Path | None = None, search_run: str | 
     r = cfg.retrain
     seeds = [cfg.seed + i for i in range(r.seeds)]
     per_trial = {"CPU": cpus_per_trial} | ({"GPU": gpus_per_trial} if gpus_per_trial else {})
-    resources = connect(log)
-    _check_fits(per_trial)
+    try:
+        resources = connect(log)
+        _check_fits(per_trial)
+    except Exception:
+        if not resume and plan["staging"] is not None:
+            shutil.rmtree(plan["staging"], ignore_errors=True)
+        raise
 
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
@@ -249,21 +254,8 @@ def run_retrain(out: Path, *, search_dir: Path | None = None, search_run: str | 
             "mlflow_tracking_uri": uri,
         }
         if uri:
-            tracker = RetrainTracker(uri)
-            recipe = {f"retrain.{k}": v for k, v in cfg.to_dict()["retrain"].items()}
-            children = {
-                trial_key(c.arch_id, s): (trial_key(c.arch_id, s),
-                                          {"arch_id": c.arch_id, "kind": c.kind, "flops": c.flops,
-                                           "params": c.params, "seed": s, **recipe},
-                                          {"kind": c.kind, "arch_id": c.arch_id})
-                for c in candidates for s in seeds}
-            tags = {"goldnas.stage": "retrain", "goldnas.out": str(out), "dataset": plan["dataset"]}
-            if plan["search_run"]:
-                tags["goldnas.search_run_id"] = plan["search_run"]
-            tags["goldnas.search_dir"] = manifest["search_dir"]
-            params = {"seeds": len(seeds), "random": sum(c.kind == "random" for c in candidates),
-                      "architectures": len(candidates), **recipe}
-            parent, child_ids = tracker.start(experiment, out.name, params, tags, children)
+            parent, child_ids = _create_runs(RetrainTracker(uri), experiment, out, cfg, candidates,
+                                             seeds, plan, manifest["search_dir"])
             manifest |= {"mlflow_run_id": parent, "mlflow_child_run_ids": child_ids}
         _atomic_write(out / "retrain.json", json.dumps(manifest, indent=1).encode())
 
@@ -304,25 +296,14 @@ def run_retrain(out: Path, *, search_dir: Path | None = None, search_run: str | 
             run_config=run_config)
     results = tuner.fit()
 
-    rows, failed = [], []
-    for result in results:
-        key = result.config["key"]
-        if result.error is not None or result.checkpoint is None:
-            failed.append(f"{key} ({type(result.error).__name__ if result.error else 'no checkpoint'})")
-            continue
-        with result.checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-        spec = specs[key]
-        if state["epoch"] < r.epochs:
-            failed.append(f"{key} (stopped after epoch {state['epoch']})")
-        rows += [{"key": key, "arch_id": spec["arch_id"], "seed": spec["seed"]} | h for h in state["history"]]
-    trials = pd.DataFrame(rows)
+    trials, failed = _collect(results, specs, r.epochs)
     table = pd.DataFrame()
-    if rows:
+    if not trials.empty:
         trials.to_parquet(out / "trials.parquet", index=False)
-        archs = pd.DataFrame([c.row() for c in candidates])
-        table = report.summarise(trials, archs)
-        report.write_report(out, table, title=f"{out.name}: {len(seeds)} seed(s), {r.epochs} epochs")
+        done = trials[trials["finished"]]
+        if not done.empty:  # an unfinished trial's last epoch is not comparable: left out
+            table = report.summarise(done, pd.DataFrame([c.row() for c in candidates]))
+            report.write_report(out, table, title=f"{out.name}: {len(seeds)} seed(s), {r.epochs} epochs")
     log(f"retrain {'finished' if not failed else 'stopped'} after {time.perf_counter() - started:.0f}s "
         f"here; frontier in {out / 'frontier.csv'}")
     if not table.empty:
@@ -338,6 +319,44 @@ def run_retrain(out: Path, *, search_dir: Path | None = None, search_run: str | 
         raise RetrainError(f"{len(failed)} of {len(keys)} trials did not finish: {', '.join(failed)}; "
                            f"continue with --resume --out {out}")
     return table
+
+
+def _create_runs(tracker: RetrainTracker, experiment: str, out: Path, cfg: Config, candidates: list,
+                 seeds: list[int], plan: dict[str, Any], search_dir: str) -> tuple[str, dict[str, str]]:
+    """The MLflow parent run of a retrain and one child per trial, created before any trial."""
+    recipe = {f"retrain.{k}": v for k, v in cfg.to_dict()["retrain"].items()}
+    children = {
+        trial_key(c.arch_id, s): (trial_key(c.arch_id, s),
+                                  {"arch_id": c.arch_id, "kind": c.kind, "flops": c.flops,
+                                   "params": c.params, "seed": s, **recipe},
+                                  {"kind": c.kind, "arch_id": c.arch_id})
+        for c in candidates for s in seeds}
+    tags = {"goldnas.stage": "retrain", "goldnas.out": str(out), "dataset": plan["dataset"],
+            "goldnas.search_dir": search_dir}
+    if plan["search_run"]:
+        tags["goldnas.search_run_id"] = plan["search_run"]
+    params = {"seeds": len(seeds), "random": sum(c.kind == "random" for c in candidates),
+              "architectures": len(candidates), **recipe}
+    return tracker.start(experiment, out.name, params, tags, children)
+
+
+def _collect(results, specs: dict[str, dict[str, Any]], epochs: int) -> tuple[pd.DataFrame, list[str]]:
+    """Every trial's history, read from its last checkpoint; and the trials that did not finish."""
+    rows, failed = [], []
+    for result in results:
+        key = result.config["key"]
+        if result.checkpoint is None:
+            failed.append(f"{key} ({type(result.error).__name__ if result.error else 'no checkpoint'})")
+            continue
+        with result.checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        finished = state["epoch"] >= epochs
+        if not finished:
+            failed.append(f"{key} (stopped after epoch {state['epoch']})")
+        spec = specs[key]
+        rows += [{"key": key, "arch_id": spec["arch_id"], "seed": spec["seed"], "finished": finished} | h
+                 for h in state["history"]]
+    return pd.DataFrame(rows), failed
 
 
 def format_table(table: pd.DataFrame) -> str:

@@ -167,3 +167,13 @@ def test_bad_genotypes_are_refused_before_any_trial(pipeline, ray_cluster, tmp_p
 
     err = attempt("mismatched", drop_operator)
     assert "arch-001.json: its network has" in err and "frontier.json records" in err
+
+
+def test_an_unknown_search_run_is_refused(mlflow_server, tmp_path):
+    out = tmp_path / "x"
+    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "retrain.py"), "--search-run", "0" * 32,
+                           "--mlflow-uri", mlflow_server, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2
+    assert f"cannot read the search files of MLflow run {'0' * 32}" in proc.stderr
+    assert not out.exists()
