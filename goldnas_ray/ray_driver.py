@@ -124,6 +124,8 @@ def run_ray(cfg: Config | None, out: Path, *, workers: int = 1, cpus_per_worker:
             name=f"{out.name}-{int(time.time())}" if resume else out.name,
             storage_path=str(out / "ray"),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            # each checkpoint is the whole search state: keep the last two, not every epoch's
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
     started = time.perf_counter()
