@@ -229,6 +229,16 @@ class RetrainTracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def end_retrain(self, parent_id: str, status: str) -> None:
+        """End the parent and every child still RUNNING with ``status`` (KILLED when the job was
+        stopped, FAILED after an error); children never started stay SCHEDULED. --resume sets
+        them running again."""
+        exp = self.client.get_run(parent_id).info.experiment_id
+        for run in self.client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}'"):
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, status=status)
+        self.client.set_terminated(parent_id, status=status)
+
     def log_report(self, parent_id: str, out: Path, summary: dict[str, float]) -> None:
         from mlflow.entities import Metric
 

@@ -18,11 +18,14 @@ report is written (frontier.parquet / .csv / .png), then logged to the parent ru
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -123,6 +126,24 @@ class RetrainCallback(ray.tune.Callback):
 
 
 # ---- planning ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """Turn SIGTERM (what ``ray job stop`` sends the driver) into SystemExit, so the driver can
+    mark its MLflow runs KILLED in the seconds before the SIGKILL that follows."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def trial_key(arch_id: str, seed: int) -> str:
     return f"{arch_id}-s{seed}"
 
@@ -294,7 +315,17 @@ def run_retrain(out: Path, *, search_dir: Path | None = None, search_run: str | 
             tune_config=ray.tune.TuneConfig(trial_name_creator=lambda t: t.config["key"],
                                             trial_dirname_creator=lambda t: t.config["key"]),
             run_config=run_config)
-    results = tuner.fit()
+    try:
+        with _sigterm_as_exit():
+            results = tuner.fit()
+    except BaseException as exc:
+        if tracker is not None:  # the job was stopped, or Tune broke: say so in MLflow
+            killed = isinstance(exc, (SystemExit, KeyboardInterrupt))
+            try:
+                tracker.end_retrain(manifest["mlflow_run_id"], "KILLED" if killed else "FAILED")
+            except Exception as mlflow_exc:  # noqa: BLE001 - never hide the original error
+                log(f"could not mark the MLflow runs as ended: {mlflow_exc}")
+        raise
 
     trials, failed = _collect(results, specs, r.epochs)
     table = pd.DataFrame()

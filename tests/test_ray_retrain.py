@@ -110,6 +110,11 @@ def test_an_interrupted_retrain_from_an_mlflow_search_run_resumes(pipeline, ray_
     assert stop.returncode == 0, stop.stderr
     assert not (out / "frontier.csv").exists(), "the retrain finished before it could be interrupted"
     manifest = json.loads((out / "retrain.json").read_text())
+    client = _client(mlflow_server)
+    # the stopped driver said so in MLflow: no run is left RUNNING
+    assert client.get_run(manifest["mlflow_run_id"]).info.status == "KILLED"
+    stopped = [client.get_run(r).info.status for r in manifest["mlflow_child_run_ids"].values()]
+    assert "RUNNING" not in stopped and "KILLED" in stopped, stopped
     assert manifest["trials"] == ["arch-000-s0", "arch-001-s0", "random-000-s0"]
     assert (out / "search" / "frontier.json").is_file()  # read from the MLflow run's artifacts
 
@@ -128,7 +133,6 @@ def test_an_interrupted_retrain_from_an_mlflow_search_run_resumes(pipeline, ray_
     searched = sorted(a["flops"] for a in search["architectures"])
     assert any(abs(rnd["flops"] - f) <= 0.02 * f for f in searched)
 
-    client = _client(mlflow_server)
     parent = client.get_run(manifest["mlflow_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["goldnas.search_run_id"] == search["mlflow_run_id"]
