@@ -34,9 +34,15 @@ def check_out_dir(out: Path, resume: bool) -> None:
             raise OutputDirError(f"--resume: {out} is not a search output folder "
                                  f"(no {CHECKPOINT} inside)")
         return
+    check_new_out_dir(out, "search")
+
+
+def check_new_out_dir(out: Path, stage: str) -> None:
+    """A new run's output folder must not exist or be empty: earlier results are never
+    overwritten."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputDirError(f"output folder {out} already exists and is not empty; pass a new "
-                             f"--out, or --resume to continue the search stored there")
+                             f"--out, or --resume to continue the {stage} stored there")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

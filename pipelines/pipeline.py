@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -24,9 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import retrain as retrain_cli  # noqa: E402
 import search as search_cli  # noqa: E402
 
-from goldnas_ray.artifacts import CHECKPOINT, OutputDirError  # noqa: E402
-from goldnas_ray.config import ConfigError  # noqa: E402
-from goldnas_ray.data import DataError  # noqa: E402
+from goldnas_ray.artifacts import CHECKPOINT, OutputDirError, check_new_out_dir  # noqa: E402
+from goldnas_ray.cli import output_folder, run_main  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,26 +40,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.out is None:
-        if args.resume:
-            print("error: --resume needs --out, the folder of the pipeline to continue", file=sys.stderr)
-            return 2
-        args.out = Path("runs") / time.strftime("pipeline-%Y%m%d-%H%M%S")
-    out = args.out.resolve()
-    search_out, retrain_out = out / "search", out / "retrain"
-    try:
+
+    def body() -> None:
         from goldnas_ray.ray_driver import run_ray
         from goldnas_ray.tune_driver import run_retrain
 
+        out = output_folder(args.out, args.resume, "pipeline").resolve()
+        search_out, retrain_out = out / "search", out / "retrain"
         if args.resume:
             if not (search_out / CHECKPOINT).is_file():
                 raise OutputDirError(f"--resume: {out} is not a pipeline output folder (no "
                                      f"search/{CHECKPOINT} inside)")
             cfg = None
         else:
-            if out.exists() and (not out.is_dir() or any(out.iterdir())):
-                raise OutputDirError(f"output folder {out} already exists and is not empty; pass a "
-                                     f"new --out, or --resume to continue the pipeline stored there")
+            check_new_out_dir(out, "pipeline")
             cfg = search_cli.build_config(args)
             # the retrain recipe travels inside the search's config: fail on it now, not after
             # the search
@@ -76,10 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                     gpus_per_trial=args.gpus_per_trial, max_failures=args.max_trial_failures,
                     mlflow_uri=args.mlflow_uri, experiment=args.retrain_experiment,
                     tracking=not args.no_mlflow, resume=resume_retrain)
-    except (ConfigError, OutputDirError, DataError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from goldnas_ray.artifacts import OutputDirError  # noqa: E402
-from goldnas_ray.config import ConfigError  # noqa: E402
-from goldnas_ray.data import DataError  # noqa: E402
+from goldnas_ray.cli import output_folder, run_main  # noqa: E402
 
 SMOKE = ["retrain.epochs=2", "retrain.batch_size=128"]
 
@@ -74,23 +71,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.out is None:
-        if args.resume:
-            print("error: --resume needs --out, the folder of the retrain to continue", file=sys.stderr)
-            return 2
-        args.out = Path("runs") / time.strftime("retrain-%Y%m%d-%H%M%S")
-    try:
+
+    def body() -> None:
         from goldnas_ray.tune_driver import run_retrain
 
-        run_retrain(args.out, search_dir=args.search_dir, search_run=args.search_run,
-                    config_file=args.config, overrides=retrain_overrides(args), random_k=args.random,
+        run_retrain(output_folder(args.out, args.resume, "retrain"), search_dir=args.search_dir,
+                    search_run=args.search_run, config_file=args.config,
+                    overrides=retrain_overrides(args), random_k=args.random,
                     cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                     max_failures=args.max_trial_failures, mlflow_uri=args.mlflow_uri,
                     experiment=args.retrain_experiment, tracking=not args.no_mlflow, resume=args.resume)
-    except (ConfigError, OutputDirError, DataError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from goldnas_ray.artifacts import OutputDirError  # noqa: E402
-from goldnas_ray.config import Config, ConfigError  # noqa: E402
-from goldnas_ray.data import DataError  # noqa: E402
+from goldnas_ray.cli import output_folder, run_main  # noqa: E402
+from goldnas_ray.config import Config  # noqa: E402
 
 SMOKE = ["space.num_cells=3", "space.init_channels=4", "search.max_epochs=3",
          "search.lambda0=1.0", "search.xi_max=0.2", "search.t0=0", "data.batch_size=128"]
@@ -69,29 +67,24 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.out is None:
-        if args.resume:
-            print("error: --resume needs --out, the folder of the search to continue", file=sys.stderr)
-            return 2
-        args.out = Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
-    try:
+
+    def body() -> None:
+        out = output_folder(args.out, args.resume, "search")
         cfg = None if args.resume else build_config(args)
         if args.local:
             from goldnas_ray.runner import run_local
 
-            run_local(cfg, args.out, resume=args.resume, mlflow_uri=args.mlflow_uri,
+            run_local(cfg, out, resume=args.resume, mlflow_uri=args.mlflow_uri,
                       experiment=args.experiment, tracking=not args.no_mlflow)
         else:
             from goldnas_ray.ray_driver import run_ray
 
-            run_ray(cfg, args.out, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+            run_ray(cfg, out, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                     gpus_per_worker=args.gpus_per_worker, resume=args.resume,
                     mlflow_uri=args.mlflow_uri, experiment=args.experiment,
                     max_failures=args.max_failures, tracking=not args.no_mlflow)
-    except (ConfigError, OutputDirError, DataError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_main(body)
 
 
 if __name__ == "__main__":
