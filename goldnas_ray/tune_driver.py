@@ -35,7 +35,7 @@ import ray.tune
 import torch
 
 from goldnas_ray import frontier as report
-from goldnas_ray.artifacts import OutputDirError, _atomic_write
+from goldnas_ray.artifacts import OutputDirError, _atomic_write, check_new_out_dir, load_checkpoint
 from goldnas_ray.candidates import (candidates_from_manifest, load_search, random_candidates,
                                     read_manifest, save_genotypes)
 from goldnas_ray.config import Config, RetrainConfig
@@ -67,7 +67,7 @@ def retrain_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]]) -> N
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+            state = load_checkpoint(Path(d) / STATE_FILE)
         trainer = Retrainer.from_state_dict(state, device)
     else:
         from goldnas_ray.genotype import Genotype
@@ -183,9 +183,7 @@ def plan_retrain(out: Path, *, search_dir: Path | None = None, search_run: str |
     if random_k < 0:
         raise ValueError(f"--random must be >= 0, got {random_k}")
     out = Path(out).resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputDirError(f"output folder {out} already exists and is not empty; pass a new "
-                             f"--out, or --resume to continue the retrain stored there")
+    check_new_out_dir(out, "retrain")
     staging = None
     if search_run is not None:
         uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -284,10 +282,10 @@ def run_retrain(out: Path, *, search_dir: Path | None = None, search_run: str | 
     if tracker is not None and resume:
         tracker.client.update_run(manifest["mlflow_run_id"], status="RUNNING")
     keys = manifest["trials"]
-    data_cfg = cfg.to_dict()["data"]
+    config = cfg.to_dict()
     specs = {trial_key(c.arch_id, s): {
-        "arch_id": c.arch_id, "seed": s, "genotype": c.genotype.to_dict(), "recipe": cfg.to_dict()["retrain"],
-        "data": data_cfg, "threads": max(1, int(cpus_per_trial)), "use_gpu": gpus_per_trial > 0,
+        "arch_id": c.arch_id, "seed": s, "genotype": c.genotype.to_dict(), "recipe": config["retrain"],
+        "data": config["data"], "threads": max(1, int(cpus_per_trial)), "use_gpu": gpus_per_trial > 0,
         "out": str(out)} for c in candidates for s in seeds}
     trainable = ray.tune.with_resources(ray.tune.with_parameters(retrain_trial, specs=specs),
                                         {k.lower(): v for k, v in per_trial.items()})
@@ -380,7 +378,7 @@ def _collect(results, specs: dict[str, dict[str, Any]], epochs: int) -> tuple[pd
             failed.append(f"{key} ({type(result.error).__name__ if result.error else 'no checkpoint'})")
             continue
         with result.checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+            state = load_checkpoint(Path(d) / STATE_FILE)
         finished = state["epoch"] >= epochs
         if not finished:
             failed.append(f"{key} (stopped after epoch {state['epoch']})")
