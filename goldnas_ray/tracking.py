@@ -65,6 +65,29 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def _experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
+
+
+def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    """Flattened params (``section.key``), in batches of the 100 MLflow accepts at once."""
+    from mlflow.entities import Param
+
+    items = [Param(k, v[:6000]) for k, v in _flatten(params).items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def _log_files(client, run_id: str, out: Path, names: tuple[str, ...]) -> None:
+    """The named files of ``out`` that exist, and its genotypes/ folder, as artifacts."""
+    for name in names:
+        if (out / name).is_file():
+            client.log_artifact(run_id, str(out / name))
+    if (out / "genotypes").is_dir():
+        client.log_artifacts(run_id, str(out / "genotypes"), "genotypes")
+
+
 class SearchTracker:
     def __init__(self, uri: str, experiment: str, run_name: str, config: dict[str, Any],
                  tags: dict[str, str], run_id: str | None = None):
@@ -73,15 +96,10 @@ class SearchTracker:
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
         if run_id is None:
-            exp = self.client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
-            run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
+            run = self.client.create_run(_experiment_id(self.client, experiment), run_name=run_name,
+                                         tags=tags)
             self.run_id = run.info.run_id
-            from mlflow.entities import Param
-
-            params = [Param(k, v[:6000]) for k, v in _flatten(config).items()]
-            for i in range(0, len(params), 100):
-                self.client.log_batch(self.run_id, params=params[i:i + 100])
+            _log_params(self.client, self.run_id, config)
             self.logged_steps: set[int] = set()
         else:
             self.run_id = run_id
@@ -103,11 +121,7 @@ class SearchTracker:
 
     def log_outputs(self, out: Path) -> None:
         out = Path(out)
-        for name in ("frontier.json", "history.parquet", "config.yaml"):
-            if (out / name).is_file():
-                self.client.log_artifact(self.run_id, str(out / name))
-        if (out / "genotypes").is_dir():
-            self.client.log_artifacts(self.run_id, str(out / "genotypes"), "genotypes")
+        _log_files(self.client, self.run_id, out, ("frontier.json", "history.parquet", "config.yaml"))
         for png in write_plots(out):
             self.client.log_artifact(self.run_id, str(png), "plots")
 
@@ -177,29 +191,21 @@ class RetrainTracker:
     def __getstate__(self) -> dict[str, Any]:  # Tune may pickle its callbacks
         return {"uri": self.uri, "_client": None, "_logged": {}}
 
-    def _params(self, run_id: str, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
-
     def start(self, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str],
               children: dict[str, tuple[str, dict[str, Any], dict[str, str]]]) -> tuple[str, dict[str, str]]:
         """Create the parent run and one child per entry of ``children`` (key -> (name,
         params, tags)); returns (parent id, key -> child id)."""
         from mlflow.entities import Metric
 
-        exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        exp_id = _experiment_id(self.client, experiment)
         parent = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
-        self._params(parent, params)
+        _log_params(self.client, parent, params)
         child_ids = {}
         for key, (name, child_params, child_tags) in children.items():
             run = self.client.create_run(exp_id, run_name=name,
                                          tags=child_tags | {"mlflow.parentRunId": parent})
             child_ids[key] = run.info.run_id
-            self._params(run.info.run_id, child_params)
+            _log_params(self.client, run.info.run_id, child_params)
             # FLOPs and parameters as metrics too, so the UI can put them on a chart axis
             ts = int(time.time() * 1000)
             self.client.log_batch(run.info.run_id, metrics=[
@@ -242,11 +248,7 @@ class RetrainTracker:
     def log_report(self, parent_id: str, out: Path, summary: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
-        out = Path(out)
-        for name in ("frontier.parquet", "frontier.csv", "frontier.png", "trials.parquet", "retrain.json"):
-            if (out / name).is_file():
-                self.client.log_artifact(parent_id, str(out / name))
-        if (out / "genotypes").is_dir():
-            self.client.log_artifacts(parent_id, str(out / "genotypes"), "genotypes")
+        _log_files(self.client, parent_id, Path(out),
+                   ("frontier.parquet", "frontier.csv", "frontier.png", "trials.parquet", "retrain.json"))
         ts = int(time.time() * 1000)
         self.client.log_batch(parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in summary.items()])
