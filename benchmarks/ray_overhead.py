@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from goldnas_ray.config import Config  # noqa: E402
+from goldnas_ray.core.config import Config
 
 
 def summarise(out: Path, started: float) -> tuple[float, float, float]:
@@ -38,13 +36,13 @@ def main() -> None:
     cfg = Config().override([f"search.max_epochs={args.epochs}"]).validate()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        from goldnas_ray.runner import run_local
+        from goldnas_ray.run.loop import run_local
 
         t = time.time()
         run_local(cfg, Path(tmp) / "local", log=lambda _: None)
         rows.append(("in-process",) + summarise(Path(tmp) / "local", t))
 
-        from goldnas_ray.ray_driver import run_ray
+        from goldnas_ray.orchestration.search_driver import run_ray
 
         t = time.time()
         run_ray(Config.from_dict(cfg.to_dict()), Path(tmp) / "ray", workers=1, cpus_per_worker=args.cpus,

@@ -19,14 +19,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from goldnas_ray.config import RetrainConfig  # noqa: E402
-from goldnas_ray.data import load_digits  # noqa: E402
-from goldnas_ray.genotype import load_genotype  # noqa: E402
-from goldnas_ray.retrain import Retrainer  # noqa: E402
+from goldnas_ray.core.config import RetrainConfig
+from goldnas_ray.data import load_digits
+from goldnas_ray.core.genotype import load_genotype
+from goldnas_ray.retrain.recipe import Retrainer
+from goldnas_ray.files.search_files import read_records
 
 
 def time_arch(path: Path, device: str, epochs: int, threads: int) -> dict:
@@ -53,8 +53,8 @@ def main() -> None:
     if args.one:
         print(json.dumps(time_arch(args.one, args.device, args.epochs, args.threads)))
         return
-    frontier = json.loads((args.search_dir / "frontier.json").read_text())
-    paths = [args.search_dir / a["genotype"] for a in frontier["architectures"]]
+    records = read_records(args.search_dir)
+    paths = [args.search_dir / a["genotype"] for a in records["architectures"]]
     print(f"device {args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}), "
           f"{args.threads} thread(s), batch 64, {args.epochs} epochs, median of epochs 2..{args.epochs}")
     results = [time_arch(path, args.device, args.epochs, args.threads) for path in paths]

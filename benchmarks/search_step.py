@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from goldnas_ray.config import Config  # noqa: E402
-from goldnas_ray.search import GoldSearch  # noqa: E402
+from goldnas_ray.core.config import Config
+from goldnas_ray.core.search import GoldSearch
 
 
 def sync(device: str) -> None:
@@ -53,7 +50,7 @@ def prune_to(search: GoldSearch, fraction: float, seed: int = 0) -> None:
         per_node: dict = {}
         for k in keys:
             per_node[(k.cell, k.dst)] = per_node.get((k.cell, k.dst), 0) + 1
-        candidates = [k for k in keys if per_node[(k.cell, k.dst)] > 1 and model.part_flops.get(k, 0) > 0]
+        candidates = [k for k in keys if per_node[(k.cell, k.dst)] > 1 and model.costs.flops_by_part.get(k, 0) > 0]
         if not candidates:
             break
         model.prune([rng.choice(candidates)])

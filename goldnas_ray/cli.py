@@ -1,17 +1,29 @@
-"""What the pipeline scripts share: the default output folder and the error convention
-(a user error is printed as ``error: ...`` with exit status 2, before compute is spent)."""
+"""What the pipeline scripts share: the default output folder and the error convention.
+
+A user error (a bad config value, missing or malformed data or genotype files, an unusable
+output folder, an unreachable or too small cluster, an unreachable MLflow server, trials left
+unfinished) is printed as one line ``error: ...`` with exit status 2, before compute is spent
+where it can be found then. Anything else is a bug: its traceback is kept and the status is 1.
+"""
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-from goldnas_ray.artifacts import OutputDirError
-from goldnas_ray.config import ConfigError
+from goldnas_ray.core.config import Config, ConfigError
+from goldnas_ray.core.genotype import GenotypeError
+from goldnas_ray.core.space import SpaceError
 from goldnas_ray.data import DataError
+from goldnas_ray.files.search_files import OutputDirError
+from goldnas_ray.orchestration.cluster import ClusterError
+from goldnas_ray.retrain.plan import RetrainError
+from goldnas_ray.tracking.common import TrackingError
 
-USER_ERRORS = (ConfigError, OutputDirError, DataError, ValueError, RuntimeError)
+USER_ERRORS = (ConfigError, SpaceError, GenotypeError, DataError, OutputDirError, ClusterError,
+               TrackingError, RetrainError)
 
 
 def output_folder(out: Path | None, resume: bool, stage: str) -> Path:
@@ -31,3 +43,112 @@ def run_main(body: Callable[[], object]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+# ---- flags the pipelines share -------------------------------------------------------------
+SEARCH_SMOKE = ["space.num_cells=3", "space.init_channels=4", "search.max_epochs=3",
+                "search.lambda0=1.0", "search.xi_max=0.2", "search.t0=0", "data.batch_size=128"]
+RETRAIN_SMOKE = ["retrain.epochs=2", "retrain.batch_size=128"]
+
+
+def add_common_flags(p: argparse.ArgumentParser) -> None:
+    """Config, Ray address, MLflow and console flags of every pipeline."""
+    p.add_argument("--config", type=Path, help="YAML file with space/data/search/retrain sections")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. search.lambda0=0.02 (repeatable)")
+    p.add_argument("--smoke-test", action="store_true", help="a tiny run of seconds to minutes")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, which `ray job "
+                                     "submit` sets; without either, an embedded local Ray starts)")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
+                                        "else sqlite:///<out>/mlflow.db)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not track the run in MLflow")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own per-epoch messages too")
+
+
+def add_search_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, help="random seed (config: seed)")
+    p.add_argument("--max-epochs", type=int, help="stop after this many epochs (config: search.max_epochs)")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks)")
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs per worker (default: all CPUs of an embedded local Ray, shared by the "
+                        "workers; 1 on a joined cluster)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="GPUs per worker; > 0 trains on CUDA with NCCL (default 0: CPU, gloo)")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="worker-group restarts Ray Train may make after a failure (default 2)")
+    p.add_argument("--experiment", default="goldnas-search", help="MLflow experiment name")
+
+
+def add_retrain_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, help="epochs per trial (config: retrain.epochs)")
+    p.add_argument("--seeds", type=int, help="trials per architecture, seeds seed..seed+K-1 "
+                                             "(config: retrain.seeds)")
+    p.add_argument("--random", type=int, default=0, metavar="K",
+                   help="also train K random architectures of the same space, FLOPs matched to "
+                        "the searched ones (kind=random)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="GPUs per trial, fractions allowed (0.5: two trials share a GPU)")
+    p.add_argument("--max-trial-failures", type=int, default=2,
+                   help="retries of a failed trial, from its last checkpoint (default 2)")
+    p.add_argument("--retrain-experiment", default="goldnas-retrain",
+                   help="MLflow experiment of the retrain runs (default goldnas-retrain)")
+
+
+def search_config(args: argparse.Namespace) -> Config:
+    """The config of a new search: --config, then --smoke-test, --set, --seed, --max-epochs."""
+    cfg = Config.from_yaml(args.config) if args.config else Config()
+    overrides = list(SEARCH_SMOKE) if args.smoke_test else []
+    overrides += args.overrides
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.max_epochs is not None:
+        overrides.append(f"search.max_epochs={args.max_epochs}")
+    return cfg.override(overrides).validate()
+
+
+def retrain_overrides(args: argparse.Namespace) -> list[str]:
+    """The retrain's config changes: --smoke-test, --set, --epochs, --seeds."""
+    overrides = list(RETRAIN_SMOKE) if args.smoke_test else []
+    overrides += args.overrides
+    if args.epochs is not None:
+        overrides.append(f"retrain.epochs={args.epochs}")
+    if args.seeds is not None:
+        overrides.append(f"retrain.seeds={args.seeds}")
+    return overrides
+
+
+# ---- the pipelines' bodies -------------------------------------------------------------------
+def run_search_locally(cfg: Config | None, out: Path, args: argparse.Namespace) -> None:
+    from goldnas_ray.run.loop import run_local
+    from goldnas_ray.tracking.common import check_uri, resolve_uri
+    from goldnas_ray.tracking.search import search_tracker
+
+    tracker = None
+    if not args.no_mlflow:
+        uri = resolve_uri(out, args.mlflow_uri)
+        check_uri(uri)
+        tracker = search_tracker(uri, args.experiment, out, workers=1)
+    run_local(cfg, out, resume=args.resume, tracker=tracker)
+
+
+def run_search_on_ray(cfg: Config | None, out: Path, args: argparse.Namespace) -> None:
+    from goldnas_ray.orchestration.search_driver import run_ray
+
+    run_ray(cfg, out, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+            gpus_per_worker=args.gpus_per_worker, resume=args.resume, mlflow_uri=args.mlflow_uri,
+            experiment=args.experiment, max_failures=args.max_failures, tracking=not args.no_mlflow,
+            address=args.address, verbose=args.verbose)
+
+
+def run_retrain_on_ray(out: Path, args: argparse.Namespace, *, search_dir: Path | None = None,
+                       search_run: str | None = None, config_file: Path | None = None,
+                       resume: bool = False) -> None:
+    from goldnas_ray.orchestration.retrain_driver import run_retrain
+
+    run_retrain(out, search_dir=search_dir, search_run=search_run, config_file=config_file,
+                overrides=[] if resume else retrain_overrides(args), random_k=args.random,
+                cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                max_failures=args.max_trial_failures, mlflow_uri=args.mlflow_uri,
+                experiment=args.retrain_experiment, tracking=not args.no_mlflow, resume=resume,
+                address=args.address)

@@ -15,9 +15,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT))
 
-from goldnas_ray.config import Config  # noqa: E402
+from goldnas_ray.core.config import Config  # noqa: E402
 
 
 def tiny_config(**search) -> Config:

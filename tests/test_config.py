@@ -1,8 +1,8 @@
 """Bad configuration is rejected, naming the field, before any training."""
 import pytest
 
-from goldnas_ray.config import Config, ConfigError
-from goldnas_ray.search import GoldSearch
+from goldnas_ray.core.config import Config, ConfigError
+from goldnas_ray.core.search import GoldSearch
 
 
 @pytest.mark.parametrize("override,field", [

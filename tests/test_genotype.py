@@ -6,9 +6,10 @@ import torch
 
 import goldnas_ray
 from goldnas_ray import GenotypeError, build_network, load_genotype
-from goldnas_ray.cost import total_flops
-from goldnas_ray.space import OpKey
-from goldnas_ray.supernet import SuperNet
+from goldnas_ray.core.costs import total_flops
+from goldnas_ray.files.search_files import write_genotype
+from goldnas_ray.core.space import OpKey
+from goldnas_ray.core.supernet import SuperNet
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def geno():
 
 def test_round_trip(tmp_path, geno):
     path = tmp_path / "a.json"
-    geno.save(path)
+    write_genotype(path, geno)
     back = goldnas_ray.load_genotype(path)
     assert back.to_dict() == geno.to_dict()
     assert set(back.op_keys()) == set(geno.op_keys())

@@ -23,9 +23,9 @@ def test_job_submit_two_workers_two_nodes_tracked_in_mlflow(ray_cluster, mlflow_
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "succeeded" in proc.stdout.lower()
 
-    frontier = json.loads((out / "frontier.json").read_text())
-    archs = frontier["architectures"]
-    assert frontier["finished"] and frontier["workers"] == 2 and archs
+    records = json.loads((out / "records.json").read_text())
+    archs = records["architectures"]
+    assert records["finished"] and records["workers"] == 2 and archs
     assert all((out / a["genotype"]).is_file() for a in archs)
     assert (out / "history.parquet").is_file() and (out / "checkpoints" / "latest.pt").is_file()
 
@@ -40,12 +40,12 @@ def test_job_submit_two_workers_two_nodes_tracked_in_mlflow(ray_cluster, mlflow_
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow_server)
-    run = client.get_run(frontier["mlflow_run_id"])
+    run = client.get_run(records["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == "ci-search"
     assert run.data.params["search.max_epochs"] == "3" and run.data.params["space.num_cells"] == "3"
     assert run.data.tags["dataset"] == "digits" and run.data.tags["workers"] == "2"
-    assert float(run.data.tags["space_log10_size"]) == pytest.approx(frontier["space_log10_size"], abs=0.01)
+    assert float(run.data.tags["space_log10_size"]) == pytest.approx(records["space_log10_size"], abs=0.01)
     for name in ("lambda", "delta_lambda", "flops", "params", "alive_ops", "pruned_ops", "train_loss",
                  "train_acc", "epoch_seconds", "images_per_second"):
         history = client.get_metric_history(run.info.run_id, name)
@@ -54,7 +54,7 @@ def test_job_submit_two_workers_two_nodes_tracked_in_mlflow(ray_cluster, mlflow_
     assert [m.value for m in flops] == [float(v) for v in
                                        pd.read_parquet(out / "history.parquet")["flops"]]
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"frontier.json", "history.parquet", "genotypes", "plots"} <= top
+    assert {"records.json", "history.parquet", "genotypes", "plots"} <= top
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/flops.png", "plots/lambda.png"}
     assert len(client.list_artifacts(run.info.run_id, "genotypes")) == len(archs)
 
@@ -89,8 +89,8 @@ KILL_ARGS = ["--set", "space.num_cells=3", "--set", "space.init_channels=4", "--
 
 
 def _frontier_summary(out):
-    frontier = json.loads((out / "frontier.json").read_text())
-    return [(a["id"], a["epoch"], a["flops"], a["params"]) for a in frontier["architectures"]]
+    records = json.loads((out / "records.json").read_text())
+    return [(a["id"], a["epoch"], a["flops"], a["params"]) for a in records["architectures"]]
 
 
 def test_a_killed_worker_is_replaced_and_the_search_records_the_same_architectures(ray_cluster, tmp_path):
@@ -138,12 +138,12 @@ def test_a_killed_worker_is_replaced_and_the_search_records_the_same_architectur
     # the restarted worker group went on logging into the same MLflow run, each epoch once
     from mlflow.tracking import MlflowClient
 
-    frontier = json.loads((killed / "frontier.json").read_text())
-    client = MlflowClient(tracking_uri=frontier["mlflow_tracking_uri"])
+    records = json.loads((killed / "records.json").read_text())
+    client = MlflowClient(tracking_uri=records["mlflow_tracking_uri"])
     runs = client.search_runs([client.get_experiment_by_name("goldnas-search").experiment_id])
-    assert [r.info.run_id for r in runs] == [frontier["mlflow_run_id"]]
+    assert [r.info.run_id for r in runs] == [records["mlflow_run_id"]]
     assert runs[0].info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(frontier["mlflow_run_id"], "flops")]
+    steps = [m.step for m in client.get_metric_history(records["mlflow_run_id"], "flops")]
     assert sorted(steps) == list(range(1, 8))
 
 
@@ -151,10 +151,10 @@ def test_resume_on_ray_continues_a_local_search_to_the_same_result(ray_cluster, 
     """2 epochs in-process, interrupted; --resume on Ray (1 worker) must end exactly where an
     uninterrupted in-process run ends: same recorded architectures, same history."""
     from conftest import tiny_config
-    from goldnas_ray.artifacts import save_checkpoint, write_outputs
+    from goldnas_ray.files.search_files import save_checkpoint, write_outputs
     from goldnas_ray.data import iterate_batches, load_digits
-    from goldnas_ray.runner import run_local
-    from goldnas_ray.search import GoldSearch
+    from goldnas_ray.run.loop import run_local
+    from goldnas_ray.core.search import GoldSearch
 
     cfg = tiny_config(lambda0=0.3, t0=1, max_epochs=5, flops_min_ratio=0.05)
     run_local(cfg, tmp_path / "straight", log=lambda _: None)
@@ -167,7 +167,7 @@ def test_resume_on_ray_continues_a_local_search_to_the_same_result(ray_cluster, 
     out = tmp_path / "resumed"
     out.mkdir()
     save_checkpoint(out, partial.state_dict())
-    write_outputs(out, partial.state_dict(), {})
+    write_outputs(out, partial, {})
 
     env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
     proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "search.py"), "--resume", "--out", str(out),

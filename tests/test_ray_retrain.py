@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import BIN, submit
 
-from goldnas_ray.frontier import non_dominated
+from goldnas_ray.retrain.report import non_dominated
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
@@ -37,7 +37,7 @@ def _client(uri):
 
 def test_pipeline_retrains_the_front_concurrently_and_reports_it(pipeline, mlflow_server):
     out, stdout = pipeline
-    search = json.loads((out / "search" / "frontier.json").read_text())
+    search = json.loads((out / "search" / "records.json").read_text())
     assert len(search["architectures"]) == 2
     retrain = out / "retrain"
     manifest = json.loads((retrain / "retrain.json").read_text())
@@ -95,7 +95,7 @@ def test_pipeline_retrains_the_front_concurrently_and_reports_it(pipeline, mlflo
 
 def test_an_interrupted_retrain_from_an_mlflow_search_run_resumes(pipeline, ray_cluster, mlflow_server,
                                                                    tmp_path):
-    search = json.loads((pipeline[0] / "search" / "frontier.json").read_text())
+    search = json.loads((pipeline[0] / "search" / "records.json").read_text())
     out = tmp_path / "r"
     job = f"retrain-{int(time.time())}"
     args = ["--search-run", search["mlflow_run_id"], "--mlflow-uri", mlflow_server, "--random", "1",
@@ -116,7 +116,7 @@ def test_an_interrupted_retrain_from_an_mlflow_search_run_resumes(pipeline, ray_
     stopped = [client.get_run(r).info.status for r in manifest["mlflow_child_run_ids"].values()]
     assert "RUNNING" not in stopped and "KILLED" in stopped, stopped
     assert manifest["trials"] == ["arch-000-s0", "arch-001-s0", "random-000-s0"]
-    assert (out / "search" / "frontier.json").is_file()  # read from the MLflow run's artifacts
+    assert (out / "search" / "records.json").is_file()  # read from the MLflow run's artifacts
 
     proc = submit(ray_cluster, "retrain.py", "--resume", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -170,7 +170,7 @@ def test_bad_genotypes_are_refused_before_any_trial(pipeline, ray_cluster, tmp_p
         path.write_text(json.dumps(raw))
 
     err = attempt("mismatched", drop_operator)
-    assert "arch-001.json: its network has" in err and "frontier.json records" in err
+    assert "arch-001.json: its network has" in err and "records.json records" in err
 
 
 def test_an_unknown_search_run_is_refused(mlflow_server, tmp_path):

@@ -9,24 +9,24 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from goldnas_ray.artifacts import OutputDirError
-from goldnas_ray.candidates import load_search, random_candidates
-from goldnas_ray.config import ConfigError, RetrainConfig, SpaceConfig
-from goldnas_ray.cost import count_params, total_flops
+from goldnas_ray.files.search_files import OutputDirError
+from goldnas_ray.retrain.candidates import load_search, random_candidates
+from goldnas_ray.core.config import ConfigError, RetrainConfig, SpaceConfig
+from goldnas_ray.core.costs import count_params, total_flops
 from goldnas_ray.data import Dataset
-from goldnas_ray.discrete import build_network
-from goldnas_ray.frontier import non_dominated, staircase, summarise, write_report
-from goldnas_ray.genotype import Genotype, GenotypeError
-from goldnas_ray.retrain import Retrainer
-from goldnas_ray.runner import run_local
-from goldnas_ray.sampling import FlopsTable, matched_targets, sample_genotype, sample_matched
+from goldnas_ray.core.discrete import build_network
+from goldnas_ray.retrain.report import non_dominated, staircase, summarise, write_report
+from goldnas_ray.core.genotype import Genotype, GenotypeError
+from goldnas_ray.retrain.recipe import Retrainer
+from goldnas_ray.run.loop import run_local
+from goldnas_ray.retrain.sampling import SpaceTable, matched_targets, sample_genotype, sample_matched
 
 TINY_SPACE = SpaceConfig(num_cells=3, num_nodes=4, init_channels=4)
 
 
 @pytest.fixture(scope="module")
 def table():
-    return FlopsTable.build(TINY_SPACE, (1, 8, 8), 10)
+    return SpaceTable.build(TINY_SPACE, (1, 8, 8), 10)
 
 
 @pytest.fixture(scope="module")
@@ -168,9 +168,9 @@ def search_dir(tmp_path_factory):
 
 def test_load_search_and_random_candidates(search_dir):
     search = load_search(search_dir)
-    frontier = json.loads((search_dir / "frontier.json").read_text())
-    assert [c.arch_id for c in search.searched] == [a["id"] for a in frontier["architectures"]]
-    assert [c.flops for c in search.searched] == [a["flops"] for a in frontier["architectures"]]
+    records = json.loads((search_dir / "records.json").read_text())
+    assert [c.arch_id for c in search.searched] == [a["id"] for a in records["architectures"]]
+    assert [c.flops for c in search.searched] == [a["flops"] for a in records["architectures"]]
     randoms = random_candidates(search, len(search.searched), seed=0)
     assert [c.kind for c in randoms] == ["random"] * len(search.searched)
     for r, s in zip(randoms, sorted(search.searched, key=lambda c: c.flops)):
@@ -197,7 +197,7 @@ def test_bad_search_files_are_refused_with_their_path(search_dir, tmp_path):
                 if "sep_conv_3x3" in e["ops"] and len(e["ops"]) == 2)
     edge["ops"] = ["skip_connect"]
     path.write_text(json.dumps(raw))
-    with pytest.raises(GenotypeError, match=r"arch-000\.json: its network has \d+ FLOPs but frontier.json records"):
+    with pytest.raises(GenotypeError, match=r"arch-000\.json: its network has \d+ FLOPs but records.json records"):
         load_search(edited)
 
     other = _copy_search(search_dir, tmp_path / "other")
@@ -208,5 +208,5 @@ def test_bad_search_files_are_refused_with_their_path(search_dir, tmp_path):
     with pytest.raises(GenotypeError, match="init_channels is 16, the search space has 4"):
         load_search(other)
 
-    with pytest.raises(OutputDirError, match="holds no frontier.json"):
+    with pytest.raises(OutputDirError, match="holds no records.json"):
         load_search(tmp_path / "nowhere")

@@ -1,6 +1,6 @@
 """Pruning rule and lambda schedule on hand-made weights."""
-from goldnas_ray.schedule import LambdaSchedule, ParetoRecorder, select_prunes
-from goldnas_ray.space import OpKey
+from goldnas_ray.core.schedule import LambdaSchedule, ParetoRecorder, select_prunes
+from goldnas_ray.core.space import OpKey
 
 
 def k(cell, src, dst, op="sep_conv_3x3"):

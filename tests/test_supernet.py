@@ -1,13 +1,16 @@
 """Supernet structure, FLOPs against torch's own counter, pruning, gradients."""
+import math
+
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from goldnas_ray import build_network
-from goldnas_ray.cost import count_params, total_flops
-from goldnas_ray.operations import PRIMITIVES
-from goldnas_ray.space import OpKey, cell_edges, log10_space_size
-from goldnas_ray.supernet import SuperNet
+from goldnas_ray.core.costs import count_params, total_flops
+from goldnas_ray.core.operations import PRIMITIVES
+from goldnas_ray.core.space import OpKey, cell_edges, log10_space_size
+from goldnas_ray.core.supernet import SuperNet
 
 
 def torch_flops(model, shape, **kw):
@@ -113,5 +116,42 @@ def test_expected_cost_is_normalised_and_differentiable():
         sep = [g for g, k in zip(grads, net.alive_ops()) if k.op == "sep_conv_3x3"]
         assert all(g is not None and float(g) > 0 for g in sep)
     # all gates at 0.5: FLOPs cost = 0.5 * (operator FLOPs) / total FLOPs
-    op_flops = sum(net.part_flops.get(k, 0) for k in net.alive_ops())
+    op_flops = sum(net.costs.flops_by_part.get(k, 0) for k in net.alive_ops())
     assert float(net.expected_cost("flops")) == pytest.approx(0.5 * op_flops / net.full_flops, rel=1e-6)
+
+
+def test_ops_cost_is_the_mean_log_of_node_normalised_weights():
+    net = SuperNet(3, 2, ("skip_connect", "sep_conv_3x3"), 4, input_size=8, in_channels=1, num_classes=10)
+    keys = net.alive_ops()
+    per_node = {}
+    for key in keys:
+        per_node[(key.cell, key.dst)] = per_node.get((key.cell, key.dst), 0) + 1
+    k = 10.0
+    # all alphas 0: every gate 0.5, so an operator's weight is 1 / (operators entering its node)
+    expected = sum(math.log1p(k / per_node[(key.cell, key.dst)]) for key in keys) / net.num_ops_full
+    assert float(net.expected_cost("ops", k).detach()) == pytest.approx(expected, rel=1e-6)
+    # log is concave: equal weights within a node cost the most, so concentrating a node's
+    # weight on one operator lowers the cost, and the gradient pushes further that way
+    with torch.no_grad():
+        net.alpha(keys[0]).fill_(2.0)
+    after = net.expected_cost("ops", k)
+    assert float(after.detach()) < expected
+    grads = torch.autograd.grad(after, net.arch_parameters())
+    assert float(grads[0]) < 0
+
+
+def test_cost_table_sums_are_the_built_networks_counts():
+    from goldnas_ray.core.config import SpaceConfig
+    from goldnas_ray.core.costs import CostTable
+    from goldnas_ray.retrain.sampling import SpaceTable, sample_genotype
+
+    space = SpaceConfig(num_cells=5, num_nodes=3, init_channels=4,
+                        operators=["skip_connect", "sep_conv_3x3", "max_pool_3x3"])
+    table = CostTable.for_space(space, (3, 16, 16), 10)
+    rng = np.random.default_rng(0)
+    space_table = SpaceTable(space, (3, 16, 16), 10, table)
+    for p in (0.2, 0.5, 0.9):
+        geno = sample_genotype(space_table, p, rng)
+        net = build_network(geno)
+        assert table.flops(geno) == total_flops(net, (3, 16, 16))
+        assert table.params(geno) == count_params(net)

@@ -1,5 +1,5 @@
 """SearchTracker against a real (sqlite) MLflow store."""
-from goldnas_ray.tracking import METRICS, SearchTracker
+from goldnas_ray.tracking.search import METRICS, SearchTracker
 
 
 def _row(epoch):

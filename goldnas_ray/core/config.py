@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from goldnas_ray.operations import PRIMITIVES
+from goldnas_ray.core.operations import PRIMITIVES
 
 COSTS = ("flops", "params", "ops")
 

@@ -61,13 +61,17 @@ def log10_space_size(num_cells: int, num_nodes: int, num_ops: int) -> float:
     return num_ops * len(cell_edges(num_nodes)) * num_cells * math.log10(2)
 
 
+class SpaceError(ValueError):
+    """A space that cannot be built (an input size its reductions cannot halve)."""
+
+
 def check_spatial(input_size: int, num_cells: int) -> None:
     """Reductions halve the feature map with factorized reduce, which needs an even size."""
     size = input_size
     for k in range(num_cells):
         if k in reduction_cells(num_cells):
             if size % 2 or size < 2:
-                raise ValueError(
+                raise SpaceError(
                     f"input size {input_size} reaches {size} at reduction cell {k}; "
                     f"it must be even there (use an input size divisible by 4)"
                 )

@@ -8,14 +8,14 @@ sigmoid-gated operators in the supernet, plain operators in a discrete network.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Hashable, Iterator
 
 import torch
 from torch import nn
 
-from goldnas_ray.genotype import Genotype
-from goldnas_ray.operations import FactorizedReduce, ReLUConvBN
-from goldnas_ray.space import Edge, auxiliary_cell
+from goldnas_ray.core.genotype import Genotype
+from goldnas_ray.core.operations import FactorizedReduce, ReLUConvBN
+from goldnas_ray.core.space import Edge, OpKey, auxiliary_cell
 
 EdgeFactory = Callable[[tuple[str, ...], int, int, bool], nn.Module]
 
@@ -34,6 +34,7 @@ class Cell(nn.Module):
         if any(e.src == 1 for e in edges):
             self.pre["s1"] = ReLUConvBN(c_p, c, 1, 1, 0, affine)
         self.edges = nn.ModuleDict()
+        self._edge_of = {edge.key: edge for edge in edges}
         for edge, ops in sorted(edges.items()):
             stride = 2 if reduction and edge.src < 2 else 1
             self.edges[edge.key] = edge_factory(tuple(ops), c, stride, affine)
@@ -41,23 +42,33 @@ class Cell(nn.Module):
 
     def refresh(self) -> None:
         """Rebuild the routing table after edges were removed."""
-        self.inputs: list[list[tuple[str, int]]] = []
-        for dst in range(2, self.num_nodes + 2):
-            srcs = [(Edge(s, dst).key, s) for s in range(dst) if Edge(s, dst).key in self.edges]
-            self.inputs.append(srcs)
-        for name, src in (("s0", 0), ("s1", 1)):
-            if name in self.pre and not any(s == src for srcs in self.inputs for _, s in srcs):
-                del self.pre[name]
+        self.inputs: list[list[Edge]] = [
+            [Edge(src, dst) for src in range(dst) if Edge(src, dst).key in self.edges]
+            for dst in range(2, self.num_nodes + 2)]
+        for src in (0, 1):
+            if f"s{src}" in self.pre and not any(e.src == src for edges in self.inputs for e in edges):
+                del self.pre[f"s{src}"]
+
+    def edge_items(self) -> Iterator[tuple[Edge, nn.Module]]:
+        """(edge, its module) of every edge still present, in construction order."""
+        for key, module in self.edges.items():
+            yield self._edge_of[key], module
+
+    def pre_items(self) -> Iterator[tuple[int, nn.Module]]:
+        """(input node 0 or 1, its preprocessing module) of the inputs the cell still reads."""
+        for src in (0, 1):
+            if f"s{src}" in self.pre:
+                yield src, self.pre[f"s{src}"]
 
     def forward(self, s0: torch.Tensor | None, s1: torch.Tensor | None) -> torch.Tensor:
         states: list[torch.Tensor | None] = [
             self.pre["s0"](s0) if "s0" in self.pre else None,
             self.pre["s1"](s1) if "s1" in self.pre else None,
         ]
-        for srcs in self.inputs:
+        for edges in self.inputs:
             node = None
-            for key, src in srcs:
-                out = self.edges[key](states[src])
+            for edge in edges:
+                out = self.edges[edge.key](states[edge.src])
                 node = out if node is None else node + out
             states.append(node)
         return torch.cat(states[2:], dim=1)
@@ -117,6 +128,21 @@ class Network(nn.Module):
             self.aux_head = None
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_p, geno.num_classes)
+
+    def parts(self) -> Iterator[tuple[Hashable, nn.Module]]:
+        """(label, module) of every part a cost table charges separately: ``"stem"``,
+        ``"classifier"``, ``("pre", cell, input)`` and one :class:`OpKey` per operator of the
+        live cells. Whatever lies outside them (pooling, the auxiliary head) costs nothing here."""
+        yield "stem", self.stem
+        yield "classifier", self.classifier
+        for k, cell in enumerate(self.cells):
+            if not self.live[k]:
+                continue
+            for src, module in cell.pre_items():
+                yield ("pre", k, src), module
+            for edge, edge_module in cell.edge_items():
+                for op, module in edge_module.ops.items():
+                    yield OpKey(k, edge.src, edge.dst, op), module
 
     def forward_features(self, x: torch.Tensor, with_aux: bool = False):
         s0 = s1 = self.stem(x)

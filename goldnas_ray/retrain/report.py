@@ -10,12 +10,13 @@ the last epoch (no choice of the best epoch on the test set), averaged over seed
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+from goldnas_ray.files.atomic import atomic_write
 
 COLUMNS = ["arch_id", "kind", "flops", "params", "accuracy_mean", "accuracy_std", "seeds",
            "epochs", "on_front", "search_epoch", "search_lambda", "genotype"]
@@ -91,23 +92,33 @@ def plot(table: pd.DataFrame, path: Path, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)
 
 
 def write_report(out: Path, table: pd.DataFrame, title: str = "") -> list[Path]:
     """frontier.parquet, frontier.csv and frontier.png under ``out`` (each written atomically)."""
     out = Path(out)
     paths = []
-    for name, write in (("frontier.parquet", lambda p: table.to_parquet(p, index=False)),
-                        ("frontier.csv", lambda p: table.to_csv(p, index=False))):
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        write(tmp)
-        tmp.replace(out / name)
-        paths.append(out / name)
+    paths.append(atomic_write(out / "frontier.parquet", lambda tmp: table.to_parquet(tmp, index=False)))
+    paths.append(atomic_write(out / "frontier.csv", lambda tmp: table.to_csv(tmp, index=False)))
     paths.append(plot(table, out / "frontier.png", title))
     return paths
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The report as aligned text, one architecture a line, the front marked ``*``."""
+    lines = [f"{'architecture':<13} {'kind':<9} {'MFLOPs':>8} {'params':>8} {'accuracy':>16} front"]
+    for _, row in table.iterrows():
+        std = "" if pd.isna(row["accuracy_std"]) else f" +- {100 * row['accuracy_std']:.2f}"
+        lines.append(f"{row['arch_id']:<13} {row['kind']:<9} {row['flops'] / 1e6:>8.3f} {row['params']:>8} "
+                     f"{100 * row['accuracy_mean']:>7.2f}%{std:<9} {'*' if row['on_front'] else ''}")
+    return "\n".join(lines)
+
+
+def front_summary(table: pd.DataFrame) -> dict[str, float]:
+    """Size of the joint front and the best accuracy, for the tracker."""
+    if table.empty:
+        return {}
+    return {"front_size": int(table["on_front"].sum()), "best_accuracy": float(table["accuracy_mean"].max())}

@@ -11,10 +11,10 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-from goldnas_ray.operations import PRIMITIVES
-from goldnas_ray.space import Edge, OpKey, cell_edges, check_spatial
+from goldnas_ray.core.operations import PRIMITIVES
+from goldnas_ray.core.space import Edge, OpKey, cell_edges, check_spatial, reduction_cells
 
 FORMAT = "goldnas-ray/genotype"
 VERSION = 1
@@ -49,8 +49,11 @@ class Genotype:
         return len(self.cells)
 
     def op_keys(self) -> list[OpKey]:
-        return [OpKey(k, e.src, e.dst, op)
-                for k, cell in enumerate(self.cells) for e, ops in cell.edges.items() for op in ops]
+        return [key for k in range(self.num_cells) for key in self.op_keys_of(k)]
+
+    def op_keys_of(self, cell: int) -> list[OpKey]:
+        """The operators cell ``cell`` keeps."""
+        return [OpKey(cell, e.src, e.dst, op) for e, ops in self.cells[cell].edges.items() for op in ops]
 
     def live_cells(self) -> list[bool]:
         """Which cells feed the classifier; a cell whose output no later live cell reads
@@ -93,12 +96,19 @@ class Genotype:
     def from_dict(cls, raw: Any) -> "Genotype":
         return _parse(raw)
 
-    def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        tmp.replace(path)
+    def to_json(self) -> str:
+        """The file format (written by ``goldnas_ray.files``, read by :func:`load_genotype`)."""
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def full(cls, num_cells: int, num_nodes: int, operators: Iterable[str], init_channels: int,
+             stem_multiplier: int, input_size: int, in_channels: int, num_classes: int) -> "Genotype":
+        """The whole relaxed space as one genotype: every operator on every edge of every cell."""
+        ops = tuple(operators)
+        reductions = reduction_cells(num_cells)
+        cells = [CellGenotype(k in reductions, {e: ops for e in cell_edges(num_nodes)})
+                 for k in range(num_cells)]
+        return cls(cells, num_nodes, init_channels, stem_multiplier, input_size, in_channels, num_classes)
 
 
 def load_genotype(path: str | Path) -> Genotype:
@@ -125,6 +135,40 @@ def _int(raw: dict, name: str, minimum: int = 1) -> int:
     return value
 
 
+def _parse_cell(cell_raw: Any, where: str, num_nodes: int) -> CellGenotype:
+    if not isinstance(cell_raw, dict) or not isinstance(cell_raw.get("reduction"), bool):
+        raise GenotypeError(f"{where} must be an object with a boolean 'reduction'")
+    edges_raw = cell_raw.get("edges")
+    if not isinstance(edges_raw, list):
+        raise GenotypeError(f"{where}.edges must be a list")
+    valid_edges = set(cell_edges(num_nodes))
+    edges: dict[Edge, tuple[str, ...]] = {}
+    for i, e in enumerate(edges_raw):
+        ew = f"{where}.edges[{i}]"
+        if not isinstance(e, dict) or not all(isinstance(e.get(f), int) for f in ("src", "dst")):
+            raise GenotypeError(f"{ew} must be an object with integer 'src' and 'dst'")
+        edge = Edge(e["src"], e["dst"])
+        if edge not in valid_edges:
+            raise GenotypeError(
+                f"{ew}: no edge {edge.src}->{edge.dst} in a cell with {num_nodes} nodes "
+                f"(src must be < dst, dst in 2..{num_nodes + 1})")
+        if edge in edges:
+            raise GenotypeError(f"{ew}: edge {edge.src}->{edge.dst} listed twice")
+        ops = e.get("ops")
+        if not isinstance(ops, list) or not ops:
+            raise GenotypeError(f"{ew}.ops must be a non-empty list of operator names")
+        for op in ops:
+            if op not in PRIMITIVES:
+                raise GenotypeError(f"{ew}.ops: unknown operator {op!r}; known: {', '.join(PRIMITIVES)}")
+        if len(set(ops)) != len(ops):
+            raise GenotypeError(f"{ew}.ops lists an operator twice")
+        edges[edge] = tuple(ops)
+    for dst in range(2, num_nodes + 2):
+        if not any(e.dst == dst for e in edges):
+            raise GenotypeError(f"{where}: node {dst} has no input edge")
+    return CellGenotype(cell_raw["reduction"], edges)
+
+
 def _parse(raw: Any) -> Genotype:
     if not isinstance(raw, dict):
         raise GenotypeError(f"a genotype must be a JSON object, got {type(raw).__name__}")
@@ -141,40 +185,7 @@ def _parse(raw: Any) -> Genotype:
     cells_raw = raw.get("cells")
     if not isinstance(cells_raw, list) or len(cells_raw) != num_cells:
         raise GenotypeError(f"field 'cells' must be a list of num_cells={num_cells} cells")
-    valid_edges = set(cell_edges(num_nodes))
-    cells = []
-    for k, cell_raw in enumerate(cells_raw):
-        where = f"cells[{k}]"
-        if not isinstance(cell_raw, dict) or not isinstance(cell_raw.get("reduction"), bool):
-            raise GenotypeError(f"{where} must be an object with a boolean 'reduction'")
-        edges_raw = cell_raw.get("edges")
-        if not isinstance(edges_raw, list):
-            raise GenotypeError(f"{where}.edges must be a list")
-        edges: dict[Edge, tuple[str, ...]] = {}
-        for i, e in enumerate(edges_raw):
-            ew = f"{where}.edges[{i}]"
-            if not isinstance(e, dict) or not all(isinstance(e.get(f), int) for f in ("src", "dst")):
-                raise GenotypeError(f"{ew} must be an object with integer 'src' and 'dst'")
-            edge = Edge(e["src"], e["dst"])
-            if edge not in valid_edges:
-                raise GenotypeError(
-                    f"{ew}: no edge {edge.src}->{edge.dst} in a cell with {num_nodes} nodes "
-                    f"(src must be < dst, dst in 2..{num_nodes + 1})")
-            if edge in edges:
-                raise GenotypeError(f"{ew}: edge {edge.src}->{edge.dst} listed twice")
-            ops = e.get("ops")
-            if not isinstance(ops, list) or not ops:
-                raise GenotypeError(f"{ew}.ops must be a non-empty list of operator names")
-            for op in ops:
-                if op not in PRIMITIVES:
-                    raise GenotypeError(f"{ew}.ops: unknown operator {op!r}; known: {', '.join(PRIMITIVES)}")
-            if len(set(ops)) != len(ops):
-                raise GenotypeError(f"{ew}.ops lists an operator twice")
-            edges[edge] = tuple(ops)
-        for dst in range(2, num_nodes + 2):
-            if not any(e.dst == dst for e in edges):
-                raise GenotypeError(f"{where}: node {dst} has no input edge")
-        cells.append(CellGenotype(cell_raw["reduction"], edges))
+    cells = [_parse_cell(cell_raw, f"cells[{k}]", num_nodes) for k, cell_raw in enumerate(cells_raw)]
     metadata = raw.get("metadata", {})
     if not isinstance(metadata, dict):
         raise GenotypeError("field 'metadata' must be an object")
@@ -192,8 +203,6 @@ def _parse(raw: Any) -> Genotype:
 
 def check_reductions(geno: Genotype) -> None:
     """Reduction flags must sit where the space puts them, at sizes that halve evenly."""
-    from goldnas_ray.space import reduction_cells
-
     expected = reduction_cells(geno.num_cells)
     for k, cell in enumerate(geno.cells):
         if cell.reduction != (k in expected):

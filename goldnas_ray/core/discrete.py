@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from goldnas_ray.genotype import Genotype
-from goldnas_ray.network import Network
-from goldnas_ray.operations import OPS
+from goldnas_ray.core.genotype import Genotype
+from goldnas_ray.core.network import Network
+from goldnas_ray.core.operations import OPS
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:

@@ -5,10 +5,11 @@ hand-made weights (DESIGN.md section 4).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from goldnas_ray.space import OpKey
+from goldnas_ray.core.records import ArchRecord
+from goldnas_ray.core.space import OpKey
 
 
 def select_prunes(weights: dict[OpKey, float], xi_min: float, xi_max: float, n0: int) -> list[OpKey]:
@@ -93,7 +94,7 @@ class ParetoRecorder:
 
     t0: int
     stable: int = 0
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[ArchRecord] = field(default_factory=list)
 
     def end_epoch(self, will_change: bool) -> bool:
         """Count one more stable epoch; True when the current architecture should be
@@ -105,8 +106,8 @@ class ParetoRecorder:
         self.stable = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"t0": self.t0, "stable": self.stable, "records": [r.to_dict() for r in self.records]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.stable = int(state["stable"])
-        self.records = list(state["records"])
+        self.records = [ArchRecord.from_dict(r) for r in state["records"]]

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from goldnas_ray.config import RetrainConfig
-from goldnas_ray.cost import count_params, total_flops
+from goldnas_ray.core.config import RetrainConfig
+from goldnas_ray.core.costs import count_params, total_flops
 from goldnas_ray.data import Dataset, epoch_generator, iterate_batches
-from goldnas_ray.discrete import build_network
-from goldnas_ray.genotype import Genotype
+from goldnas_ray.core.discrete import build_network
+from goldnas_ray.core.genotype import Genotype
 
 STATE_VERSION = 1
 

@@ -9,8 +9,8 @@ sit near half the supernet's FLOPs, so to match a target, p is adjusted while dr
 the first draw within ``tolerance`` of the target is kept. For a given number of kept
 operators, every architecture is equally likely.
 
-FLOPs are summed from the per-part table of the full supernet (exact: the same shapes run in
-the discrete network), so thousands of draws cost milliseconds each.
+FLOPs and parameters are summed from the space's cost table (``goldnas_ray.core.costs``), so
+thousands of draws cost milliseconds each.
 """
 from __future__ import annotations
 
@@ -20,42 +20,33 @@ from typing import Sequence
 
 import numpy as np
 
-from goldnas_ray.config import SpaceConfig
-from goldnas_ray.cost import count_params
-from goldnas_ray.discrete import build_network
-from goldnas_ray.genotype import CellGenotype, Genotype
-from goldnas_ray.space import Edge, OpKey, cell_edges, reduction_cells
+from goldnas_ray.core.config import SpaceConfig
+from goldnas_ray.core.costs import CostTable
+from goldnas_ray.core.genotype import CellGenotype, Genotype
+from goldnas_ray.core.space import Edge, cell_edges, reduction_cells
 
 
 @dataclass
-class FlopsTable:
-    """FLOPs of every part of the full supernet of one space and input shape."""
+class SpaceTable:
+    """One space at one input shape, with the costs of every part of its discrete networks."""
 
-    parts: dict[object, int]
     space: SpaceConfig
     input_shape: tuple[int, int, int]
     num_classes: int
+    costs: CostTable
 
     @classmethod
-    def build(cls, space: SpaceConfig, input_shape: Sequence[int], num_classes: int) -> "FlopsTable":
-        from goldnas_ray.supernet import SuperNet
-
-        c, h, _ = input_shape
-        net = SuperNet(space.num_cells, space.num_nodes, space.operators, space.init_channels,
-                       input_size=h, in_channels=c, num_classes=num_classes,
-                       stem_multiplier=space.stem_multiplier)
-        return cls(dict(net.part_flops), space, tuple(input_shape), num_classes)
+    def build(cls, space: SpaceConfig, input_shape: Sequence[int], num_classes: int) -> "SpaceTable":
+        return cls(space, tuple(input_shape), num_classes,
+                   CostTable.for_space(space, input_shape, num_classes))
 
     def flops(self, geno: Genotype) -> int:
         """FLOPs of ``geno``'s network on one image (equal to ``total_flops(build_network(geno))``)."""
-        live = geno.live_cells()
-        total = self.parts.get("stem", 0) + self.parts.get("classifier", 0)
-        for k, cell in enumerate(geno.cells):
-            if not live[k]:
-                continue
-            total += sum(self.parts.get(("pre", k, src), 0) for src in (0, 1) if cell.uses_input(src))
-            total += sum(self.parts.get(OpKey(k, e.src, e.dst, op), 0) for e, ops in cell.edges.items() for op in ops)
-        return total
+        return self.costs.flops(geno)
+
+    def params(self, geno: Genotype) -> int:
+        """Parameters of ``geno``'s network (equal to ``count_params(build_network(geno))``)."""
+        return self.costs.params(geno)
 
     def matches(self, geno: Genotype) -> str | None:
         """Why ``geno`` does not belong to this table's space, or None when it does."""
@@ -72,7 +63,7 @@ class FlopsTable:
         return None
 
 
-def sample_genotype(table: FlopsTable, keep_prob: float, rng: np.random.Generator) -> Genotype:
+def sample_genotype(table: SpaceTable, keep_prob: float, rng: np.random.Generator) -> Genotype:
     """One architecture: every (cell, edge, operator) kept with probability ``keep_prob``."""
     s = table.space
     edges_by_node: dict[int, list[Edge]] = {}
@@ -100,7 +91,7 @@ def _signature(geno: Genotype) -> tuple:
     return tuple(tuple(sorted((e, ops) for e, ops in cell.edges.items())) for cell in geno.cells)
 
 
-def sample_matched(table: FlopsTable, targets: Sequence[float], seed: int, tolerance: float = 0.02,
+def sample_matched(table: SpaceTable, targets: Sequence[float], seed: int, tolerance: float = 0.02,
                    max_draws: int = 20000, avoid: Sequence[Genotype] = ()) -> list[Genotype]:
     """One random architecture per FLOPs target, each within ``tolerance`` (relative) of its
     target, all distinct from each other and from ``avoid``. Metadata holds the target, the
@@ -122,7 +113,7 @@ def sample_matched(table: FlopsTable, targets: Sequence[float], seed: int, toler
             raise ValueError(f"no random architecture within {100 * tolerance:g}% of {target:.4g} "
                              f"FLOPs after {max_draws} draws")
         seen.add(_signature(geno))
-        geno.metadata = {"flops": flops, "params": count_params(build_network(geno)),
+        geno.metadata = {"flops": flops, "params": table.params(geno),
                          "target_flops": float(target), "keep_prob": round(p, 4), "draws": draw + 1}
         out.append(geno)
     return out

@@ -7,35 +7,34 @@ weights (SGD) and the alphas (their own SGD). Loss = CE (+ aux) + lambda * cost(
 Once per epoch: prune (see :func:`select_prunes`), record an architecture that held still for
 more than t0 epochs, move lambda (see :class:`LambdaSchedule`), stop at flops_min or
 max_epochs. :class:`GoldSearch` holds the whole state and saves / restores it exactly.
-This module is pure PyTorch: the Ray Train loop and the local loop both drive it.
+:meth:`GoldSearch.run_epoch` is the whole epoch protocol (train, decide on rank 0,
+broadcast, prune, move lambda); the in-process loop and the Ray Train worker run it with
+different communicators (``goldnas_ray.core.comm``). Pure PyTorch.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from goldnas_ray.config import Config
-from goldnas_ray.cost import count_params
-from goldnas_ray.discrete import build_network
-from goldnas_ray.genotype import Genotype
-from goldnas_ray.schedule import LambdaSchedule, ParetoRecorder, select_prunes
-from goldnas_ray.space import OpKey
-from goldnas_ray.supernet import SuperNet
+from goldnas_ray.core.comm import Communicator, EpochStats, LocalComm
+from goldnas_ray.core.config import Config, ConfigError
+from goldnas_ray.core.costs import count_params
+from goldnas_ray.core.discrete import build_network
+from goldnas_ray.core.genotype import Genotype
+from goldnas_ray.core.records import ArchRecord
+from goldnas_ray.core.schedule import LambdaSchedule, ParetoRecorder, select_prunes
+from goldnas_ray.core.space import OpKey
+from goldnas_ray.core.supernet import SuperNet
 
 STATE_VERSION = 1
 
 
-@dataclass
-class EpochStats:
-    loss: float
-    accuracy: float
-    images: int
-    seconds: float
+# called after every training step with (steps done, images done) of this rank's epoch
+StepCallback = Callable[[int, int], None]
 
 
 class GoldSearch:
@@ -57,7 +56,7 @@ class GoldSearch:
         q = cfg.search
         self.flops_min = q.flops_min if q.flops_min is not None else q.flops_min_ratio * self.model.full_flops
         if self.flops_min >= self.model.full_flops:
-            raise ValueError(f"search.flops_min ({self.flops_min:.4g}) must be below the full "
+            raise ConfigError(f"search.flops_min ({self.flops_min:.4g}) must be below the full "
                              f"supernet's FLOPs ({self.model.full_flops:.4g})")
         self.schedule = LambdaSchedule(q.lambda0, q.c0, q.n0)
         self.recorder = ParetoRecorder(q.t0)
@@ -114,17 +113,33 @@ class GoldSearch:
         return float(loss.detach()), correct
 
     def train_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                    net: nn.Module | None = None) -> EpochStats:
+                    net: nn.Module | None = None, on_step: StepCallback | None = None) -> EpochStats:
         self.model.train()
         start = time.perf_counter()
         loss_sum, correct, images = 0.0, 0, 0
-        for x, y in batches:
+        for step, (x, y) in enumerate(batches, 1):
             loss, c = self.train_step(x, y, net)
             loss_sum += loss * len(y)
             correct += c
             images += len(y)
+            if on_step is not None:
+                on_step(step, images)
         seconds = time.perf_counter() - start
         return EpochStats(loss_sum / max(images, 1), correct / max(images, 1), images, seconds)
+
+    def run_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                  comm: Communicator | None = None, on_step: StepCallback | None = None
+                  ) -> dict[str, Any]:
+        """One whole epoch on every rank: train on this rank's ``batches``, pool the
+        statistics, decide the prunes on rank 0, broadcast them, then :meth:`end_epoch`
+        (identical on every rank). Returns the epoch's history row."""
+        comm = comm if comm is not None else LocalComm()
+        stats = comm.reduce_stats(self.train_epoch(batches, comm.wrap(self.model), on_step))
+        prunes = comm.broadcast(self.decide_prunes() if comm.rank == 0 else None)
+        row = self.end_epoch(stats, prunes)
+        if prunes:
+            comm.model_changed()
+        return row
 
     # ---- per-epoch decisions -----------------------------------------------------------
     def decide_prunes(self) -> list[OpKey]:
@@ -175,20 +190,18 @@ class GoldSearch:
         e.g. when only free skip connections were pruned since)."""
         flops = self.model.flops()
         records = self.recorder.records
-        if records and records[-1]["flops"] <= flops:
+        if records and records[-1].flops <= flops:
             return None
         geno = self.model.genotype()
-        arch_id = f"arch-{len(records):03d}"
-        params = count_params(build_network(geno))
-        geno.metadata = {"id": arch_id, "epoch": self.epoch, "flops": flops, "params": params,
-                         "lambda": self.schedule.lam, "alive_ops": len(self.model.alive_ops())}
-        records.append({"id": arch_id, "epoch": self.epoch, "flops": flops, "params": params,
-                        "lambda": self.schedule.lam, "alive_ops": len(self.model.alive_ops()),
-                        "genotype": geno.to_dict()})
-        return arch_id
+        record = ArchRecord(f"arch-{len(records):03d}", self.epoch, flops,
+                            count_params(build_network(geno)), self.schedule.lam,
+                            len(self.model.alive_ops()), geno)
+        geno.metadata = record.fields()
+        records.append(record)
+        return record.id
 
     @property
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[ArchRecord]:
         return self.recorder.records
 
     # ---- state -------------------------------------------------------------------------

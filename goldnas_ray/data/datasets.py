@@ -1,12 +1,8 @@
-"""Datasets as in-memory tensors, and a deterministic, shardable batch order.
+"""Datasets as in-memory tensors.
 
 ``digits`` (8x8 grey handwritten digits, 1,797 images) ships inside scikit-learn, so the
 default run needs no download. ``cifar10`` reads the official binary release
 (``cifar-10-batches-bin``: records of 1 label byte + 3,072 pixel bytes).
-
-Each epoch's order and augmentation randomness come from (seed, epoch, rank) alone, never
-from an RNG that has run since the start: a search resumed or restarted at any epoch sees
-exactly the batches an uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -14,7 +10,6 @@ import tarfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -100,42 +95,3 @@ def load_cifar10(root: str | Path, download: bool = False) -> Dataset:
     std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
     to_t = lambda a: ((torch.from_numpy(a).float() / 255.0 - mean) / std).contiguous()  # noqa: E731
     return Dataset("cifar10", to_t(x_tr), torch.from_numpy(y_tr), to_t(x_te), torch.from_numpy(y_te), 10)
-
-
-def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
-    """A fresh generator whose stream depends only on (seed, epoch, rank)."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_009 + rank + 1) % (2**62))
-
-
-def shard_indices(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
-    """This rank's share of one epoch's permutation (every rank gets the same count)."""
-    perm = torch.randperm(n, generator=epoch_generator(seed, epoch, -1))
-    per_rank = n // world_size
-    return perm[rank * per_rank:(rank + 1) * per_rank]
-
-
-def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero one random size x size square per image (DeVries & Taylor, 2017)."""
-    if size <= 0:
-        return x
-    n, _, h, w = x.shape
-    cy = torch.randint(0, h, (n,), generator=gen)
-    cx = torch.randint(0, w, (n,), generator=gen)
-    ys = torch.arange(h).view(1, h, 1)
-    xs = torch.arange(w).view(1, 1, w)
-    half = size // 2
-    inside = ((ys - cy.view(n, 1, 1)).abs() <= half - (size % 2 == 0)) & \
-             ((xs - cx.view(n, 1, 1)).abs() <= half - (size % 2 == 0))
-    return x * (~inside).unsqueeze(1).to(x.dtype)
-
-
-def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: int,
-                    rank: int = 0, world_size: int = 1, cutout_size: int = 0,
-                    drop_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of training batches for ``rank``: shuffled, sharded, optionally cut out."""
-    idx = shard_indices(len(x), seed, epoch, rank, world_size)
-    gen = epoch_generator(seed, epoch, rank)
-    stop = len(idx) - (len(idx) % batch_size if drop_last else 0)
-    for start in range(0, stop, batch_size):
-        b = idx[start:start + batch_size]
-        yield cutout(x[b], cutout_size, gen), y[b]

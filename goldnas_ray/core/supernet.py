@@ -9,16 +9,16 @@ has no affine parameters, as in DARTS's search.
 from __future__ import annotations
 
 import copy
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 from torch import nn
 
-from goldnas_ray.cost import count_flops
-from goldnas_ray.genotype import CellGenotype, Genotype
-from goldnas_ray.network import Cell, Network
-from goldnas_ray.operations import OPS
-from goldnas_ray.space import OpKey, cell_edges, check_spatial, log10_space_size, reduction_cells
+from goldnas_ray.core.costs import CostTable
+from goldnas_ray.core.genotype import Genotype
+from goldnas_ray.core.network import Cell, Network
+from goldnas_ray.core.operations import OPS
+from goldnas_ray.core.space import OpKey, check_spatial, log10_space_size
 
 
 class GatedEdge(nn.Module):
@@ -39,56 +39,29 @@ class GatedEdge(nn.Module):
         del self.alphas[op]
 
 
-def full_genotype(num_cells: int, num_nodes: int, operators: Iterable[str], init_channels: int,
-                  stem_multiplier: int, input_size: int, in_channels: int, num_classes: int) -> Genotype:
-    """The whole relaxed space as one genotype: every operator on every edge of every cell."""
-    ops = tuple(operators)
-    reductions = reduction_cells(num_cells)
-    cells = [CellGenotype(k in reductions, {e: ops for e in cell_edges(num_nodes)})
-             for k in range(num_cells)]
-    return Genotype(cells, num_nodes, init_channels, stem_multiplier, input_size, in_channels, num_classes)
-
-
 class SuperNet(Network):
     def __init__(self, num_cells: int, num_nodes: int, operators: Iterable[str], init_channels: int,
                  input_size: int, in_channels: int, num_classes: int, stem_multiplier: int = 3,
                  auxiliary: bool = False):
         check_spatial(input_size, num_cells)
-        geno = full_genotype(num_cells, num_nodes, operators, init_channels, stem_multiplier,
+        geno = Genotype.full(num_cells, num_nodes, operators, init_channels, stem_multiplier,
                              input_size, in_channels, num_classes)
         super().__init__(geno, affine=False, edge_factory=GatedEdge, auxiliary=auxiliary)
         self._geno = geno
         self.operators = tuple(operators)
         self.input_shape = (in_channels, input_size, input_size)
         self.log10_size = log10_space_size(num_cells, num_nodes, len(self.operators))
-        # Per-part cost tables, measured once on the full supernet (shapes never change).
-        labels: dict[nn.Module, object] = {self.stem: "stem", self.classifier: "classifier"}
-        self.op_params: dict[object, int] = {}
-        for k, cell in enumerate(self.cells):
-            for name, module in cell.pre.items():
-                labels[module] = ("pre", k, int(name[1]))
-            for key, op_module in self._op_modules():
-                labels[op_module] = key
-        for module, label in labels.items():
-            self.op_params[label] = sum(p.numel() for p in module.parameters())
-        self.part_flops = count_flops(self, self.input_shape, labels)
+        # FLOPs and parameters of every part, measured once on the full supernet (the shapes
+        # never change); pruning only changes which parts are summed
+        self.costs = CostTable.measure(self, self.input_shape)
         self.full_flops = self.flops()
-        self.full_params = sum(self.op_params.values())
+        self.full_params = sum(self.costs.params_by_part.values())
         self.num_ops_full = len(self.alive_ops())
 
     # ---- structure ---------------------------------------------------------------------
-    def _op_modules(self) -> Iterator[tuple[OpKey, nn.Module]]:
-        for k, cell in enumerate(self.cells):
-            if not self.live[k]:
-                continue
-            for edge_key, edge in cell.edges.items():
-                src, dst = (int(v) for v in edge_key[1:].split("_"))
-                for op, module in edge.ops.items():
-                    yield OpKey(k, src, dst, op), module
-
     def alive_ops(self) -> list[OpKey]:
         """Alive operators of the live cells, in a fixed order."""
-        return [key for key, _ in self._op_modules()]
+        return [label for label, _ in self.parts() if isinstance(label, OpKey)]
 
     def alpha(self, key: OpKey) -> nn.Parameter:
         return self.cells[key.cell].edges[key.edge.key].alphas[key.op]
@@ -107,11 +80,7 @@ class SuperNet(Network):
     def flops(self) -> int:
         """FLOPs of the current (pruned) network on one image; equal to the FLOPs of the
         discrete network built from :meth:`genotype`."""
-        total = self.part_flops.get("stem", 0) + self.part_flops.get("classifier", 0)
-        for k, cell in enumerate(self.cells):
-            if self.live[k]:
-                total += sum(self.part_flops.get(("pre", k, int(n[1])), 0) for n in cell.pre)
-        return total + sum(self.part_flops.get(key, 0) for key in self.alive_ops())
+        return self.costs.flops(self._geno)
 
     def expected_cost(self, kind: str = "flops", ops_k: float = 10.0) -> torch.Tensor:
         """Differentiable resource term, normalised by the full supernet's value.
@@ -127,9 +96,9 @@ class SuperNet(Network):
             weights = gates / self._node_sums(keys, gates)
             return torch.log1p(ops_k * weights).sum() / self.num_ops_full
         if kind == "flops":
-            table, norm = self.part_flops, self.full_flops
+            table, norm = self.costs.flops_by_part, self.full_flops
         elif kind == "params":
-            table, norm = self.op_params, self.full_params
+            table, norm = self.costs.params_by_part, self.full_params
         else:
             raise ValueError(f"unknown cost {kind!r}")
         costs = torch.tensor([float(table.get(k, 0)) for k in keys], device=gates.device)

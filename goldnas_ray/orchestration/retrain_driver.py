@@ -1,0 +1,235 @@
+"""Retrain a search's architectures from scratch on Ray Tune, one trial per (architecture, seed).
+
+The driver checks everything first (``retrain.plan``: search files, genotypes, config, data;
+here: MLflow, whether a trial fits on a node), writes the genotypes and retrain.json, creates
+the MLflow parent and child runs, then hands the trials to Tune, which runs as many at once
+as the cluster holds. A failed trial is retried from its last checkpoint (``max_failures``);
+an interrupted retrain continues with ``resume``. At the end the trials' histories are read
+back from their last checkpoints and the report is written, then logged to the parent run.
+
+    <out>/retrain.json        what is trained (retrain.plan.Manifest)
+    <out>/genotypes/          every trained architecture (searched ones copied, random drawn)
+    <out>/search/             the search's records.json + genotypes (with --search-run)
+    <out>/trials.parquet      one row per (trial, epoch)
+    <out>/frontier.*          the accuracy/FLOPs report (retrain.report)
+    <out>/ray/retrain/        Ray Tune's experiment: trial folders and checkpoints
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+import ray.tune
+
+from goldnas_ray.core.config import ConfigError
+from goldnas_ray.files.atomic import atomic_write
+from goldnas_ray.files.search_files import OutputDirError, load_checkpoint, read_records
+from goldnas_ray.orchestration.cluster import check_fits_on_a_node, connect
+from goldnas_ray.orchestration.retrain_trial import STATE_FILE, RetrainCallback, retrain_trial
+from goldnas_ray.retrain import report
+from goldnas_ray.retrain.candidates import save_genotypes
+from goldnas_ray.retrain.plan import Manifest, RetrainError, TrialSpec, plan_retrain
+from goldnas_ray.tracking.common import check_uri, how_to_open
+from goldnas_ray.tracking.retrain import RetrainTracker, fetch_search_run
+
+EXPERIMENT_DIR = "retrain"
+
+
+def run_retrain(out: Path, *, search_dir: Path | None = None, search_run: str | None = None,
+                config_file: Path | None = None, overrides: Sequence[str] = (), random_k: int = 0,
+                cpus_per_trial: float = 1, gpus_per_trial: float = 0, max_failures: int = 2,
+                mlflow_uri: str | None = None, experiment: str = "goldnas-retrain",
+                tracking: bool = True, resume: bool = False, address: str | None = None,
+                log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Retrain (or, with ``resume``, continue retraining) and return the report table."""
+    out = Path(out).resolve()
+    if cpus_per_trial <= 0 or gpus_per_trial < 0:
+        raise ConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    with _staging(search_run) as staging:
+        if resume:
+            manifest = Manifest.read(out)
+            if manifest.mlflow_tracking_uri:
+                check_uri(manifest.mlflow_tracking_uri)
+            if not ray.tune.Tuner.can_restore(str(out / "ray" / EXPERIMENT_DIR)):
+                raise OutputDirError(f"--resume: {out / 'ray' / EXPERIMENT_DIR} holds no Ray Tune experiment")
+        else:
+            manifest = _plan(out, search_dir, search_run, staging, config_file, overrides, random_k,
+                             mlflow_uri, tracking)
+        resources = connect(address, log)
+        check_fits_on_a_node(cpus_per_trial, gpus_per_trial)
+        if not resume:
+            _start(out, manifest, staging, experiment)
+    tracker = RetrainTracker(manifest.mlflow_tracking_uri) if manifest.mlflow_run_id else None
+    if tracker is not None and resume:
+        tracker.client.update_run(manifest.mlflow_run_id, status="RUNNING")
+    specs = manifest.specs(out, cpus_per_trial, gpus_per_trial)
+    epochs = manifest.config.retrain.epochs
+    log(f"retraining {len(manifest.candidates)} architectures x {len(manifest.seeds)} seed(s) = "
+        f"{len(specs)} trials of {epochs} epochs; {cpus_per_trial:g} CPU / {gpus_per_trial:g} GPU per "
+        f"trial, up to {int(resources.get('CPU', 0) // cpus_per_trial)} at once; output in {out}")
+    for c in manifest.candidates:
+        log(f"  {c.arch_id:<12} {c.kind:<9} {c.flops / 1e6:7.3f} MFLOPs {c.params:>9} params")
+    started = time.perf_counter()
+    tuner = _tuner(out, manifest, specs, cpus_per_trial, gpus_per_trial, max_failures, resume,
+                   RetrainCallback(tracker, manifest.mlflow_child_run_ids, epochs, log))
+    results = _fit(tuner, tracker, manifest, log)
+    trials, failed = _collect(results, specs, epochs)
+    table = _write_report(out, trials, manifest)
+    log(f"retrain {'finished' if not failed else 'stopped'} after {time.perf_counter() - started:.0f}s "
+        f"here; report in {out / 'frontier.csv'}")
+    if not table.empty:
+        log(report.format_table(table))
+    if tracker is not None:
+        tracker.log_report(manifest.mlflow_run_id, out, report.front_summary(table))
+        tracker.end_run(manifest.mlflow_run_id, "FAILED" if failed else "FINISHED")
+        log(f"MLflow run {manifest.mlflow_run_id}: open with {how_to_open(tracker.uri)}")
+    if failed:
+        raise RetrainError(f"{len(failed)} of {len(specs)} trials did not finish: {', '.join(failed)}; "
+                           f"continue with --resume --out {out}")
+    return table
+
+
+@contextlib.contextmanager
+def _staging(search_run: str | None):
+    """A temporary folder for a search fetched from MLflow, removed whatever happens."""
+    if search_run is None:
+        yield None
+        return
+    staging = Path(tempfile.mkdtemp(prefix="goldnas-search-"))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _plan(out: Path, search_dir: Path | None, search_run: str | None, staging: Path | None,
+          config_file: Path | None, overrides: Sequence[str], random_k: int,
+          mlflow_uri: str | None, tracking: bool) -> Manifest:
+    """Check everything a new retrain depends on; writes nothing."""
+    if (search_dir is None) == (search_run is None):
+        raise OutputDirError("give exactly one of --search-dir and --search-run")
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if search_run is not None:
+        if not (mlflow_uri or env_uri):
+            raise OutputDirError("--search-run needs --mlflow-uri (or MLFLOW_TRACKING_URI)")
+        search_dir = fetch_search_run(search_run, mlflow_uri or env_uri, staging)
+    manifest = plan_retrain(out, search_dir, search_run_id=search_run, config_file=config_file,
+                            overrides=overrides, random_k=random_k)
+    if tracking:
+        manifest.mlflow_tracking_uri = (mlflow_uri or env_uri or _search_uri(search_dir)
+                                        or f"sqlite:///{out / 'mlflow.db'}")
+        check_uri(manifest.mlflow_tracking_uri)
+    return manifest
+
+
+def _search_uri(search_dir: Path) -> str | None:
+    return read_records(search_dir).get("mlflow_tracking_uri")
+
+
+def _start(out: Path, manifest: Manifest, staging: Path | None, experiment: str) -> None:
+    """Write what a new retrain starts from: the search copy, genotypes, MLflow runs, manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    if staging is not None:
+        shutil.copytree(staging, out / "search")
+        manifest.search_dir = str(out / "search")
+    save_genotypes(out, manifest.candidates)
+    if manifest.mlflow_tracking_uri:
+        RetrainTracker(manifest.mlflow_tracking_uri).start_retrain(experiment, out, manifest)
+    manifest.write(out)
+
+
+def _tuner(out: Path, manifest: Manifest, specs: dict[str, TrialSpec], cpus: float, gpus: float,
+           max_failures: int, resume: bool, callback: RetrainCallback) -> ray.tune.Tuner:
+    resources = {"cpu": cpus} | ({"gpu": gpus} if gpus else {})
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(retrain_trial, specs=specs), resources)
+    # a checkpoint every epoch with num_to_keep=1 forces an experiment snapshot each time (cheap
+    # here: a few KB); Tune would warn about it every epoch
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if resume:  # the run config, callback included, comes back from the saved experiment
+        return ray.tune.Tuner.restore(str(out / "ray" / EXPERIMENT_DIR), trainable,
+                                      resume_unfinished=True, resume_errored=True)
+    run_config = ray.tune.RunConfig(
+        name=EXPERIMENT_DIR, storage_path=str(out / "ray"), callbacks=[callback], verbose=0,
+        failure_config=ray.tune.FailureConfig(max_failures=max_failures),
+        checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1))
+    return ray.tune.Tuner(
+        trainable, param_space={"key": ray.tune.grid_search(manifest.trials)},
+        tune_config=ray.tune.TuneConfig(trial_name_creator=lambda t: t.config["key"],
+                                        trial_dirname_creator=lambda t: t.config["key"]),
+        run_config=run_config)
+
+
+def _fit(tuner: ray.tune.Tuner, tracker: RetrainTracker | None, manifest: Manifest,
+         log: Callable[[str], None]) -> ray.tune.ResultGrid:
+    """Run the trials; if the job is stopped or Tune breaks, end the MLflow runs saying so."""
+    try:
+        with _sigterm_as_exit():
+            return tuner.fit()
+    except BaseException as exc:
+        if tracker is not None:
+            killed = isinstance(exc, (SystemExit, KeyboardInterrupt))
+            try:
+                tracker.end_retrain(manifest.mlflow_run_id, "KILLED" if killed else "FAILED")
+            except Exception as mlflow_exc:  # noqa: BLE001 - never hide the original error
+                log(f"could not mark the MLflow runs as ended: {mlflow_exc}")
+        raise
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """Turn SIGTERM (what ``ray job stop`` sends the driver) into SystemExit, so the driver can
+    mark its MLflow runs KILLED in the seconds before the SIGKILL that follows."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _collect(results, specs: dict[str, TrialSpec], epochs: int) -> tuple[pd.DataFrame, list[str]]:
+    """Every trial's history, read from its last checkpoint; and the trials that did not finish."""
+    rows, failed = [], []
+    for result in results:
+        key = result.config["key"]
+        if result.checkpoint is None:
+            failed.append(f"{key} ({type(result.error).__name__ if result.error else 'no checkpoint'})")
+            continue
+        with result.checkpoint.as_directory() as d:
+            state = load_checkpoint(Path(d) / STATE_FILE)
+        finished = state["epoch"] >= epochs
+        if not finished:
+            failed.append(f"{key} (stopped after epoch {state['epoch']})")
+        spec = specs[key]
+        rows += [{"key": key, "arch_id": spec.arch_id, "seed": spec.seed, "finished": finished} | h
+                 for h in state["history"]]
+    return pd.DataFrame(rows), failed
+
+
+def _write_report(out: Path, trials: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
+    """trials.parquet and the frontier report of the finished trials (an unfinished trial's
+    last epoch is not comparable: left out)."""
+    if trials.empty:
+        return pd.DataFrame()
+    atomic_write(out / "trials.parquet", lambda tmp: trials.to_parquet(tmp, index=False))
+    done = trials[trials["finished"]]
+    if done.empty:
+        return pd.DataFrame()
+    table = report.summarise(done, pd.DataFrame([c.row() for c in manifest.candidates]))
+    report.write_report(out, table, title=f"{out.name}: {len(manifest.seeds)} seed(s), "
+                                          f"{manifest.config.retrain.epochs} epochs")
+    return table

@@ -1,0 +1,101 @@
+"""Launch a search on Ray Train (the default path of pipelines/search.py).
+
+Everything that can be checked is checked before the trainer starts: the output folder, the
+data, the MLflow URI, the Ray address and whether the cluster can ever place the workers.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from goldnas_ray.core.config import Config
+from goldnas_ray.files.search_files import RECORDS, check_out_dir, read_records, read_run_id
+from goldnas_ray.orchestration.cluster import ClusterError, check_capacity, connect
+from goldnas_ray.run.loop import load_data
+from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
+
+
+class SearchFailed(RuntimeError):
+    """Ray Train gave up on the search (its error is the cause)."""
+
+
+def run_ray(cfg: Config | None, out: Path, *, workers: int = 1, cpus_per_worker: float | None = None,
+            gpus_per_worker: float = 0, resume: bool = False, mlflow_uri: str | None = None,
+            experiment: str = "goldnas-search", max_failures: int = 2, tracking: bool = True,
+            address: str | None = None, verbose: bool = False,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) a search on Ray Train; returns the content of records.json.
+
+    ``cpus_per_worker`` None: on an embedded local Ray the workers share all its CPUs, on a
+    joined cluster each gets 1."""
+    out = Path(out).resolve()
+    if workers < 1:
+        raise ClusterError(f"--workers must be >= 1, got {workers}")
+    check_out_dir(out, resume)
+    run_id = None
+    if resume:  # records.json is written before the checkpoint, so it is there
+        records = read_records(out)
+        if records["finished"]:
+            log(f"search in {out} already finished after epoch {records['epochs']}; nothing to do")
+            return records
+        cfg, run_id = Config.from_dict(records["config"]), read_run_id(out)
+    assert cfg is not None
+    load_data(cfg.validate())  # bad data fails here, before Ray starts
+    uri = resolve_uri(out, mlflow_uri) if tracking else None
+    if uri:
+        check_uri(uri)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address and not verbose:
+        # nothing preempts the nodes of an embedded Ray; its watcher only adds an error line
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    resources = connect(address, log)
+    if cpus_per_worker is None:
+        embedded = not address
+        cpus_per_worker = max(1.0, resources.get("CPU", 1) // workers) if embedded else 1.0
+    check_capacity(resources, workers, cpus_per_worker, gpus_per_worker)
+    out.mkdir(parents=True, exist_ok=True)
+    job = {"config": cfg.to_dict(), "out": str(out), "resume": resume, "verbose": verbose,
+           "threads_per_worker": max(1, int(cpus_per_worker)), "mlflow_uri": uri,
+           "mlflow_run_id": run_id, "experiment": experiment}
+    trainer = _trainer(job, out, workers, cpus_per_worker, gpus_per_worker, max_failures, resume, verbose)
+    log(f"search: {workers} worker(s) x {cpus_per_worker:g} CPU, {gpus_per_worker:g} GPU; output in {out}")
+    started = time.perf_counter()
+    result = trainer.fit()
+    if result.error:
+        raise SearchFailed(f"search failed: {result.error}") from result.error
+    records = read_records(out)
+    log(f"search finished after {records['epochs']} epochs ({time.perf_counter() - started:.0f}s on Ray); "
+        f"{len(records['architectures'])} architectures recorded in {out / RECORDS}")
+    if uri:
+        log(f"MLflow run {records.get('mlflow_run_id')}: open with {how_to_open(uri)}")
+    return records
+
+
+
+def _trainer(job: dict[str, Any], out: Path, workers: int, cpus_per_worker: float, gpus_per_worker: float,
+             max_failures: int, resume: bool, verbose: bool):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from goldnas_ray.orchestration.search_worker import train_loop_per_worker
+
+    use_gpu = gpus_per_worker > 0
+    per_worker = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=job,
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                               resources_per_worker=per_worker),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=f"{out.name}-{int(time.time())}" if resume else out.name,
+            storage_path=str(out / "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            # each checkpoint is the whole search state: keep the last two, not every epoch's
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # INFO logs a line per report and per checkpoint on every epoch; --verbose shows them
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
+        ),
+    )

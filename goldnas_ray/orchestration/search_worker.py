@@ -1,0 +1,101 @@
+"""The per-worker function of a search on Ray Train: the shared search loop, distributed.
+
+Each worker trains on its own 1/N of every epoch (order from (seed, epoch, rank)) through
+``run.loop.search_loop`` with a ``DistributedComm`` (DDP, prunes decided on rank 0 and
+broadcast). Rank 0 writes the output files, logs to MLflow and reports the whole search
+state as a Ray Train checkpoint every epoch, so FailureConfig restarts continue from the
+last epoch. The Ray calls of a search live here and nowhere else.
+
+For people debugging a run, ``<out>/.workers/`` holds ``rank-N.json`` (pid and node of each
+rank, rewritten when a worker group restarts) and, with more than one worker,
+``consistency.jsonl`` (each epoch, every rank's digest of its alive set and alphas).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from goldnas_ray.core.comm import DistributedComm
+from goldnas_ray.files.search_files import CHECKPOINT, load_checkpoint, read_run_id
+from goldnas_ray.run.console import describe_start
+from goldnas_ray.run.loop import load_or_create, run_info, search_loop
+from goldnas_ray.tracking.search import search_tracker
+
+WORKER_LOG = ".workers"
+
+
+def _print(line: str) -> None:
+    # not print(): Ray Train patches it on workers to send each line to the console twice
+    # (its logger and the original stream)
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _restored_state(out: Path, resume: bool) -> dict[str, Any] | None:
+    """The state to continue from: Ray Train's checkpoint after a worker-group restart, else
+    ``out``'s own on --resume, else None (a new search)."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            return load_checkpoint(Path(d) / CHECKPOINT.name)
+    return load_checkpoint(out / CHECKPOINT) if resume else None
+
+
+def quiet_ray_train_loggers() -> None:
+    """Ray Train's worker-side loggers are named after their files and log each report at
+    INFO through the root logger, which LoggingConfig does not filter: raise them to WARNING."""
+    for name in list(logging.root.manager.loggerDict):
+        if "/ray/train/" in name:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def train_loop_per_worker(job: dict[str, Any]) -> None:
+    from goldnas_ray.core.config import Config
+
+    if not job.get("verbose"):
+        quiet_ray_train_loggers()
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
+    out = Path(job["out"])
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(job["threads_per_worker"])))
+    comm = DistributedComm(device)
+    workers = out / WORKER_LOG
+    workers.mkdir(parents=True, exist_ok=True)
+    (workers / f"rank-{comm.rank}.json").write_text(json.dumps(
+        {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}))
+
+    state = _restored_state(out, job["resume"])
+    search, data = load_or_create(Config.from_dict(job["config"]), device, state)
+    info = run_info(search, data.name, comm.world_size)
+    tracker = None
+    if comm.rank == 0:
+        _print(describe_start(search, data.name, comm.world_size))
+        if job.get("mlflow_uri"):
+            # a worker group restarted by FailureConfig gets the same job as the first attempt:
+            # the run that attempt created is the one records.json names
+            run_id = job.get("mlflow_run_id") or read_run_id(out)
+            tracker = search_tracker(job["mlflow_uri"], job["experiment"], out, comm.world_size)(
+                search.cfg, data.name, run_id)
+            info |= {"mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": tracker.uri}
+
+    def report(row: dict[str, Any]) -> None:
+        metrics = {k: v for k, v in row.items() if k != "recorded"}
+        if comm.rank == 0:
+            # the state was serialised once, into <out>/checkpoints; Ray copies that folder to
+            # its storage before report returns
+            checkpoint = ray.train.Checkpoint.from_directory(str((out / CHECKPOINT).parent))
+            ray.train.report(metrics, checkpoint=checkpoint)
+        else:
+            ray.train.report(metrics)
+
+    search_loop(search, data, out, info, comm=comm, tracker=tracker, log=_print, report=report,
+                worker_log=workers / "consistency.jsonl" if comm.world_size > 1 else None)

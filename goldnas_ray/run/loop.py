@@ -1,0 +1,140 @@
+"""The search loop, written once for both backends.
+
+:func:`search_loop` runs epochs until the search stops: each epoch is
+``GoldSearch.run_epoch`` (train, decide on rank 0, broadcast, prune, move lambda), then rank 0
+writes the output files and the checkpoint, logs to the tracker and prints the epoch line.
+The in-process path (:func:`run_local`) passes the no-op communicator; the Ray Train worker
+(``goldnas_ray.orchestration.search_worker``) passes a torch.distributed one and a ``report``
+hook that hands the checkpoint to Ray Train. :func:`load_or_create` is the one way both
+start or resume. Trackers (MLflow) are injected: nothing here imports Ray or MLflow.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+
+from goldnas_ray.core.comm import Communicator, LocalComm
+from goldnas_ray.core.config import Config
+from goldnas_ray.core.search import GoldSearch
+from goldnas_ray.data import Dataset, iterate_batches, load_dataset
+from goldnas_ray.files.search_files import (CHECKPOINT, RECORDS, check_out_dir, load_checkpoint, read_run_id,
+                                            save_checkpoint, write_outputs)
+from goldnas_ray.run.console import EpochProgress, describe_start, format_epoch
+
+
+class Tracker(Protocol):
+    """Where a search's metrics and files go besides ``--out`` (MLflow: tracking.search)."""
+
+    run_id: str
+    uri: str
+
+    def log_epoch(self, row: dict[str, Any]) -> None: ...
+
+    def log_outputs(self, out: Path) -> None: ...
+
+    def finish(self, status: str = "FINISHED") -> None: ...
+
+
+# (config, dataset name, run id to reopen or None) -> the tracker of this search
+TrackerFactory = Callable[[Config, str, "str | None"], Tracker]
+
+
+def run_info(search: GoldSearch, dataset: str, workers: int) -> dict[str, Any]:
+    """What records.json says about the run besides its records."""
+    m = search.model
+    return {
+        "dataset": dataset,
+        "workers": workers,
+        "space_log10_size": round(m.log10_size, 2),
+        "supernet_flops": m.full_flops,
+        "flops_min": search.flops_min,
+        "input_shape": list(search.input_shape),
+        "num_classes": search.num_classes,
+    }
+
+
+def load_or_create(cfg: Config | None, device: torch.device | str,
+                   state: dict[str, Any] | None = None) -> tuple[GoldSearch, Dataset]:
+    """The search to run and its data: restored from ``state`` (a checkpoint: ``out``'s on
+    --resume, or the one Ray Train hands a restarted worker group), else new from ``cfg``."""
+    if state is not None:
+        search = GoldSearch.from_state_dict(state, device)
+        return search, load_data(search.cfg)
+    if cfg is None:
+        raise ValueError("a new search needs a config")
+    data = load_data(cfg)
+    return GoldSearch(cfg, data.input_shape, data.num_classes, device), data
+
+
+def load_data(cfg: Config) -> Dataset:
+    return load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.download)
+
+
+def steps_per_epoch(images: int, batch_size: int, world_size: int) -> int:
+    return (images // world_size) // batch_size
+
+
+def search_loop(search: GoldSearch, data: Dataset, out: Path, info: dict[str, Any], *,
+                comm: Communicator | None = None, tracker: Tracker | None = None,
+                log: Callable[[str], None] = print, report: Callable[[dict[str, Any]], None] | None = None,
+                worker_log: Path | None = None, progress_every: float = 30.0) -> None:
+    """Run epochs until the search stops. Rank 0 writes ``out`` and the tracker after every
+    epoch; with ``worker_log``, it appends every rank's digest of its alive set and alphas
+    (they must agree, or the run stops). ``report(row)`` runs on every rank after each epoch."""
+    comm = comm if comm is not None else LocalComm()
+    cfg, lead = search.cfg, comm.rank == 0
+    steps = steps_per_epoch(len(data.x_train), cfg.data.batch_size, comm.world_size)
+    while not search.finished:
+        batches = iterate_batches(data.x_train, data.y_train, cfg.data.batch_size, cfg.seed, search.epoch,
+                                  rank=comm.rank, world_size=comm.world_size, cutout_size=cfg.data.cutout)
+        progress = EpochProgress(search.epoch, steps, progress_every, log) if lead else None
+        row = search.run_epoch(batches, comm, progress)
+        digests = comm.digests(search.model)
+        if lead:
+            if worker_log is not None:
+                with open(worker_log, "a") as f:
+                    f.write(json.dumps({"epoch": search.epoch, "ranks": digests}) + "\n")
+            # outputs first, checkpoint last: a folder with a checkpoint always has its records
+            write_outputs(out, search, info)
+            save_checkpoint(out, search.state_dict())
+            if tracker is not None:
+                tracker.log_epoch(row)
+            log(format_epoch(row, cfg.search.max_epochs, search.model.full_flops))
+        if report is not None:
+            report(row)
+    if lead and tracker is not None:
+        tracker.log_outputs(out)
+        tracker.finish()
+
+
+def run_local(cfg: Config | None, out: Path, resume: bool = False, *,
+              log: Callable[[str], None] = print, device: str = "cpu",
+              tracker: TrackerFactory | None = None) -> GoldSearch:
+    """Run (or resume) a whole search in this process, writing the output files each epoch."""
+    out = Path(out)
+    check_out_dir(out, resume)
+    if not resume:
+        assert cfg is not None
+        cfg.validate()
+    state = load_checkpoint(out / CHECKPOINT) if resume else None
+    search, data = load_or_create(cfg, device, state)
+    if resume:
+        log(f"resuming {out} after epoch {search.epoch}")
+    out.mkdir(parents=True, exist_ok=True)
+    info = run_info(search, data.name, workers=1)
+    run = None
+    if tracker is not None:
+        run = tracker(search.cfg, data.name, read_run_id(out) if resume else None)
+        info |= {"mlflow_run_id": run.run_id, "mlflow_tracking_uri": run.uri}
+    log(describe_start(search, data.name))
+    started = time.perf_counter()
+    search_loop(search, data, out, info, tracker=run, log=log)
+    log(f"search finished after {search.epoch} epochs ({time.perf_counter() - started:.0f}s here); "
+        f"{len(search.records)} architectures recorded in {out / RECORDS}")
+    if run is not None:
+        log(f"tracked in run {run.run_id} of {run.uri}")
+    return search

@@ -1,0 +1,39 @@
+"""A search's plots: lambda and FLOPs over the epochs, recorded architectures marked."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from goldnas_ray.files.atomic import atomic_write
+from goldnas_ray.files.search_files import HISTORY
+
+
+def write_plots(out: Path) -> list[Path]:
+    """plots/lambda.png and plots/flops.png from ``out``'s history.parquet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist_path = Path(out) / HISTORY
+    if not hist_path.is_file():
+        return []
+    hist = pd.read_parquet(hist_path)
+    rec = hist[hist["recorded"].astype(str) != ""]
+    paths = []
+    for col, label, fname, log in (("lambda", "lambda", "lambda.png", True),
+                                   ("flops", "MFLOPs per image", "flops.png", False)):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        scale = 1e-6 if col == "flops" else 1.0
+        ax.plot(hist["epoch"], hist[col] * scale, lw=1.5)
+        ax.scatter(rec["epoch"], rec[col] * scale, color="C3", zorder=3, label="recorded architecture")
+        if log and (hist[col] > 0).any():
+            ax.set_yscale("symlog", linthresh=max(float(hist[col][hist[col] > 0].min()), 1e-6))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.legend(loc="best")
+        fig.tight_layout()
+        paths.append(atomic_write(Path(out) / "plots" / fname, lambda tmp: fig.savefig(tmp, dpi=100)))
+        plt.close(fig)
+    return paths

@@ -1,0 +1,72 @@
+"""What the MLflow trackers share: the tracking URI, parameters in batches, file artifacts.
+
+Every write goes through ``MlflowClient`` (no global fluent state), from one process only:
+rank 0 of a search, the driver of a retrain.
+"""
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+class TrackingError(ValueError):
+    """The MLflow tracking URI cannot be used."""
+
+
+def resolve_uri(out: Path, uri: str | None) -> str:
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{(Path(out) / 'mlflow.db').resolve()}"
+
+
+def check_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast when an http(s) tracking server does not answer."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise TrackingError(f"MLflow server {uri} answered {resp.status} on /health")
+        except (urllib.error.URLError, OSError) as exc:
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable: {exc}") from exc
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = str(v)
+    return flat
+
+
+def experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
+
+
+def log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    """Flattened params (``section.key``), in batches of the 100 MLflow accepts at once."""
+    from mlflow.entities import Param
+
+    items = [Param(k, v[:6000]) for k, v in flatten(params).items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def log_files(client, run_id: str, out: Path, names: tuple[str, ...]) -> None:
+    """The named files of ``out`` that exist, and its genotypes/ folder, as artifacts."""
+    for name in names:
+        if (out / name).is_file():
+            client.log_artifact(run_id, str(out / name))
+    if (out / "genotypes").is_dir():
+        client.log_artifacts(run_id, str(out / "genotypes"), "genotypes")
+
+
+def how_to_open(uri: str) -> str:
+    """The command (or address) that shows the runs of ``uri`` in the MLflow UI."""
+    if uri.startswith("sqlite:///"):
+        return f"mlflow ui --backend-store-uri {uri}"
+    return f"the MLflow UI at {uri}" if uri.startswith(("http://", "https://")) else f"MLflow store {uri}"

@@ -1,0 +1,138 @@
+"""MLflow tracking of a retrain: a parent run, one nested child per (architecture, seed)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from goldnas_ray.retrain.plan import Manifest, trial_key
+from goldnas_ray.files.search_files import LEGACY_RECORDS, RECORDS, OutputDirError
+from goldnas_ray.tracking.common import check_uri, experiment_id, log_files, log_params
+
+TRIAL_METRICS = ("test_acc", "train_loss", "train_acc", "lr", "drop_path", "seconds", "images_per_second")
+
+
+class RetrainTracker:
+    """A retrain in MLflow: one parent run, one nested child run per (architecture, seed).
+
+    Everything is written from the driver (the Ray Tune callback sees every trial's results),
+    so concurrent trials never write to the store at once and a sqlite store is safe. Child
+    runs are created up front, status SCHEDULED, and their ids kept in retrain.json: a trial
+    restored after a failure or a ``--resume`` logs into its own run, each epoch once.
+    """
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._client = None
+        self._logged: dict[str, set[int]] = {}
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune may pickle its callbacks
+        return {"uri": self.uri, "_client": None, "_logged": {}}
+
+    def start(self, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str],
+              children: dict[str, tuple[str, dict[str, Any], dict[str, str]]]) -> tuple[str, dict[str, str]]:
+        """Create the parent run and one child per entry of ``children`` (key -> (name,
+        params, tags)); returns (parent id, key -> child id)."""
+        from mlflow.entities import Metric
+
+        exp_id = experiment_id(self.client, experiment)
+        parent = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+        log_params(self.client, parent, params)
+        child_ids = {}
+        for key, (name, child_params, child_tags) in children.items():
+            run = self.client.create_run(exp_id, run_name=name,
+                                         tags=child_tags | {"mlflow.parentRunId": parent})
+            child_ids[key] = run.info.run_id
+            log_params(self.client, run.info.run_id, child_params)
+            # FLOPs and parameters as metrics too, so the UI can put them on a chart axis
+            ts = int(time.time() * 1000)
+            self.client.log_batch(run.info.run_id, metrics=[
+                Metric(n, float(child_params[n]), ts, 0) for n in ("flops", "params")])
+            self.client.update_run(run.info.run_id, status="SCHEDULED")
+        return parent, child_ids
+
+    def start_retrain(self, experiment: str, out: Path, manifest: "Manifest") -> None:
+        """The parent run of a new retrain and one SCHEDULED child per trial; their ids are
+        stored in ``manifest``."""
+        recipe = {f"retrain.{k}": v for k, v in manifest.config.to_dict()["retrain"].items()}
+        children = {
+            trial_key(c.arch_id, s): (trial_key(c.arch_id, s),
+                                      {"arch_id": c.arch_id, "kind": c.kind, "flops": c.flops,
+                                       "params": c.params, "seed": s, **recipe},
+                                      {"kind": c.kind, "arch_id": c.arch_id})
+            for c in manifest.candidates for s in manifest.seeds}
+        tags = {"goldnas.stage": "retrain", "goldnas.out": str(out), "dataset": manifest.dataset,
+                "goldnas.search_dir": manifest.search_dir}
+        if manifest.search_run_id:
+            tags["goldnas.search_run_id"] = manifest.search_run_id
+        params = {"seeds": len(manifest.seeds), "random": sum(c.kind == "random" for c in manifest.candidates),
+                  "architectures": len(manifest.candidates), **recipe}
+        manifest.mlflow_run_id, manifest.mlflow_child_run_ids = self.start(
+            experiment, Path(out).name, params, tags, children)
+
+    def trial_started(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+        if run_id not in self._logged:
+            history = self.client.get_metric_history(run_id, "test_acc")
+            self._logged[run_id] = {m.step for m in history}
+
+    def log_trial_epoch(self, run_id: str, row: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        if run_id not in self._logged:
+            self.trial_started(run_id)
+        step = int(row["epoch"])
+        if step in self._logged[run_id]:
+            return
+        ts = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(n, float(row[n]), ts, step)
+                                               for n in TRIAL_METRICS if n in row])
+        self._logged[run_id].add(step)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def end_retrain(self, parent_id: str, status: str) -> None:
+        """End the parent and every child still RUNNING with ``status`` (KILLED when the job was
+        stopped, FAILED after an error); children never started stay SCHEDULED. --resume sets
+        them running again."""
+        exp = self.client.get_run(parent_id).info.experiment_id
+        for run in self.client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}'"):
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, status=status)
+        self.client.set_terminated(parent_id, status=status)
+
+    def log_report(self, parent_id: str, out: Path, summary: dict[str, float]) -> None:
+        """The report files and genotypes as the parent's artifacts, ``summary`` as metrics."""
+        from mlflow.entities import Metric
+
+        log_files(self.client, parent_id, Path(out),
+                   ("frontier.parquet", "frontier.csv", "frontier.png", "trials.parquet", "retrain.json"))
+        ts = int(time.time() * 1000)
+        self.client.log_batch(parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in summary.items()])
+
+
+def fetch_search_run(run_id: str, uri: str, dest: Path) -> Path:
+    """Download the records and genotypes of MLflow search run ``run_id`` into ``dest``."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    check_uri(uri)
+    try:
+        listed = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id)}
+        records = LEGACY_RECORDS if LEGACY_RECORDS in listed and RECORDS not in listed else RECORDS
+        for path in (records, "genotypes"):
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
+                                                dst_path=str(dest), tracking_uri=uri)
+    except (MlflowException, OSError) as exc:
+        raise OutputDirError(f"cannot read the search files of MLflow run {run_id} at {uri}: {exc}") from exc
+    return dest

@@ -1,0 +1,89 @@
+"""MLflow tracking of a search: one run, config as params, per-epoch metrics, artifacts.
+
+Written by rank 0 only. Default store: ``sqlite:///<out>/mlflow.db``, unless --mlflow-uri or
+MLFLOW_TRACKING_URI.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from goldnas_ray.core.config import Config
+from goldnas_ray.core.space import log10_space_size
+from goldnas_ray.files.search_files import CONFIG, HISTORY, RECORDS
+from goldnas_ray.run.plots import write_plots
+from goldnas_ray.tracking.common import experiment_id, log_files, log_params
+
+METRICS = {  # history column -> MLflow metric name
+    "lambda": "lambda",
+    "delta": "delta_lambda",
+    "flops": "flops",
+    "params": "params",
+    "alive_ops": "alive_ops",
+    "pruned": "pruned_ops",
+    "loss": "train_loss",
+    "accuracy": "train_acc",
+    "seconds": "epoch_seconds",
+    "images_per_second": "images_per_second",
+}
+
+
+def run_tags(space: Any, dataset: str, workers: int, out: Path) -> dict[str, str]:
+    """Tags of a search run: space size, dataset, workers and the output folder."""
+    size = log10_space_size(space.num_cells, space.num_nodes, len(space.operators))
+    return {"space_log10_size": f"{size:.2f}", "dataset": dataset, "workers": str(workers),
+            "goldnas.out": str(Path(out).resolve())}
+
+
+class SearchTracker:
+    def __init__(self, uri: str, experiment: str, run_name: str, config: dict[str, Any],
+                 tags: dict[str, str], run_id: str | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=uri)
+        self.uri = uri
+        if run_id is None:
+            run = self.client.create_run(experiment_id(self.client, experiment), run_name=run_name,
+                                         tags=tags)
+            self.run_id = run.info.run_id
+            log_params(self.client, self.run_id, config)
+            self.logged_steps: set[int] = set()
+        else:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            self.logged_steps = {m.step for m in self.client.get_metric_history(run_id, METRICS["flops"])}
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        """Log one history row; an epoch already in the run (logged, then re-run after a
+        restart from an earlier checkpoint) is not logged twice."""
+        from mlflow.entities import Metric
+
+        step = int(row["epoch"])
+        if step in self.logged_steps:
+            return
+        ts = int(time.time() * 1000)
+        metrics = [Metric(name, float(row[col]), ts, step) for col, name in METRICS.items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+        self.logged_steps.add(step)
+
+    def log_outputs(self, out: Path) -> None:
+        out = Path(out)
+        log_files(self.client, self.run_id, out, (RECORDS, HISTORY, CONFIG))
+        for png in write_plots(out):
+            self.client.log_artifact(self.run_id, str(png), "plots")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+
+
+def search_tracker(uri: str, experiment: str, out: Path, workers: int):
+    """A factory of the search's tracker (``run.loop.TrackerFactory``): a new MLflow run, or
+    the one a resumed search already has."""
+    def make(cfg: Config, dataset: str, run_id: str | None) -> SearchTracker:
+        return SearchTracker(uri, experiment, Path(out).name, cfg.to_dict(),
+                             run_tags(cfg.space, dataset, workers, out), run_id=run_id)
+
+    return make

@@ -1,0 +1,78 @@
+"""The pipelines' error convention, console and helpers: a user error is one line and exit 2;
+a bug keeps its traceback; progress inside long epochs; atomic writes."""
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from goldnas_ray.cli import run_main
+from goldnas_ray.core.config import ConfigError
+from goldnas_ray.files.atomic import atomic_write, write_text
+from goldnas_ray.run.console import EpochProgress
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_user_errors_are_one_line_and_exit_2(capsys):
+    def body():
+        raise ConfigError("search.xi_min (0.2) must not exceed search.xi_max (0.05)")
+
+    assert run_main(body) == 2
+    err = capsys.readouterr().err
+    assert err == "error: search.xi_min (0.2) must not exceed search.xi_max (0.05)\n"
+
+
+def test_a_bug_keeps_its_traceback():
+    # a ValueError or RuntimeError from inside the code is a bug, not a user error
+    for exc in (ValueError, RuntimeError, KeyError):
+        def body(exc=exc):
+            raise exc("internal")
+
+        with pytest.raises(exc):
+            run_main(body)
+
+
+def test_a_pipeline_bug_prints_a_traceback_and_exits_1(tmp_path):
+    # a stop below which the supernet already is: a user error found when the supernet is
+    # built (exit 2, one line) ...
+    bad = subprocess.run([sys.executable, str(ROOT / "pipelines" / "search.py"), "--local", "--no-mlflow",
+                          "--out", str(tmp_path / "a"), "--set", "search.flops_min=1e12"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "search.flops_min" in bad.stderr and "must be below the full supernet" in bad.stderr
+    assert not (tmp_path / "a").exists()
+    # ... while a crash inside the code keeps Python's traceback and status 1
+    crash = subprocess.run([sys.executable, "-c",
+                            "import sys; from goldnas_ray.cli import run_main\n"
+                            "def body(): {}['missing']\n"
+                            "sys.exit(run_main(body))"], capture_output=True, text=True, timeout=60)
+    assert crash.returncode == 1 and "Traceback" in crash.stderr and "KeyError" in crash.stderr
+
+
+def test_progress_lines_every_interval_with_eta(monkeypatch):
+    clock = iter([0.0, 0.5, 31.0, 32.0, 62.0, 99.0])
+    monkeypatch.setattr("goldnas_ray.run.console.time.perf_counter", lambda: next(clock))
+    lines = []
+    progress = EpochProgress(epoch=4, steps=100, every=30, log=lines.append, stream=io.StringIO())
+    progress(1, 64)      # 0.5 s: too early
+    progress(50, 3200)   # 31 s: a line, ETA = 31/50 * 50
+    progress(51, 3264)   # 32 s: too early
+    progress(99, 6336)   # 62 s: a line
+    progress(100, 6400)  # the last step: the epoch line follows, no progress line
+    assert len(lines) == 2
+    assert lines[0] == "  epoch 5: step 50/100  103 img/s  ETA 31s"
+    assert lines[1].startswith("  epoch 5: step 99/100")
+
+
+def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
+    path = write_text(tmp_path / "a.json", "old")
+
+    def broken(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(path, broken)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]

@@ -1,0 +1,79 @@
+"""The package's layers: every import of every module (lazy ones inside functions included)
+goes downward, and the pure layers import neither Ray nor MLflow."""
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "goldnas_ray"
+# bottom to top; a module may import its own layer and those listed before it
+LAYERS = ["core", "data", "files", "retrain", "run", "tracking", "orchestration", "cli"]
+PURE = {"core", "data", "files", "retrain", "run"}
+
+
+def layer_of(module: str) -> str | None:
+    """'goldnas_ray.core.search' -> 'core'; the package root itself has no layer."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "goldnas_ray" else None
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import statement in the file, at any depth."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+            if node.module == "goldnas_ray":  # from goldnas_ray import cli
+                found += [(node.lineno, f"goldnas_ray.{alias.name}") for alias in node.names]
+    return found
+
+
+def modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        name = ".".join(p for p in rel.parts if p != "__init__")
+        yield name, path
+
+
+def violations(root: Path = PACKAGE) -> list[str]:
+    bad = []
+    for name, path in modules():
+        own = layer_of(name)
+        if own is None:
+            continue
+        for line, target in imports(path):
+            top = target.split(".")[0]
+            if own in PURE and top in ("ray", "mlflow"):
+                bad.append(f"{path.name}:{line} ({own}) imports {target}")
+            other = layer_of(target)
+            if other is not None and other in LAYERS and LAYERS.index(other) > LAYERS.index(own):
+                bad.append(f"{path.name}:{line} ({own}) imports upward: {target}")
+    return bad
+
+
+def test_every_module_belongs_to_a_layer():
+    found = {layer_of(name) for name, _ in modules()} - {None}
+    assert found <= set(LAYERS), found - set(LAYERS)
+    assert PURE <= found
+
+
+def test_imports_only_go_downward_and_pure_layers_avoid_ray_and_mlflow():
+    assert violations() == []
+
+
+def test_the_check_catches_a_lazy_ray_import(tmp_path, monkeypatch):
+    """A pure module that imports ray inside a function is caught."""
+    fake = tmp_path / "goldnas_ray"
+    (fake / "core").mkdir(parents=True)
+    (fake / "core" / "bad.py").write_text("def f():\n    import ray.train\n    from goldnas_ray.run import loop\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
+    found = violations()
+    assert any("imports ray.train" in v for v in found) and any("upward" in v for v in found), found
+
+
+@pytest.mark.parametrize("module, expected", [("goldnas_ray.core.search", "core"),
+                                              ("goldnas_ray.cli", "cli"), ("goldnas_ray", None)])
+def test_layer_of(module, expected):
+    assert layer_of(module) == expected

@@ -1,0 +1,63 @@
+"""The retrain plan, checked and written without Ray: what is trained, its trials, retrain.json."""
+import json
+
+import pytest
+from conftest import tiny_config
+
+from goldnas_ray.core.config import ConfigError
+from goldnas_ray.files.search_files import OutputDirError
+from goldnas_ray.retrain.plan import MANIFEST, Manifest, plan_retrain, trial_key
+from goldnas_ray.run.loop import run_local
+
+
+@pytest.fixture(scope="module")
+def search_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("plan") / "search"
+    run_local(tiny_config(max_epochs=2, lambda0=1.0, xi_max=0.2, t0=0), out, log=lambda _: None)
+    return out
+
+
+def test_plan_trials_specs_and_manifest_round_trip(search_dir, tmp_path):
+    out = tmp_path / "rt"
+    manifest = plan_retrain(out, search_dir, overrides=["retrain.seeds=2", "retrain.epochs=3"], random_k=2)
+    assert not out.exists()  # planning writes nothing
+    searched = [c for c in manifest.candidates if c.kind == "searched"]
+    records = json.loads((search_dir / "records.json").read_text())
+    assert [c.arch_id for c in searched] == [a["id"] for a in records["architectures"]]
+    assert [c.kind for c in manifest.candidates].count("random") == 2
+    assert manifest.seeds == [0, 1] and manifest.config.retrain.epochs == 3
+    assert manifest.trials == [trial_key(c.arch_id, s) for c in manifest.candidates for s in (0, 1)]
+    specs = manifest.specs(out, cpus_per_trial=2, gpus_per_trial=0.5)
+    assert list(specs) == manifest.trials
+    spec = specs[manifest.trials[-1]]
+    assert (spec.seed, spec.threads, spec.use_gpu, spec.recipe["epochs"]) == (1, 2, True, 3)
+    assert spec.genotype == manifest.candidates[-1].genotype.to_dict()
+
+    from goldnas_ray.retrain.candidates import save_genotypes
+
+    out.mkdir()
+    save_genotypes(out, manifest.candidates)
+    manifest.mlflow_run_id = "abc"
+    manifest.write(out)
+    back = Manifest.read(out)
+    assert back.trials == manifest.trials and back.mlflow_run_id == "abc"
+    assert [c.flops for c in back.candidates] == [c.flops for c in manifest.candidates]
+    assert back.config.to_dict() == manifest.config.to_dict()
+
+
+def test_plan_refuses_bad_input_before_writing(search_dir, tmp_path):
+    with pytest.raises(ConfigError, match="retrain.lr"):
+        plan_retrain(tmp_path / "a", search_dir, overrides=["retrain.lr=-1"])
+    with pytest.raises(ConfigError, match="--random"):
+        plan_retrain(tmp_path / "a", search_dir, random_k=-1)
+    taken = tmp_path / "taken"
+    (taken / "x").mkdir(parents=True)
+    with pytest.raises(OutputDirError, match="already exists"):
+        plan_retrain(taken, search_dir)
+    with pytest.raises(OutputDirError, match="no retrain.json"):
+        Manifest.read(tmp_path / "nothing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / MANIFEST).write_text("{}")
+    with pytest.raises(OutputDirError, match="not a goldnas-ray retrain manifest"):
+        Manifest.read(tmp_path / "bad")
+    assert not (tmp_path / "a").exists()
