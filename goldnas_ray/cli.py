@@ -8,6 +8,7 @@ where it can be found then. Anything else is a bug: its traceback is kept and th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -119,11 +120,18 @@ def retrain_overrides(args: argparse.Namespace) -> list[str]:
 
 
 # ---- the pipelines' bodies -------------------------------------------------------------------
+def quiet(args: argparse.Namespace) -> None:
+    """Unless --verbose, MLflow's INFO lines (a new sqlite store announces its tables) stay out."""
+    if not args.verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
 def run_search_locally(cfg: Config | None, out: Path, args: argparse.Namespace) -> None:
     from goldnas_ray.run.loop import run_local
     from goldnas_ray.tracking.common import check_uri, resolve_uri
     from goldnas_ray.tracking.search import search_tracker
 
+    quiet(args)
     tracker = None
     if not args.no_mlflow:
         uri = resolve_uri(out, args.mlflow_uri)
@@ -135,6 +143,7 @@ def run_search_locally(cfg: Config | None, out: Path, args: argparse.Namespace) 
 def run_search_on_ray(cfg: Config | None, out: Path, args: argparse.Namespace) -> None:
     from goldnas_ray.orchestration.search_driver import run_ray
 
+    quiet(args)
     run_ray(cfg, out, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
             gpus_per_worker=args.gpus_per_worker, resume=args.resume, mlflow_uri=args.mlflow_uri,
             experiment=args.experiment, max_failures=args.max_failures, tracking=not args.no_mlflow,
@@ -146,6 +155,7 @@ def run_retrain_on_ray(out: Path, args: argparse.Namespace, *, search_dir: Path 
                        resume: bool = False) -> None:
     from goldnas_ray.orchestration.retrain_driver import run_retrain
 
+    quiet(args)
     run_retrain(out, search_dir=search_dir, search_run=search_run, config_file=config_file,
                 overrides=[] if resume else retrain_overrides(args), random_k=args.random,
                 cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,

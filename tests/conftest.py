@@ -1,6 +1,4 @@
 import json
-import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -13,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from readme_blocks import ReadmeShell
+
+from goldnas_ray.core.config import Config
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-from goldnas_ray.core.config import Config  # noqa: E402
 
 
 def tiny_config(**search) -> Config:
@@ -63,20 +63,26 @@ def wait_http(url: str, timeout: float = 90) -> None:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
-    """Head (1 CPU) + a second node (1 CPU) on 127.0.0.1, so 2 workers land on 2 nodes."""
+def readme_shell(tmp_path_factory):
+    """A shell session that runs the README's blocks (see readme_blocks.py)."""
+    root = tmp_path_factory.mktemp("readme")
+    return ReadmeShell(root / "home", root / "runs", free_port(), free_port(), free_port())
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(readme_shell):
+    """The README's own commands start the cluster, as a user pastes them on a machine where
+    the default run ran before (it leaves ~/.ray/auth_token, so the head requires tokens):
+    the 'local-run' block, then 'cluster-start' (a head of 1 CPU here). A second node of 1 CPU
+    joins, so 2 workers land on 2 nodes. The README's 'cluster-stop' block ends it."""
     ray = str(BIN / "ray")
-    port, dash = free_port(), free_port()
-    # token authentication (Ray 2.60) on every process of the cluster, this test and the jobs
-    # (a fresh token of this session's own, passed by environment to every process)
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token",
-               RAY_AUTH_TOKEN=secrets.token_hex(32))
-    subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
-    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", f"--port={port}",
-                    "--dashboard-host", "127.0.0.1", f"--dashboard-port={dash}", "--num-cpus", "1",
-                    "--include-dashboard", "true", "--disable-usage-stats"],
-                   check=True, capture_output=True, env=env, timeout=180)
-    address = f"127.0.0.1:{port}"
+    subprocess.run([ray, "stop", "--force"], capture_output=True, env=readme_shell.env)
+    local_run = readme_shell.run("local-run", timeout=600)
+    started = readme_shell.run("cluster-start", timeout=300)
+    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+    env = readme_shell.env
+    assert (Path(env["HOME"]) / ".ray" / "auth_token").is_file()
+    address = f"127.0.0.1:{readme_shell.gcs_port}"
     # the second node gets its own temp dir, as a node on another machine has: sharing the
     # head's would let its runtime-env agent unpack the job's working_dir over the folder the
     # driver runs in (short path: Ray puts unix sockets below it)
@@ -84,11 +90,13 @@ def ray_cluster(tmp_path_factory):
     subprocess.run([ray, "start", "--address", address, "--node-ip-address", "127.0.0.1",
                     "--num-cpus", "1", "--disable-usage-stats", "--temp-dir", node2],
                    check=True, capture_output=True, env=env, timeout=180)
-    dashboard = f"http://127.0.0.1:{dash}"
+    dashboard = f"http://127.0.0.1:{readme_shell.dashboard_port}"
     wait_http(dashboard)
-    yield {"address": address, "dashboard": dashboard, "env": env}
+    yield {"address": address, "dashboard": dashboard, "env": env, "local_run": local_run}
+    stopped = readme_shell.run("cluster-stop", timeout=180)
     subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
     shutil.rmtree(node2, ignore_errors=True)
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,17 @@ class ClusterError(RuntimeError):
     """Ray cannot be reached or cannot host the requested work."""
 
 
-AUTH_HINT = ("the cluster requires token authentication: set RAY_AUTH_MODE=token in this "
-             "environment (the token is read from ~/.ray/auth_token, or RAY_AUTH_TOKEN; "
-             "`ray get-auth-token` on the head prints it)")
+def auth_hint() -> str:
+    """What to set when joining a cluster failed and token authentication may be the cause
+    (a cluster started where ~/.ray/auth_token exists requires tokens, Ray 2.60)."""
+    if os.environ.get("RAY_AUTH_MODE") == "token":
+        return ""
+    has_token = os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(
+        os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token"))
+    where = ("" if has_token else " and put the head's token in ~/.ray/auth_token or RAY_AUTH_TOKEN "
+             "(`ray get-auth-token` on the head prints it)")
+    return (f". If the cluster uses token authentication, set RAY_AUTH_MODE=token in this "
+            f"environment{where}")
 
 
 def connect(address: str | None = None, log: Callable[[str], None] = print,
@@ -35,20 +43,35 @@ def connect(address: str | None = None, log: Callable[[str], None] = print,
         if address:
             context = ray.init(address=address, log_to_driver=True)
         else:
-            # the dashboard also serves the State API, which Ray Train's placement-group
-            # cleaner polls: without it, it warns every few seconds
+            # the dashboard also serves the State API, which Ray Train's placement-group cleaner
+            # polls (without it, it warns every few seconds). The cleaner finds the API through
+            # RAY_API_SERVER_ADDRESS, else by looking for running Ray instances, which fails
+            # when another cluster runs on this machine: name ours (Ray's processes inherit it)
+            port = _free_port()
+            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
             context = ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True,
-                     dashboard_host="127.0.0.1", num_cpus=num_cpus)
+                               dashboard_host="127.0.0.1", dashboard_port=port, num_cpus=num_cpus)
     except Exception as exc:  # noqa: BLE001 - Ray raises many types here; all mean "cannot connect"
-        text = str(exc)
-        if "auth" in text.lower() or "unauthenticated" in text.lower():
-            raise ClusterError(f"cannot join the Ray cluster at {address}: {AUTH_HINT}") from exc
-        raise ClusterError(f"cannot connect to Ray at {address or 'a new local instance'}: {exc}") from exc
+        if address:
+            raise ClusterError(f"cannot join the Ray cluster at {address}: {exc}{auth_hint()}") from exc
+        raise ClusterError(f"cannot start a local Ray instance: {exc}") from exc
     resources = ray.cluster_resources()
     where = f"joined the cluster at {address}" if address else "started an embedded local Ray on 127.0.0.1"
     dashboard = f"; dashboard at http://{context.dashboard_url}" if context.dashboard_url else ""
     log(f"Ray: {where}; {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs{dashboard}")
     return resources
+
+
+def _free_port(preferred: int = 8265) -> int:
+    """``preferred`` (Ray's usual dashboard port) when it is free, else any free port."""
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise ClusterError("no free port on 127.0.0.1 for the dashboard")
 
 
 def check_address(address: str, timeout: float = 5.0) -> None:

@@ -63,7 +63,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
 
     if not job.get("verbose"):
         quiet_ray_train_loggers()
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # "Creating initial ... tables"
     out = Path(job["out"])
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(job["threads_per_worker"])))

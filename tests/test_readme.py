@@ -1,0 +1,95 @@
+"""The README's commands, run as written (tests/readme_blocks.py says what is added to shrink
+the work): the default run, a cluster started with `ray start`, a search and a retrain
+submitted with `ray job submit`, the dashboard's token, the MLflow UI, `ray stop` (run when
+the session's cluster is torn down, in conftest)."""
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, wait_http
+from readme_blocks import blocks
+
+pytestmark = [pytest.mark.ray]
+
+
+def test_every_documented_block_is_there_and_names_the_token():
+    found = blocks()
+    assert {"local-run", "cluster-start", "job-search", "job-retrain", "dashboard-token", "mlflow-ui",
+            "cluster-stop"} <= set(found)
+    assert any(line.startswith("export RAY_AUTH_MODE=token") for line in found["cluster-start"])
+
+
+def test_the_default_run_starts_its_own_ray_and_leaves_a_search(ray_cluster):
+    proc = ray_cluster["local_run"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ours = [line for line in proc.stdout.splitlines() if not line.startswith("(")]
+    assert ours[0].startswith("Ray: started an embedded local Ray on 127.0.0.1")
+    records = json.loads((Path(ray_cluster["env"]["RUN"]).parent / "local-run" / "records.json").read_text())
+    assert records["finished"] and records["architectures"]
+
+
+def test_search_then_retrain_as_jobs(ray_cluster, readme_shell):
+    search = readme_shell.run("job-search")
+    assert search.returncode == 0, search.stdout[-4000:] + search.stderr[-4000:]
+    assert "succeeded" in search.stdout.lower()
+    run = Path(readme_shell.env["RUN"])
+    records = json.loads((run / "search" / "records.json").read_text())
+    assert records["workers"] == 2 and records["finished"] and records["architectures"]
+    retrain = readme_shell.run("job-retrain")
+    assert retrain.returncode == 0, retrain.stdout[-4000:] + retrain.stderr[-4000:]
+    assert (run / "retrain" / "frontier.csv").is_file() and (run / "retrain" / "retrain.json").is_file()
+
+    # the MLflow UI command of the README answers on /health and shows the search's store
+    server = readme_shell.start("mlflow-ui")
+    try:
+        port = readme_shell.mlflow_port
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
+        query = json.dumps({"experiment_ids": [], "max_results": 10}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
+                                     data=query, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            names = {e["name"] for e in json.loads(resp.read())["experiments"]}
+        assert {"goldnas-search", "goldnas-retrain"} <= names
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_the_dashboard_token_is_the_clusters(ray_cluster, readme_shell):
+    proc = readme_shell.run("dashboard-token", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    token = (Path(readme_shell.env["HOME"]) / ".ray" / "auth_token").read_text().strip()
+    assert token and token in proc.stdout
+
+
+def test_without_an_address_a_pipeline_never_joins_the_running_cluster(ray_cluster, tmp_path):
+    env = {k: v for k, v in ray_cluster["env"].items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "pipelines/search.py", "--smoke-test", "--no-mlflow",
+                           "--max-epochs", "1", "--out", str(tmp_path / "own")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Ray: started an embedded local Ray on 127.0.0.1" in proc.stdout
+    assert "Found multiple active Ray instances" not in proc.stdout + proc.stderr
+
+
+def test_joining_without_the_token_says_what_to_set(ray_cluster, tmp_path):
+    env = {k: v for k, v in ray_cluster["env"].items() if k != "RAY_AUTH_MODE"}
+    env["RAY_ADDRESS"] = ray_cluster["address"]
+    started = time.time()
+    proc = subprocess.run([sys.executable, "pipelines/search.py", "--smoke-test", "--no-mlflow",
+                           "--out", str(tmp_path / "x")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot join the Ray cluster") and "set RAY_AUTH_MODE=token" in last
+    assert not (tmp_path / "x").exists() and time.time() - started < 120
+
+
+def test_the_test_ports_replace_the_readmes(readme_shell):
+    script = readme_shell.script("cluster-start") + readme_shell.script("job-search")
+    assert f"--port {readme_shell.gcs_port}" in script and "#" not in script
+    assert f"http://127.0.0.1:{readme_shell.dashboard_port}" in script and ":8265" not in script
