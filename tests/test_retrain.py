@@ -210,3 +210,26 @@ def test_bad_search_files_are_refused_with_their_path(search_dir, tmp_path):
 
     with pytest.raises(OutputDirError, match="holds no records.json"):
         load_search(tmp_path / "nowhere")
+
+
+def test_step_and_warmup_schedules():
+    from goldnas_ray.retrain.recipe import make_scheduler
+
+    def lrs(**kw):
+        cfg = RetrainConfig(**({"epochs": 6, "lr": 0.1} | kw)).validate()
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+        sched, out = make_scheduler(opt, cfg), []
+        for _ in range(cfg.epochs):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    assert lrs(schedule="step", lr_gamma=0.5) == pytest.approx([0.1 * 0.5 ** e for e in range(6)])
+    warm = lrs(warmup_epochs=2, lr_min=0.0)
+    cosine = [0.05 * (1 + math.cos(math.pi * e / 6)) for e in range(6)]
+    assert warm[:3] == pytest.approx([cosine[0] / 3, cosine[1] * 2 / 3, cosine[2]])
+    assert warm[3:] == pytest.approx(cosine[3:])
+    assert lrs() == pytest.approx(cosine)  # the default: torch's cosine annealing, unchanged
+    with pytest.raises(ConfigError, match="retrain.warmup_epochs"):
+        RetrainConfig(epochs=3, warmup_epochs=3).validate()

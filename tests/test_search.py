@@ -8,7 +8,7 @@ from conftest import tiny_config
 from goldnas_ray import build_network, load_genotype
 from goldnas_ray.files.search_files import load_checkpoint, save_checkpoint
 from goldnas_ray.core.costs import count_params, total_flops
-from goldnas_ray.data import iterate_batches
+from goldnas_ray.data import eval_batches, iterate_batches
 from goldnas_ray.retrain.recipe import evaluate
 from goldnas_ray.run.loop import run_local
 from goldnas_ray.core.search import GoldSearch
@@ -100,7 +100,7 @@ def test_smoke_search_records_falling_flops_that_build_and_train(tmp_path, digit
             opt.zero_grad()
             F.cross_entropy(net(x), y).backward()
             opt.step()
-    assert evaluate(net, digits.x_test, digits.y_test) > 0.5
+    assert evaluate(net, eval_batches(digits.x_test, digits.y_test, 512)) > 0.5
 
 
 def _stats():

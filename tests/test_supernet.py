@@ -155,3 +155,19 @@ def test_cost_table_sums_are_the_built_networks_counts():
         net = build_network(geno)
         assert table.flops(geno) == total_flops(net, (3, 16, 16))
         assert table.params(geno) == count_params(net)
+
+
+def test_imagenet_stem_flops_are_exact_and_cells_start_at_an_eighth():
+    net = SuperNet(3, 2, ("skip_connect", "sep_conv_3x3"), 8, input_size=64, in_channels=3, num_classes=10,
+                   stem="imagenet")
+    shape = (3, 64, 64)
+    assert net.flops() == torch_flops(net, shape)
+    s0, s1 = net.stem(torch.zeros(1, *shape))
+    assert s0.shape[-1] == 16 and s1.shape[-1] == 8  # 64 -> 32 -> 16 (s0) -> 8 (s1)
+    discrete = build_network(net.genotype())
+    assert discrete.genotype.stem == "imagenet"
+    assert total_flops(discrete, shape) == torch_flops(discrete, shape) == net.flops()
+    from goldnas_ray.core.space import SpaceError
+
+    with pytest.raises(SpaceError, match="multiple of 8"):
+        SuperNet(3, 2, ("skip_connect",), 8, input_size=36, in_channels=3, num_classes=10, stem="imagenet")

@@ -31,18 +31,41 @@ class SpaceConfig:
     stem_multiplier: int = 3
     operators: list[str] = field(default_factory=lambda: ["skip_connect", "sep_conv_3x3"])
     auxiliary: bool = False
+    # "cifar": one 3x3 conv at full resolution (DARTS's CIFAR stem); "imagenet": DARTS's
+    # ImageNet stem, three stride-2 3x3 convs in two stems, 224 -> 28 before the first cell
+    stem: str = "cifar"
+
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "parquet")
+DATA_PATHS = ("auto", "memory", "stream")
 
 
 @dataclass
 class DataConfig:
-    """Where images come from. ``digits`` ships inside scikit-learn; ``cifar10`` reads the
-    binary release from ``root`` (downloading it only when ``download`` is true)."""
+    """Where images come from and how a batch is augmented (goldnas_ray/data/datasets.py
+    describes each dataset). ``digits`` ships inside scikit-learn; ``cifar10`` / ``cifar100``
+    read the binary releases from ``root`` (downloading only when ``download`` is true);
+    ``imagefolder`` reads ``root/train/<class>/*`` and ``root/val/<class>/*``; ``parquet``
+    reads encoded images and labels from the Parquet data at ``root``. A transform left at
+    None takes its dataset's default: crop with 4-pixel padding and flip for the CIFAR sets,
+    random resized crop and flip for image folders and Parquet data with ``image_size`` set,
+    none for digits."""
 
     dataset: str = "digits"
     root: str = "data"
     download: bool = False
     batch_size: int = 64
     cutout: int = 0
+    labels: str = "fine"                 # cifar100: fine (100) or coarse (20) labels
+    image_column: str = "image"          # parquet
+    label_column: str = "label"          # parquet
+    image_size: int | None = None        # resize decoded images (imagefolder, parquet)
+    subset: float = 1.0                  # fraction of each class's training images kept
+    crop_padding: int | None = None      # random crop with zero padding
+    flip: bool | None = None             # horizontal flip
+    random_resized_crop: bool | None = None
+    path: str = "auto"                   # memory | stream (Ray Data) | auto (by size)
+    stream_above_gb: float = 8.0         # auto: stream when the decoded set is larger
 
 
 @dataclass
@@ -96,6 +119,11 @@ class RetrainConfig:
     auxiliary_weight: float = 0.4
     drop_path: float = 0.2
     seeds: int = 1
+    color_jitter: bool = False  # brightness/contrast/saturation 0.4, hue 0.2 (DARTS ImageNet)
+    label_smoothing: float = 0.0  # DARTS ImageNet: 0.1
+    schedule: str = "cosine"  # cosine | step: lr x lr_gamma after every epoch (DARTS ImageNet)
+    lr_gamma: float = 0.97
+    warmup_epochs: int = 0  # linear warm-up from lr / (warmup_epochs + 1)
 
     def validate(self) -> "RetrainConfig":
         _positive_int("retrain.epochs", self.epochs)
@@ -112,6 +140,14 @@ class RetrainConfig:
                 raise ConfigError(f"retrain.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.drop_path < 1:
             raise ConfigError(f"retrain.drop_path must be in [0, 1), got {self.drop_path}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"retrain.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.schedule not in ("cosine", "step"):
+            raise ConfigError(f"retrain.schedule must be cosine or step, got {self.schedule!r}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"retrain.lr_gamma must be in (0, 1], got {self.lr_gamma}")
+        if not isinstance(self.warmup_epochs, int) or not 0 <= self.warmup_epochs < self.epochs:
+            raise ConfigError(f"retrain.warmup_epochs must be an integer in [0, epochs), got {self.warmup_epochs!r}")
         return self
 
 
@@ -157,7 +193,7 @@ class Config:
 
     # ---- validation ------------------------------------------------------------------
     def validate(self) -> "Config":
-        s, d, q = self.space, self.data, self.search
+        s, q = self.space, self.search
         _positive_int("space.num_cells", s.num_cells)
         _positive_int("space.num_nodes", s.num_nodes)
         _positive_int("space.init_channels", s.init_channels)
@@ -171,11 +207,9 @@ class Config:
                 )
         if len(set(s.operators)) != len(s.operators):
             raise ConfigError("space.operators lists an operator twice")
-        if d.dataset not in ("digits", "cifar10"):
-            raise ConfigError(f"data.dataset: unknown dataset {d.dataset!r}; known: digits, cifar10")
-        _positive_int("data.batch_size", d.batch_size)
-        if d.cutout < 0:
-            raise ConfigError(f"data.cutout must be >= 0, got {d.cutout}")
+        if s.stem not in ("cifar", "imagenet"):
+            raise ConfigError(f"space.stem must be cifar or imagenet, got {s.stem!r}")
+        _validate_data(self)
         _positive_int("search.max_epochs", q.max_epochs)
         for name in ("w_lr", "a_lr", "c0"):
             if not getattr(q, name) > 0:
@@ -207,6 +241,27 @@ class Config:
             raise ConfigError(f"search.flops_min_ratio must be in (0, 1), got {q.flops_min_ratio}")
         self.retrain.validate()
         return self
+
+
+def _validate_data(cfg: "Config") -> None:
+    d = cfg.data
+    if d.dataset not in DATASETS:
+        raise ConfigError(f"data.dataset: unknown dataset {d.dataset!r}; known: {', '.join(DATASETS)}")
+    _positive_int("data.batch_size", d.batch_size)
+    for name in ("cutout", "crop_padding"):
+        value = getattr(d, name)
+        if value is not None and value < 0:
+            raise ConfigError(f"data.{name} must be >= 0, got {value}")
+    if d.image_size is not None:
+        _positive_int("data.image_size", d.image_size)
+    if not 0 < d.subset <= 1:
+        raise ConfigError(f"data.subset must be in (0, 1], got {d.subset}")
+    if d.labels not in ("fine", "coarse"):
+        raise ConfigError(f"data.labels must be fine or coarse, got {d.labels!r}")
+    if d.path not in DATA_PATHS:
+        raise ConfigError(f"data.path must be one of {', '.join(DATA_PATHS)}, got {d.path!r}")
+    if d.random_resized_crop and not d.image_size:
+        raise ConfigError("data.random_resized_crop needs data.image_size (the crops' size)")
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any] | None:

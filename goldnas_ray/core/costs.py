@@ -115,7 +115,7 @@ class CostTable:
 
         c, h, _ = input_shape
         full = Genotype.full(space.num_cells, space.num_nodes, space.operators, space.init_channels,
-                             space.stem_multiplier, h, c, num_classes)
+                             space.stem_multiplier, h, c, num_classes, space.stem)
         return cls.measure(build_network(full), (c, h, h))
 
     def _parts(self, geno: Genotype) -> list[Hashable]:

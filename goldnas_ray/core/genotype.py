@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from goldnas_ray.core.operations import PRIMITIVES
-from goldnas_ray.core.space import Edge, OpKey, cell_edges, check_spatial, reduction_cells
+from goldnas_ray.core.space import STEM_STRIDE, Edge, OpKey, cell_edges, check_spatial, reduction_cells
 
 FORMAT = "goldnas-ray/genotype"
 VERSION = 1
@@ -43,6 +43,7 @@ class Genotype:
     in_channels: int
     num_classes: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    stem: str = "cifar"  # cifar | imagenet (goldnas_ray/core/network.py)
 
     @property
     def num_cells(self) -> int:
@@ -81,6 +82,7 @@ class Genotype:
             "input_size": self.input_size,
             "in_channels": self.in_channels,
             "num_classes": self.num_classes,
+            "stem": self.stem,
             "cells": [
                 {
                     "reduction": cell.reduction,
@@ -102,13 +104,15 @@ class Genotype:
 
     @classmethod
     def full(cls, num_cells: int, num_nodes: int, operators: Iterable[str], init_channels: int,
-             stem_multiplier: int, input_size: int, in_channels: int, num_classes: int) -> "Genotype":
+             stem_multiplier: int, input_size: int, in_channels: int, num_classes: int,
+             stem: str = "cifar") -> "Genotype":
         """The whole relaxed space as one genotype: every operator on every edge of every cell."""
         ops = tuple(operators)
         reductions = reduction_cells(num_cells)
         cells = [CellGenotype(k in reductions, {e: ops for e in cell_edges(num_nodes)})
                  for k in range(num_cells)]
-        return cls(cells, num_nodes, init_channels, stem_multiplier, input_size, in_channels, num_classes)
+        return cls(cells, num_nodes, init_channels, stem_multiplier, input_size, in_channels, num_classes,
+                   stem=stem)
 
 
 def load_genotype(path: str | Path) -> Genotype:
@@ -193,7 +197,10 @@ def _parse(raw: Any) -> Genotype:
         if name in metadata and not (isinstance(metadata[name], (int, float))
                                      and math.isfinite(metadata[name]) and metadata[name] > 0):
             raise GenotypeError(f"metadata.{name} must be a positive number, got {metadata[name]!r}")
-    geno = Genotype(cells, num_nodes, metadata=metadata, **sizes)
+    stem = raw.get("stem", "cifar")  # files written before the ImageNet stem have none
+    if stem not in STEM_STRIDE:
+        raise GenotypeError(f"field 'stem' must be one of {', '.join(STEM_STRIDE)}, got {stem!r}")
+    geno = Genotype(cells, num_nodes, metadata=metadata, stem=stem, **sizes)
     try:
         check_reductions(geno)
     except ValueError as exc:
@@ -208,4 +215,4 @@ def check_reductions(geno: Genotype) -> None:
         if cell.reduction != (k in expected):
             raise ValueError(f"cells[{k}].reduction is {cell.reduction}; with {geno.num_cells} cells "
                              f"the reduction cells are {sorted(expected)}")
-    check_spatial(geno.input_size, geno.num_cells)
+    check_spatial(geno.input_size, geno.num_cells, geno.stem)

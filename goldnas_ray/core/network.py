@@ -95,21 +95,55 @@ class AuxiliaryHead(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
+class CifarStem(nn.Sequential):
+    """DARTS's CIFAR stem: one 3x3 convolution at full resolution; both first inputs see it."""
+
+    def __init__(self, in_channels: int, c_out: int):
+        super().__init__(nn.Conv2d(in_channels, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = super().forward(x)
+        return y, y
+
+
+class ImageNetStem(nn.Module):
+    """DARTS's ImageNet stem: two stride-2 3x3 convolutions give the first cell's s0 (1/4 of
+    the input), a third gives s1 (1/8: 224 -> 28), so cell 0 treats s0 as a reduction's
+    output."""
+
+    def __init__(self, in_channels: int, c: int):
+        super().__init__()
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(in_channels, c // 2, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(c // 2),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c // 2, c, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(c),
+        )
+        self.stem1 = nn.Sequential(nn.ReLU(inplace=False), nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False),
+                                   nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s0 = self.stem0(x)
+        return s0, self.stem1(s0)
+
+
 class Network(nn.Module):
     """Stem, cells and head for the architecture ``geno``; dead cells are not built."""
 
     def __init__(self, geno: Genotype, affine: bool, edge_factory: EdgeFactory, auxiliary: bool):
         super().__init__()
         c = geno.init_channels
-        c_stem = geno.stem_multiplier * c
-        self.stem = nn.Sequential(
-            nn.Conv2d(geno.in_channels, c_stem, 3, padding=1, bias=False),
-            nn.BatchNorm2d(c_stem),
-        )
+        if geno.stem == "imagenet":
+            self.stem: nn.Module = ImageNetStem(geno.in_channels, c)
+            c_pp, c_p, reduction_prev = c, c, True
+        else:
+            c_stem = geno.stem_multiplier * c
+            self.stem = CifarStem(geno.in_channels, c_stem)
+            c_pp, c_p, reduction_prev = c_stem, c_stem, False
         self.live = geno.live_cells()
         self.aux_index = auxiliary_cell(geno.num_cells) if auxiliary else -1
         self.cells = nn.ModuleList()
-        c_pp, c_p, reduction_prev = c_stem, c_stem, False
         c_aux = c_p
         for k, cell_geno in enumerate(geno.cells):
             if cell_geno.reduction:
@@ -145,7 +179,7 @@ class Network(nn.Module):
                     yield OpKey(k, edge.src, edge.dst, op), module
 
     def forward_features(self, x: torch.Tensor, with_aux: bool = False):
-        s0 = s1 = self.stem(x)
+        s0, s1 = self.stem(x)
         aux = None
         for k, cell in enumerate(self.cells):
             out = cell(s0, s1) if self.live[k] else None

@@ -51,7 +51,7 @@ class GoldSearch:
         s = cfg.space
         self.model = SuperNet(s.num_cells, s.num_nodes, s.operators, s.init_channels,
                               input_size=input_shape[1], in_channels=input_shape[0],
-                              num_classes=num_classes, stem_multiplier=s.stem_multiplier,
+                              num_classes=num_classes, stem_multiplier=s.stem_multiplier, stem=s.stem,
                               auxiliary=s.auxiliary).to(self.device)
         q = cfg.search
         self.flops_min = q.flops_min if q.flops_min is not None else q.flops_min_ratio * self.model.full_flops

@@ -65,9 +65,16 @@ class SpaceError(ValueError):
     """A space that cannot be built (an input size its reductions cannot halve)."""
 
 
-def check_spatial(input_size: int, num_cells: int) -> None:
+STEM_STRIDE = {"cifar": 1, "imagenet": 8}  # how much a stem shrinks the image before cell 0
+
+
+def check_spatial(input_size: int, num_cells: int, stem: str = "cifar") -> None:
     """Reductions halve the feature map with factorized reduce, which needs an even size."""
-    size = input_size
+    stride = STEM_STRIDE[stem]
+    if input_size % stride or input_size < 2 * stride:
+        raise SpaceError(f"the {stem} stem divides the input size by {stride}; {input_size} is not a "
+                         f"multiple of {stride} (ImageNet: 224)")
+    size = input_size // stride
     for k in range(num_cells):
         if k in reduction_cells(num_cells):
             if size % 2 or size < 2:

@@ -42,10 +42,10 @@ class GatedEdge(nn.Module):
 class SuperNet(Network):
     def __init__(self, num_cells: int, num_nodes: int, operators: Iterable[str], init_channels: int,
                  input_size: int, in_channels: int, num_classes: int, stem_multiplier: int = 3,
-                 auxiliary: bool = False):
-        check_spatial(input_size, num_cells)
+                 auxiliary: bool = False, stem: str = "cifar"):
+        check_spatial(input_size, num_cells, stem)
         geno = Genotype.full(num_cells, num_nodes, operators, init_channels, stem_multiplier,
-                             input_size, in_channels, num_classes)
+                             input_size, in_channels, num_classes, stem)
         super().__init__(geno, affine=False, edge_factory=GatedEdge, auxiliary=auxiliary)
         self._geno = geno
         self.operators = tuple(operators)

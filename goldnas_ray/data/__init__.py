@@ -1,11 +1,16 @@
-"""Data: datasets as in-memory tensors (``datasets``) and each epoch's deterministic, sharded,
-augmented batches (``batches``).
+"""Data: the dataset registry and in-memory datasets (``datasets``), batched augmentation in
+torch (``transforms``), and each epoch's deterministic, sharded batches (``batches``).
 
-Owns everything between files on disk and the tensors a training step consumes. May import
-``goldnas_ray.core`` (for its config) and nothing else of the package; pure PyTorch / NumPy.
+Owns everything between files and the tensors a training step consumes. May import
+``goldnas_ray.core`` (for its config) and nothing else of the package; pure PyTorch / NumPy
+(the streaming path through Ray Data lives in ``goldnas_ray.orchestration.streaming``).
 """
-from goldnas_ray.data.batches import cutout, epoch_generator, iterate_batches, shard_indices
-from goldnas_ray.data.datasets import DataError, Dataset, load_cifar10, load_dataset, load_digits
+from goldnas_ray.data.batches import (Augment, epoch_generator, eval_batches, iterate_batches, prepare,
+                                      shard_indices)
+from goldnas_ray.data.datasets import (DATASETS, DataError, Dataset, load_cifar10, load_cifar100,
+                                       load_dataset, load_digits)
+from goldnas_ray.data.transforms import cutout
 
-__all__ = ["cutout", "epoch_generator", "iterate_batches", "shard_indices", "DataError", "Dataset",
-           "load_cifar10", "load_dataset", "load_digits"]
+__all__ = ["Augment", "cutout", "epoch_generator", "eval_batches", "iterate_batches", "prepare",
+           "shard_indices", "DATASETS", "DataError", "Dataset", "load_cifar10", "load_cifar100",
+           "load_dataset", "load_digits"]

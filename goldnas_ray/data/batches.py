@@ -1,14 +1,33 @@
-"""A deterministic, shardable batch order and the augmentation drawn with it.
+"""Each epoch's batches: a deterministic, shardable order and the augmentation drawn with it.
 
 Each epoch's order and augmentation randomness come from (seed, epoch, rank) alone, never
 from an RNG that has run since the start: a search resumed or restarted at any epoch sees
-exactly the batches an uninterrupted one would.
+exactly the batches an uninterrupted one would. A batch is cut from the tensors in memory,
+moved to the training device as it is stored (uint8 for image sets), then converted,
+augmented and normalised there (``transforms``), in the DARTS order: crops, flip and colour
+jitter on [0, 1] pixels, normalisation, then cutout.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import torch
+
+from goldnas_ray.data import transforms as T
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Which transforms a batch gets; all off is the identity (plus normalisation)."""
+
+    crop_padding: int = 0        # random crop with this zero padding (32x32 sets: 4)
+    flip: bool = False           # horizontal flip, p = 1/2
+    cutout: int = 0              # cutout square side, after normalisation
+    resized_crop: int = 0        # random resized crop to this size (ImageNet-style sets)
+    color_jitter: bool = False   # brightness/contrast/saturation 0.4, hue 0.2
+    eval_size: int = 0           # resize to size x 256/224, centre crop (evaluation, and
+                                 # training when there is no random resized crop)
 
 
 def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
@@ -23,27 +42,56 @@ def shard_indices(n: int, seed: int, epoch: int, rank: int = 0, world_size: int 
     return perm[rank * per_rank:(rank + 1) * per_rank]
 
 
-def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero one random ``size`` x ``size`` square per image (DeVries & Taylor, 2017), as DARTS
-    draws it: the centre is uniform over the image and the square is clipped at the border."""
-    if size <= 0:
-        return x
-    n, _, h, w = x.shape
-    top = torch.randint(0, h, (n,), generator=gen).view(n, 1, 1) - size // 2
-    left = torch.randint(0, w, (n,), generator=gen).view(n, 1, 1) - size // 2
-    ys = torch.arange(h).view(1, h, 1)
-    xs = torch.arange(w).view(1, 1, w)
-    inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
-    return x * (~inside).unsqueeze(1).to(x.dtype)
+def prepare(x: torch.Tensor, augment: Augment, gen: torch.Generator | None, train: bool,
+            mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+            device: torch.device | str | None = None) -> torch.Tensor:
+    """A stored batch as the network takes it: on ``device``, float, augmented when
+    ``train``, normalised with ``mean`` / ``std`` (of pixels / 255) when given."""
+    if device is not None:
+        x = x.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255)
+    if train and augment.resized_crop:
+        x = T.random_resized_crop(x, augment.resized_crop, gen)
+    elif augment.eval_size:  # evaluation, or training without random crops of stored images
+        x = T.resize_center_crop(x, augment.eval_size)
+    if train:
+        x = T.random_crop(x, augment.crop_padding, gen)
+        if augment.flip:
+            x = T.hflip(x, gen)
+        if augment.color_jitter:
+            x = T.color_jitter(x, gen)
+    if mean is not None and std is not None:
+        m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        x = (x - m) / s
+    if train and augment.cutout:
+        x = T.cutout(x, augment.cutout, gen)
+    return x
 
 
 def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: int,
-                    rank: int = 0, world_size: int = 1, cutout_size: int = 0,
-                    drop_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of training batches for ``rank``: shuffled, sharded, optionally cut out."""
+                    rank: int = 0, world_size: int = 1, cutout_size: int = 0, drop_last: bool = True,
+                    *, augment: Augment | None = None, mean: Sequence[float] | None = None,
+                    std: Sequence[float] | None = None, device: torch.device | str | None = None
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of training batches for ``rank``: shuffled, sharded, augmented (``augment``,
+    or cutout alone with ``cutout_size``), on ``device``."""
+    augment = augment if augment is not None else Augment(cutout=cutout_size)
     idx = shard_indices(len(x), seed, epoch, rank, world_size)
     gen = epoch_generator(seed, epoch, rank)
     stop = len(idx) - (len(idx) % batch_size if drop_last else 0)
     for start in range(0, stop, batch_size):
         b = idx[start:start + batch_size]
-        yield cutout(x[b], cutout_size, gen), y[b]
+        yb = y[b] if device is None else y[b].to(device, non_blocking=True)
+        yield prepare(x[b], augment, gen, True, mean, std, device), yb
+
+
+def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, augment: Augment | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 device: torch.device | str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The test set in order, prepared for evaluation."""
+    augment = augment or Augment()
+    for start in range(0, len(x), batch_size):
+        xb = prepare(x[start:start + batch_size], augment, None, False, mean, std, device)
+        yield xb, y[start:start + batch_size]

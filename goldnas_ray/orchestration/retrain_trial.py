@@ -19,9 +19,9 @@ from typing import Any, Callable
 import ray.tune
 import torch
 
-from goldnas_ray.core.config import RetrainConfig
+from goldnas_ray.core.config import Config, RetrainConfig
 from goldnas_ray.core.genotype import Genotype
-from goldnas_ray.data import load_dataset
+from goldnas_ray.data.from_config import load_data
 from goldnas_ray.files.search_files import load_checkpoint
 from goldnas_ray.retrain.plan import TrialSpec
 from goldnas_ray.retrain.recipe import Retrainer
@@ -40,7 +40,8 @@ def retrain_trial(config: dict[str, Any], specs: dict[str, TrialSpec]) -> None:
     spec = specs[config["key"]]
     torch.set_num_threads(spec.threads)
     device = torch.device("cuda" if spec.use_gpu and torch.cuda.is_available() else "cpu")
-    data = load_dataset(spec.data["dataset"], spec.data["root"], spec.data["download"])
+    data_cfg = Config.from_dict({"data": spec.data}).data
+    data = load_data(data_cfg)
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -54,7 +55,7 @@ def retrain_trial(config: dict[str, Any], specs: dict[str, TrialSpec]) -> None:
                             "start_epoch": trainer.epoch, "device": str(device),
                             "time": time.time()}) + "\n")
     while not trainer.finished:
-        row = trainer.train_epoch(data)
+        row = trainer.train_epoch(data, data_cfg)
         metrics = row | {"arch_id": spec.arch_id, "seed": spec.seed}
         with tempfile.TemporaryDirectory() as d:
             torch.save(trainer.state_dict(), Path(d) / STATE_FILE)

@@ -12,16 +12,18 @@ PyTorch: the Ray Tune trainable drives it, and so can a plain loop.
 """
 from __future__ import annotations
 
+import math
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from goldnas_ray.core.config import RetrainConfig
+from goldnas_ray.core.config import DataConfig, RetrainConfig
 from goldnas_ray.core.costs import count_params, total_flops
-from goldnas_ray.data import Dataset, epoch_generator, iterate_batches
+from goldnas_ray.data import Augment, Dataset, epoch_generator, eval_batches, iterate_batches
+from goldnas_ray.data.from_config import eval_augment, train_augment
 from goldnas_ray.core.discrete import build_network
 from goldnas_ray.core.genotype import Genotype
 
@@ -44,8 +46,7 @@ class Retrainer:
         self.model.to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=cfg.epochs, eta_min=cfg.lr_min)
+        self.scheduler = make_scheduler(self.optimizer, cfg)
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
 
@@ -53,9 +54,13 @@ class Retrainer:
     def finished(self) -> bool:
         return self.epoch >= self.cfg.epochs
 
-    def train_epoch(self, data: Dataset) -> dict[str, Any]:
-        """Train one epoch, then measure test accuracy; returns (and keeps) the epoch's row."""
+    def train_epoch(self, data: Dataset, data_cfg: DataConfig | None = None) -> dict[str, Any]:
+        """Train one epoch, then measure test accuracy; returns (and keeps) the epoch's row.
+        ``data_cfg`` chooses the augmentation (its dataset's defaults, this recipe's cutout and
+        colour jitter); without it, cutout alone."""
         cfg, model = self.cfg, self.model
+        augment = (train_augment(data_cfg, cfg.cutout, cfg.color_jitter) if data_cfg is not None
+                   else Augment(cutout=cfg.cutout))
         lr = self.optimizer.param_groups[0]["lr"]
         drop_prob = cfg.drop_path * self.epoch / cfg.epochs
         model.set_drop_path(drop_prob)
@@ -65,13 +70,12 @@ class Retrainer:
         start = time.perf_counter()
         loss_sum, correct, images = 0.0, 0, 0
         for x, y in iterate_batches(data.x_train, data.y_train, cfg.batch_size, self.seed, self.epoch,
-                                    cutout_size=cfg.cutout):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                                    augment=augment, mean=data.mean, std=data.std, device=self.device):
             logits, aux = model(x, with_aux=True)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             total = loss
             if aux is not None and cfg.auxiliary_weight > 0:
-                total = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y)
+                total = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             if cfg.grad_clip > 0:
@@ -82,7 +86,9 @@ class Retrainer:
             images += len(y)
         self.scheduler.step()
         train_seconds = time.perf_counter() - start
-        test_acc = evaluate(model, data.x_test, data.y_test, device=self.device)
+        test_acc = evaluate(model, eval_batches(data.x_test, data.y_test, 512,
+                                                eval_augment(data_cfg) if data_cfg is not None else None,
+                                                data.mean, data.std, self.device))
         self.epoch += 1
         row = {
             "epoch": self.epoch,
@@ -130,12 +136,28 @@ class Retrainer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512,
-             device: str | torch.device = "cpu") -> float:
-    """Top-1 accuracy of ``model`` on (x, y)."""
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Top-1 accuracy of ``model`` over ``batches`` (e.g. ``data.eval_batches``)."""
     model.eval()
-    correct = 0
-    for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size].to(device)
-        correct += int((model(xb).argmax(1).cpu() == y[start:start + batch_size]).sum())
-    return correct / max(len(x), 1)
+    correct, total = 0, 0
+    for xb, yb in batches:
+        correct += int((model(xb).argmax(1).cpu() == yb.cpu()).sum())
+        total += len(yb)
+    return correct / max(total, 1)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RetrainConfig):
+    """The learning rate per epoch: cosine from lr to lr_min over the epochs (DARTS CIFAR), or
+    lr x lr_gamma^epoch (DARTS ImageNet's step decay), after ``warmup_epochs`` of linear
+    warm-up from lr / (warmup_epochs + 1)."""
+    if cfg.schedule == "cosine" and cfg.warmup_epochs == 0:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr_min)
+
+    def factor(epoch: int) -> float:
+        warm = min(1.0, (epoch + 1) / (cfg.warmup_epochs + 1))
+        if cfg.schedule == "step":
+            return warm * cfg.lr_gamma ** epoch
+        cos = 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+        return warm * (cfg.lr_min + (cfg.lr - cfg.lr_min) * cos) / cfg.lr
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

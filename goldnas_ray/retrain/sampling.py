@@ -52,7 +52,7 @@ class SpaceTable:
         """Why ``geno`` does not belong to this table's space, or None when it does."""
         s = self.space
         expected = {"num_cells": s.num_cells, "num_nodes": s.num_nodes, "init_channels": s.init_channels,
-                    "stem_multiplier": s.stem_multiplier, "in_channels": self.input_shape[0],
+                    "stem_multiplier": s.stem_multiplier, "stem": s.stem, "in_channels": self.input_shape[0],
                     "input_size": self.input_shape[1], "num_classes": self.num_classes}
         for name, value in expected.items():
             if getattr(geno, name) != value:
@@ -84,7 +84,8 @@ def sample_genotype(table: SpaceTable, keep_prob: float, rng: np.random.Generato
                     kept[e] = ops
         cells.append(CellGenotype(k in reductions, kept))
     c, h, _ = table.input_shape
-    return Genotype(cells, s.num_nodes, s.init_channels, s.stem_multiplier, h, c, table.num_classes)
+    return Genotype(cells, s.num_nodes, s.init_channels, s.stem_multiplier, h, c, table.num_classes,
+                    stem=s.stem)
 
 
 def _signature(geno: Genotype) -> tuple:

@@ -18,9 +18,11 @@ from typing import Any, Callable, Protocol
 import torch
 
 from goldnas_ray.core.comm import Communicator, LocalComm
-from goldnas_ray.core.config import Config
+from goldnas_ray.core.config import Config, ConfigError
 from goldnas_ray.core.search import GoldSearch
-from goldnas_ray.data import Dataset, iterate_batches, load_dataset
+from goldnas_ray.data import Dataset
+from goldnas_ray.data.from_config import load_data as load_from_config
+from goldnas_ray.data.from_config import train_augment
 from goldnas_ray.files.search_files import (CHECKPOINT, RECORDS, check_out_dir, load_checkpoint, read_run_id,
                                             save_checkpoint, write_outputs)
 from goldnas_ray.run.console import EpochProgress, describe_start, format_epoch
@@ -58,20 +60,24 @@ def run_info(search: GoldSearch, dataset: str, workers: int) -> dict[str, Any]:
 
 
 def load_or_create(cfg: Config | None, device: torch.device | str,
-                   state: dict[str, Any] | None = None) -> tuple[GoldSearch, Dataset]:
+                   state: dict[str, Any] | None = None,
+                   data_for: Callable[[Config], Dataset] | None = None) -> tuple[GoldSearch, Dataset]:
     """The search to run and its data: restored from ``state`` (a checkpoint: ``out``'s on
-    --resume, or the one Ray Train hands a restarted worker group), else new from ``cfg``."""
+    --resume, or the one Ray Train hands a restarted worker group), else new from ``cfg``.
+    ``data_for(config)`` gives the data (default: loaded into memory; a worker that streams
+    passes its stream, which has the same interface)."""
+    data_for = data_for or load_data
     if state is not None:
         search = GoldSearch.from_state_dict(state, device)
-        return search, load_data(search.cfg)
+        return search, data_for(search.cfg)
     if cfg is None:
         raise ValueError("a new search needs a config")
-    data = load_data(cfg)
+    data = data_for(cfg)
     return GoldSearch(cfg, data.input_shape, data.num_classes, device), data
 
 
 def load_data(cfg: Config) -> Dataset:
-    return load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.download)
+    return load_from_config(cfg.data)
 
 
 def steps_per_epoch(images: int, batch_size: int, world_size: int) -> int:
@@ -87,10 +93,11 @@ def search_loop(search: GoldSearch, data: Dataset, out: Path, info: dict[str, An
     (they must agree, or the run stops). ``report(row)`` runs on every rank after each epoch."""
     comm = comm if comm is not None else LocalComm()
     cfg, lead = search.cfg, comm.rank == 0
-    steps = steps_per_epoch(len(data.x_train), cfg.data.batch_size, comm.world_size)
+    steps = steps_per_epoch(data.num_train, cfg.data.batch_size, comm.world_size)
+    augment = train_augment(cfg.data, cfg.data.cutout)
     while not search.finished:
-        batches = iterate_batches(data.x_train, data.y_train, cfg.data.batch_size, cfg.seed, search.epoch,
-                                  rank=comm.rank, world_size=comm.world_size, cutout_size=cfg.data.cutout)
+        batches = data.train_batches(cfg.data.batch_size, cfg.seed, search.epoch, comm.rank, comm.world_size,
+                                     augment, search.device)
         progress = EpochProgress(search.epoch, steps, progress_every, log) if lead else None
         row = search.run_epoch(batches, comm, progress)
         digests = comm.digests(search.model)
@@ -120,6 +127,8 @@ def run_local(cfg: Config | None, out: Path, resume: bool = False, *,
     if not resume:
         assert cfg is not None
         cfg.validate()
+        if cfg.data.path == "stream":
+            raise ConfigError("data.path=stream streams through Ray Data: run without --local")
     state = load_checkpoint(out / CHECKPOINT) if resume else None
     search, data = load_or_create(cfg, device, state)
     if resume:

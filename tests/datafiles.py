@@ -1,0 +1,65 @@
+"""Small datasets written in the real formats, for the tests: CIFAR-100 binary, an image
+folder of JPEG and PNG files, a Parquet table of encoded images."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+
+def write_cifar100(root: Path, n_train: int = 120, n_test: int = 40, seed: int = 0) -> Path:
+    """<root>/cifar-100-binary/{train,test}.bin: records of coarse byte, fine byte, 3,072 pixels.
+    Fine label = i % 100, coarse = fine // 5; the red channel's mean encodes the fine label."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-binary"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train.bin", n_train), ("test.bin", n_test)):
+        fine = np.arange(n) % 100
+        pixels = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+        pixels[:, 0] = (fine * 2).astype(np.uint8)[:, None, None]
+        records = np.concatenate([(fine // 5)[:, None].astype(np.uint8), fine[:, None].astype(np.uint8),
+                                  pixels.reshape(n, -1)], 1)
+        records.tofile(folder / name)
+    return root
+
+
+def image_bytes(array: np.ndarray, fmt: str) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def write_imagefolder(root: Path, classes=("cat", "dog", "fox"), per_class: int = 6, size=(40, 48),
+                      seed: int = 0) -> Path:
+    """<root>/{train,val}/<class>/*.jpg|png; class k's images are mostly colour k."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", per_class), ("val", 2)):
+        for k, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (*size, 3), dtype=np.uint8)
+                img[..., k % 3] += 180
+                fmt, suffix = ("JPEG", "jpg") if i % 2 else ("PNG", "png")
+                (folder / f"{i}.{suffix}").write_bytes(image_bytes(img, fmt))
+    return root
+
+
+def write_parquet(path: Path, n: int = 60, classes: int = 4, size=(32, 32), seed: int = 0,
+                  image_column: str = "image", label_column: str = "label") -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    labels = [i % classes for i in range(n)]
+    blobs = []
+    for label in labels:
+        img = rng.integers(0, 60, (*size, 3), dtype=np.uint8)
+        img[..., label % 3] += 150
+        blobs.append(image_bytes(img, "PNG"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({image_column: pa.array(blobs, pa.binary()), label_column: labels}), path)
+    return path
