@@ -5,14 +5,17 @@ data, the MLflow URI, the Ray address and whether the cluster can ever place the
 """
 from __future__ import annotations
 
+import math
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from goldnas_ray.core.config import Config
+from goldnas_ray.core.config import Config, DataConfig
 from goldnas_ray.files.search_files import RECORDS, check_out_dir, read_records, read_run_id
 from goldnas_ray.orchestration.cluster import ClusterError, check_capacity, connect
+from goldnas_ray.orchestration.streaming import STREAMABLE, StreamInfo, inspect, train_dataset
 from goldnas_ray.run.loop import load_data
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
 
@@ -42,7 +45,9 @@ def run_ray(cfg: Config | None, out: Path, *, workers: int = 1, cpus_per_worker:
             return records
         cfg, run_id = Config.from_dict(records["config"]), read_run_id(out)
     assert cfg is not None
-    load_data(cfg.validate())  # bad data fails here, before Ray starts
+    stream = stream_info(cfg.validate().data)  # bad data fails here, before Ray starts
+    if stream is None:
+        load_data(cfg)
     uri = resolve_uri(out, mlflow_uri) if tracking else None
     if uri:
         check_uri(uri)
@@ -52,14 +57,25 @@ def run_ray(cfg: Config | None, out: Path, *, workers: int = 1, cpus_per_worker:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     resources = connect(address, log)
     if cpus_per_worker is None:
+        spare = 1 if stream is not None else 0  # a CPU for Ray Data's decoding
         embedded = not address
-        cpus_per_worker = max(1.0, resources.get("CPU", 1) // workers) if embedded else 1.0
+        cpus_per_worker = max(1.0, (resources.get("CPU", 1) - spare) // workers) if embedded else 1.0
     check_capacity(resources, workers, cpus_per_worker, gpus_per_worker)
+    if stream is not None and resources.get("CPU", 0) - workers * cpus_per_worker < 1:
+        # Ray Data decodes in tasks of their own: with every CPU held by a worker, none run
+        raise ClusterError(f"streaming needs at least 1 CPU beside the workers' for Ray Data to decode "
+                           f"on; {workers} x {cpus_per_worker:g} CPUs take all {resources.get('CPU', 0):g}: "
+                           f"lower --cpus-per-worker")
     out.mkdir(parents=True, exist_ok=True)
     job = {"config": cfg.to_dict(), "out": str(out), "resume": resume, "verbose": verbose,
            "threads_per_worker": max(1, int(cpus_per_worker)), "mlflow_uri": uri,
-           "mlflow_run_id": run_id, "experiment": experiment}
-    trainer = _trainer(job, out, workers, cpus_per_worker, gpus_per_worker, max_failures, resume, verbose)
+           "mlflow_run_id": run_id, "experiment": experiment,
+           "stream": asdict(stream) if stream is not None else None}
+    datasets = {"train": train_dataset(cfg.data, stream)} if stream is not None else None
+    if stream is not None:
+        log(f"data: streaming {stream.num_train} training images of {stream.name} through Ray Data")
+    trainer = _trainer(job, out, workers, cpus_per_worker, gpus_per_worker, max_failures, resume, verbose,
+                       datasets)
     log(f"search: {workers} worker(s) x {cpus_per_worker:g} CPU, {gpus_per_worker:g} GPU; output in {out}")
     started = time.perf_counter()
     result = trainer.fit()
@@ -74,8 +90,18 @@ def run_ray(cfg: Config | None, out: Path, *, workers: int = 1, cpus_per_worker:
 
 
 
+def stream_info(d: DataConfig) -> StreamInfo | None:
+    """The streamed set's metadata when ``d`` streams: data.path=stream, or auto and the
+    decoded training set larger than data.stream_above_gb; None for the in-memory path."""
+    if d.path == "memory" or (d.path == "auto" and d.dataset not in STREAMABLE):
+        return None
+    info = inspect(d)
+    size_gb = info.num_train * math.prod(info.stored_shape) / 1e9
+    return info if d.path == "stream" or size_gb > d.stream_above_gb else None
+
+
 def _trainer(job: dict[str, Any], out: Path, workers: int, cpus_per_worker: float, gpus_per_worker: float,
-             max_failures: int, resume: bool, verbose: bool):
+             max_failures: int, resume: bool, verbose: bool, datasets: dict[str, Any] | None = None):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -86,6 +112,9 @@ def _trainer(job: dict[str, Any], out: Path, workers: int, cpus_per_worker: floa
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job,
+        # a streamed set reaches every worker whole: each keeps its own (seed, epoch) share
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]) if datasets else None,
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
