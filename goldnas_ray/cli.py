@@ -96,27 +96,25 @@ def add_retrain_flags(p: argparse.ArgumentParser) -> None:
                    help="MLflow experiment of the retrain runs (default goldnas-retrain)")
 
 
+def _overrides(args: argparse.Namespace, smoke: list[str], flags: dict[str, str]) -> list[str]:
+    """--smoke-test's settings, then --set, then each flag of ``flags`` (flag -> config key)
+    that was given."""
+    found = list(smoke) if args.smoke_test else []
+    found += args.overrides
+    found += [f"{key}={getattr(args, flag)}" for flag, key in flags.items() if getattr(args, flag) is not None]
+    return found
+
+
 def search_config(args: argparse.Namespace) -> Config:
     """The config of a new search: --config, then --smoke-test, --set, --seed, --max-epochs."""
     cfg = Config.from_yaml(args.config) if args.config else Config()
-    overrides = list(SEARCH_SMOKE) if args.smoke_test else []
-    overrides += args.overrides
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    if args.max_epochs is not None:
-        overrides.append(f"search.max_epochs={args.max_epochs}")
-    return cfg.override(overrides).validate()
+    return cfg.override(_overrides(args, SEARCH_SMOKE, {"seed": "seed", "max_epochs": "search.max_epochs"})
+                        ).validate()
 
 
 def retrain_overrides(args: argparse.Namespace) -> list[str]:
     """The retrain's config changes: --smoke-test, --set, --epochs, --seeds."""
-    overrides = list(RETRAIN_SMOKE) if args.smoke_test else []
-    overrides += args.overrides
-    if args.epochs is not None:
-        overrides.append(f"retrain.epochs={args.epochs}")
-    if args.seeds is not None:
-        overrides.append(f"retrain.seeds={args.seeds}")
-    return overrides
+    return _overrides(args, RETRAIN_SMOKE, {"epochs": "retrain.epochs", "seeds": "retrain.seeds"})
 
 
 # ---- the pipelines' bodies -------------------------------------------------------------------
