@@ -115,7 +115,8 @@ def stream_rate(blobs: list[bytes], size: int, args) -> float:
     import ray
 
     from goldnas_ray.orchestration.cluster import connect
-    from goldnas_ray.orchestration.streaming import StreamSource, inspect, train_dataset
+    from goldnas_ray.data.stream import StreamSource, inspect
+    from goldnas_ray.orchestration.streaming import train_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "train.parquet"

@@ -15,7 +15,8 @@ SHARDS = r"""
 import hashlib, json, sys
 import ray
 from goldnas_ray.core.config import DataConfig
-from goldnas_ray.orchestration.streaming import StreamSource, inspect, train_dataset
+from goldnas_ray.data.stream import StreamSource, inspect
+from goldnas_ray.orchestration.streaming import train_dataset
 
 ray.init(address=sys.argv[2])
 d = DataConfig(dataset="parquet", root=sys.argv[1], path="stream")
@@ -75,3 +76,12 @@ def test_a_smoke_search_streams_with_two_workers(ray_cluster, tmp_path):
     history = [json.loads(line) for line in (out / ".workers" / "consistency.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3] and all(h["ranks"][0] == h["ranks"][1] for h in history)
     assert (out / "history.parquet").is_file()
+
+    # a retrain reads its data into memory: the streamed search's config is refused, with
+    # what to set, before anything is written
+    retrain = tmp_path / "rt"
+    proc = subprocess.run([sys.executable, "pipelines/retrain.py", "--search-dir", str(out), "--smoke-test",
+                           "--no-mlflow", "--out", str(retrain)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "set data.path=memory for the retrain" in proc.stderr
+    assert not retrain.exists()

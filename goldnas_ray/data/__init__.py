@@ -1,9 +1,10 @@
 """Data: the dataset registry and in-memory datasets (``datasets``), batched augmentation in
 torch (``transforms``), and each epoch's deterministic, sharded batches (``batches``).
 
-Owns everything between files and the tensors a training step consumes. May import
-``goldnas_ray.core`` (for its config) and nothing else of the package; pure PyTorch / NumPy
-(the streaming path through Ray Data lives in ``goldnas_ray.orchestration.streaming``).
+Owns everything between files and the tensors a training step consumes, in memory or streamed
+(``stream``: metadata and a consumer's share of a stream). May import ``goldnas_ray.core`` (for
+its config) and nothing else of the package; pure PyTorch / NumPy (the Ray Data pipelines that
+feed a stream live in ``goldnas_ray.orchestration.streaming``).
 """
 from goldnas_ray.data.batches import (Augment, epoch_generator, eval_batches, iterate_batches, prepare,
                                       shard_indices)

@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from goldnas_ray.data.batches import Augment, iterate_batches
+from goldnas_ray.data.batches import Augment, eval_batches, iterate_batches
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"
@@ -70,6 +70,11 @@ class Dataset:
         """One epoch of this rank's training batches (see ``batches.iterate_batches``)."""
         return iterate_batches(self.x_train, self.y_train, batch_size, seed, epoch, rank, world_size,
                                augment=augment, mean=self.mean, std=self.std, device=device)
+
+    def eval_batches(self, batch_size: int, augment: Augment | None = None,
+                     device: torch.device | str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The test split in order, prepared for evaluation."""
+        return eval_batches(self.x_test, self.y_test, batch_size, augment, self.mean, self.std, device)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

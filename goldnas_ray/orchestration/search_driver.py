@@ -5,17 +5,17 @@ data, the MLflow URI, the Ray address and whether the cluster can ever place the
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from goldnas_ray.core.config import Config, DataConfig
+from goldnas_ray.core.config import Config
 from goldnas_ray.files.search_files import RECORDS, check_out_dir, read_records, read_run_id
 from goldnas_ray.orchestration.cluster import ClusterError, check_capacity, connect
-from goldnas_ray.orchestration.streaming import STREAMABLE, StreamInfo, inspect, train_dataset
+from goldnas_ray.data.stream import stream_info
+from goldnas_ray.orchestration.streaming import train_dataset
 from goldnas_ray.run.loop import load_data
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
 
@@ -88,16 +88,6 @@ def run_ray(cfg: Config | None, out: Path, *, workers: int = 1, cpus_per_worker:
         log(f"MLflow run {records.get('mlflow_run_id')}: open with {how_to_open(uri)}")
     return records
 
-
-
-def stream_info(d: DataConfig) -> StreamInfo | None:
-    """The streamed set's metadata when ``d`` streams: data.path=stream, or auto and the
-    decoded training set larger than data.stream_above_gb; None for the in-memory path."""
-    if d.path == "memory" or (d.path == "auto" and d.dataset not in STREAMABLE):
-        return None
-    info = inspect(d)
-    size_gb = info.num_train * math.prod(info.stored_shape) / 1e9
-    return info if d.path == "stream" or size_gb > d.stream_above_gb else None
 
 
 def _trainer(job: dict[str, Any], out: Path, workers: int, cpus_per_worker: float, gpus_per_worker: float,

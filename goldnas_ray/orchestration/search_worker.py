@@ -26,7 +26,7 @@ import torch
 
 from goldnas_ray.core.comm import DistributedComm
 from goldnas_ray.files.search_files import CHECKPOINT, load_checkpoint, read_run_id
-from goldnas_ray.orchestration.streaming import StreamInfo, StreamSource
+from goldnas_ray.data.stream import StreamInfo, StreamSource
 from goldnas_ray.run.console import describe_start
 from goldnas_ray.run.loop import load_or_create, run_info, search_loop
 from goldnas_ray.tracking.search import search_tracker
@@ -77,7 +77,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     state = _restored_state(out, job["resume"])
     data_for = None
     if job.get("stream"):
-        info = StreamInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["stream"].items()})
+        info = StreamInfo.from_dict(job["stream"])
         data_for = lambda cfg: StreamSource(ray.train.get_dataset_shard("train"), info)  # noqa: E731
     search, data = load_or_create(Config.from_dict(job["config"]), device, state, data_for)
     info = run_info(search, data.name, comm.world_size)

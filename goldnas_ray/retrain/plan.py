@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from goldnas_ray.core.config import Config, ConfigError
 from goldnas_ray.data.from_config import load_data
+from goldnas_ray.data.stream import stream_info
 from goldnas_ray.files.atomic import write_json
 from goldnas_ray.files.search_files import OutputDirError, check_new_out_dir
 from goldnas_ray.retrain.candidates import Candidate, load_search, random_candidates
@@ -116,9 +117,9 @@ def plan_retrain(out: Path, search_dir: Path, *, search_run_id: str | None = Non
     if config_file is not None:
         cfg.merge_yaml(config_file)
     cfg.override(list(overrides)).validate()
-    if cfg.data.path == "stream":
-        raise ConfigError("retraining reads its data into memory; data.path=stream is for searches "
-                          "(set data.path=memory for the retrain)")
+    if stream_info(cfg.data) is not None:
+        raise ConfigError("retraining reads its data into memory, and this set streams (data.path=stream, "
+                          "or larger than data.stream_above_gb): set data.path=memory for the retrain")
     data = load_data(cfg.data)
     shape, classes = search.records["input_shape"], search.records["num_classes"]
     if list(data.input_shape) != list(shape) or data.num_classes != classes:

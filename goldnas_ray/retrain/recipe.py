@@ -22,7 +22,7 @@ from torch import nn
 
 from goldnas_ray.core.config import DataConfig, RetrainConfig
 from goldnas_ray.core.costs import count_params, total_flops
-from goldnas_ray.data import Augment, Dataset, epoch_generator, eval_batches, iterate_batches
+from goldnas_ray.data import Augment, Dataset, epoch_generator
 from goldnas_ray.data.from_config import eval_augment, train_augment
 from goldnas_ray.core.discrete import build_network
 from goldnas_ray.core.genotype import Genotype
@@ -69,8 +69,7 @@ class Retrainer:
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=epoch_generator(self.seed, self.epoch, -2))))
         start = time.perf_counter()
         loss_sum, correct, images = 0.0, 0, 0
-        for x, y in iterate_batches(data.x_train, data.y_train, cfg.batch_size, self.seed, self.epoch,
-                                    augment=augment, mean=data.mean, std=data.std, device=self.device):
+        for x, y in data.train_batches(cfg.batch_size, self.seed, self.epoch, augment=augment, device=self.device):
             logits, aux = model(x, with_aux=True)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             total = loss
@@ -86,9 +85,8 @@ class Retrainer:
             images += len(y)
         self.scheduler.step()
         train_seconds = time.perf_counter() - start
-        test_acc = evaluate(model, eval_batches(data.x_test, data.y_test, 512,
-                                                eval_augment(data_cfg) if data_cfg is not None else None,
-                                                data.mean, data.std, self.device))
+        test_acc = evaluate(model, data.eval_batches(512, eval_augment(data_cfg) if data_cfg is not None else None,
+                                                     self.device))
         self.epoch += 1
         row = {
             "epoch": self.epoch,
