@@ -45,8 +45,13 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             found["diverged"] = True
         with open(f"{out}/rank-{rank}.json", "w") as f:
             json.dump(found, f)
-    finally:
+        # leave together and at once: a rank still tearing gloo down when its peer's process
+        # is gone can abort ("terminate called without an active exception")
+        dist.barrier()
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    os._exit(0)
 
 
 def test_two_ranks_run_the_same_epochs(tmp_path):
