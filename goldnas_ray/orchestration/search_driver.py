@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from goldnas_ray.core.config import Config
-from goldnas_ray.files.search_files import RECORDS, check_out_dir, read_records, read_run_id
+from goldnas_ray.files.search_files import RECORDS, check_out_dir, read_records
 from goldnas_ray.orchestration.cluster import ClusterError, check_capacity, connect
 from goldnas_ray.data.stream import stream_info
 from goldnas_ray.orchestration.streaming import train_dataset
@@ -43,7 +43,7 @@ def run_ray(cfg: Config | None, out: Path, *, workers: int = 1, cpus_per_worker:
         if records["finished"]:
             log(f"search in {out} already finished after epoch {records['epochs']}; nothing to do")
             return records
-        cfg, run_id = Config.from_dict(records["config"]), read_run_id(out)
+        cfg, run_id = Config.from_dict(records["config"]), records.get("mlflow_run_id")
     assert cfg is not None
     stream = stream_info(cfg.validate().data)  # bad data fails here, before Ray starts
     if stream is None:
@@ -56,16 +56,8 @@ def run_ray(cfg: Config | None, out: Path, *, workers: int = 1, cpus_per_worker:
         # nothing preempts the nodes of an embedded Ray; its watcher only adds an error line
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     resources = connect(address, log)
-    if cpus_per_worker is None:
-        spare = 1 if stream is not None else 0  # a CPU for Ray Data's decoding
-        embedded = not address
-        cpus_per_worker = max(1.0, (resources.get("CPU", 1) - spare) // workers) if embedded else 1.0
-    check_capacity(resources, workers, cpus_per_worker, gpus_per_worker)
-    if stream is not None and resources.get("CPU", 0) - workers * cpus_per_worker < 1:
-        # Ray Data decodes in tasks of their own: with every CPU held by a worker, none run
-        raise ClusterError(f"streaming needs at least 1 CPU beside the workers' for Ray Data to decode "
-                           f"on; {workers} x {cpus_per_worker:g} CPUs take all {resources.get('CPU', 0):g}: "
-                           f"lower --cpus-per-worker")
+    cpus_per_worker = _worker_cpus(resources, workers, cpus_per_worker, gpus_per_worker,
+                                   embedded=not address, streaming=stream is not None)
     out.mkdir(parents=True, exist_ok=True)
     job = {"config": cfg.to_dict(), "out": str(out), "resume": resume, "verbose": verbose,
            "threads_per_worker": max(1, int(cpus_per_worker)), "mlflow_uri": uri,
@@ -88,6 +80,22 @@ def run_ray(cfg: Config | None, out: Path, *, workers: int = 1, cpus_per_worker:
         log(f"MLflow run {records.get('mlflow_run_id')}: open with {how_to_open(uri)}")
     return records
 
+
+def _worker_cpus(resources: dict[str, float], workers: int, cpus: float | None, gpus: float,
+                 embedded: bool, streaming: bool) -> float:
+    """CPUs per worker, checked against the cluster: ``cpus``, or when None all of an embedded
+    Ray's CPUs shared by the workers (1 each on a joined cluster), a CPU kept for Ray Data's
+    decoding when the data streams."""
+    spare = 1 if streaming else 0
+    if cpus is None:
+        cpus = max(1.0, (resources.get("CPU", 1) - spare) // workers) if embedded else 1.0
+    check_capacity(resources, workers, cpus, gpus)
+    if streaming and resources.get("CPU", 0) - workers * cpus < 1:
+        # Ray Data decodes in tasks of their own: with every CPU held by a worker, none run
+        raise ClusterError(f"streaming needs at least 1 CPU beside the workers' for Ray Data to decode "
+                           f"on; {workers} x {cpus:g} CPUs take all {resources.get('CPU', 0):g}: "
+                           f"lower --cpus-per-worker")
+    return cpus
 
 
 def _trainer(job: dict[str, Any], out: Path, workers: int, cpus_per_worker: float, gpus_per_worker: float,
