@@ -84,6 +84,7 @@ class DistributedComm:
             raise RuntimeError("DistributedComm needs an initialised torch.distributed process group")
         self.device = device
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.backend = str(dist.get_backend())
         self._wrapped: nn.Module | None = None
 
     def wrap(self, model: nn.Module) -> nn.Module:

@@ -15,6 +15,7 @@ import yaml
 from goldnas_ray.core.operations import PRIMITIVES
 
 COSTS = ("flops", "params", "ops")
+AMP_MODES = ("off", "bf16")
 
 
 class ConfigError(ValueError):
@@ -98,6 +99,11 @@ class SearchConfig:
     # to flops_min_ratio x the full supernet's FLOPs
     flops_min: float | None = None
     flops_min_ratio: float = 0.3
+    # speed options (benchmarks/search_step.py measures them on and off). channels_last:
+    # NHWC tensors, faster convolutions on CPUs (oneDNN) and tensor cores; amp: "bf16"
+    # autocast for the forward pass (CUDA, or CPUs with bf16 units), "off" for float32
+    channels_last: bool = True
+    amp: str = "off"
 
 
 @dataclass
@@ -239,6 +245,10 @@ class Config:
             raise ConfigError(f"search.flops_min must be > 0, got {q.flops_min}")
         if not 0 < q.flops_min_ratio < 1:
             raise ConfigError(f"search.flops_min_ratio must be in (0, 1), got {q.flops_min_ratio}")
+        if not isinstance(q.channels_last, bool):
+            raise ConfigError(f"search.channels_last must be true or false, got {q.channels_last!r}")
+        if q.amp not in AMP_MODES:
+            raise ConfigError(f"search.amp must be one of {', '.join(AMP_MODES)}, got {q.amp!r}")
         self.retrain.validate()
         return self
 

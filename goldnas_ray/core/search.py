@@ -53,6 +53,8 @@ class GoldSearch:
                               input_size=input_shape[1], in_channels=input_shape[0],
                               num_classes=num_classes, stem_multiplier=s.stem_multiplier, stem=s.stem,
                               auxiliary=s.auxiliary).to(self.device)
+        self.memory_format = torch.channels_last if cfg.search.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         q = cfg.search
         self.flops_min = q.flops_min if q.flops_min is not None else q.flops_min_ratio * self.model.full_flops
         if self.flops_min >= self.model.full_flops:
@@ -90,15 +92,19 @@ class GoldSearch:
         return self.schedule.lam
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, net: nn.Module | None = None
-                   ) -> tuple[float, int]:
-        """One forward + one backward; updates weights and alphas. Returns (loss, correct)."""
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward + one backward; updates weights and alphas. Returns (mean loss,
+        correct predictions) as tensors on the device: reading them waits for the device,
+        so callers read them once per epoch, not once per step."""
         net = net if net is not None else self.model
         q = self.cfg.search
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        logits, aux = net(x, with_aux=True)
-        loss = F.cross_entropy(logits, y)
-        if aux is not None and q.auxiliary_weight > 0:
-            loss = loss + q.auxiliary_weight * F.cross_entropy(aux, y)
+        x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        y = y.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=q.amp == "bf16"):
+            logits, aux = net(x, with_aux=True)
+            loss = F.cross_entropy(logits, y)
+            if aux is not None and q.auxiliary_weight > 0:
+                loss = loss + q.auxiliary_weight * F.cross_entropy(aux, y)
         total = loss
         if self.lam > 0:
             total = loss + self.lam * self.model.expected_cost(q.cost, q.ops_cost_k)
@@ -109,14 +115,16 @@ class GoldSearch:
             nn.utils.clip_grad_norm_(self.w_opt.param_groups[0]["params"], q.grad_clip)
         self.w_opt.step()
         self.a_opt.step()
-        correct = int((logits.detach().argmax(1) == y).sum())
-        return float(loss.detach()), correct
+        return loss.detach().float(), (logits.detach().argmax(1) == y).sum()
 
     def train_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                     net: nn.Module | None = None, on_step: StepCallback | None = None) -> EpochStats:
+        """Train on ``batches``; loss and accuracy are summed on the device and read once."""
         self.model.train()
         start = time.perf_counter()
-        loss_sum, correct, images = 0.0, 0, 0
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        images = 0
         for step, (x, y) in enumerate(batches, 1):
             loss, c = self.train_step(x, y, net)
             loss_sum += loss * len(y)
@@ -124,8 +132,9 @@ class GoldSearch:
             images += len(y)
             if on_step is not None:
                 on_step(step, images)
+        loss_total, correct_total = float(loss_sum), int(correct)
         seconds = time.perf_counter() - start
-        return EpochStats(loss_sum / max(images, 1), correct / max(images, 1), images, seconds)
+        return EpochStats(loss_total / max(images, 1), correct_total / max(images, 1), images, seconds)
 
     def run_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                   comm: Communicator | None = None, on_step: StepCallback | None = None

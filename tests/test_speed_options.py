@@ -1,0 +1,93 @@
+"""Speed options of the search step: what they change (rounding only) and what they must not
+(the step never waits for the device; gradients keep the memory format)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_config
+from goldnas_ray.core.config import ConfigError
+from goldnas_ray.core.operations import FactorizedReduce
+from goldnas_ray.core.search import GoldSearch
+
+
+def _steps(cfg, x, y, n=3):
+    search = GoldSearch(cfg, tuple(x.shape[1:]), 10)
+    search.schedule.lam = 0.1
+    search.model.train()
+    losses = [float(search.train_step(x, y)[0]) for _ in range(n)]
+    return search, losses
+
+
+def test_channels_last_changes_only_rounding():
+    """NHWC convolutions add in another order: from the same start the same steps agree to
+    float32 rounding. Where a batch-norm output sits within rounding of zero, the ReLU after
+    it may switch, so single gradients can differ by more; a whole search drifts apart over
+    hundreds of steps as it does between two CPUs (README, "Performance")."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    nchw, l1 = _steps(tiny_config(channels_last=False), x, y)
+    nhwc, l2 = _steps(tiny_config(channels_last=True), x, y)
+    assert next(nhwc.model.stem.parameters()).is_contiguous(memory_format=torch.channels_last)
+    assert l1 == pytest.approx(l2, rel=1e-4)
+    grads = []
+    for search in (GoldSearch(tiny_config(channels_last=False), (3, 16, 16), 10),
+                   GoldSearch(tiny_config(channels_last=True), (3, 16, 16), 10)):
+        logits = search.model(x.contiguous(memory_format=search.memory_format))
+        F.cross_entropy(logits, y).backward()
+        grads.append((logits.detach(), torch.cat([p.grad.flatten() for p in search.model.parameters()])))
+    (logits1, g1), (logits2, g2) = grads
+    torch.testing.assert_close(logits1, logits2, rtol=1e-4, atol=1e-5)
+    assert (g1 - g2).norm() / g1.norm() < 1e-2
+
+
+def test_factorized_reduce_gradient_keeps_channels_last():
+    """Slicing's own gradient is NCHW; in an NHWC network every element-wise backward that
+    meets it runs several times slower."""
+    torch.manual_seed(0)
+    op = FactorizedReduce(8, 8, affine=False).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 8, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    op(x).square().sum().backward()
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    # and the gradient is the slice's: same result from an NCHW copy
+    ref = FactorizedReduce(8, 8, affine=False)
+    ref.load_state_dict(op.state_dict())
+    x2 = x.detach().contiguous().requires_grad_()
+    ref(x2).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_an_epoch_reads_the_device_once(monkeypatch, digits):
+    """No float(loss) / .item() per step: the running sums stay on the device."""
+    from goldnas_ray.data import iterate_batches
+    search = GoldSearch(tiny_config(), digits.input_shape, 10)
+    reads = []
+    for name in ("item", "__float__", "__int__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, _name=name, **k):
+            reads.append(_name)
+            return _original(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    batches = list(iterate_batches(digits.x_train, digits.y_train, 32, 0, 0))[:6]
+    stats = search.train_epoch(batches)
+    monkeypatch.undo()
+    assert stats.images == sum(len(y) for _, y in batches)
+    assert len(reads) <= 2, reads  # the loss sum and the correct count, once each
+
+
+def test_bf16_autocast_trains_and_stays_close_to_float32():
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    _, l32 = _steps(tiny_config(amp="off"), x, y, n=2)
+    _, l16 = _steps(tiny_config(amp="bf16"), x, y, n=2)
+    assert all(torch.isfinite(torch.tensor(l16)))
+    assert l16[0] == pytest.approx(l32[0], rel=0.05)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("amp", "fp16", "search.amp must be one of off, bf16"),
+    ("channels_last", "yes", "search.channels_last must be true or false"),
+])
+def test_speed_options_are_checked(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(**{key: value})
