@@ -5,7 +5,7 @@ end to the next, so checkpointing, file writing and ray.train.report are include
 median pure training time, and the start-up time (process start to the end of the first
 epoch, minus that epoch) reported separately.
 
-    python benchmarks/ray_overhead.py --epochs 6
+    python benchmarks/ray_overhead.py --epochs 10
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def summarise(out: Path, started: float) -> tuple[float, float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--cpus", type=float, default=2, help="CPUs (and threads) for the Ray worker")
     args = p.parse_args()
     cfg = Config().override([f"search.max_epochs={args.epochs}"]).validate()

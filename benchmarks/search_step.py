@@ -7,14 +7,17 @@ the same machine (the practical peak).
 
     python benchmarks/search_step.py                 # the default digits space
     python benchmarks/search_step.py --input-size 32 --channels 16 --cells 8 --batch 64
-    python benchmarks/search_step.py --device cuda
+    python benchmarks/search_step.py --device cuda --options   # each speed option on and off
+    python benchmarks/search_step.py --fractions 1,0.6,0.3 --json steps.json
 """
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -71,6 +74,18 @@ def time_steps(search: GoldSearch, x: torch.Tensor, y: torch.Tensor, steps: int,
     return times
 
 
+def measure(cfg: Config, shape: tuple[int, int, int], x: torch.Tensor, y: torch.Tensor, fraction: float,
+            steps: int, device: str) -> dict:
+    search = GoldSearch(cfg, shape, 10, device=device)
+    search.schedule.lam = 0.1  # include the cost term, as in a real search epoch
+    if fraction < 1:
+        prune_to(search, fraction)
+    med = statistics.median(time_steps(search, x, y, steps))
+    return {"fraction": fraction, "flops": search.model.flops(), "ops": len(search.model.alive_ops()),
+            "step_s": med, "images_per_s": len(y) / med,
+            "channels_last": cfg.search.channels_last, "amp": cfg.search.amp}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", type=int, default=Config().space.num_cells)
@@ -79,38 +94,48 @@ def main() -> None:
     p.add_argument("--in-channels", type=int, default=1)
     p.add_argument("--batch", type=int, default=Config().data.batch_size)
     p.add_argument("--steps", type=int, default=15)
-    p.add_argument("--fraction", type=float, default=0.3)
+    p.add_argument("--fractions", default="1,0.3", help="FLOPs fractions to prune to, e.g. 1,0.6,0.3")
+    p.add_argument("--options", action="store_true",
+                   help="also time the full supernet with each speed option switched")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = Config().override([f"space.num_cells={args.cells}", f"space.init_channels={args.channels}"]).validate()
+    base = [f"space.num_cells={args.cells}", f"space.init_channels={args.channels}", "space.auxiliary=false",
+            *args.set]
+    cfg = Config().override(base).validate()
     shape = (args.in_channels, args.input_size, args.input_size)
     x = torch.randn(args.batch, *shape, device=args.device)
     y = torch.randint(0, 10, (args.batch,), device=args.device)
 
     peak = matmul_gflops(device=args.device)
-    rows = []
-    for label in ("full", f"pruned to {int(args.fraction * 100)}%"):
-        search = GoldSearch(cfg, shape, 10, device=args.device)
-        search.schedule.lam = 0.1  # include the cost term, as in a real search epoch
-        if label != "full":
-            prune_to(search, args.fraction)
-        times = time_steps(search, x, y, args.steps)
-        med = statistics.median(times)
-        flops = search.model.flops()
-        achieved = 3 * flops * args.batch / med / 1e9
-        rows.append((label, flops, len(search.model.alive_ops()), med, args.batch / med, achieved))
+    rows = [measure(cfg, shape, x, y, float(f), args.steps, args.device) for f in args.fractions.split(",")]
+    if args.options:
+        q = cfg.search
+        for override in (f"search.channels_last={str(not q.channels_last).lower()}",
+                         f"search.amp={'off' if q.amp == 'bf16' else 'bf16'}"):
+            rows.append(measure(Config().override(base + [override]).validate(), shape, x, y, 1.0,
+                                args.steps, args.device))
 
     print(f"space: {args.cells} cells, {args.channels} channels, input {shape}, batch {args.batch}, "
           f"{args.threads} threads, device {args.device}; median of {args.steps} steps")
     print(f"peak: 2048x2048 float32 matmul {peak:.1f} GFLOP/s")
-    print(f"{'supernet':<16}{'MFLOPs/img':>11}{'ops':>6}{'step ms':>10}{'img/s':>9}{'GFLOP/s':>9}{'of peak':>9}")
-    for label, flops, ops, med, ips, achieved in rows:
-        print(f"{label:<16}{flops / 1e6:>11.3f}{ops:>6}{med * 1e3:>10.1f}{ips:>9.0f}{achieved:>9.2f}"
-              f"{achieved / peak:>9.1%}")
-    full, pruned = rows
-    print(f"pruned/full: FLOPs {pruned[1] / full[1]:.2f}, step time {pruned[3] / full[3]:.2f}")
+    print(f"{'supernet':<12}{'options':<22}{'MFLOPs/img':>11}{'ops':>6}{'step ms':>10}{'img/s':>9}"
+          f"{'GFLOP/s':>9}{'of peak':>9}")
+    for r in rows:
+        achieved = 3 * r["flops"] * args.batch / r["step_s"] / 1e9
+        r["gflops_per_s"] = achieved
+        options = f"cl={'on' if r['channels_last'] else 'off'} amp={r['amp']}"
+        label = f"{r['fraction']:.0%} FLOPs"
+        print(f"{label:<12}{options:<22}{r['flops'] / 1e6:>11.3f}{r['ops']:>6}"
+              f"{r['step_s'] * 1e3:>10.1f}{r['images_per_s']:>9.0f}{achieved:>9.2f}{achieved / peak:>9.1%}")
+    full = rows[0]
+    for r in rows[1:len(args.fractions.split(","))]:
+        print(f"pruned/full: FLOPs {r['flops'] / full['flops']:.2f}, step time {r['step_s'] / full['step_s']:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"peak_gflops_per_s": peak, "batch": args.batch, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

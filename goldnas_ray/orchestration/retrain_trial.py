@@ -50,16 +50,21 @@ def retrain_trial(config: dict[str, Any], specs: dict[str, TrialSpec]) -> None:
         trainer = Retrainer(Genotype.from_dict(spec.genotype), RetrainConfig(**spec.recipe), spec.seed, device)
     info_dir = Path(spec.out) / ".trials"
     info_dir.mkdir(parents=True, exist_ok=True)
-    with open(info_dir / f"{spec.key}.jsonl", "a") as f:
-        f.write(json.dumps({"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
-                            "start_epoch": trainer.epoch, "device": str(device),
-                            "time": time.time()}) + "\n")
+    trial_log = info_dir / f"{spec.key}.jsonl"
+    _append(trial_log, {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
+                        "start_epoch": trainer.epoch, "device": str(device), "time": time.time()})
     while not trainer.finished:
         row = trainer.train_epoch(data, data_cfg)
         metrics = row | {"arch_id": spec.arch_id, "seed": spec.seed}
         with tempfile.TemporaryDirectory() as d:
             torch.save(trainer.state_dict(), Path(d) / STATE_FILE)
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(d))
+    _append(trial_log, {"pid": os.getpid(), "finished_epoch": trainer.epoch, "time": time.time()})
+
+
+def _append(path: Path, entry: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(entry) + "\n")
 
 
 class RetrainCallback(ray.tune.Callback):

@@ -72,7 +72,8 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     workers = out / WORKER_LOG
     workers.mkdir(parents=True, exist_ok=True)
     (workers / f"rank-{comm.rank}.json").write_text(json.dumps(
-        {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}))
+        {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "device": str(device),
+         "backend": comm.backend}))
 
     state = _restored_state(out, job["resume"])
     data_for = None
