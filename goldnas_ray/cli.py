@@ -19,21 +19,41 @@ from goldnas_ray.core.genotype import GenotypeError
 from goldnas_ray.core.space import SpaceError
 from goldnas_ray.data import DataError
 from goldnas_ray.files.search_files import OutputDirError
+from goldnas_ray.files.store import Location, StorageError, is_uri, location, working_copy_note
 from goldnas_ray.orchestration.cluster import ClusterError
 from goldnas_ray.retrain.plan import RetrainError
 from goldnas_ray.tracking.common import TrackingError
 
 USER_ERRORS = (ConfigError, SpaceError, GenotypeError, DataError, OutputDirError, ClusterError,
-               TrackingError, RetrainError)
+               TrackingError, RetrainError, StorageError)
 
 
-def output_folder(out: Path | None, resume: bool, stage: str) -> Path:
-    """``out``, or ``runs/<stage>-<date>-<time>`` for a new run; --resume needs ``out``."""
-    if out is not None:
-        return out
-    if resume:
-        raise OutputDirError(f"--resume needs --out, the folder of the {stage} to continue")
-    return Path("runs") / time.strftime(f"{stage}-%Y%m%d-%H%M%S")
+def output_folder(out: str | Path | None, resume: bool, stage: str) -> Location:
+    """Where a run writes: ``out`` (a path or a storage URI), or ``<root>/<stage>-<date>-<time>``
+    for a new run, with root GOLDNAS_RUNS when set, else ``runs``. A relative path is taken
+    against GOLDNAS_RUNS when set. Inside a ``ray job submit --working-dir`` job a relative
+    path without GOLDNAS_RUNS is refused: the job runs in a temporary copy of the working
+    directory, deleted with the job. A storage location is probed (a small object written
+    and deleted) so that a missing bucket or missing rights fail now."""
+    root = os.environ.get("GOLDNAS_RUNS")
+    if out is None:
+        if resume:
+            raise OutputDirError(f"--resume needs --out, the folder of the {stage} to continue")
+        out = time.strftime(f"{stage}-%Y%m%d-%H%M%S") if root else Path("runs") / time.strftime(
+            f"{stage}-%Y%m%d-%H%M%S")
+    relative = not is_uri(out) and not str(out).startswith("file://") and not Path(out).is_absolute()
+    if relative and root:
+        where = location(root) / str(out)
+    elif relative and working_copy_note():
+        raise OutputDirError(
+            f"--out {out} is relative, and this job runs in a temporary copy of its working "
+            f"directory ({working_copy_note()}), deleted when the job ends: give an absolute path "
+            f"on storage every node shares, a storage URI (s3://...), or set GOLDNAS_RUNS to a "
+            f"root for relative names")
+    else:
+        where = location(out)
+    where.probe()
+    return where
 
 
 def run_main(body: Callable[[], object]) -> int:
@@ -124,7 +144,7 @@ def quiet(args: argparse.Namespace) -> None:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
-def run_search_locally(cfg: Config | None, out: Path, args: argparse.Namespace) -> None:
+def run_search_locally(cfg: Config | None, out: Location, args: argparse.Namespace) -> None:
     from goldnas_ray.run.loop import run_local
     from goldnas_ray.tracking.common import check_uri, resolve_uri
     from goldnas_ray.tracking.search import search_tracker
@@ -138,7 +158,7 @@ def run_search_locally(cfg: Config | None, out: Path, args: argparse.Namespace) 
     run_local(cfg, out, resume=args.resume, tracker=tracker)
 
 
-def run_search_on_ray(cfg: Config | None, out: Path, args: argparse.Namespace) -> None:
+def run_search_on_ray(cfg: Config | None, out: Location, args: argparse.Namespace) -> None:
     from goldnas_ray.orchestration.search_driver import run_ray
 
     quiet(args)
@@ -148,7 +168,7 @@ def run_search_on_ray(cfg: Config | None, out: Path, args: argparse.Namespace) -
             address=args.address, verbose=args.verbose)
 
 
-def run_retrain_on_ray(out: Path, args: argparse.Namespace, *, search_dir: Path | None = None,
+def run_retrain_on_ray(out: Location, args: argparse.Namespace, *, search_dir: "str | Location | None" = None,
                        search_run: str | None = None, config_file: Path | None = None,
                        resume: bool = False) -> None:
     from goldnas_ray.orchestration.retrain_driver import run_retrain

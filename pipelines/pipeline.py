@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from goldnas_ray import cli
 from goldnas_ray.files.search_files import CHECKPOINT, OutputDirError, check_new_out_dir
@@ -23,7 +22,7 @@ from goldnas_ray.files.search_files import CHECKPOINT, OutputDirError, check_new
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, help="output folder, holding search/ and retrain/; must not "
+    p.add_argument("--out", help="output folder, holding search/ and retrain/; must not "
                                             "exist or be empty unless --resume "
                                             "(default: runs/pipeline-<date>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the pipeline stored in --out")
@@ -37,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def body() -> None:
-        out = cli.output_folder(args.out, args.resume, "pipeline").resolve()
+        out = cli.output_folder(args.out, args.resume, "pipeline")
         search_out, retrain_out = out / "search", out / "retrain"
         if args.resume:
             if not (search_out / CHECKPOINT).is_file():

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from goldnas_ray import cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--search-dir", type=Path, help="output folder of a search (records.json, genotypes/)")
+    p.add_argument("--search-dir", help="output folder of a search (records.json, genotypes/)")
     p.add_argument("--search-run", help="MLflow run id of a search: its artifacts are read instead")
-    p.add_argument("--out", type=Path, help="output folder; must not exist or be empty unless "
+    p.add_argument("--out", help="output folder; must not exist or be empty unless "
                                             "--resume (default: runs/retrain-<date>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the retrain stored in --out")
     cli.add_common_flags(p)

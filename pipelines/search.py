@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from goldnas_ray import cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", default=None,
                    help="output folder; must not exist or be empty unless --resume "
                         "(default: runs/search-<date>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the search stored in --out")

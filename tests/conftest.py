@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -108,6 +109,69 @@ def mlflow_server(tmp_path_factory):
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
         stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(uri + "/health", timeout=120)
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# ---- a real S3-compatible server (moto's server mode) on 127.0.0.1 ----------------------------
+S3_BUCKET = "goldnas-ci"
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "goldnas-test", "AWS_SECRET_ACCESS_KEY": "goldnas-test-secret",
+                  "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture(scope="session")
+def s3(readme_shell, tmp_path_factory):
+    """moto_server with one bucket. Credentials reach the test process through the
+    environment and the Ray cluster's processes (started with the README shell's HOME, before
+    or after this) through ~/.aws/credentials there, as on a real node."""
+    root = tmp_path_factory.mktemp("s3")
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=open(root / "moto.log", "w"), stderr=subprocess.STDOUT)
+    endpoint = f"127.0.0.1:{port}"
+    aws = Path(readme_shell.env["HOME"]) / ".aws"
+    aws.mkdir(parents=True, exist_ok=True)
+    (aws / "credentials").write_text(
+        "[default]\naws_access_key_id = {AWS_ACCESS_KEY_ID}\naws_secret_access_key = "
+        "{AWS_SECRET_ACCESS_KEY}\n".format(**S3_CREDENTIALS))
+    (aws / "config").write_text("[default]\nregion = us-east-1\n")
+    saved = {k: os.environ.get(k) for k in S3_CREDENTIALS}
+    os.environ.update(S3_CREDENTIALS)
+    readme_shell.env.update(S3_CREDENTIALS)
+    try:
+        wait_http(f"http://{endpoint}/moto-api/", timeout=60)
+        import pyarrow.fs as pafs
+        fs, _ = pafs.FileSystem.from_uri(f"s3://{S3_BUCKET}?endpoint_override={endpoint}&scheme=http"
+                                         f"&allow_bucket_creation=true")
+        fs.create_dir(S3_BUCKET)
+        yield {"endpoint": endpoint, "bucket": S3_BUCKET,
+               "uri": lambda prefix: f"s3://{S3_BUCKET}/{prefix}?endpoint_override={endpoint}&scheme=http"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def mlflow_s3_server(s3, tmp_path_factory):
+    """An MLflow tracking server whose artifacts live in the bucket (served through it)."""
+    root = tmp_path_factory.mktemp("mlflow-s3")
+    port = free_port()
+    env = dict(os.environ, MLFLOW_S3_ENDPOINT_URL=f"http://{s3['endpoint']}")
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", f"s3://{s3['bucket']}/mlflow", "--workers", "1"],
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, env=env)
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_http(uri + "/health", timeout=120)

@@ -116,8 +116,9 @@ class Genotype:
 
 
 def load_genotype(path: str | Path) -> Genotype:
-    """Read and validate a genotype JSON file."""
-    path = Path(path)
+    """Read and validate a genotype JSON file (a path, or anything with ``is_file`` and
+    ``read_text``, such as a storage location)."""
+    path = path if hasattr(path, "read_text") else Path(path)
     if not path.is_file():
         raise GenotypeError(f"genotype file {path} does not exist")
     try:

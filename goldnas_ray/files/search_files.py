@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import pandas as pd
 import torch
 import yaml
 
 from goldnas_ray.core.genotype import Genotype
-from goldnas_ray.files.atomic import atomic_write, write_json, write_text
+from goldnas_ray.files.store import Location, location
+
+Where = Union[str, Path, Location]
 
 if TYPE_CHECKING:
     from goldnas_ray.core.search import GoldSearch
@@ -41,43 +43,58 @@ class OutputDirError(ValueError):
     """--out / --resume / --search-dir points somewhere unusable; nothing was written."""
 
 
-def check_out_dir(out: Path, resume: bool) -> None:
+def check_out_dir(out: Where, resume: bool) -> None:
     """Refuse to overwrite earlier results; for --resume, demand a search output folder."""
+    out = location(out)
     if resume:
-        if not (out / CHECKPOINT).is_file():
+        if not (out / str(CHECKPOINT)).is_file():
             raise OutputDirError(f"--resume: {out} is not a search output folder "
                                  f"(no {CHECKPOINT} inside)")
         return
     check_new_out_dir(out, "search")
 
 
-def check_new_out_dir(out: Path, stage: str) -> None:
+def check_new_out_dir(out: Where, stage: str) -> None:
     """A new run's output folder must not exist or be empty: earlier results are never
     overwritten."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    out = location(out)
+    if out.is_file() or out.names():
         raise OutputDirError(f"output folder {out} already exists and is not empty; pass a new "
                              f"--out, or --resume to continue the {stage} stored there")
 
 
-def save_checkpoint(out: Path, state: dict[str, Any]) -> Path:
-    return atomic_write(Path(out) / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+def checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def save_checkpoint(out: Where, state: dict[str, Any]) -> Location:
+    return (location(out) / str(CHECKPOINT)).write_bytes(checkpoint_bytes(state))
 
 
-def write_genotype(path: Path, geno: Genotype) -> Path:
-    return write_text(path, geno.to_json())
+def load_checkpoint(path: Where) -> dict[str, Any]:
+    loc = location(path)
+    source = loc.local if loc.local is not None else loc.open_buffer()
+    return torch.load(source, map_location="cpu", weights_only=True)
 
 
-def write_outputs(out: Path, search: "GoldSearch", info: dict[str, Any]) -> None:
-    """records.json, genotypes/, config.yaml and history.parquet of ``search`` as it stands."""
-    out = Path(out)
+def write_genotype(path: Where, geno: Genotype) -> Location:
+    return location(path).write_text(geno.to_json())
+
+
+def write_outputs(out: Where, search: "GoldSearch", info: dict[str, Any]) -> None:
+    """records.json, genotypes/, config.yaml and history.parquet of ``search`` as it stands
+    (a genotype file already written is not written again: a record never changes)."""
+    out = location(out)
+    have = set(out.files()) if out.is_remote else None
     for rec in search.records:
-        write_genotype(out / rec.genotype_path, rec.genotype)
+        target = out / rec.genotype_path
+        if have is None or rec.genotype_path not in have:
+            write_genotype(target, rec.genotype)
     config = search.cfg.to_dict()
-    write_json(out / RECORDS, {
+    (out / RECORDS).write_text(json.dumps({
         "format": RECORDS_FORMAT,
         "version": 1,
         "finished": search.finished,
@@ -86,25 +103,26 @@ def write_outputs(out: Path, search: "GoldSearch", info: dict[str, Any]) -> None
         **info,
         "config": config,
         "architectures": [rec.fields() | {"genotype": rec.genotype_path} for rec in search.records],
-    })
-    write_text(out / CONFIG, yaml.safe_dump(config, sort_keys=False))
+    }, indent=1))
+    (out / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
     history = pd.DataFrame(search.history)
-    atomic_write(out / HISTORY, lambda tmp: history.to_parquet(tmp, index=False))
+    (out / HISTORY).write(lambda tmp: history.to_parquet(tmp, index=False))
 
 
-def records_path(out: Path) -> Path | None:
+def records_path(out: Where) -> Location | None:
     """``out``'s records.json (or the legacy frontier.json), or None when there is neither."""
+    out = location(out)
     for name in (RECORDS, LEGACY_RECORDS):
-        if (Path(out) / name).is_file():
-            return Path(out) / name
+        if (out / name).is_file():
+            return out / name
     return None
 
 
-def read_records(out: Path) -> dict[str, Any]:
+def read_records(out: Where) -> dict[str, Any]:
     """The content of a search's records.json, format checked."""
     path = records_path(out)
     if path is None:
-        raise OutputDirError(f"{out} holds no {RECORDS}; is it a search output folder?")
+        raise OutputDirError(f"{location(out)} holds no {RECORDS}; is it a search output folder?")
     try:
         content = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -115,6 +133,6 @@ def read_records(out: Path) -> dict[str, Any]:
     return content
 
 
-def read_run_id(out: Path) -> str | None:
+def read_run_id(out: Where) -> str | None:
     """The MLflow run id recorded in ``out``'s records.json, or None when there is none yet."""
     return read_records(out).get("mlflow_run_id") if records_path(out) else None

@@ -6,8 +6,11 @@ pipelines join that cluster; without one they start an embedded Ray on 127.0.0.1
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import threading
 from typing import Callable
 
 
@@ -107,3 +110,21 @@ def check_fits_on_a_node(cpus: float, gpus: float) -> None:
         biggest = max(nodes, key=lambda r: r.get("CPU", 0), default={})
         raise ClusterError(f"a trial needs {cpus:g} CPUs and {gpus:g} GPUs on one node; the largest "
                            f"node has {biggest.get('CPU', 0):g} CPUs and {biggest.get('GPU', 0):g} GPUs")
+
+
+@contextlib.contextmanager
+def sigterm_as_exit():
+    """Turn SIGTERM (what ``ray job stop`` sends the driver) into SystemExit, so the driver can
+    mark its MLflow runs KILLED in the seconds before the SIGKILL that follows."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -19,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,35 +28,39 @@ import pandas as pd
 import ray.tune
 
 from goldnas_ray.core.config import ConfigError
-from goldnas_ray.files.atomic import atomic_write
-from goldnas_ray.files.search_files import OutputDirError, load_checkpoint, read_records
-from goldnas_ray.orchestration.cluster import check_fits_on_a_node, connect
+from goldnas_ray.files.store import Location, location
+from goldnas_ray.files.search_files import RECORDS, OutputDirError, load_checkpoint, read_records
+from goldnas_ray.orchestration.cluster import check_fits_on_a_node, connect, sigterm_as_exit
 from goldnas_ray.orchestration.retrain_trial import STATE_FILE, RetrainCallback, retrain_trial
 from goldnas_ray.retrain import report
 from goldnas_ray.retrain.candidates import save_genotypes
 from goldnas_ray.retrain.plan import Manifest, RetrainError, TrialSpec, plan_retrain
-from goldnas_ray.tracking.common import check_uri, how_to_open
+from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
 from goldnas_ray.tracking.retrain import RetrainTracker, fetch_search_run
 
 EXPERIMENT_DIR = "retrain"
 
 
-def run_retrain(out: Path, *, search_dir: Path | None = None, search_run: str | None = None,
+def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Location | None" = None, search_run: str | None = None,
                 config_file: Path | None = None, overrides: Sequence[str] = (), random_k: int = 0,
                 cpus_per_trial: float = 1, gpus_per_trial: float = 0, max_failures: int = 2,
                 mlflow_uri: str | None = None, experiment: str = "goldnas-retrain",
                 tracking: bool = True, resume: bool = False, address: str | None = None,
                 log: Callable[[str], None] = print) -> pd.DataFrame:
     """Retrain (or, with ``resume``, continue retraining) and return the report table."""
-    out = Path(out).resolve()
+    out = location(out)
+    if not out.is_remote:
+        out = location(out.local.resolve())
+    search_dir = location(search_dir) if search_dir is not None else None
     if cpus_per_trial <= 0 or gpus_per_trial < 0:
         raise ConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
-    with _staging(search_run) as staging:
+    with _staging(search_run is not None or (search_dir is not None and search_dir.is_remote)) as staging:
         if resume:
             manifest = Manifest.read(out)
             if manifest.mlflow_tracking_uri:
                 check_uri(manifest.mlflow_tracking_uri)
-            if not ray.tune.Tuner.can_restore(str(out / "ray" / EXPERIMENT_DIR)):
+            path, fs = (out / "ray" / EXPERIMENT_DIR).ray_storage()
+            if not ray.tune.Tuner.can_restore(path, storage_filesystem=fs):
                 raise OutputDirError(f"--resume: {out / 'ray' / EXPERIMENT_DIR} holds no Ray Tune experiment")
         else:
             manifest = _plan(out, search_dir, search_run, staging, config_file, overrides, random_k,
@@ -98,9 +100,10 @@ def run_retrain(out: Path, *, search_dir: Path | None = None, search_run: str | 
 
 
 @contextlib.contextmanager
-def _staging(search_run: str | None):
-    """A temporary folder for a search fetched from MLflow, removed whatever happens."""
-    if search_run is None:
+def _staging(needed: bool):
+    """A temporary folder for a search fetched from MLflow or object storage, removed whatever
+    happens."""
+    if not needed:
         yield None
         return
     staging = Path(tempfile.mkdtemp(prefix="goldnas-search-"))
@@ -110,7 +113,7 @@ def _staging(search_run: str | None):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _plan(out: Path, search_dir: Path | None, search_run: str | None, staging: Path | None,
+def _plan(out: Location, search_dir: Location | None, search_run: str | None, staging: Path | None,
           config_file: Path | None, overrides: Sequence[str], random_k: int,
           mlflow_uri: str | None, tracking: bool) -> Manifest:
     """Check everything a new retrain depends on; writes nothing."""
@@ -121,11 +124,15 @@ def _plan(out: Path, search_dir: Path | None, search_run: str | None, staging: P
         if not (mlflow_uri or env_uri):
             raise OutputDirError("--search-run needs --mlflow-uri (or MLFLOW_TRACKING_URI)")
         search_dir = fetch_search_run(search_run, mlflow_uri or env_uri, staging)
+    elif search_dir.is_remote:
+        search_dir = _fetch_search_dir(search_dir, staging)
+    else:
+        search_dir = search_dir.local
     manifest = plan_retrain(out, search_dir, search_run_id=search_run, config_file=config_file,
                             overrides=overrides, random_k=random_k)
     if tracking:
         manifest.mlflow_tracking_uri = (mlflow_uri or env_uri or _search_uri(search_dir)
-                                        or f"sqlite:///{out / 'mlflow.db'}")
+                                        or resolve_uri(out, None))
         check_uri(manifest.mlflow_tracking_uri)
     return manifest
 
@@ -134,19 +141,34 @@ def _search_uri(search_dir: Path) -> str | None:
     return read_records(search_dir).get("mlflow_tracking_uri")
 
 
-def _start(out: Path, manifest: Manifest, staging: Path | None, experiment: str) -> None:
+def _fetch_search_dir(search_dir: Location, staging: Path) -> Path:
+    """What a retrain reads of a search in object storage (records, genotypes, config), copied
+    into ``staging``; the checkpoints stay there."""
+    from goldnas_ray.files.search_files import records_path
+    if records_path(search_dir) is None:
+        raise OutputDirError(f"--search-dir {search_dir} holds no {RECORDS}; is it a search output folder?")
+    for rel in search_dir.files():
+        if rel.split("/")[0] in ("checkpoints", "ray", ".workers"):
+            continue
+        target = staging / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((search_dir / rel).read_bytes())
+    return staging
+
+
+def _start(out: Location, manifest: Manifest, staging: Path | None, experiment: str) -> None:
     """Write what a new retrain starts from: the search copy, genotypes, MLflow runs, manifest."""
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir()
     if staging is not None:
-        shutil.copytree(staging, out / "search")
-        manifest.search_dir = str(out / "search")
+        (out / "search").upload(staging)
+        manifest.search_dir = (out / "search").uri
     save_genotypes(out, manifest.candidates)
     if manifest.mlflow_tracking_uri:
         RetrainTracker(manifest.mlflow_tracking_uri).start_retrain(experiment, out, manifest)
     manifest.write(out)
 
 
-def _tuner(out: Path, manifest: Manifest, specs: dict[str, TrialSpec], cpus: float, gpus: float,
+def _tuner(out: Location, manifest: Manifest, specs: dict[str, TrialSpec], cpus: float, gpus: float,
            max_failures: int, resume: bool, callback: RetrainCallback) -> ray.tune.Tuner:
     resources = {"cpu": cpus} | ({"gpu": gpus} if gpus else {})
     trainable = ray.tune.with_resources(ray.tune.with_parameters(retrain_trial, specs=specs), resources)
@@ -154,10 +176,12 @@ def _tuner(out: Path, manifest: Manifest, specs: dict[str, TrialSpec], cpus: flo
     # here: a few KB); Tune would warn about it every epoch
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if resume:  # the run config, callback included, comes back from the saved experiment
-        return ray.tune.Tuner.restore(str(out / "ray" / EXPERIMENT_DIR), trainable,
-                                      resume_unfinished=True, resume_errored=True)
+        path, fs = (out / "ray" / EXPERIMENT_DIR).ray_storage()
+        return ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
+                                      storage_filesystem=fs)
+    path, fs = (out / "ray").ray_storage()
     run_config = ray.tune.RunConfig(
-        name=EXPERIMENT_DIR, storage_path=str(out / "ray"), callbacks=[callback], verbose=0,
+        name=EXPERIMENT_DIR, storage_path=path, storage_filesystem=fs, callbacks=[callback], verbose=0,
         failure_config=ray.tune.FailureConfig(max_failures=max_failures),
         checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1))
     return ray.tune.Tuner(
@@ -171,7 +195,7 @@ def _fit(tuner: ray.tune.Tuner, tracker: RetrainTracker | None, manifest: Manife
          log: Callable[[str], None]) -> ray.tune.ResultGrid:
     """Run the trials; if the job is stopped or Tune breaks, end the MLflow runs saying so."""
     try:
-        with _sigterm_as_exit():
+        with sigterm_as_exit():
             return tuner.fit()
     except BaseException as exc:
         if tracker is not None:
@@ -181,24 +205,6 @@ def _fit(tuner: ray.tune.Tuner, tracker: RetrainTracker | None, manifest: Manife
             except Exception as mlflow_exc:  # noqa: BLE001 - never hide the original error
                 log(f"could not mark the MLflow runs as ended: {mlflow_exc}")
         raise
-
-
-@contextlib.contextmanager
-def _sigterm_as_exit():
-    """Turn SIGTERM (what ``ray job stop`` sends the driver) into SystemExit, so the driver can
-    mark its MLflow runs KILLED in the seconds before the SIGKILL that follows."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _collect(results, specs: dict[str, TrialSpec], epochs: int) -> tuple[pd.DataFrame, list[str]]:
@@ -220,12 +226,12 @@ def _collect(results, specs: dict[str, TrialSpec], epochs: int) -> tuple[pd.Data
     return pd.DataFrame(rows), failed
 
 
-def _write_report(out: Path, trials: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
+def _write_report(out: Location, trials: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
     """trials.parquet and the frontier report of the finished trials (an unfinished trial's
     last epoch is not comparable: left out)."""
     if trials.empty:
         return pd.DataFrame()
-    atomic_write(out / "trials.parquet", lambda tmp: trials.to_parquet(tmp, index=False))
+    (out / "trials.parquet").write(lambda tmp: trials.to_parquet(tmp, index=False))
     done = trials[trials["finished"]]
     if done.empty:
         return pd.DataFrame()

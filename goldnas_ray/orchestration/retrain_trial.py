@@ -23,6 +23,7 @@ from goldnas_ray.core.config import Config, RetrainConfig
 from goldnas_ray.core.genotype import Genotype
 from goldnas_ray.data.from_config import load_data
 from goldnas_ray.files.search_files import load_checkpoint
+from goldnas_ray.files.store import Location, location
 from goldnas_ray.retrain.plan import TrialSpec
 from goldnas_ray.retrain.recipe import Retrainer
 from goldnas_ray.tracking.retrain import RetrainTracker
@@ -48,9 +49,7 @@ def retrain_trial(config: dict[str, Any], specs: dict[str, TrialSpec]) -> None:
             trainer = Retrainer.from_state_dict(load_checkpoint(Path(d) / STATE_FILE), device)
     else:
         trainer = Retrainer(Genotype.from_dict(spec.genotype), RetrainConfig(**spec.recipe), spec.seed, device)
-    info_dir = Path(spec.out) / ".trials"
-    info_dir.mkdir(parents=True, exist_ok=True)
-    trial_log = info_dir / f"{spec.key}.jsonl"
+    trial_log = location(spec.out) / ".trials" / f"{spec.key}.jsonl"
     _append(trial_log, {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
                         "start_epoch": trainer.epoch, "device": str(device), "time": time.time()})
     while not trainer.finished:
@@ -62,9 +61,8 @@ def retrain_trial(config: dict[str, Any], specs: dict[str, TrialSpec]) -> None:
     _append(trial_log, {"pid": os.getpid(), "finished_epoch": trainer.epoch, "time": time.time()})
 
 
-def _append(path: Path, entry: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(entry) + "\n")
+def _append(path: Location, entry: dict[str, Any]) -> None:
+    path.append_line(json.dumps(entry))
 
 
 class RetrainCallback(ray.tune.Callback):

@@ -13,18 +13,20 @@ from typing import Any, Callable
 
 from goldnas_ray.core.config import Config
 from goldnas_ray.files.search_files import RECORDS, check_out_dir, read_records
-from goldnas_ray.orchestration.cluster import ClusterError, check_capacity, connect
+from goldnas_ray.files.store import Location, location
+from goldnas_ray.orchestration.cluster import ClusterError, check_capacity, connect, sigterm_as_exit
 from goldnas_ray.data.stream import stream_info
 from goldnas_ray.orchestration.streaming import train_dataset
 from goldnas_ray.run.loop import load_data
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
+from goldnas_ray.tracking.search import search_tracker
 
 
 class SearchFailed(RuntimeError):
     """Ray Train gave up on the search (its error is the cause)."""
 
 
-def run_ray(cfg: Config | None, out: Path, *, workers: int = 1, cpus_per_worker: float | None = None,
+def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 1, cpus_per_worker: float | None = None,
             gpus_per_worker: float = 0, resume: bool = False, mlflow_uri: str | None = None,
             experiment: str = "goldnas-search", max_failures: int = 2, tracking: bool = True,
             address: str | None = None, verbose: bool = False,
@@ -33,7 +35,9 @@ def run_ray(cfg: Config | None, out: Path, *, workers: int = 1, cpus_per_worker:
 
     ``cpus_per_worker`` None: on an embedded local Ray the workers share all its CPUs, on a
     joined cluster each gets 1."""
-    out = Path(out).resolve()
+    out = location(out)
+    if not out.is_remote:
+        out = location(out.local.resolve())
     if workers < 1:
         raise ClusterError(f"--workers must be >= 1, got {workers}")
     check_out_dir(out, resume)
@@ -46,8 +50,7 @@ def run_ray(cfg: Config | None, out: Path, *, workers: int = 1, cpus_per_worker:
         cfg, run_id = Config.from_dict(records["config"]), records.get("mlflow_run_id")
     assert cfg is not None
     stream = stream_info(cfg.validate().data)  # bad data fails here, before Ray starts
-    if stream is None:
-        load_data(cfg)
+    dataset = stream.name if stream is not None else load_data(cfg).name
     uri = resolve_uri(out, mlflow_uri) if tracking else None
     if uri:
         check_uri(uri)
@@ -58,19 +61,24 @@ def run_ray(cfg: Config | None, out: Path, *, workers: int = 1, cpus_per_worker:
     resources = connect(address, log)
     cpus_per_worker = _worker_cpus(resources, workers, cpus_per_worker, gpus_per_worker,
                                    embedded=not address, streaming=stream is not None)
-    out.mkdir(parents=True, exist_ok=True)
-    job = {"config": cfg.to_dict(), "out": str(out), "resume": resume, "verbose": verbose,
+    out.mkdir()
+    job = {"config": cfg.to_dict(), "out": out.uri, "resume": resume, "verbose": verbose,
            "threads_per_worker": max(1, int(cpus_per_worker)), "mlflow_uri": uri,
            "mlflow_run_id": run_id, "experiment": experiment,
            "stream": asdict(stream) if stream is not None else None}
     datasets = {"train": train_dataset(cfg.data, stream)} if stream is not None else None
     if stream is not None:
         log(f"data: streaming {stream.num_train} training images of {stream.name} through Ray Data")
+    if uri:
+        # the driver opens the run, so that a search stopped or failed before its first
+        # checkpoint still ends it (KILLED / FAILED); rank 0 logs into it and ends it FINISHED
+        run = search_tracker(uri, experiment, out, workers)(cfg, dataset, run_id)
+        job["mlflow_run_id"] = run.run_id
     trainer = _trainer(job, out, workers, cpus_per_worker, gpus_per_worker, max_failures, resume, verbose,
                        datasets)
     log(f"search: {workers} worker(s) x {cpus_per_worker:g} CPU, {gpus_per_worker:g} GPU; output in {out}")
     started = time.perf_counter()
-    result = trainer.fit()
+    result = _fit(trainer, run if uri else None, log)
     if result.error:
         raise SearchFailed(f"search failed: {result.error}") from result.error
     records = read_records(out)
@@ -79,6 +87,29 @@ def run_ray(cfg: Config | None, out: Path, *, workers: int = 1, cpus_per_worker:
     if uri:
         log(f"MLflow run {records.get('mlflow_run_id')}: open with {how_to_open(uri)}")
     return records
+
+
+def _fit(trainer, run, log: Callable[[str], None]):
+    """trainer.fit(); a stopped job (SIGTERM from ``ray job stop``, Ctrl-C) ends the MLflow run
+    KILLED, a failed search FAILED."""
+    try:
+        with sigterm_as_exit():
+            result = trainer.fit()
+    except BaseException as exc:
+        _end_run(run, "KILLED" if isinstance(exc, (SystemExit, KeyboardInterrupt)) else "FAILED", log)
+        raise
+    if result.error:
+        _end_run(run, "FAILED", log)
+    return result
+
+
+def _end_run(run, status: str, log: Callable[[str], None]) -> None:
+    if run is None:
+        return
+    try:
+        run.finish(status)
+    except Exception as exc:  # noqa: BLE001 - never hide the search's own error
+        log(f"could not mark MLflow run {run.run_id} {status}: {exc}")
 
 
 def _worker_cpus(resources: dict[str, float], workers: int, cpus: float | None, gpus: float,
@@ -98,7 +129,7 @@ def _worker_cpus(resources: dict[str, float], workers: int, cpus: float | None, 
     return cpus
 
 
-def _trainer(job: dict[str, Any], out: Path, workers: int, cpus_per_worker: float, gpus_per_worker: float,
+def _trainer(job: dict[str, Any], out: Location, workers: int, cpus_per_worker: float, gpus_per_worker: float,
              max_failures: int, resume: bool, verbose: bool, datasets: dict[str, Any] | None = None):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -106,6 +137,7 @@ def _trainer(job: dict[str, Any], out: Path, workers: int, cpus_per_worker: floa
     from goldnas_ray.orchestration.search_worker import train_loop_per_worker
 
     use_gpu = gpus_per_worker > 0
+    storage_path, storage_fs = (out / "ray").ray_storage()
     per_worker = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})
     return TorchTrainer(
         train_loop_per_worker,
@@ -118,7 +150,7 @@ def _trainer(job: dict[str, Any], out: Path, workers: int, cpus_per_worker: floa
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
             name=f"{out.name}-{int(time.time())}" if resume else out.name,
-            storage_path=str(out / "ray"),
+            storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             # each checkpoint is the whole search state: keep the last two, not every epoch's
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch
 
 from goldnas_ray.core.comm import DistributedComm
 from goldnas_ray.files.search_files import CHECKPOINT, load_checkpoint, read_run_id
+from goldnas_ray.files.store import Location, location
 from goldnas_ray.data.stream import StreamInfo, StreamSource
 from goldnas_ray.run.console import describe_start
 from goldnas_ray.run.loop import load_or_create, run_info, search_loop
@@ -41,7 +43,7 @@ def _print(line: str) -> None:
     sys.stdout.flush()
 
 
-def _restored_state(out: Path, resume: bool) -> dict[str, Any] | None:
+def _restored_state(out: Location, resume: bool) -> dict[str, Any] | None:
     """The state to continue from: Ray Train's checkpoint after a worker-group restart, else
     ``out``'s own on --resume, else None (a new search)."""
     checkpoint = ray.train.get_checkpoint()
@@ -65,12 +67,11 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     if not job.get("verbose"):
         quiet_ray_train_loggers()
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # "Creating initial ... tables"
-    out = Path(job["out"])
+    out = location(job["out"])
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(job["threads_per_worker"])))
     comm = DistributedComm(device)
     workers = out / WORKER_LOG
-    workers.mkdir(parents=True, exist_ok=True)
     (workers / f"rank-{comm.rank}.json").write_text(json.dumps(
         {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "device": str(device),
          "backend": comm.backend}))
@@ -96,10 +97,16 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     def report(row: dict[str, Any]) -> None:
         metrics = {k: v for k, v in row.items() if k != "recorded"}
         if comm.rank == 0:
-            # the state was serialised once, into <out>/checkpoints; Ray copies that folder to
-            # its storage before report returns
-            checkpoint = ray.train.Checkpoint.from_directory(str((out / CHECKPOINT).parent))
-            ray.train.report(metrics, checkpoint=checkpoint)
+            # a local <out>/checkpoints already holds the state: Ray copies that folder to its
+            # storage before report returns. In object storage it is written again locally
+            # for Ray to upload (once more per epoch: the state of one search)
+            if out.local is not None:
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(
+                    str((out.local / CHECKPOINT).parent)))
+            else:
+                with tempfile.TemporaryDirectory(prefix="goldnas-ckpt-") as d:
+                    (Path(d) / CHECKPOINT.name).write_bytes((out / CHECKPOINT).read_bytes())
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
 

@@ -15,6 +15,7 @@ from typing import Any
 from goldnas_ray.core.config import Config
 from goldnas_ray.core.genotype import Genotype, GenotypeError, load_genotype
 from goldnas_ray.files.search_files import OutputDirError, read_records, records_path, write_genotype
+from goldnas_ray.files.store import location
 from goldnas_ray.retrain.sampling import SpaceTable, matched_targets, sample_matched
 
 SEARCHED, RANDOM = "searched", "random"
@@ -41,7 +42,7 @@ class Candidate:
 
     @classmethod
     def from_row(cls, row: dict[str, Any], folder: Path) -> "Candidate":
-        return cls(row["arch_id"], row["kind"], load_genotype(Path(folder) / row["genotype"]),
+        return cls(row["arch_id"], row["kind"], load_genotype(location(folder) / row["genotype"]),
                    row["flops"], row["params"], row.get("search_epoch"), row.get("search_lambda"))
 
 
@@ -102,4 +103,4 @@ def save_genotypes(out: Path, candidates: list[Candidate]) -> None:
         geno = c.genotype
         geno.metadata = dict(geno.metadata) | {"id": c.arch_id, "kind": c.kind, "flops": c.flops,
                                                "params": c.params}
-        write_genotype(Path(out) / c.genotype_path, geno)
+        write_genotype(location(out) / c.genotype_path, geno)

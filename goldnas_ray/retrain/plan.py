@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from goldnas_ray.core.config import Config, ConfigError
 from goldnas_ray.data.from_config import load_data
 from goldnas_ray.data.stream import stream_info
-from goldnas_ray.files.atomic import write_json
+from goldnas_ray.files.store import Location, location
 from goldnas_ray.files.search_files import OutputDirError, check_new_out_dir
 from goldnas_ray.retrain.candidates import Candidate, load_search, random_candidates
 
@@ -68,11 +68,11 @@ class Manifest:
     def trials(self) -> list[str]:
         return [trial_key(c.arch_id, s) for c in self.candidates for s in self.seeds]
 
-    def specs(self, out: Path, cpus_per_trial: float, gpus_per_trial: float) -> dict[str, TrialSpec]:
+    def specs(self, out: "Path | Location", cpus_per_trial: float, gpus_per_trial: float) -> dict[str, TrialSpec]:
         config = self.config.to_dict()
         return {trial_key(c.arch_id, s): TrialSpec(
             trial_key(c.arch_id, s), c.arch_id, s, c.genotype.to_dict(), config["retrain"], config["data"],
-            max(1, int(cpus_per_trial)), gpus_per_trial > 0, str(out))
+            max(1, int(cpus_per_trial)), gpus_per_trial > 0, location(out).uri)
             for c in self.candidates for s in self.seeds}
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,13 +83,13 @@ class Manifest:
                 "mlflow_tracking_uri": self.mlflow_tracking_uri, "mlflow_run_id": self.mlflow_run_id,
                 "mlflow_child_run_ids": self.mlflow_child_run_ids}
 
-    def write(self, out: Path) -> Path:
-        return write_json(Path(out) / MANIFEST, self.to_dict())
+    def write(self, out: "Path | Location") -> Location:
+        return (location(out) / MANIFEST).write_text(json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def read(cls, out: Path) -> "Manifest":
         """The manifest of the retrain in ``out`` (for --resume), its genotypes loaded."""
-        path = Path(out) / MANIFEST
+        path = location(out) / MANIFEST
         if not path.is_file():
             raise OutputDirError(f"--resume: {out} is not a retrain output folder (no {MANIFEST} inside)")
         try:
@@ -105,13 +105,13 @@ class Manifest:
                    dict(raw.get("mlflow_child_run_ids") or {}))
 
 
-def plan_retrain(out: Path, search_dir: Path, *, search_run_id: str | None = None,
+def plan_retrain(out: "Path | Location", search_dir: Path, *, search_run_id: str | None = None,
                  config_file: Path | None = None, overrides: Sequence[str] = (),
                  random_k: int = 0) -> Manifest:
     """Check everything a new retrain depends on and decide what it trains; writes nothing."""
     if random_k < 0:
         raise ConfigError(f"--random must be >= 0, got {random_k}")
-    check_new_out_dir(Path(out), "retrain")
+    check_new_out_dir(out, "retrain")
     search = load_search(Path(search_dir))
     cfg = search.config
     if config_file is not None:

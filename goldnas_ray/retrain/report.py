@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from goldnas_ray.files.atomic import atomic_write
+from goldnas_ray.files.store import Location, location
 
 COLUMNS = ["arch_id", "kind", "flops", "params", "accuracy_mean", "accuracy_std", "seeds",
            "epochs", "on_front", "search_epoch", "search_lambda", "genotype"]
@@ -92,17 +92,17 @@ def plot(table: pd.DataFrame, path: Path, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    location(path).write(lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
-    return Path(path)
+    return location(path)
 
 
-def write_report(out: Path, table: pd.DataFrame, title: str = "") -> list[Path]:
-    """frontier.parquet, frontier.csv and frontier.png under ``out`` (each written atomically)."""
-    out = Path(out)
+def write_report(out: "Path | Location", table: pd.DataFrame, title: str = "") -> list[Location]:
+    """frontier.parquet, frontier.csv and frontier.png under ``out`` (each replaced whole)."""
+    out = location(out)
     paths = []
-    paths.append(atomic_write(out / "frontier.parquet", lambda tmp: table.to_parquet(tmp, index=False)))
-    paths.append(atomic_write(out / "frontier.csv", lambda tmp: table.to_csv(tmp, index=False)))
+    paths.append((out / "frontier.parquet").write(lambda tmp: table.to_parquet(tmp, index=False)))
+    paths.append((out / "frontier.csv").write(lambda tmp: table.to_csv(tmp, index=False)))
     paths.append(plot(table, out / "frontier.png", title))
     return paths
 

@@ -25,6 +25,7 @@ from goldnas_ray.data.from_config import load_data as load_from_config
 from goldnas_ray.data.from_config import train_augment
 from goldnas_ray.files.search_files import (CHECKPOINT, RECORDS, check_out_dir, load_checkpoint, read_run_id,
                                             save_checkpoint, write_outputs)
+from goldnas_ray.files.store import Location, location
 from goldnas_ray.run.console import EpochProgress, describe_start, format_epoch
 
 
@@ -36,7 +37,7 @@ class Tracker(Protocol):
 
     def log_epoch(self, row: dict[str, Any]) -> None: ...
 
-    def log_outputs(self, out: Path) -> None: ...
+    def log_outputs(self, out: Location) -> None: ...
 
     def finish(self, status: str = "FINISHED") -> None: ...
 
@@ -84,10 +85,10 @@ def steps_per_epoch(images: int, batch_size: int, world_size: int) -> int:
     return (images // world_size) // batch_size
 
 
-def search_loop(search: GoldSearch, data: Dataset, out: Path, info: dict[str, Any], *,
+def search_loop(search: GoldSearch, data: Dataset, out: Location, info: dict[str, Any], *,
                 comm: Communicator | None = None, tracker: Tracker | None = None,
                 log: Callable[[str], None] = print, report: Callable[[dict[str, Any]], None] | None = None,
-                worker_log: Path | None = None, progress_every: float = 30.0) -> None:
+                worker_log: Location | None = None, progress_every: float = 30.0) -> None:
     """Run epochs until the search stops. Rank 0 writes ``out`` and the tracker after every
     epoch; with ``worker_log``, it appends every rank's digest of its alive set and alphas
     (they must agree, or the run stops). ``report(row)`` runs on every rank after each epoch."""
@@ -103,8 +104,7 @@ def search_loop(search: GoldSearch, data: Dataset, out: Path, info: dict[str, An
         digests = comm.digests(search.model)
         if lead:
             if worker_log is not None:
-                with open(worker_log, "a") as f:
-                    f.write(json.dumps({"epoch": search.epoch, "ranks": digests}) + "\n")
+                worker_log.append_line(json.dumps({"epoch": search.epoch, "ranks": digests}))
             # outputs first, checkpoint last: a folder with a checkpoint always has its records
             write_outputs(out, search, info)
             save_checkpoint(out, search.state_dict())
@@ -118,11 +118,11 @@ def search_loop(search: GoldSearch, data: Dataset, out: Path, info: dict[str, An
         tracker.finish()
 
 
-def run_local(cfg: Config | None, out: Path, resume: bool = False, *,
+def run_local(cfg: Config | None, out: "str | Path | Location", resume: bool = False, *,
               log: Callable[[str], None] = print, device: str = "cpu",
               tracker: TrackerFactory | None = None) -> GoldSearch:
     """Run (or resume) a whole search in this process, writing the output files each epoch."""
-    out = Path(out)
+    out = location(out)
     check_out_dir(out, resume)
     if not resume:
         assert cfg is not None
@@ -133,7 +133,7 @@ def run_local(cfg: Config | None, out: Path, resume: bool = False, *,
     search, data = load_or_create(cfg, device, state)
     if resume:
         log(f"resuming {out} after epoch {search.epoch}")
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir()
     info = run_info(search, data.name, workers=1)
     run = None
     if tracker is not None:
@@ -141,7 +141,12 @@ def run_local(cfg: Config | None, out: Path, resume: bool = False, *,
         info |= {"mlflow_run_id": run.run_id, "mlflow_tracking_uri": run.uri}
     log(describe_start(search, data.name))
     started = time.perf_counter()
-    search_loop(search, data, out, info, tracker=run, log=log)
+    try:
+        search_loop(search, data, out, info, tracker=run, log=log)
+    except BaseException as exc:
+        if run is not None:  # Ctrl-C: KILLED; anything else: FAILED (the error still surfaces)
+            run.finish("KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED")
+        raise
     log(f"search finished after {search.epoch} epochs ({time.perf_counter() - started:.0f}s here); "
         f"{len(search.records)} architectures recorded in {out / RECORDS}")
     if run is not None:

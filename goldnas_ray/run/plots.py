@@ -5,21 +5,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from goldnas_ray.files.atomic import atomic_write
 from goldnas_ray.files.search_files import HISTORY
+from goldnas_ray.files.store import Location, location
 
 
-def write_plots(out: Path) -> list[Path]:
+def write_plots(out: "str | Path | Location") -> list[Location]:
     """plots/lambda.png and plots/flops.png from ``out``'s history.parquet."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    hist_path = Path(out) / HISTORY
+    out = location(out)
+    hist_path = out / HISTORY
     if not hist_path.is_file():
         return []
-    hist = pd.read_parquet(hist_path)
+    hist = pd.read_parquet(hist_path.open_buffer())
     rec = hist[hist["recorded"].astype(str) != ""]
     paths = []
     for col, label, fname, log in (("lambda", "lambda", "lambda.png", True),
@@ -34,6 +35,6 @@ def write_plots(out: Path) -> list[Path]:
         ax.set_ylabel(label)
         ax.legend(loc="best")
         fig.tight_layout()
-        paths.append(atomic_write(Path(out) / "plots" / fname, lambda tmp: fig.savefig(tmp, dpi=100)))
+        paths.append((out / "plots" / fname).write(lambda tmp: fig.savefig(tmp, dpi=100)))
         plt.close(fig)
     return paths

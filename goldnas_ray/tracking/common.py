@@ -6,19 +6,30 @@ rank 0 of a search, the driver of a retrain.
 from __future__ import annotations
 
 import os
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from goldnas_ray.files.store import Location, location
 
 
 class TrackingError(ValueError):
     """The MLflow tracking URI cannot be used."""
 
 
-def resolve_uri(out: Path, uri: str | None) -> str:
+def resolve_uri(out: "Path | Location", uri: str | None) -> str:
+    """``uri``, else MLFLOW_TRACKING_URI, else a sqlite file inside a local ``out``."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{(Path(out) / 'mlflow.db').resolve()}"
+    if uri:
+        return uri
+    out = location(out)
+    if out.is_remote:
+        raise TrackingError(f"--out {out} is in object storage, where MLflow's default sqlite file "
+                            f"cannot live: pass --mlflow-uri (a tracking server, e.g. one started "
+                            f"with --artifacts-destination on the same store) or --no-mlflow")
+    return f"sqlite:///{(out.local / 'mlflow.db').resolve()}"
 
 
 def check_uri(uri: str, timeout: float = 5.0) -> None:
@@ -56,13 +67,22 @@ def log_params(client, run_id: str, params: dict[str, Any]) -> None:
         client.log_batch(run_id, params=items[i:i + 100])
 
 
-def log_files(client, run_id: str, out: Path, names: tuple[str, ...]) -> None:
-    """The named files of ``out`` that exist, and its genotypes/ folder, as artifacts."""
-    for name in names:
-        if (out / name).is_file():
-            client.log_artifact(run_id, str(out / name))
-    if (out / "genotypes").is_dir():
-        client.log_artifacts(run_id, str(out / "genotypes"), "genotypes")
+def log_files(client, run_id: str, out: "Path | Location", names: tuple[str, ...]) -> None:
+    """The named files of ``out`` that exist, and its genotypes/ folder, as artifacts (from a
+    remote ``out`` through a local copy)."""
+    out = location(out)
+    with tempfile.TemporaryDirectory(prefix="goldnas-artifacts-") as tmp:
+        folder = out.local if out.local is not None else Path(tmp)
+        for name in names:
+            if (out / name).is_file():
+                if out.is_remote:
+                    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                    (folder / name).write_bytes((out / name).read_bytes())
+                client.log_artifact(run_id, str(folder / name), os.path.dirname(name) or None)
+        if (out / "genotypes").is_dir():
+            if out.is_remote:
+                (out / "genotypes").download(folder / "genotypes")
+            client.log_artifacts(run_id, str(folder / "genotypes"), "genotypes")
 
 
 def how_to_open(uri: str) -> str:

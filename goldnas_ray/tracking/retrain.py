@@ -7,6 +7,7 @@ from typing import Any
 
 from goldnas_ray.retrain.plan import Manifest, trial_key
 from goldnas_ray.files.search_files import LEGACY_RECORDS, RECORDS, OutputDirError
+from goldnas_ray.files.store import Location, location
 from goldnas_ray.tracking.common import check_uri, experiment_id, log_files, log_params
 
 TRIAL_METRICS = ("test_acc", "train_loss", "train_acc", "lr", "drop_path", "seconds", "images_per_second")
@@ -59,7 +60,7 @@ class RetrainTracker:
             self.client.update_run(run.info.run_id, status="SCHEDULED")
         return parent, child_ids
 
-    def start_retrain(self, experiment: str, out: Path, manifest: "Manifest") -> None:
+    def start_retrain(self, experiment: str, out: "Path | Location", manifest: "Manifest") -> None:
         """The parent run of a new retrain and one SCHEDULED child per trial; their ids are
         stored in ``manifest``."""
         recipe = {f"retrain.{k}": v for k, v in manifest.config.to_dict()["retrain"].items()}
@@ -69,14 +70,14 @@ class RetrainTracker:
                                        "params": c.params, "seed": s, **recipe},
                                       {"kind": c.kind, "arch_id": c.arch_id})
             for c in manifest.candidates for s in manifest.seeds}
-        tags = {"goldnas.stage": "retrain", "goldnas.out": str(out), "dataset": manifest.dataset,
+        tags = {"goldnas.stage": "retrain", "goldnas.out": location(out).uri, "dataset": manifest.dataset,
                 "goldnas.search_dir": manifest.search_dir}
         if manifest.search_run_id:
             tags["goldnas.search_run_id"] = manifest.search_run_id
         params = {"seeds": len(manifest.seeds), "random": sum(c.kind == "random" for c in manifest.candidates),
                   "architectures": len(manifest.candidates), **recipe}
         manifest.mlflow_run_id, manifest.mlflow_child_run_ids = self.start(
-            experiment, Path(out).name, params, tags, children)
+            experiment, location(out).name, params, tags, children)
 
     def trial_started(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
@@ -110,11 +111,11 @@ class RetrainTracker:
                 self.client.set_terminated(run.info.run_id, status=status)
         self.client.set_terminated(parent_id, status=status)
 
-    def log_report(self, parent_id: str, out: Path, summary: dict[str, float]) -> None:
+    def log_report(self, parent_id: str, out: "Path | Location", summary: dict[str, float]) -> None:
         """The report files and genotypes as the parent's artifacts, ``summary`` as metrics."""
         from mlflow.entities import Metric
 
-        log_files(self.client, parent_id, Path(out),
+        log_files(self.client, parent_id, out,
                    ("frontier.parquet", "frontier.csv", "frontier.png", "trials.parquet", "retrain.json"))
         ts = int(time.time() * 1000)
         self.client.log_batch(parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in summary.items()])

@@ -12,6 +12,7 @@ from typing import Any
 from goldnas_ray.core.config import Config
 from goldnas_ray.core.space import log10_space_size
 from goldnas_ray.files.search_files import CONFIG, HISTORY, RECORDS
+from goldnas_ray.files.store import Location, location
 from goldnas_ray.run.plots import write_plots
 from goldnas_ray.tracking.common import experiment_id, log_files, log_params
 
@@ -33,7 +34,12 @@ def run_tags(space: Any, dataset: str, workers: int, out: Path) -> dict[str, str
     """Tags of a search run: space size, dataset, workers and the output folder."""
     size = log10_space_size(space.num_cells, space.num_nodes, len(space.operators))
     return {"space_log10_size": f"{size:.2f}", "dataset": dataset, "workers": str(workers),
-            "goldnas.out": str(Path(out).resolve())}
+            "goldnas.out": _where(out)}
+
+
+def _where(out: "Path | Location") -> str:
+    out = location(out)
+    return out.uri if out.is_remote else str(out.local.resolve())
 
 
 class SearchTracker:
@@ -67,11 +73,11 @@ class SearchTracker:
         self.client.log_batch(self.run_id, metrics=metrics)
         self.logged_steps.add(step)
 
-    def log_outputs(self, out: Path) -> None:
-        out = Path(out)
-        log_files(self.client, self.run_id, out, (RECORDS, HISTORY, CONFIG))
-        for png in write_plots(out):
-            self.client.log_artifact(self.run_id, str(png), "plots")
+    def log_outputs(self, out: "Path | Location") -> None:
+        out = location(out)
+        plots = write_plots(out)
+        log_files(self.client, self.run_id, out, (RECORDS, HISTORY, CONFIG) + tuple(
+            f"plots/{png.name}" for png in plots))
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
@@ -83,7 +89,7 @@ def search_tracker(uri: str, experiment: str, out: Path, workers: int):
     """A factory of the search's tracker (``run.loop.TrackerFactory``): a new MLflow run, or
     the one a resumed search already has."""
     def make(cfg: Config, dataset: str, run_id: str | None) -> SearchTracker:
-        return SearchTracker(uri, experiment, Path(out).name, cfg.to_dict(),
+        return SearchTracker(uri, experiment, location(out).name, cfg.to_dict(),
                              run_tags(cfg.space, dataset, workers, out), run_id=run_id)
 
     return make

@@ -1,0 +1,186 @@
+"""Runs that live in object storage: a real S3 endpoint (moto's server on 127.0.0.1), a real
+two-node Ray cluster whose nodes have separate temp dirs, and a real MLflow server whose
+artifacts go to the same bucket."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import BIN, submit
+
+from goldnas_ray.files.store import StorageError, location
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _files(uri):
+    return set(location(uri).files())
+
+
+# ---- the storage layer alone ----------------------------------------------------------------
+def test_location_reads_writes_and_lists_objects(s3):
+    loc = location(s3["uri"]("unit/a"))
+    assert loc.is_remote and not loc.exists() and loc.names() == []
+    (loc / "x" / "f.json").write_text('{"k": 1}')
+    (loc / "log.jsonl").append_line("one")
+    (loc / "log.jsonl").append_line("two")
+    (loc / "p.parquet").write(lambda tmp: pd.DataFrame({"a": [1, 2]}).to_parquet(tmp))
+    assert json.loads((loc / "x" / "f.json").read_text()) == {"k": 1}
+    assert (loc / "log.jsonl").read_text().splitlines() == ["one", "two"]
+    assert pd.read_parquet((loc / "p.parquet").open_buffer())["a"].tolist() == [1, 2]
+    assert _files(loc.uri) == {"x/f.json", "log.jsonl", "p.parquet"}
+    assert loc.is_dir() and (loc / "x" / "f.json").is_file() and not (loc / "x").is_file()
+    assert loc.uri.endswith("scheme=http") and str(loc) == f"s3://{s3['bucket']}/unit/a"
+    loc.probe()
+    assert _files(loc.uri) == {"x/f.json", "log.jsonl", "p.parquet"}  # the probe left nothing
+
+
+@pytest.mark.parametrize("where, message", [
+    ("ftp://host/x", "unknown storage scheme 'ftp'"),
+    ("s3:///no-bucket", "no bucket named"),
+])
+def test_malformed_locations_are_refused(where, message):
+    with pytest.raises(StorageError, match=message):
+        location(where)
+
+
+def test_a_missing_bucket_fails_before_any_work(s3, tmp_path):
+    uri = f"s3://no-such-bucket/run?endpoint_override={s3['endpoint']}&scheme=http"
+    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "search.py"), "--local", "--smoke-test",
+                           "--no-mlflow", "--out", uri], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "the bucket does not exist" in proc.stderr and "epoch" not in proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_object_storage_needs_a_tracking_server_or_no_mlflow(s3, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "search.py"), "--local", "--smoke-test",
+                           "--out", s3["uri"]("needs-mlflow")], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120, env={k: v for k, v in os.environ.items()
+                                                          if k != "MLFLOW_TRACKING_URI"})
+    assert proc.returncode == 2 and "--mlflow-uri" in proc.stderr and "--no-mlflow" in proc.stderr
+    assert _files(s3["uri"]("needs-mlflow")) == set()
+
+
+def test_a_local_search_resumes_from_the_bucket(s3, tmp_path):
+    uri = s3["uri"]("local-resume")
+    script = str(ROOT / "pipelines" / "search.py")
+    first = subprocess.run([sys.executable, script, "--local", "--smoke-test", "--no-mlflow", "--max-epochs", "2",
+                            "--out", uri], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    records = json.loads(location(uri).__truediv__("records.json").read_text())
+    assert records["epochs"] == 2 and records["finished"]
+    # a second new run into the same place is refused: earlier results are never overwritten
+    again = subprocess.run([sys.executable, script, "--local", "--smoke-test", "--no-mlflow", "--out", uri],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert again.returncode == 2 and "already exists and is not empty" in again.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert {"records.json", "history.parquet", "config.yaml", "checkpoints/latest.pt"} <= _files(uri)
+
+
+# ---- on the two-node cluster ----------------------------------------------------------------
+@pytest.mark.ray
+@pytest.mark.mlflow
+def test_search_and_retrain_live_in_the_bucket(ray_cluster, s3, mlflow_s3_server, tmp_path):
+    """Two workers on two nodes write the search only to the bucket; a retrain reads it back
+    from there and writes its report there; MLflow's artifacts land in the same bucket."""
+    search, retrain = s3["uri"]("ray/search"), s3["uri"]("ray/retrain")
+    proc = submit(ray_cluster, "search.py", "--smoke-test", "--workers", "2", "--out", search,
+                  "--mlflow-uri", mlflow_s3_server, "--experiment", "ci-s3")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    files = _files(search)
+    records = json.loads((location(search) / "records.json").read_text())
+    assert records["finished"] and records["workers"] == 2
+    expected = {"records.json", "history.parquet", "config.yaml", "checkpoints/latest.pt",
+                ".workers/rank-0.json", ".workers/rank-1.json", ".workers/consistency.jsonl"}
+    expected |= {a["genotype"] for a in records["architectures"]}
+    assert expected <= files, expected - files
+    assert any(f.startswith("ray/") and f.endswith("latest.pt") for f in files)  # Ray Train's checkpoints
+    ranks = [json.loads((location(search) / f".workers/rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["node_id"] != ranks[1]["node_id"]
+    assert not (ROOT / "runs" / "search").exists()
+
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=mlflow_s3_server)
+    run = client.get_run(records["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["goldnas.out"] == location(search).uri
+    assert any(f.startswith("mlflow/") and f.endswith("records.json") for f in _files(s3["uri"]("")))
+
+    proc = submit(ray_cluster, "retrain.py", "--search-dir", search, "--smoke-test", "--out", retrain,
+                  "--no-mlflow")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    files = _files(retrain)
+    assert {"frontier.csv", "frontier.parquet", "frontier.png", "trials.parquet", "retrain.json",
+            "search/records.json"} <= files
+    table = pd.read_parquet((location(retrain) / "frontier.parquet").open_buffer())
+    assert sorted(table["arch_id"]) == sorted(a["id"] for a in records["architectures"])
+
+
+@pytest.mark.ray
+def test_a_killed_worker_resumes_from_the_checkpoint_in_the_bucket(ray_cluster, s3, tmp_path):
+    from test_ray_cluster import KILL_ARGS
+
+    out = location(s3["uri"]("killed"))
+    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
+    run = subprocess.Popen([sys.executable, str(ROOT / "pipelines" / "search.py"), *KILL_ARGS, "--no-mlflow",
+                            "--out", out.uri], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=env, cwd=tmp_path)
+    snapshot = out / "ray" / "killed" / "checkpoint_manager_snapshot.json"
+    victim, deadline = None, time.time() + 300
+    while time.time() < deadline and run.poll() is None:
+        if snapshot.is_file() and (out / ".workers" / "rank-1.json").is_file():
+            try:
+                registered = json.loads(snapshot.read_text())["checkpoint_results"]
+            except (ValueError, KeyError):
+                registered = []
+            if any(r["metrics"]["epoch"] >= 2 for r in registered):
+                victim = json.loads((out / ".workers" / "rank-1.json").read_text())["pid"]
+                os.kill(victim, signal.SIGKILL)
+                break
+        time.sleep(0.3)
+    assert victim is not None, "the run ended before a worker could be killed"
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, output[-3000:]
+    assert json.loads((out / ".workers" / "rank-1.json").read_text())["pid"] != victim
+    epochs = [json.loads(line)["epoch"] for line in (out / ".workers" / "consistency.jsonl").read_text().splitlines()]
+    assert epochs.count(1) == 1 and sorted(set(epochs)) == list(range(1, 8)), epochs
+    assert json.loads((out / "records.json").read_text())["finished"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.ray
+def test_an_interrupted_retrain_resumes_from_the_bucket(ray_cluster, s3, tmp_path):
+    search, out = s3["uri"]("rt-search"), location(s3["uri"]("rt-out"))
+    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
+    script = str(ROOT / "pipelines" / "search.py")
+    proc = subprocess.run([sys.executable, script, "--local", "--smoke-test", "--max-epochs", "1", "--no-mlflow",
+                           "--out", search], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    job = f"s3-retrain-{int(time.time())}"
+    proc = submit(ray_cluster, "retrain.py", "--search-dir", search, "--no-mlflow", "--epochs", "4",
+                  "--set", "retrain.batch_size=128", "--out", out.uri, job_id=job)
+    assert proc.returncode == 0, proc.stderr
+    deadline = time.time() + 300
+    while time.time() < deadline and not any("checkpoint_" in f for f in out.files()):
+        time.sleep(0.3)
+    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", ray_cluster["dashboard"], job],
+                          capture_output=True, text=True, timeout=120, env=ray_cluster["env"])
+    assert stop.returncode == 0, stop.stderr
+    assert not (out / "frontier.csv").is_file(), "the retrain finished before it could be interrupted"
+
+    proc = submit(ray_cluster, "retrain.py", "--resume", "--out", out.uri, "--no-mlflow")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    manifest = json.loads((out / "retrain.json").read_text())
+    trials = pd.read_parquet((out / "trials.parquet").open_buffer())
+    for key in manifest["trials"]:
+        assert list(trials[trials["key"] == key]["epoch"]) == [1, 2, 3, 4], key
+    starts = [json.loads(line)["start_epoch"] for key in manifest["trials"]
+              for line in (out / ".trials" / f"{key}.jsonl").read_text().splitlines() if "start_epoch" in line]
+    assert any(s > 0 for s in starts), f"no trial continued from a checkpoint: {starts}"
+    assert (out / "frontier.csv").is_file()
