@@ -184,3 +184,52 @@ def test_an_interrupted_retrain_resumes_from_the_bucket(ray_cluster, s3, tmp_pat
               for line in (out / ".trials" / f"{key}.jsonl").read_text().splitlines() if "start_epoch" in line]
     assert any(s > 0 for s in starts), f"no trial continued from a checkpoint: {starts}"
     assert (out / "frontier.csv").is_file()
+
+
+def _submit_env(cluster, script, env_vars, *args, job_id=None):
+    no_wait = ["--no-wait", "--submission-id", job_id] if job_id else []
+    runtime = {"excludes": [".venv", ".git", "runs", "data"], "env_vars": env_vars}
+    return subprocess.run([str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"], *no_wait,
+                           "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime), "--",
+                           sys.executable, f"pipelines/{script}", *args],
+                          capture_output=True, text=True, timeout=600, env=cluster["env"])
+
+
+@pytest.mark.ray
+def test_a_relative_out_in_a_job_needs_a_root(ray_cluster, s3):
+    """A job runs in a temporary copy of --working-dir: a relative --out would vanish with it."""
+    refused = submit(ray_cluster, "search.py", "--smoke-test", "--no-mlflow", "--out", "runs/vanishing")
+    assert refused.returncode != 0
+    assert "temporary copy" in refused.stdout + refused.stderr and "GOLDNAS_RUNS" in refused.stdout + refused.stderr
+    root = s3["uri"]("roots")
+    kept = _submit_env(ray_cluster, "search.py", {"GOLDNAS_RUNS": root}, "--smoke-test", "--no-mlflow",
+                       "--out", "kept")
+    assert kept.returncode == 0, kept.stdout[-3000:] + kept.stderr[-3000:]
+    assert (location(root) / "kept" / "records.json").is_file()
+
+
+@pytest.mark.ray
+@pytest.mark.mlflow
+def test_a_search_stopped_before_its_first_checkpoint_ends_its_mlflow_run_killed(ray_cluster, mlflow_server,
+                                                                                tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    out, job, experiment = tmp_path / "stopped", f"stop-{int(time.time())}", f"ci-stop-{int(time.time())}"
+    proc = submit(ray_cluster, "search.py", "--set", "space.init_channels=16", "--set", "data.batch_size=16",
+                  "--workers", "2", "--mlflow-uri", mlflow_server, "--experiment", experiment,
+                  "--out", str(out), job_id=job)
+    assert proc.returncode == 0, proc.stderr
+    client, runs, deadline = MlflowClient(tracking_uri=mlflow_server), [], time.time() + 120
+    while time.time() < deadline and not runs:
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        time.sleep(0.2)
+    assert runs, "the search never opened its MLflow run"
+    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", ray_cluster["dashboard"], job],
+                          capture_output=True, text=True, timeout=120, env=ray_cluster["env"])
+    assert stop.returncode == 0, stop.stderr
+    assert not (out / "checkpoints" / "latest.pt").is_file(), "stopped too late: a checkpoint exists"
+    deadline = time.time() + 30
+    while time.time() < deadline and client.get_run(runs[0].info.run_id).info.status == "RUNNING":
+        time.sleep(0.5)
+    assert client.get_run(runs[0].info.run_id).info.status == "KILLED"

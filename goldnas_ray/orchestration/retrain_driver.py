@@ -17,6 +17,7 @@ back from their last checkpoints and the report is written, then logged to the p
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -41,13 +42,16 @@ from goldnas_ray.tracking.retrain import RetrainTracker, fetch_search_run
 EXPERIMENT_DIR = "retrain"
 
 
-def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Location | None" = None, search_run: str | None = None,
+def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Location | None" = None,
+                search_run: str | None = None,
                 config_file: Path | None = None, overrides: Sequence[str] = (), random_k: int = 0,
                 cpus_per_trial: float = 1, gpus_per_trial: float = 0, max_failures: int = 2,
                 mlflow_uri: str | None = None, experiment: str = "goldnas-retrain",
                 tracking: bool = True, resume: bool = False, address: str | None = None,
                 log: Callable[[str], None] = print) -> pd.DataFrame:
     """Retrain (or, with ``resume``, continue retraining) and return the report table."""
+    # Tune logs each sync of its experiment state to remote storage at INFO: one line per epoch
+    logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
     out = location(out)
     if not out.is_remote:
         out = location(out.local.resolve())

@@ -41,6 +41,29 @@ def check_uri(uri: str, timeout: float = 5.0) -> None:
                     raise TrackingError(f"MLflow server {uri} answered {resp.status} on /health")
         except (urllib.error.URLError, OSError) as exc:
             raise TrackingError(f"MLflow tracking server {uri} is unreachable: {exc}") from exc
+        _check_credentials(uri, timeout)
+
+
+def _check_credentials(uri: str, timeout: float) -> None:
+    """A server running MLflow's basic-auth app answers /health to anyone, the API only to
+    its users: ask once, with the credentials MLflow's client would send."""
+    import base64
+
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            what = "rejects the credentials in" if user else "asks for credentials: set"
+            raise TrackingError(f"MLflow tracking server {uri} {what} MLFLOW_TRACKING_USERNAME and "
+                                f"MLFLOW_TRACKING_PASSWORD") from exc
+    except (urllib.error.URLError, OSError):
+        return  # reachable a moment ago; a real problem surfaces at the first write
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
