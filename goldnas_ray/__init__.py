@@ -20,11 +20,12 @@ from goldnas_ray.core.discrete import DiscreteNet, build_network
 from goldnas_ray.core.genotype import Genotype, GenotypeError, load_genotype
 from goldnas_ray.core.search import GoldSearch
 from goldnas_ray.core.supernet import SuperNet
+from goldnas_ray.run.drawing import plot_genotype
 
 __version__ = "0.2.0"
 
 __all__ = [
     "Config", "ConfigError", "DataConfig", "SearchConfig", "SpaceConfig", "count_params",
     "total_flops", "DiscreteNet", "build_network", "Genotype", "GenotypeError", "load_genotype",
-    "GoldSearch", "SuperNet", "__version__",
+    "GoldSearch", "SuperNet", "plot_genotype", "__version__",
 ]

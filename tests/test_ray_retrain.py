@@ -92,6 +92,33 @@ def test_pipeline_retrains_the_front_concurrently_and_reports_it(pipeline, mlflo
         assert [m.value for m in history] == pytest.approx(list(mine["test_acc"]))
         assert [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")] == [1, 2]
 
+    # the fronts as MLflow tables, the search's and the retrain's in one DataFrame
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    mlflow.set_tracking_uri(mlflow_server)
+    fronts = mlflow.load_table("front.json", run_ids=[search["mlflow_run_id"], parent.info.run_id],
+                               extra_columns=["run_id"])
+    assert sorted(fronts[fronts["run_id"] == search["mlflow_run_id"]]["id"]) == sorted(recorded)
+    assert sorted(fronts[fronts["run_id"] == parent.info.run_id]["arch_id"]) == sorted(recorded)
+    # each retrained network is an MLflow model in its child run; loaded back, it scores on the
+    # test split exactly the accuracy its trial reported for its last epoch
+    from goldnas_ray.core.config import Config
+    from goldnas_ray.data.from_config import eval_augment, load_data
+
+    data_cfg = Config().data
+    data = load_data(data_cfg)
+    for child in children:
+        model = mlflow.pytorch.load_model(f"runs:/{child.info.run_id}/model")
+        correct = total = 0
+        with torch.no_grad():
+            for xb, yb in data.eval_batches(512, eval_augment(data_cfg)):
+                correct += int((model(xb).argmax(1) == yb).sum())
+                total += len(yb)
+        last = client.get_metric_history(child.info.run_id, "test_acc")
+        assert correct / total == pytest.approx(max(last, key=lambda m: m.step).value, abs=1e-9)
+
 
 def test_an_interrupted_retrain_from_an_mlflow_search_run_resumes(pipeline, ray_cluster, mlflow_server,
                                                                    tmp_path):

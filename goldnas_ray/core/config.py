@@ -16,6 +16,7 @@ from goldnas_ray.core.operations import PRIMITIVES
 
 COSTS = ("flops", "params", "ops")
 AMP_MODES = ("off", "bf16")
+RECORD_RULES = ("paper", "dense")
 
 
 class ConfigError(ValueError):
@@ -99,6 +100,12 @@ class SearchConfig:
     # to flops_min_ratio x the full supernet's FLOPs
     flops_min: float | None = None
     flops_min_ratio: float = 0.3
+    # which architectures are recorded (core/schedule.py ParetoRecorder): "paper" (held still
+    # for more than t0 epochs) or "dense" (held still in FLOPs, or before a gap of more than
+    # record_gap x the supernet's FLOPs opens; none within record_min_gap of the last)
+    record_rule: str = "dense"
+    record_gap: float = 0.15
+    record_min_gap: float = 0.03
     # speed options (benchmarks/search_step.py measures them on and off). channels_last:
     # NHWC tensors, faster convolutions on CPUs (oneDNN) and tensor cores; amp: "bf16"
     # autocast for the forward pass (CUDA, or CPUs with bf16 units), "off" for float32
@@ -245,6 +252,11 @@ class Config:
             raise ConfigError(f"search.flops_min must be > 0, got {q.flops_min}")
         if not 0 < q.flops_min_ratio < 1:
             raise ConfigError(f"search.flops_min_ratio must be in (0, 1), got {q.flops_min_ratio}")
+        if q.record_rule not in RECORD_RULES:
+            raise ConfigError(f"search.record_rule must be one of {', '.join(RECORD_RULES)}, got {q.record_rule!r}")
+        if not 0 < q.record_gap < 1 or not 0 <= q.record_min_gap < q.record_gap:
+            raise ConfigError(f"search.record_gap must be in (0, 1) and search.record_min_gap in [0, record_gap), "
+                              f"got {q.record_gap} and {q.record_min_gap}")
         if not isinstance(q.channels_last, bool):
             raise ConfigError(f"search.channels_last must be true or false, got {q.channels_last!r}")
         if q.amp not in AMP_MODES:

@@ -61,7 +61,7 @@ class GoldSearch:
             raise ConfigError(f"search.flops_min ({self.flops_min:.4g}) must be below the full "
                              f"supernet's FLOPs ({self.model.full_flops:.4g})")
         self.schedule = LambdaSchedule(q.lambda0, q.c0, q.n0)
-        self.recorder = ParetoRecorder(q.t0)
+        self.recorder = ParetoRecorder(q.t0, q.record_rule, q.record_gap, q.record_min_gap)
         self.epoch = 0  # epochs completed
         self.finished = False
         self.history: list[dict[str, Any]] = []
@@ -153,7 +153,7 @@ class GoldSearch:
     # ---- per-epoch decisions -----------------------------------------------------------
     def decide_prunes(self) -> list[OpKey]:
         q = self.cfg.search
-        return select_prunes(self.model.pruning_weights(), q.xi_min, q.xi_max, q.n0)
+        return select_prunes(self.model.gates(), q.xi_min, q.xi_max, q.n0)
 
     def end_epoch(self, stats: EpochStats, prunes: list[OpKey] | None = None) -> dict[str, Any]:
         """Record, prune, move lambda and check the stop rule; returns the history row.
@@ -165,12 +165,14 @@ class GoldSearch:
         self.epoch += 1
         lam_used, delta_used = self.schedule.lam, self.schedule.delta
         recorded = []
-        if self.recorder.end_epoch(will_change=bool(prunes)):
+        flops_before = self.model.flops()
+        flops_next = self.model.flops_after(prunes) if prunes else flops_before
+        if self.recorder.end_epoch(bool(prunes), flops_before, flops_next, self.model.full_flops):
             recorded.append(self._record())
         if prunes:
             self.model.prune(prunes)
             self._rebuild_optimizers()
-            self.recorder.changed()
+            self.recorder.changed(flops_changed=flops_next != flops_before)
         self.schedule.update(len(prunes))
         flops = self.model.flops()
         if flops <= self.flops_min or self.epoch >= self.cfg.search.max_epochs:

@@ -82,6 +82,18 @@ class SuperNet(Network):
         discrete network built from :meth:`genotype`."""
         return self.costs.flops(self._geno)
 
+    def flops_after(self, keys: Iterable[OpKey]) -> int:
+        """FLOPs the network would have with ``keys`` pruned (nothing is pruned)."""
+        geno = self.genotype()
+        for key in keys:
+            cell = geno.cells[key.cell]
+            remaining = tuple(o for o in cell.edges.get(key.edge, ()) if o != key.op)
+            if remaining:
+                cell.edges[key.edge] = remaining
+            else:
+                cell.edges.pop(key.edge, None)
+        return self.costs.flops(geno)
+
     def expected_cost(self, kind: str = "flops", ops_k: float = 10.0) -> torch.Tensor:
         """Differentiable resource term, normalised by the full supernet's value.
 
@@ -111,6 +123,13 @@ class SuperNet(Network):
                              device=gates.device)
         sums = torch.zeros(len(nodes), device=gates.device, dtype=gates.dtype).index_add(0, index, gates)
         return sums[index]
+
+    @torch.no_grad()
+    def gates(self) -> dict[OpKey, float]:
+        """sigmoid(alpha) of every alive operator, in :meth:`alive_ops` order."""
+        keys = self.alive_ops()
+        values = torch.sigmoid(torch.stack([self.alpha(k) for k in keys]).float()).cpu().tolist()
+        return dict(zip(keys, values))
 
     @torch.no_grad()
     def pruning_weights(self) -> dict[OpKey, float]:

@@ -17,13 +17,14 @@ back from their last checkpoints and the report is written, then logged to the p
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import ray.tune
@@ -33,13 +34,15 @@ from goldnas_ray.files.store import Location, location
 from goldnas_ray.files.search_files import RECORDS, OutputDirError, load_checkpoint, read_records
 from goldnas_ray.orchestration.cluster import check_fits_on_a_node, connect, sigterm_as_exit
 from goldnas_ray.orchestration.retrain_trial import STATE_FILE, RetrainCallback, retrain_trial
-from goldnas_ray.retrain import report
+from goldnas_ray.retrain import report, stats
+from goldnas_ray.retrain.recipe import Retrainer
 from goldnas_ray.retrain.candidates import save_genotypes
 from goldnas_ray.retrain.plan import Manifest, RetrainError, TrialSpec, plan_retrain
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
 from goldnas_ray.tracking.retrain import RetrainTracker, fetch_search_run
 
 EXPERIMENT_DIR = "retrain"
+COMPARISON = "comparison.json"  # searched against random (retrain/stats.py)
 
 
 def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Location | None" = None,
@@ -87,14 +90,22 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
     tuner = _tuner(out, manifest, specs, cpus_per_trial, gpus_per_trial, max_failures, resume,
                    RetrainCallback(tracker, manifest.mlflow_child_run_ids, epochs, log))
     results = _fit(tuner, tracker, manifest, log)
-    trials, failed = _collect(results, specs, epochs)
+    trials, failed, networks = _collect(results, specs, epochs)
     table = _write_report(out, trials, manifest)
     log(f"retrain {'finished' if not failed else 'stopped'} after {time.perf_counter() - started:.0f}s "
         f"here; report in {out / 'frontier.csv'}")
     if not table.empty:
         log(report.format_table(table))
+    comparison = json.loads((out / COMPARISON).read_text()) if (out / COMPARISON).is_file() else None
+    if comparison:
+        for line in stats.describe(comparison):
+            log(line)
     if tracker is not None:
-        tracker.log_report(manifest.mlflow_run_id, out, report.front_summary(table))
+        tracker.log_models({manifest.mlflow_child_run_ids[k]: v for k, v in networks.items()
+                            if k in manifest.mlflow_child_run_ids})
+        summary = report.front_summary(table) | {
+            f"hypervolume_{k}": v["value"] for k, v in (comparison or {}).get("hypervolume", {}).items()}
+        tracker.log_report(manifest.mlflow_run_id, out, summary, table)
         tracker.end_run(manifest.mlflow_run_id, "FAILED" if failed else "FINISHED")
         log(f"MLflow run {manifest.mlflow_run_id}: open with {how_to_open(tracker.uri)}")
     if failed:
@@ -211,9 +222,11 @@ def _fit(tuner: ray.tune.Tuner, tracker: RetrainTracker | None, manifest: Manife
         raise
 
 
-def _collect(results, specs: dict[str, TrialSpec], epochs: int) -> tuple[pd.DataFrame, list[str]]:
-    """Every trial's history, read from its last checkpoint; and the trials that did not finish."""
-    rows, failed = [], []
+def _collect(results, specs: dict[str, TrialSpec], epochs: int
+             ) -> tuple[pd.DataFrame, list[str], dict[str, tuple[Any, tuple[int, int, int]]]]:
+    """Every trial's history, read from its last checkpoint; the trials that did not finish;
+    and each finished trial's network (eval mode, CPU) with its input shape."""
+    rows, failed, networks = [], [], {}
     for result in results:
         key = result.config["key"]
         if result.checkpoint is None:
@@ -224,10 +237,14 @@ def _collect(results, specs: dict[str, TrialSpec], epochs: int) -> tuple[pd.Data
         finished = state["epoch"] >= epochs
         if not finished:
             failed.append(f"{key} (stopped after epoch {state['epoch']})")
+        else:
+            trainer = Retrainer.from_state_dict(state, "cpu")
+            g = trainer.geno
+            networks[key] = (trainer.model.eval(), (g.in_channels, g.input_size, g.input_size))
         spec = specs[key]
         rows += [{"key": key, "arch_id": spec.arch_id, "seed": spec.seed, "finished": finished} | h
                  for h in state["history"]]
-    return pd.DataFrame(rows), failed
+    return pd.DataFrame(rows), failed, networks
 
 
 def _write_report(out: Location, trials: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
@@ -239,7 +256,12 @@ def _write_report(out: Location, trials: pd.DataFrame, manifest: Manifest) -> pd
     done = trials[trials["finished"]]
     if done.empty:
         return pd.DataFrame()
-    table = report.summarise(done, pd.DataFrame([c.row() for c in manifest.candidates]))
+    archs = pd.DataFrame([c.row() for c in manifest.candidates])
+    table = report.summarise(done, archs)
     report.write_report(out, table, title=f"{out.name}: {len(manifest.seeds)} seed(s), "
                                           f"{manifest.config.retrain.epochs} epochs")
+    if {"searched", "random"} <= set(table["kind"]):
+        last = done.sort_values("epoch").groupby(["arch_id", "seed"], as_index=False).tail(1)
+        comparison = stats.compare_fronts(last, archs, seed=manifest.config.seed)
+        (out / COMPARISON).write_text(json.dumps(comparison, indent=1))
     return table

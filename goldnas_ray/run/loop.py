@@ -27,6 +27,7 @@ from goldnas_ray.files.search_files import (CHECKPOINT, RECORDS, check_out_dir, 
                                             save_checkpoint, write_outputs)
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.run.console import EpochProgress, describe_start, format_epoch
+from goldnas_ray.run.drawing import plot_genotype
 
 
 class Tracker(Protocol):
@@ -96,6 +97,7 @@ def search_loop(search: GoldSearch, data: Dataset, out: Location, info: dict[str
     cfg, lead = search.cfg, comm.rank == 0
     steps = steps_per_epoch(data.num_train, cfg.data.batch_size, comm.world_size)
     augment = train_augment(cfg.data, cfg.data.cutout)
+    drawn: set[str] = set()
     while not search.finished:
         batches = data.train_batches(cfg.data.batch_size, cfg.seed, search.epoch, comm.rank, comm.world_size,
                                      augment, search.device)
@@ -107,6 +109,7 @@ def search_loop(search: GoldSearch, data: Dataset, out: Location, info: dict[str
                 worker_log.append_line(json.dumps({"epoch": search.epoch, "ranks": digests}))
             # outputs first, checkpoint last: a folder with a checkpoint always has its records
             write_outputs(out, search, info)
+            draw_records(out, search, drawn)
             save_checkpoint(out, search.state_dict())
             if tracker is not None:
                 tracker.log_epoch(row)
@@ -116,6 +119,17 @@ def search_loop(search: GoldSearch, data: Dataset, out: Location, info: dict[str
     if lead and tracker is not None:
         tracker.log_outputs(out)
         tracker.finish()
+
+
+def draw_records(out: Location, search: GoldSearch, drawn: set[str]) -> None:
+    """genotypes/<id>.png beside each recorded architecture's JSON (drawn once)."""
+    for rec in search.records:
+        if rec.id in drawn:
+            continue
+        png = out / (rec.genotype_path.rsplit(".", 1)[0] + ".png")
+        if not png.is_file():
+            plot_genotype(rec.genotype, png)
+        drawn.add(rec.id)
 
 
 def run_local(cfg: Config | None, out: "str | Path | Location", resume: bool = False, *,

@@ -111,14 +111,46 @@ class RetrainTracker:
                 self.client.set_terminated(run.info.run_id, status=status)
         self.client.set_terminated(parent_id, status=status)
 
-    def log_report(self, parent_id: str, out: "Path | Location", summary: dict[str, float]) -> None:
-        """The report files and genotypes as the parent's artifacts, ``summary`` as metrics."""
+    def log_report(self, parent_id: str, out: "Path | Location", summary: dict[str, float],
+                   table: Any = None) -> None:
+        """The report files and genotypes as the parent's artifacts, ``summary`` as metrics,
+        the front as the MLflow table ``front.json`` (``mlflow.load_table("front.json",
+        run_ids=[...])`` puts many retrains' fronts in one DataFrame)."""
         from mlflow.entities import Metric
 
         log_files(self.client, parent_id, out,
-                   ("frontier.parquet", "frontier.csv", "frontier.png", "trials.parquet", "retrain.json"))
+                   ("frontier.parquet", "frontier.csv", "frontier.png", "trials.parquet", "retrain.json",
+                   "comparison.json"))
+        if table is not None and len(table):
+            self.client.log_table(parent_id, data=table, artifact_file=FRONT_TABLE)
         ts = int(time.time() * 1000)
         self.client.log_batch(parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in summary.items()])
+
+
+    def log_models(self, models: dict[str, Any]) -> None:
+        """Each retrained network (child run id -> eval-mode nn.Module) as an MLflow model
+        named ``model`` in its child run: torch.export's pt2 format (no pickle: loading runs no
+        code of ours), a signature and an input example of the network's image shape;
+        ``mlflow.pytorch.load_model(f"runs:/{child}/model")`` brings it back."""
+        import mlflow
+        import mlflow.pytorch
+        import numpy as np
+        import torch
+        from mlflow.models import infer_signature
+
+        mlflow.set_tracking_uri(self.uri)
+        requirement = f"torch=={torch.__version__.split('+')[0]}"
+        for run_id, (net, shape) in models.items():
+            example = np.random.default_rng(0).random((2, *shape), dtype=np.float32)
+            with torch.no_grad():
+                logits = net(torch.from_numpy(example)).numpy()
+            with mlflow.start_run(run_id=run_id):
+                mlflow.pytorch.log_model(net, name="model", input_example=example,
+                                         signature=infer_signature(example, logits),
+                                         pip_requirements=[requirement], serialization_format="pt2")
+
+
+FRONT_TABLE = "front.json"
 
 
 def fetch_search_run(run_id: str, uri: str, dest: Path) -> Path:
@@ -136,4 +168,23 @@ def fetch_search_run(run_id: str, uri: str, dest: Path) -> Path:
                                                 dst_path=str(dest), tracking_uri=uri)
     except (MlflowException, OSError) as exc:
         raise OutputDirError(f"cannot read the search files of MLflow run {run_id} at {uri}: {exc}") from exc
+    return dest
+
+
+def fetch_front_run(run_id: str, uri: str, dest: Path) -> Path:
+    """A search run's records.json + genotypes, or a retrain parent's frontier.parquet, from
+    MLflow into ``dest``."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        listed = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id)}
+        wanted = [p for p in ("frontier.parquet", "records.json", "frontier.json") if p in listed][:1]
+        if not wanted:
+            raise OutputDirError(f"MLflow run {run_id} at {uri} holds neither frontier.parquet nor records.json")
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=wanted[0], dst_path=str(dest),
+                                            tracking_uri=uri)
+    except (MlflowException, OSError) as exc:
+        raise OutputDirError(f"cannot read MLflow run {run_id} at {uri}: {exc}") from exc
     return dest

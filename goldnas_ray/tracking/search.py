@@ -11,7 +11,7 @@ from typing import Any
 
 from goldnas_ray.core.config import Config
 from goldnas_ray.core.space import log10_space_size
-from goldnas_ray.files.search_files import CONFIG, HISTORY, RECORDS
+from goldnas_ray.files.search_files import CONFIG, HISTORY, RECORDS, read_records
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.run.plots import write_plots
 from goldnas_ray.tracking.common import experiment_id, log_files, log_params
@@ -78,6 +78,14 @@ class SearchTracker:
         plots = write_plots(out)
         log_files(self.client, self.run_id, out, (RECORDS, HISTORY, CONFIG) + tuple(
             f"plots/{png.name}" for png in plots))
+        # the recorded architectures as an MLflow table: mlflow.load_table("front.json",
+        # run_ids=[...]) returns many searches' records in one DataFrame
+        archs = read_records(out).get("architectures") or []
+        if archs:
+            import pandas as pd
+            self.client.log_table(self.run_id, data=pd.DataFrame(
+                [{k: a[k] for k in ("id", "epoch", "flops", "params", "lambda", "alive_ops") if k in a}
+                 for a in archs]), artifact_file="front.json")
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)

@@ -1,0 +1,93 @@
+"""Several runs' fronts on one accuracy/FLOPs chart (pipelines/compare.py).
+
+A source is a retrain (its frontier.parquet: accuracy and FLOPs of every architecture) or a
+search (its records.json: the recorded FLOPs, drawn as ticks under the chart, since a search
+measures no architecture's accuracy), read from a folder or a storage URI (an MLflow run's
+files come through ``tracking.retrain.fetch_front_run``).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from goldnas_ray.files.search_files import OutputDirError, read_records
+from goldnas_ray.files.store import Location, location
+from goldnas_ray.retrain.report import staircase
+
+
+@dataclass
+class Front:
+    label: str
+    kind: str                  # "retrain" | "search"
+    table: pd.DataFrame        # arch_id, kind, flops, accuracy_mean (retrain) / flops (search)
+
+
+def read_front(where: "str | Path | Location", label: str | None = None) -> Front:
+    """The front stored in a retrain or search output folder (or URI)."""
+    loc = location(where)
+    label = label or loc.name
+    if (loc / "frontier.parquet").is_file():
+        table = pd.read_parquet((loc / "frontier.parquet").open_buffer())
+        return Front(label, "retrain", table)
+    if (loc / "records.json").is_file() or (loc / "frontier.json").is_file():
+        archs = read_records(loc)["architectures"]
+        return Front(label, "search", pd.DataFrame([{"arch_id": a["id"], "kind": "searched",
+                                                     "flops": a["flops"]} for a in archs]))
+    raise OutputDirError(f"{loc} holds neither a retrain's frontier.parquet nor a search's records.json")
+
+
+def front_table(fronts: list[Front]) -> pd.DataFrame:
+    rows = []
+    for f in fronts:
+        t = f.table.assign(source=f.label, stage=f.kind)
+        rows.append(t[[c for c in ("source", "stage", "arch_id", "kind", "flops", "accuracy_mean", "on_front")
+                       if c in t]])
+    return pd.concat(rows, ignore_index=True)
+
+
+def plot_fronts(fronts: list[Front], path: "str | Path | Location", title: str = "") -> Location:
+    """Each retrain's points and Pareto staircase (searched and random separately), each
+    search's recorded FLOPs as ticks under the axis, one colour per source."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    searches = [f for f in fronts if f.kind == "search"]
+    for i, f in enumerate(fronts):
+        color = f"C{i % 10}"
+        if f.kind == "retrain":
+            for kind, marker, style in (("searched", "o", "-"), ("random", "x", ":")):
+                part = f.table[f.table["kind"] == kind]
+                if part.empty:
+                    continue
+                mf, acc = part["flops"] / 1e6, part["accuracy_mean"] * 100
+                ax.scatter(mf, acc, color=color, marker=marker, label=f"{f.label} ({kind})", zorder=3)
+                xs, ys = staircase(mf.tolist(), acc.tolist())
+                ax.step(xs, ys, where="post", color=color, ls=style, lw=1.2)
+        else:
+            ax.plot(f.table["flops"] / 1e6, [0.02 + 0.03 * searches.index(f)] * len(f.table), "|",
+                    color=color, ms=12, mew=2, transform=ax.get_xaxis_transform(),
+                    label=f"{f.label} (search: recorded FLOPs)")
+    ax.set_xlabel("MFLOPs per image")
+    ax.set_ylabel("test accuracy (%)")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    out = location(path).write(lambda tmp: fig.savefig(tmp, dpi=110))
+    plt.close(fig)
+    return out
+
+
+def looks_like_run_id(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text) and not Path(text).exists()
+
+
+def to_json(table: pd.DataFrame) -> str:
+    return json.dumps(table.to_dict(orient="records"), indent=1, default=str)

@@ -1,0 +1,51 @@
+"""pipelines/compare.py: the fronts of several retrains (and a search's records) on one chart."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from goldnas_ray.retrain import report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _retrain(folder: Path, shift: float) -> pd.DataFrame:
+    """A retrain's report files as retrain.py writes them, from made-up trials."""
+    archs = pd.DataFrame({"arch_id": ["arch-000", "arch-001", "random-000"],
+                          "kind": ["searched", "searched", "random"],
+                          "flops": [2_000_000, 1_000_000, 1_100_000], "params": [10, 5, 6]})
+    trials = pd.DataFrame({"arch_id": ["arch-000", "arch-001", "random-000"], "seed": 0, "epoch": 2,
+                           "test_acc": [0.90 + shift, 0.85 + shift, 0.80 + shift]})
+    table = report.summarise(trials, archs)
+    report.write_report(folder, table)
+    return table
+
+
+def test_two_retrains_and_a_search_on_one_chart(tmp_path):
+    a, b = tmp_path / "a" / "retrain", tmp_path / "b" / "retrain"
+    _retrain(a, 0.0)
+    _retrain(b, 0.05)
+    search = tmp_path / "s"
+    done = subprocess.run([sys.executable, str(ROOT / "pipelines" / "search.py"), "--local", "--smoke-test",
+                           "--no-mlflow", "--out", str(search)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    chart, csv = tmp_path / "cmp.png", tmp_path / "cmp.csv"
+    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), str(a), str(b), str(search),
+                           "--out", str(chart), "--csv", str(csv)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = pd.read_csv(csv)
+    # both retrains under their own (full, since both folders are called retrain) names
+    assert set(table["source"]) == {str(a), str(b), "s"}
+    retrains = table[table["stage"] == "retrain"]
+    assert len(retrains) == 6 and retrains["accuracy_mean"].notna().all()
+    assert retrains.groupby("source")["on_front"].sum().tolist() == [2, 2]  # random-000 is dominated
+    assert (table[table["stage"] == "search"]["flops"] > 0).all()
+    assert "arch-001" in proc.stdout and "chart:" in proc.stdout
+
+
+def test_a_folder_that_is_no_run_is_refused(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "neither a retrain's frontier.parquet nor a search's records.json" in proc.stderr
