@@ -5,7 +5,7 @@ Layers, each importing only those before it:
     core           the algorithm in pure PyTorch (space, operators, genotypes, networks,
                    costs, pruning schedule, the search state and its epoch protocol, config)
     data           datasets and each epoch's deterministic batches
-    files          run files on disk, written atomically
+    files          run files, local or in object storage, each replaced whole
     retrain        the retraining recipe, random baselines, retrain plans, the front report
     run            the search loop shared by both backends, console output, plots
     tracking       MLflow

@@ -100,15 +100,14 @@ def ray_cluster(readme_shell):
     assert stopped.returncode == 0, stopped.stderr[-2000:]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
+def run_mlflow_server(root: Path, artifacts: str, env=None):
+    """An MLflow tracking server on 127.0.0.1 (its store in ``root``), yielding its URI."""
     port = free_port()
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
+         "--artifacts-destination", artifacts, "--workers", "1"],
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, env=env)
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_http(uri + "/health", timeout=120)
@@ -116,6 +115,12 @@ def mlflow_server(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    yield from run_mlflow_server(root, str(root / "artifacts"))
 
 
 # ---- a real S3-compatible server (moto's server mode) on 127.0.0.1 ----------------------------
@@ -165,20 +170,8 @@ def s3(readme_shell, tmp_path_factory):
 def mlflow_s3_server(s3, tmp_path_factory):
     """An MLflow tracking server whose artifacts live in the bucket (served through it)."""
     root = tmp_path_factory.mktemp("mlflow-s3")
-    port = free_port()
     env = dict(os.environ, MLFLOW_S3_ENDPOINT_URL=f"http://{s3['endpoint']}")
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", f"s3://{s3['bucket']}/mlflow", "--workers", "1"],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, env=env)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(uri + "/health", timeout=120)
-        yield uri
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    yield from run_mlflow_server(root, f"s3://{s3['bucket']}/mlflow", env)
 
 
 def submit(cluster, script, *args, timeout=900, job_id=None):

@@ -74,6 +74,8 @@ def test_pipeline_retrains_the_front_concurrently_and_reports_it(pipeline, mlflo
     parent = client.get_run(manifest["mlflow_run_id"])
     assert parent.info.status == "FINISHED"
     assert client.get_experiment(parent.info.experiment_id).name == "ci-pipe-retrain"
+    for exp in (parent.info.experiment_id, client.get_run(search["mlflow_run_id"]).info.experiment_id):
+        assert client.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
     assert parent.data.tags["goldnas.search_run_id"] == search["mlflow_run_id"]
     assert client.get_run(search["mlflow_run_id"]).info.status == "FINISHED"
     assert {"frontier.csv", "frontier.parquet", "frontier.png", "trials.parquet"} <= \

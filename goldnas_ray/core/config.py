@@ -104,7 +104,7 @@ class SearchConfig:
     # for more than t0 epochs) or "dense" (held still in FLOPs, or before a gap of more than
     # record_gap x the supernet's FLOPs opens; none within record_min_gap of the last)
     record_rule: str = "dense"
-    record_gap: float = 0.15
+    record_gap: float = 0.12
     record_min_gap: float = 0.03
     # speed options (benchmarks/search_step.py measures them on and off). channels_last:
     # NHWC tensors, faster convolutions on CPUs (oneDNN) and tensor cores; amp: "bf16"

@@ -99,7 +99,7 @@ class ParetoRecorder:
 
     t0: int
     rule: str = "paper"
-    gap: float = 0.15
+    gap: float = 0.12
     min_gap: float = 0.03
     stable: int = 0
     records: list[ArchRecord] = field(default_factory=list)

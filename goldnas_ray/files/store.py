@@ -18,7 +18,7 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from goldnas_ray.files.atomic import atomic_write
@@ -269,7 +269,3 @@ def working_copy_note() -> str | None:
         return None
     return os.getcwd() if runtime_env.get("working_dir") else None
 
-
-def iter_lines(loc: Location) -> Iterator[str]:
-    if loc.is_file():
-        yield from loc.read_text().splitlines()

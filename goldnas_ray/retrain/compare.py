@@ -7,7 +7,6 @@ files come through ``tracking.retrain.fetch_front_run``).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pandas as pd
 
 from goldnas_ray.files.search_files import OutputDirError, read_records
 from goldnas_ray.files.store import Location, location
-from goldnas_ray.retrain.report import staircase
+from goldnas_ray.retrain.report import save_chart, staircase
 
 
 @dataclass
@@ -73,21 +72,9 @@ def plot_fronts(fronts: list[Front], path: "str | Path | Location", title: str =
             ax.plot(f.table["flops"] / 1e6, [0.02 + 0.03 * searches.index(f)] * len(f.table), "|",
                     color=color, ms=12, mew=2, transform=ax.get_xaxis_transform(),
                     label=f"{f.label} (search: recorded FLOPs)")
-    ax.set_xlabel("MFLOPs per image")
-    ax.set_ylabel("test accuracy (%)")
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    out = location(path).write(lambda tmp: fig.savefig(tmp, dpi=110))
-    plt.close(fig)
-    return out
+    return save_chart(fig, ax, path, title, "MFLOPs per image", "test accuracy (%)")
 
 
 def looks_like_run_id(text: str) -> bool:
     return len(text) == 32 and all(c in "0123456789abcdef" for c in text) and not Path(text).exists()
 
-
-def to_json(table: pd.DataFrame) -> str:
-    return json.dumps(table.to_dict(orient="records"), indent=1, default=str)

@@ -85,16 +85,24 @@ def plot(table: pd.DataFrame, path: Path, title: str = "") -> Path:
     for _, row in table.iterrows():
         ax.annotate(row["arch_id"], (row["flops"] / 1e6, 100 * row["accuracy_mean"]), fontsize=7,
                     xytext=(4, -9), textcoords="offset points")
-    ax.set_xlabel("MFLOPs per image (multiply-add = 2)")
-    ax.set_ylabel("test accuracy (%), mean over seeds")
+    return save_chart(fig, ax, path, title, "MFLOPs per image (multiply-add = 2)",
+                      "test accuracy (%), mean over seeds")
+
+
+def save_chart(fig, ax, path: "Path | Location", title: str, xlabel: str, ylabel: str) -> Location:
+    """Label, grid and legend an accuracy/FLOPs chart, write it to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    location(path).write(lambda tmp: fig.savefig(tmp, dpi=110))
+    out = location(path).write(lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
-    return location(path)
+    return out
 
 
 def write_report(out: "Path | Location", table: pd.DataFrame, title: str = "") -> list[Location]:

@@ -76,9 +76,18 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+# the MLflow UI opens an experiment of this kind on its model-training view (runs, metrics,
+# models) rather than the GenAI one
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name)
+    if exp is None:
+        return client.create_experiment(name, tags=EXPERIMENT_KIND)
+    if "mlflow.experimentKind" not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+    return exp.experiment_id
 
 
 def log_params(client, run_id: str, params: dict[str, Any]) -> None:
