@@ -70,18 +70,32 @@ def test_object_storage_needs_a_tracking_server_or_no_mlflow(s3, tmp_path):
 
 def test_a_local_search_resumes_from_the_bucket(s3, tmp_path):
     uri = s3["uri"]("local-resume")
+    out = location(uri)
     script = str(ROOT / "pipelines" / "search.py")
-    first = subprocess.run([sys.executable, script, "--local", "--smoke-test", "--no-mlflow", "--max-epochs", "2",
-                            "--out", uri], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert first.returncode == 0, first.stderr[-2000:]
-    records = json.loads(location(uri).__truediv__("records.json").read_text())
-    assert records["epochs"] == 2 and records["finished"]
+    args = ["--local", "--no-mlflow", "--set", "space.num_cells=3", "--set", "space.init_channels=4",
+            "--max-epochs", "12", "--out", uri]
+    run = subprocess.Popen([sys.executable, script, *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and run.poll() is None and not (out / "checkpoints/latest.pt").is_file():
+        time.sleep(0.1)
+    run.kill()
+    run.wait()
+    stopped = json.loads((out / "records.json").read_text())
+    assert not stopped["finished"], "the search ended before it could be interrupted"
     # a second new run into the same place is refused: earlier results are never overwritten
-    again = subprocess.run([sys.executable, script, "--local", "--smoke-test", "--no-mlflow", "--out", uri],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    again = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, cwd=tmp_path,
+                           timeout=300)
     assert again.returncode == 2 and "already exists and is not empty" in again.stderr
+    resumed = subprocess.run([sys.executable, script, "--local", "--no-mlflow", "--resume", "--out", uri],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming {out}" in resumed.stdout
+    records = json.loads((out / "records.json").read_text())
+    assert records["finished"] and records["epochs"] == 12
+    history = pd.read_parquet((out / "history.parquet").open_buffer())
+    assert history["epoch"].tolist() == list(range(1, 13))
     assert list(tmp_path.iterdir()) == []
-    assert {"records.json", "history.parquet", "config.yaml", "checkpoints/latest.pt"} <= _files(uri)
 
 
 # ---- on the two-node cluster ----------------------------------------------------------------
