@@ -162,7 +162,8 @@ def test_sampled_architectures_match_their_flops_targets(table):
 @pytest.fixture(scope="module")
 def search_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("search") / "s"
-    run_local(tiny_config(max_epochs=2, lambda0=1.0, xi_max=0.2, t0=0), out, log=lambda _: None)
+    run_local(tiny_config(max_epochs=2, lambda0=1.0, xi_max=0.2, t0=0, record_gap=0.02, record_min_gap=0.0),
+              out, log=lambda _: None)
     return out
 
 

@@ -114,8 +114,8 @@ class RetrainTracker:
     def log_report(self, parent_id: str, out: "Path | Location", summary: dict[str, float],
                    table: Any = None) -> None:
         """The report files and genotypes as the parent's artifacts, ``summary`` as metrics,
-        the front as the MLflow table ``front.json`` (``mlflow.load_table("front.json",
-        run_ids=[...])`` puts many retrains' fronts in one DataFrame)."""
+        the front as the MLflow table ``front.json`` (``MlflowClient.load_table(experiment_id,
+        "front.json", run_ids=[...])`` puts many retrains' fronts in one DataFrame)."""
         from mlflow.entities import Metric
 
         log_files(self.client, parent_id, out,

@@ -78,8 +78,8 @@ class SearchTracker:
         plots = write_plots(out)
         log_files(self.client, self.run_id, out, (RECORDS, HISTORY, CONFIG) + tuple(
             f"plots/{png.name}" for png in plots))
-        # the recorded architectures as an MLflow table: mlflow.load_table("front.json",
-        # run_ids=[...]) returns many searches' records in one DataFrame
+        # the recorded architectures as an MLflow table: MlflowClient.load_table(experiment_id,
+        # "front.json", run_ids=[...]) returns many searches' records in one DataFrame
         archs = read_records(out).get("architectures") or []
         if archs:
             import pandas as pd
