@@ -70,8 +70,11 @@ def checkpoint_bytes(state: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def save_checkpoint(out: Where, state: dict[str, Any]) -> Location:
-    return (location(out) / str(CHECKPOINT)).write_bytes(checkpoint_bytes(state))
+def save_checkpoint(out: Where, state: dict[str, Any]) -> bytes:
+    """Write ``state`` as ``out``'s checkpoint; returns the bytes written."""
+    data = checkpoint_bytes(state)
+    (location(out) / str(CHECKPOINT)).write_bytes(data)
+    return data
 
 
 def load_checkpoint(path: Where) -> dict[str, Any]:
@@ -88,7 +91,7 @@ def write_outputs(out: Where, search: "GoldSearch", info: dict[str, Any]) -> Non
     """records.json, genotypes/, config.yaml and history.parquet of ``search`` as it stands
     (a genotype file already written is not written again: a record never changes)."""
     out = location(out)
-    have = set(out.files()) if out.is_remote else None
+    have = {f"genotypes/{n}" for n in (out / "genotypes").names()} if out.is_remote else None
     for rec in search.records:
         target = out / rec.genotype_path
         if have is None or rec.genotype_path not in have:

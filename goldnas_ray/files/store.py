@@ -166,6 +166,11 @@ class Location:
         else:
             self._guard(lambda: self.fs.delete_file(self.path))
 
+    def resolved(self) -> "Location":
+        """The same place with a local path made absolute (a job's workers do not share the
+        driver's working directory); a storage URI as it is."""
+        return self if self.local is None else Location(None, "", "", "", self.local.resolve())
+
     def mkdir(self) -> None:
         """Create the folder (object stores have no folders: nothing to do)."""
         if self.local is not None:

@@ -31,11 +31,12 @@ import ray.tune
 
 from goldnas_ray.core.config import ConfigError
 from goldnas_ray.files.store import Location, location
-from goldnas_ray.files.search_files import RECORDS, OutputDirError, load_checkpoint, read_records
+from goldnas_ray.files.search_files import RECORDS, OutputDirError, load_checkpoint, read_records, records_path
 from goldnas_ray.orchestration.cluster import check_fits_on_a_node, connect, sigterm_as_exit
 from goldnas_ray.orchestration.retrain_trial import STATE_FILE, RetrainCallback, retrain_trial
 from goldnas_ray.retrain import report, stats
 from goldnas_ray.retrain.recipe import Retrainer
+from goldnas_ray.run.loop import end_status
 from goldnas_ray.retrain.candidates import save_genotypes
 from goldnas_ray.retrain.plan import Manifest, RetrainError, TrialSpec, plan_retrain
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
@@ -55,9 +56,7 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
     """Retrain (or, with ``resume``, continue retraining) and return the report table."""
     # Tune logs each sync of its experiment state to remote storage at INFO: one line per epoch
     logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
-    out = location(out)
-    if not out.is_remote:
-        out = location(out.local.resolve())
+    out = location(out).resolved()
     search_dir = location(search_dir) if search_dir is not None else None
     if cpus_per_trial <= 0 or gpus_per_trial < 0:
         raise ConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
@@ -90,24 +89,16 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
     tuner = _tuner(out, manifest, specs, cpus_per_trial, gpus_per_trial, max_failures, resume,
                    RetrainCallback(tracker, manifest.mlflow_child_run_ids, epochs, log))
     results = _fit(tuner, tracker, manifest, log)
-    trials, failed, networks = _collect(results, specs, epochs)
-    table = _write_report(out, trials, manifest)
+    trials, failed, finished = _collect(results, specs, epochs)
+    table, comparison = _write_report(out, trials, manifest)
     log(f"retrain {'finished' if not failed else 'stopped'} after {time.perf_counter() - started:.0f}s "
         f"here; report in {out / 'frontier.csv'}")
     if not table.empty:
         log(report.format_table(table))
-    comparison = json.loads((out / COMPARISON).read_text()) if (out / COMPARISON).is_file() else None
-    if comparison:
-        for line in stats.describe(comparison):
-            log(line)
+    for line in stats.describe(comparison) if comparison else []:
+        log(line)
     if tracker is not None:
-        tracker.log_models({manifest.mlflow_child_run_ids[k]: v for k, v in networks.items()
-                            if k in manifest.mlflow_child_run_ids})
-        summary = report.front_summary(table) | {
-            f"hypervolume_{k}": v["value"] for k, v in (comparison or {}).get("hypervolume", {}).items()}
-        tracker.log_report(manifest.mlflow_run_id, out, summary, table)
-        tracker.end_run(manifest.mlflow_run_id, "FAILED" if failed else "FINISHED")
-        log(f"MLflow run {manifest.mlflow_run_id}: open with {how_to_open(tracker.uri)}")
+        _track_report(tracker, out, manifest, table, comparison, finished, failed, log)
     if failed:
         raise RetrainError(f"{len(failed)} of {len(specs)} trials did not finish: {', '.join(failed)}; "
                            f"continue with --resume --out {out}")
@@ -159,7 +150,6 @@ def _search_uri(search_dir: Path) -> str | None:
 def _fetch_search_dir(search_dir: Location, staging: Path) -> Path:
     """What a retrain reads of a search in object storage (records, genotypes, config), copied
     into ``staging``; the checkpoints stay there."""
-    from goldnas_ray.files.search_files import records_path
     if records_path(search_dir) is None:
         raise OutputDirError(f"--search-dir {search_dir} holds no {RECORDS}; is it a search output folder?")
     for rel in search_dir.files():
@@ -214,19 +204,18 @@ def _fit(tuner: ray.tune.Tuner, tracker: RetrainTracker | None, manifest: Manife
             return tuner.fit()
     except BaseException as exc:
         if tracker is not None:
-            killed = isinstance(exc, (SystemExit, KeyboardInterrupt))
             try:
-                tracker.end_retrain(manifest.mlflow_run_id, "KILLED" if killed else "FAILED")
+                tracker.end_retrain(manifest.mlflow_run_id, end_status(exc))
             except Exception as mlflow_exc:  # noqa: BLE001 - never hide the original error
                 log(f"could not mark the MLflow runs as ended: {mlflow_exc}")
         raise
 
 
 def _collect(results, specs: dict[str, TrialSpec], epochs: int
-             ) -> tuple[pd.DataFrame, list[str], dict[str, tuple[Any, tuple[int, int, int]]]]:
+             ) -> tuple[pd.DataFrame, list[str], dict[str, dict[str, Any]]]:
     """Every trial's history, read from its last checkpoint; the trials that did not finish;
-    and each finished trial's network (eval mode, CPU) with its input shape."""
-    rows, failed, networks = [], [], {}
+    and each finished trial's last state (key -> Retrainer state)."""
+    rows, failed, finished_states = [], [], {}
     for result in results:
         key = result.config["key"]
         if result.checkpoint is None:
@@ -238,30 +227,50 @@ def _collect(results, specs: dict[str, TrialSpec], epochs: int
         if not finished:
             failed.append(f"{key} (stopped after epoch {state['epoch']})")
         else:
-            trainer = Retrainer.from_state_dict(state, "cpu")
-            g = trainer.geno
-            networks[key] = (trainer.model.eval(), (g.in_channels, g.input_size, g.input_size))
+            finished_states[key] = state
         spec = specs[key]
         rows += [{"key": key, "arch_id": spec.arch_id, "seed": spec.seed, "finished": finished} | h
                  for h in state["history"]]
-    return pd.DataFrame(rows), failed, networks
+    return pd.DataFrame(rows), failed, finished_states
 
 
-def _write_report(out: Location, trials: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
+def _track_report(tracker: RetrainTracker, out: Location, manifest: Manifest, table: pd.DataFrame,
+                  comparison: dict[str, Any] | None, finished: dict[str, dict[str, Any]],
+                  failed: list[str], log: Callable[[str], None]) -> None:
+    """The finished trials' networks as MLflow models, the report on the parent run, and the
+    parent's end."""
+    networks = {}
+    for key, state in finished.items():
+        if key in manifest.mlflow_child_run_ids:
+            trainer = Retrainer.from_state_dict(state, "cpu")
+            g = trainer.geno
+            networks[manifest.mlflow_child_run_ids[key]] = (trainer.model.eval(),
+                                                            (g.in_channels, g.input_size, g.input_size))
+    tracker.log_models(networks)
+    summary = report.front_summary(table) | {
+        f"hypervolume_{k}": v["value"] for k, v in (comparison or {}).get("hypervolume", {}).items()}
+    tracker.log_report(manifest.mlflow_run_id, out, summary, table)
+    tracker.end_run(manifest.mlflow_run_id, "FAILED" if failed else "FINISHED")
+    log(f"MLflow run {manifest.mlflow_run_id}: open with {how_to_open(tracker.uri)}")
+
+
+def _write_report(out: Location, trials: pd.DataFrame, manifest: Manifest
+                  ) -> tuple[pd.DataFrame, dict[str, Any] | None]:
     """trials.parquet and the frontier report of the finished trials (an unfinished trial's
-    last epoch is not comparable: left out)."""
+    last epoch is not comparable: left out), with the searched-vs-random comparison when both
+    kinds were trained; returns the report table and that comparison."""
     if trials.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(), None
     (out / "trials.parquet").write(lambda tmp: trials.to_parquet(tmp, index=False))
     done = trials[trials["finished"]]
     if done.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(), None
     archs = pd.DataFrame([c.row() for c in manifest.candidates])
     table = report.summarise(done, archs)
     report.write_report(out, table, title=f"{out.name}: {len(manifest.seeds)} seed(s), "
                                           f"{manifest.config.retrain.epochs} epochs")
+    comparison = None
     if {"searched", "random"} <= set(table["kind"]):
-        last = done.sort_values("epoch").groupby(["arch_id", "seed"], as_index=False).tail(1)
-        comparison = stats.compare_fronts(last, archs, seed=manifest.config.seed)
+        comparison = stats.compare_fronts(report.last_epochs(done), archs, seed=manifest.config.seed)
         (out / COMPARISON).write_text(json.dumps(comparison, indent=1))
-    return table
+    return table, comparison

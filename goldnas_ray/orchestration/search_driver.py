@@ -17,7 +17,7 @@ from goldnas_ray.files.store import Location, location
 from goldnas_ray.orchestration.cluster import ClusterError, check_capacity, connect, sigterm_as_exit
 from goldnas_ray.data.stream import stream_info
 from goldnas_ray.orchestration.streaming import train_dataset
-from goldnas_ray.run.loop import load_data
+from goldnas_ray.run.loop import end_status, load_data
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
 from goldnas_ray.tracking.search import search_tracker
 
@@ -35,9 +35,7 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
 
     ``cpus_per_worker`` None: on an embedded local Ray the workers share all its CPUs, on a
     joined cluster each gets 1."""
-    out = location(out)
-    if not out.is_remote:
-        out = location(out.local.resolve())
+    out = location(out).resolved()
     if workers < 1:
         raise ClusterError(f"--workers must be >= 1, got {workers}")
     check_out_dir(out, resume)
@@ -96,7 +94,7 @@ def _fit(trainer, run, log: Callable[[str], None]):
         with sigterm_as_exit():
             result = trainer.fit()
     except BaseException as exc:
-        _end_run(run, "KILLED" if isinstance(exc, (SystemExit, KeyboardInterrupt)) else "FAILED", log)
+        _end_run(run, end_status(exc), log)
         raise
     if result.error:
         _end_run(run, "FAILED", log)

@@ -94,18 +94,18 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
                 search.cfg, data.name, run_id)
             info |= {"mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": tracker.uri}
 
-    def report(row: dict[str, Any]) -> None:
+    def report(row: dict[str, Any], state: bytes | None) -> None:
         metrics = {k: v for k, v in row.items() if k != "recorded"}
         if comm.rank == 0:
             # a local <out>/checkpoints already holds the state: Ray copies that folder to its
-            # storage before report returns. In object storage it is written again locally
-            # for Ray to upload (once more per epoch: the state of one search)
+            # storage before report returns. With <out> in object storage the same bytes go
+            # into a local folder for Ray to upload
             if out.local is not None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(
                     str((out.local / CHECKPOINT).parent)))
             else:
                 with tempfile.TemporaryDirectory(prefix="goldnas-ckpt-") as d:
-                    (Path(d) / CHECKPOINT.name).write_bytes((out / CHECKPOINT).read_bytes())
+                    (Path(d) / CHECKPOINT.name).write_bytes(state)
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)

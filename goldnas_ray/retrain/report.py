@@ -36,6 +36,11 @@ def non_dominated(flops: Sequence[float], accuracy: Sequence[float]) -> list[boo
     return keep
 
 
+def last_epochs(trials: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's row of its last epoch (trials: arch_id, seed, epoch, ...)."""
+    return trials.sort_values("epoch").groupby(["arch_id", "seed"], as_index=False).tail(1)
+
+
 def summarise(trials: pd.DataFrame, architectures: pd.DataFrame) -> pd.DataFrame:
     """One row per architecture from the final epoch of each of its trials.
 
@@ -43,7 +48,7 @@ def summarise(trials: pd.DataFrame, architectures: pd.DataFrame) -> pd.DataFrame
     ``architectures``: arch_id, kind, flops, params (and optional search_epoch, search_lambda,
     genotype), one row each.
     """
-    last = trials.sort_values("epoch").groupby(["arch_id", "seed"], as_index=False).tail(1)
+    last = last_epochs(trials)
     acc = last.groupby("arch_id").agg(accuracy_mean=("test_acc", "mean"),
                                       accuracy_std=("test_acc", "std"),
                                       seeds=("seed", "nunique"), epochs=("epoch", "min"))

@@ -43,6 +43,9 @@ class Tracker(Protocol):
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
+# (history row, the serialised state rank 0 just wrote, None on other ranks), every epoch
+Reporter = Callable[[dict[str, Any], "bytes | None"], None]
+
 # (config, dataset name, run id to reopen or None) -> the tracker of this search
 TrackerFactory = Callable[[Config, str, "str | None"], Tracker]
 
@@ -88,17 +91,19 @@ def steps_per_epoch(images: int, batch_size: int, world_size: int) -> int:
 
 def search_loop(search: GoldSearch, data: Dataset, out: Location, info: dict[str, Any], *,
                 comm: Communicator | None = None, tracker: Tracker | None = None,
-                log: Callable[[str], None] = print, report: Callable[[dict[str, Any]], None] | None = None,
+                log: Callable[[str], None] = print, report: Reporter | None = None,
                 worker_log: Location | None = None, progress_every: float = 30.0) -> None:
     """Run epochs until the search stops. Rank 0 writes ``out`` and the tracker after every
     epoch; with ``worker_log``, it appends every rank's digest of its alive set and alphas
-    (they must agree, or the run stops). ``report(row)`` runs on every rank after each epoch."""
+    (they must agree, or the run stops). ``report(row, checkpoint)`` runs on every rank after
+    each epoch, with the serialised state just written on rank 0 (None on the others)."""
     comm = comm if comm is not None else LocalComm()
     cfg, lead = search.cfg, comm.rank == 0
     steps = steps_per_epoch(data.num_train, cfg.data.batch_size, comm.world_size)
     augment = train_augment(cfg.data, cfg.data.cutout)
     drawn: set[str] = set()
     while not search.finished:
+        checkpoint = None
         batches = data.train_batches(cfg.data.batch_size, cfg.seed, search.epoch, comm.rank, comm.world_size,
                                      augment, search.device)
         progress = EpochProgress(search.epoch, steps, progress_every, log) if lead else None
@@ -110,15 +115,21 @@ def search_loop(search: GoldSearch, data: Dataset, out: Location, info: dict[str
             # outputs first, checkpoint last: a folder with a checkpoint always has its records
             write_outputs(out, search, info)
             draw_records(out, search, drawn)
-            save_checkpoint(out, search.state_dict())
+            checkpoint = save_checkpoint(out, search.state_dict())
             if tracker is not None:
                 tracker.log_epoch(row)
             log(format_epoch(row, cfg.search.max_epochs, search.model.full_flops))
         if report is not None:
-            report(row)
+            report(row, checkpoint)
     if lead and tracker is not None:
         tracker.log_outputs(out)
         tracker.finish()
+
+
+def end_status(exc: BaseException) -> str:
+    """The MLflow status of a run that ``exc`` ended: KILLED when it was stopped (Ctrl-C, or
+    SIGTERM raised as SystemExit), FAILED otherwise."""
+    return "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
 
 
 def draw_records(out: Location, search: GoldSearch, drawn: set[str]) -> None:
@@ -158,8 +169,8 @@ def run_local(cfg: Config | None, out: "str | Path | Location", resume: bool = F
     try:
         search_loop(search, data, out, info, tracker=run, log=log)
     except BaseException as exc:
-        if run is not None:  # Ctrl-C: KILLED; anything else: FAILED (the error still surfaces)
-            run.finish("KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED")
+        if run is not None:  # the error still surfaces
+            run.finish(end_status(exc))
         raise
     log(f"search finished after {search.epoch} epochs ({time.perf_counter() - started:.0f}s here); "
         f"{len(search.records)} architectures recorded in {out / RECORDS}")
