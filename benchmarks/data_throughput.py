@@ -88,7 +88,7 @@ def main() -> None:
     if not args.no_stream:
         rows.append(("stream (Ray Data)", stream_rate(blobs, size, args)))
 
-    cfg = Config().override([f"space.num_cells={args.cells}", f"space.init_channels={args.channels}"]).validate()
+    cfg = Config().override([f"space.num_cells={args.cells}", f"space.init_channels={args.channels}"])
     search = GoldSearch(cfg, (3, size, size), 10, device)
     xb, yb = torch.randn(args.batch, 3, size, size, device=device), torch.randint(0, 10, (args.batch,), device=device)
     search.model.train()

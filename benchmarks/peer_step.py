@@ -83,7 +83,7 @@ def peer_step(model_search, a: argparse.Namespace, x: torch.Tensor, y: torch.Ten
 
 def our_step(a: argparse.Namespace, x: torch.Tensor, y: torch.Tensor) -> tuple[Step, Config]:
     cfg = Config().override([f"space.num_cells={a.cells}", f"space.init_channels={a.channels}",
-                             "space.auxiliary=false", f"data.batch_size={a.batch}", *a.set]).validate()
+                             "space.auxiliary=false", f"data.batch_size={a.batch}", *a.set])
     search = GoldSearch(cfg, (3, 32, 32), 10, device=x.device)
     search.schedule.lam = 0.1  # the resource term on, as in a search epoch
     search.model.train()

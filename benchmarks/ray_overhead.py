@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--cpus", type=float, default=2, help="CPUs (and threads) for the Ray worker")
     args = p.parse_args()
-    cfg = Config().override([f"search.max_epochs={args.epochs}"]).validate()
+    cfg = Config().override([f"search.max_epochs={args.epochs}"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         from goldnas_ray.run.loop import run_local

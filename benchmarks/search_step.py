@@ -105,7 +105,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = [f"space.num_cells={args.cells}", f"space.init_channels={args.channels}", "space.auxiliary=false",
             *args.set]
-    cfg = Config().override(base).validate()
+    cfg = Config().override(base)
     shape = (args.in_channels, args.input_size, args.input_size)
     x = torch.randn(args.batch, *shape, device=args.device)
     y = torch.randint(0, 10, (args.batch,), device=args.device)
@@ -116,7 +116,7 @@ def main() -> None:
         q = cfg.search
         for override in (f"search.channels_last={str(not q.channels_last).lower()}",
                          f"search.amp={'off' if q.amp == 'bf16' else 'bf16'}"):
-            rows.append(measure(Config().override(base + [override]).validate(), shape, x, y, 1.0,
+            rows.append(measure(Config().override(base + [override]), shape, x, y, 1.0,
                                 args.steps, args.device))
 
     print(f"space: {args.cells} cells, {args.channels} channels, input {shape}, batch {args.batch}, "

@@ -4,28 +4,43 @@ Layers, each importing only those before it:
 
     core           the algorithm in pure PyTorch (space, operators, genotypes, networks,
                    costs, pruning schedule, the search state and its epoch protocol, config)
-    data           datasets and each epoch's deterministic batches
     files          run files, local or in object storage, each replaced whole
+    data           datasets (read through ``files``' storage layer) and each epoch's batches
     retrain        the retraining recipe, random baselines, retrain plans, the front report
     run            the search loop shared by both backends, console output, plots
     tracking       MLflow
     orchestration  Ray Train (search) and Ray Tune (retrain)
     cli            what the pipelines/ scripts share
 
-The first five import neither Ray nor MLflow (tests/test_layers.py checks it).
+The first five import neither Ray nor MLflow (tests/test_layers.py checks it). The names below
+are imported when first used, so ``import goldnas_ray`` itself costs nothing.
 """
-from goldnas_ray.core.config import Config, ConfigError, DataConfig, SearchConfig, SpaceConfig
-from goldnas_ray.core.costs import count_params, total_flops
-from goldnas_ray.core.discrete import DiscreteNet, build_network
-from goldnas_ray.core.genotype import Genotype, GenotypeError, load_genotype
-from goldnas_ray.core.search import GoldSearch
-from goldnas_ray.core.supernet import SuperNet
-from goldnas_ray.run.drawing import plot_genotype
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.2.0"
 
-__all__ = [
-    "Config", "ConfigError", "DataConfig", "SearchConfig", "SpaceConfig", "count_params",
-    "total_flops", "DiscreteNet", "build_network", "Genotype", "GenotypeError", "load_genotype",
-    "GoldSearch", "SuperNet", "plot_genotype", "__version__",
-]
+_EXPORTS = {
+    "Config": "core.config", "ConfigError": "core.config", "DataConfig": "core.config",
+    "SearchConfig": "core.config", "SpaceConfig": "core.config", "RetrainConfig": "core.config",
+    "count_params": "core.costs", "total_flops": "core.costs",
+    "DiscreteNet": "core.discrete", "build_network": "core.discrete",
+    "Genotype": "core.genotype", "GenotypeError": "core.genotype", "load_genotype": "core.genotype",
+    "GoldSearch": "core.search", "SuperNet": "core.supernet", "plot_genotype": "run.drawing",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'goldnas_ray' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"goldnas_ray.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -131,8 +131,7 @@ def _overrides(args: argparse.Namespace, smoke: list[str], flags: dict[str, str]
 def search_config(args: argparse.Namespace) -> Config:
     """The config of a new search: --config, then --smoke-test, --set, --seed, --max-epochs."""
     cfg = Config.from_yaml(args.config) if args.config else Config()
-    return cfg.override(_overrides(args, SEARCH_SMOKE, {"seed": "seed", "max_epochs": "search.max_epochs"})
-                        ).validate()
+    return cfg.override(_overrides(args, SEARCH_SMOKE, {"seed": "seed", "max_epochs": "search.max_epochs"}))
 
 
 def retrain_overrides(args: argparse.Namespace) -> list[str]:

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = cli.search_config(args)
             # the retrain recipe travels inside the search's config: fail on it now, not after
             # the search
-            cfg.override(cli.retrain_overrides(args)).validate()
+            cfg = cfg.override(cli.retrain_overrides(args))
         cli.run_search_on_ray(cfg, search_out, args)
         resume_retrain = args.resume and (retrain_out / "retrain.json").is_file()
         cli.run_retrain_on_ray(retrain_out, args, search_dir=None if resume_retrain else search_out,

@@ -22,13 +22,8 @@ BIN = Path(sys.executable).parent
 
 def tiny_config(**search) -> Config:
     """A 3-cell, 4-channel space: a search epoch on digits takes about a second."""
-    cfg = Config()
-    cfg.space.num_cells = 3
-    cfg.space.init_channels = 4
-    cfg.data.batch_size = 128
-    for key, value in search.items():
-        setattr(cfg.search, key, value)
-    return cfg.validate()
+    return Config.from_dict({"space": {"num_cells": 3, "init_channels": 4}, "data": {"batch_size": 128},
+                             "search": search})
 
 
 @pytest.fixture(autouse=True)

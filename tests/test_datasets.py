@@ -106,7 +106,7 @@ def test_each_dataset_through_a_smoke_search_and_a_smoke_retrain(tmp_path, datas
     cfg = tiny_config(max_epochs=2, lambda0=1.0, xi_max=0.2, t0=0)
     cfg.data = DataConfig(dataset=dataset, root=str(root), batch_size=16,
                           image_size=32 if dataset == "imagefolder" else None)
-    search = run_local(cfg.validate(), tmp_path / "search", log=lambda _: None)
+    search = run_local(cfg, tmp_path / "search", log=lambda _: None)
     assert search.records and search.input_shape == (3, 32, 32)
     data = load_data(cfg.data)
     trainer = Retrainer(search.records[-1].genotype, RetrainConfig(epochs=1, batch_size=16, cutout=8), 0)
@@ -138,4 +138,4 @@ def test_config_checks_the_data_fields():
                             ("data.random_resized_crop=true", "data.random_resized_crop"),
                             ("space.stem=vgg", "space.stem")]:
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-            Config().override([override]).validate()
+            Config().override([override])

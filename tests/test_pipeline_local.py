@@ -43,4 +43,4 @@ def test_bad_input_fails_before_training(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("space:\n  operators: [conv_9x9]\n")
     proc = run("--local", "--config", str(bad), "--out", str(tmp_path / "y"))
-    assert proc.returncode == 2 and "unknown operator 'conv_9x9'" in proc.stderr
+    assert proc.returncode == 2 and "space.operators.0: 'conv_9x9' is not one of 'skip_connect'" in proc.stderr

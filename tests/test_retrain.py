@@ -74,11 +74,11 @@ def test_recipe_schedules_and_exact_resume(table, small_digits):
 
 def test_retrain_config_is_validated():
     with pytest.raises(ConfigError, match="retrain.drop_path"):
-        tiny_config().override(["retrain.drop_path=1.0"]).validate()
+        tiny_config().override(["retrain.drop_path=1.0"])
     with pytest.raises(ConfigError, match="retrain.seeds"):
-        tiny_config().override(["retrain.seeds=0"]).validate()
+        tiny_config().override(["retrain.seeds=0"])
     with pytest.raises(ConfigError, match="retrain.lr_min"):
-        tiny_config().override(["retrain.lr_min=0.5"]).validate()
+        tiny_config().override(["retrain.lr_min=0.5"])
 
 
 # ---- the non-dominated set ---------------------------------------------------------------------
@@ -217,7 +217,7 @@ def test_step_and_warmup_schedules():
     from goldnas_ray.retrain.recipe import make_scheduler
 
     def lrs(**kw):
-        cfg = RetrainConfig(**({"epochs": 6, "lr": 0.1} | kw)).validate()
+        cfg = RetrainConfig(**({"epochs": 6, "lr": 0.1} | kw))
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
         sched, out = make_scheduler(opt, cfg), []
         for _ in range(cfg.epochs):
@@ -233,4 +233,4 @@ def test_step_and_warmup_schedules():
     assert warm[3:] == pytest.approx(cosine[3:])
     assert lrs() == pytest.approx(cosine)  # the default: torch's cosine annealing, unchanged
     with pytest.raises(ConfigError, match="retrain.warmup_epochs"):
-        RetrainConfig(epochs=3, warmup_epochs=3).validate()
+        RetrainConfig(epochs=3, warmup_epochs=3)

@@ -85,8 +85,8 @@ def test_bf16_autocast_trains_and_stays_close_to_float32():
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("amp", "fp16", "search.amp must be one of off, bf16"),
-    ("channels_last", "yes", "search.channels_last must be true or false"),
+    ("amp", "fp16", "search.amp: 'fp16' is not one of 'off' or 'bf16'"),
+    ("channels_last", "maybe", "search.channels_last: input should be a valid boolean"),
 ])
 def test_speed_options_are_checked(key, value, message):
     with pytest.raises(ConfigError, match=message):

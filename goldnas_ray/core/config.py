@@ -1,289 +1,367 @@
-"""Run configuration: one dataclass per concern, loadable from YAML, overridable from the CLI.
+"""Run configuration: one typed model per concern (pydantic v2), loadable from YAML, overridable
+from the command line, and validated whenever one is built or changed.
 
-Every value is validated by :func:`Config.validate` before any model is built, and each error
-names the offending field (``search.xi_min``), so a typo never costs compute.
+Every value is checked against its type, its allowed choices and its bounds, and the checks
+that span fields (``search.xi_min <= search.xi_max``) run with them, so a typo never costs
+compute; an error names the field and the value (``data.flip: input should be a valid
+boolean, got 3``). YAML files and ``--set section.key=value`` overrides go through the same
+models. The JSON Schema of a config file (so that editors check YAML as it is typed) and the
+reference table of docs/configuration.md are generated from the models::
+
+    python -m goldnas_ray.core.config --schema      # JSON Schema of a config file
+    python -m goldnas_ray.core.config --markdown    # the table of every field
+
+The dataset registry (which names ``data.dataset`` accepts and what each one is) lives here
+too, since the config is where a dataset is chosen; ``goldnas_ray.data`` attaches a loader to
+every name of it.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from goldnas_ray.core.operations import PRIMITIVES
 
-COSTS = ("flops", "params", "ops")
-AMP_MODES = ("off", "bf16")
-RECORD_RULES = ("paper", "dense")
-
 
 class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
+    """A configuration value is invalid; the message names the field and the value."""
 
 
-@dataclass
-class SpaceConfig:
+# ---- the dataset registry -------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset name stands for. ``family`` chooses the default augmentation (cifar: crop
+    with 4-pixel padding and flip; images: random resized crop and flip with data.image_size;
+    digits: none); ``streamable`` sets whether Ray Data may stream it (data.path)."""
+
+    name: str
+    family: Literal["digits", "cifar", "images"]
+    streamable: bool
+    root: str  # what data.root holds, for the docs and the errors
+
+
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec("digits", "digits", False, "nothing: shipped in scikit-learn"),
+    DatasetSpec("cifar10", "cifar", False, "cifar-10-batches-bin/ (the official binary release)"),
+    DatasetSpec("cifar100", "cifar", False, "cifar-100-binary/ (the official binary release)"),
+    DatasetSpec("imagefolder", "images", True, "train/<class>/* and val/<class>/* JPEG / PNG files"),
+    DatasetSpec("parquet", "images", True, "Parquet data: train/ and val/ inside, or one table"),
+)}
+
+DatasetName = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
+Operator = Literal[PRIMITIVES]  # type: ignore[valid-type]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]  # [0, 1)
+OpenFraction = Annotated[float, Field(gt=0, lt=1)]  # (0, 1)
+
+
+class Section(BaseModel):
+    """A config section: unknown keys refused, every value validated when a section is built or
+    a field assigned; an invalid value raises ConfigError naming ``section.field``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+    prefix: ClassVar[str] = ""
+
+    def __init__(self, **values: Any):
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc, type(self))) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc, type(self))) from None
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Any:
+        """A validated section (or whole config) from a mapping; missing fields take defaults."""
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"{cls.prefix.rstrip('.') or 'a config'} must be a mapping, got {type(raw).__name__}")
+        try:
+            return cls.model_validate(raw or {})
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc, cls)) from None
+
+
+class SpaceConfig(Section):
     """The relaxed search space (DESIGN.md section 2)."""
 
-    num_cells: int = 6
-    num_nodes: int = 4
-    init_channels: int = 8
-    stem_multiplier: int = 3
-    operators: list[str] = field(default_factory=lambda: ["skip_connect", "sep_conv_3x3"])
-    auxiliary: bool = False
-    # "cifar": one 3x3 conv at full resolution (DARTS's CIFAR stem); "imagenet": DARTS's
-    # ImageNet stem, three stride-2 3x3 convs in two stems, 224 -> 28 before the first cell
-    stem: str = "cifar"
+    prefix: ClassVar[str] = "space."
+
+    num_cells: PositiveInt = Field(6, description="cells L; reduction cells at L/3 and 2L/3")
+    num_nodes: PositiveInt = Field(4, description="intermediate nodes per cell (4: 14 edges)")
+    init_channels: PositiveInt = Field(8, description="channels C of the first cells")
+    stem_multiplier: PositiveInt = Field(3, description="the CIFAR stem's output: this x C channels")
+    operators: list[Operator] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["skip_connect", "sep_conv_3x3"], min_length=1,
+        description="candidate operators on every edge (a YAML list, or names joined by commas)")
+    auxiliary: StrictBool = Field(False, description="auxiliary head on the 2L/3 cell during the search")
+    stem: Literal["cifar", "imagenet"] = Field(
+        "cifar", description="cifar: one 3x3 conv at full size; imagenet: three stride-2 convs (224 -> 28)")
+
+    @field_validator("operators", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @field_validator("operators")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"space.operators lists an operator twice: {value}")
+        return value
 
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "parquet")
-DATA_PATHS = ("auto", "memory", "stream")
-
-
-@dataclass
-class DataConfig:
+class DataConfig(Section):
     """Where images come from and how a batch is augmented (goldnas_ray/data/datasets.py
-    describes each dataset). ``digits`` ships inside scikit-learn; ``cifar10`` / ``cifar100``
-    read the binary releases from ``root`` (downloading only when ``download`` is true);
-    ``imagefolder`` reads ``root/train/<class>/*`` and ``root/val/<class>/*``; ``parquet``
-    reads encoded images and labels from the Parquet data at ``root``. A transform left at
-    None takes its dataset's default: crop with 4-pixel padding and flip for the CIFAR sets,
-    random resized crop and flip for image folders and Parquet data with ``image_size`` set,
-    none for digits."""
+    describes each dataset). A transform left unset takes its dataset's default: crop with
+    4-pixel padding and flip for the CIFAR sets, random resized crop and flip for image folders
+    and Parquet data with ``image_size`` set, none for digits."""
 
-    dataset: str = "digits"
-    root: str = "data"
-    download: bool = False
-    batch_size: int = 64
-    cutout: int = 0
-    labels: str = "fine"                 # cifar100: fine (100) or coarse (20) labels
-    image_column: str = "image"          # parquet
-    label_column: str = "label"          # parquet
-    image_size: int | None = None        # resize decoded images (imagefolder, parquet)
-    subset: float = 1.0                  # fraction of each class's training images kept
-    crop_padding: int | None = None      # random crop with zero padding
-    flip: bool | None = None             # horizontal flip
-    random_resized_crop: bool | None = None
-    path: str = "auto"                   # memory | stream (Ray Data) | auto (by size)
-    stream_above_gb: float = 8.0         # auto: stream when the decoded set is larger
+    prefix: ClassVar[str] = "data."
 
+    dataset: DatasetName = Field("digits", description="one of the registry's datasets")  # type: ignore[valid-type]
+    root: str = Field("data", description="a folder, file or storage URI (s3://...) holding the data")
+    download: StrictBool = Field(False, description="cifar10 / cifar100: fetch the release when missing")
+    batch_size: PositiveInt = Field(64, description="images per step and worker in the search")
+    cutout: NonNegativeInt = Field(0, description="cutout square side in the search (0: none)")
+    labels: Literal["fine", "coarse"] = Field("fine", description="cifar100: fine (100) or coarse (20) labels")
+    image_column: str = Field("image", description="parquet: the column of encoded image bytes")
+    label_column: str = Field("label", description="parquet: the column of integer labels")
+    image_size: PositiveInt | None = Field(
+        None, description="resize decoded images (shorter side to size x 256/224) and crop to this size")
+    subset: Annotated[float, Field(gt=0, le=1)] = Field(
+        1.0, description="fraction of each class's training images kept (fixed by the seed)")
+    crop_padding: NonNegativeInt | None = Field(None, description="random crop with this zero padding")
+    flip: StrictBool | None = Field(None, description="random horizontal flip")
+    random_resized_crop: StrictBool | None = Field(None, description="random resized crop to image_size")
+    path: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="memory, stream (Ray Data), or auto: stream above stream_above_gb")
+    stream_above_gb: PositiveFloat = Field(8.0, description="auto: stream when the decoded training set is larger")
 
-@dataclass
-class SearchConfig:
-    """One-level optimisation, gradual pruning and the variable resource constraint
-    (DESIGN.md sections 3 and 4)."""
-
-    max_epochs: int = 80
-    # weights
-    w_lr: float = 0.05
-    w_momentum: float = 0.9
-    w_weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    # architecture parameters
-    a_lr: float = 1.0
-    a_momentum: float = 0.9
-    a_weight_decay: float = 0.0
-    auxiliary_weight: float = 0.4
-    # resource constraint
-    cost: str = "flops"
-    ops_cost_k: float = 10.0
-    lambda0: float = 0.002
-    c0: float = 2.0
-    # pruning
-    xi_min: float = 0.01
-    xi_max: float = 0.05
-    n0: int = 4
-    t0: int = 3
-    # stop when the live FLOPs fall to flops_min (absolute) or, when it is unset,
-    # to flops_min_ratio x the full supernet's FLOPs
-    flops_min: float | None = None
-    flops_min_ratio: float = 0.3
-    # which architectures are recorded (core/schedule.py ParetoRecorder): "paper" (held still
-    # for more than t0 epochs) or "dense" (held still in FLOPs, or before a gap of more than
-    # record_gap x the supernet's FLOPs opens; none within record_min_gap of the last)
-    record_rule: str = "dense"
-    record_gap: float = 0.12
-    record_min_gap: float = 0.03
-    # speed options (benchmarks/search_step.py measures them on and off). channels_last:
-    # NHWC tensors, faster convolutions on CPUs (oneDNN) and tensor cores; amp: "bf16"
-    # autocast for the forward pass (CUDA, or CPUs with bf16 units), "off" for float32
-    channels_last: bool = True
-    amp: str = "off"
-
-
-@dataclass
-class RetrainConfig:
-    """Training one architecture from scratch: DARTS's recipe (DESIGN.md section 4): SGD with
-    a cosine learning rate, cutout, auxiliary head, drop-path rising linearly to its maximum.
-    DARTS's CIFAR-10 values: 600 epochs, batch 96, lr 0.025, cutout 16, drop_path 0.2; the
-    defaults here suit the embedded digits data (8x8 images, 1,437 training images)."""
-
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 0.025
-    lr_min: float = 0.0
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    cutout: int = 0
-    auxiliary: bool = True
-    auxiliary_weight: float = 0.4
-    drop_path: float = 0.2
-    seeds: int = 1
-    color_jitter: bool = False  # brightness/contrast/saturation 0.4, hue 0.2 (DARTS ImageNet)
-    label_smoothing: float = 0.0  # DARTS ImageNet: 0.1
-    schedule: str = "cosine"  # cosine | step: lr x lr_gamma after every epoch (DARTS ImageNet)
-    lr_gamma: float = 0.97
-    warmup_epochs: int = 0  # linear warm-up from lr / (warmup_epochs + 1)
-
-    def validate(self) -> "RetrainConfig":
-        _positive_int("retrain.epochs", self.epochs)
-        _positive_int("retrain.batch_size", self.batch_size)
-        _positive_int("retrain.seeds", self.seeds)
-        if not self.lr > 0:
-            raise ConfigError(f"retrain.lr must be > 0, got {self.lr}")
-        if not 0 <= self.lr_min <= self.lr:
-            raise ConfigError(f"retrain.lr_min must be in [0, retrain.lr], got {self.lr_min}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"retrain.momentum must be in [0, 1), got {self.momentum}")
-        for name in ("weight_decay", "grad_clip", "auxiliary_weight", "cutout"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"retrain.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.drop_path < 1:
-            raise ConfigError(f"retrain.drop_path must be in [0, 1), got {self.drop_path}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"retrain.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.schedule not in ("cosine", "step"):
-            raise ConfigError(f"retrain.schedule must be cosine or step, got {self.schedule!r}")
-        if not 0 < self.lr_gamma <= 1:
-            raise ConfigError(f"retrain.lr_gamma must be in (0, 1], got {self.lr_gamma}")
-        if not isinstance(self.warmup_epochs, int) or not 0 <= self.warmup_epochs < self.epochs:
-            raise ConfigError(f"retrain.warmup_epochs must be an integer in [0, epochs), got {self.warmup_epochs!r}")
+    @model_validator(mode="after")
+    def _crops_need_a_size(self) -> "DataConfig":
+        if self.random_resized_crop and not self.image_size:
+            raise ValueError("data.random_resized_crop needs data.image_size (the crops' size)")
+        if self.path == "stream" and not DATASETS[self.dataset].streamable:
+            streamable = ", ".join(n for n, s in DATASETS.items() if s.streamable)
+            raise ValueError(f"data.path=stream reads {streamable} data, not {self.dataset}")
         return self
 
 
-@dataclass
-class Config:
-    space: SpaceConfig = field(default_factory=SpaceConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    retrain: RetrainConfig = field(default_factory=RetrainConfig)
-    seed: int = 0
+class SearchConfig(Section):
+    """One-level optimisation, gradual pruning and the variable resource constraint (DESIGN.md
+    sections 3 and 4)."""
 
-    # ---- I/O -------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    prefix: ClassVar[str] = "search."
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> "Config":
-        cfg = cls()
-        apply_dict(cfg, raw or {}, prefix="")
-        return cfg
+    max_epochs: PositiveInt = Field(80, description="stop after this many epochs at the latest")
+    w_lr: PositiveFloat = Field(0.05, description="weights: SGD learning rate")
+    w_momentum: Fraction = Field(0.9, description="weights: SGD momentum")
+    w_weight_decay: NonNegativeFloat = Field(3e-4, description="weights: weight decay")
+    grad_clip: NonNegativeFloat = Field(5.0, description="weights: gradient norm clip (0: none)")
+    a_lr: PositiveFloat = Field(1.0, description="alphas: SGD learning rate")
+    a_momentum: Fraction = Field(0.9, description="alphas: SGD momentum")
+    a_weight_decay: NonNegativeFloat = Field(0.0, description="alphas: weight decay")
+    auxiliary_weight: NonNegativeFloat = Field(0.4, description="weight of the auxiliary head's loss")
+    cost: Literal["flops", "params", "ops"] = Field(
+        "flops", description="resource term: FLOPs, parameters, or the operator-count form")
+    ops_cost_k: PositiveFloat = Field(10.0, description="k of the ops cost, sum of log(1 + k w)")
+    lambda0: PositiveFloat = Field(0.002, description="first step of lambda, on the normalised cost")
+    c0: Annotated[float, Field(gt=1)] = Field(2.0, description="lambda's growth and back-off factor")
+    xi_min: Fraction = Field(0.01, description="prune every operator whose weight is at most this")
+    xi_max: Fraction = Field(0.05, description="then the weakest, n0 times, if its weight is at most this")
+    n0: PositiveInt = Field(4, description="pruning rounds per epoch; lambda backs off after n0 prunes")
+    t0: NonNegativeInt = Field(3, description="epochs an architecture must hold still to be recorded")
+    flops_min: PositiveFloat | None = Field(
+        None, description="stop when the FLOPs (one image, multiply-add = 2) fall to this")
+    flops_min_ratio: OpenFraction = Field(0.3, description="without flops_min: stop at this x the supernet's FLOPs")
+    record_rule: Literal["paper", "dense"] = Field(
+        "dense", description="paper: held still > t0 epochs; dense: also before a FLOPs gap opens")
+    record_gap: OpenFraction = Field(0.12, description="dense: record before falling more than this x the supernet")
+    record_min_gap: Fraction = Field(0.03, description="dense: no record within this x the supernet of the last")
+    channels_last: StrictBool = Field(True, description="NHWC tensors: faster convolutions on CPUs and tensor cores")
+    amp: Literal["off", "bf16"] = Field("off", description="bf16 autocast of the forward pass")
 
+    @model_validator(mode="after")
+    def _ordered(self) -> "SearchConfig":
+        if self.xi_min > self.xi_max:
+            raise ValueError(f"search.xi_min ({self.xi_min}) must not exceed search.xi_max ({self.xi_max})")
+        if self.record_min_gap >= self.record_gap:
+            raise ValueError(f"search.record_min_gap ({self.record_min_gap}) must be below search.record_gap "
+                             f"({self.record_gap})")
+        return self
+
+
+class RetrainConfig(Section):
+    """Training one architecture from scratch: DARTS's recipe (DESIGN.md section 4): SGD with a
+    cosine learning rate, cutout, auxiliary head, drop-path rising linearly to its maximum.
+    DARTS's CIFAR-10 values: 600 epochs, batch 96, lr 0.025, cutout 16, drop_path 0.2; the
+    defaults here suit the embedded digits data (8x8 images, 1,437 training images)."""
+
+    prefix: ClassVar[str] = "retrain."
+
+    epochs: PositiveInt = Field(30, description="epochs per trial")
+    batch_size: PositiveInt = Field(64, description="images per step and worker")
+    lr: PositiveFloat = Field(0.025, description="SGD learning rate")
+    lr_min: NonNegativeFloat = Field(0.0, description="cosine: the learning rate it anneals to")
+    momentum: Fraction = Field(0.9, description="SGD momentum")
+    weight_decay: NonNegativeFloat = Field(3e-4, description="weight decay")
+    grad_clip: NonNegativeFloat = Field(5.0, description="gradient norm clip (0: none)")
+    cutout: NonNegativeInt = Field(0, description="cutout square side (0: none)")
+    auxiliary: StrictBool = Field(True, description="train with the auxiliary head")
+    auxiliary_weight: NonNegativeFloat = Field(0.4, description="weight of the auxiliary head's loss")
+    drop_path: Fraction = Field(0.2, description="drop-path probability reached at the last epoch")
+    seeds: PositiveInt = Field(1, description="trials per architecture: seeds seed .. seed + seeds - 1")
+    color_jitter: StrictBool = Field(False, description="brightness/contrast/saturation 0.4, hue 0.2")
+    label_smoothing: Fraction = Field(0.0, description="label smoothing of the loss (DARTS ImageNet: 0.1)")
+    schedule: Literal["cosine", "step"] = Field(
+        "cosine", description="cosine to lr_min, or lr x lr_gamma after every epoch")
+    lr_gamma: Annotated[float, Field(gt=0, le=1)] = Field(0.97, description="step: decay per epoch")
+    warmup_epochs: NonNegativeInt = Field(0, description="linear warm-up from lr / (warmup_epochs + 1)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "RetrainConfig":
+        if self.lr_min > self.lr:
+            raise ValueError(f"retrain.lr_min ({self.lr_min}) must not exceed retrain.lr ({self.lr})")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"retrain.warmup_epochs ({self.warmup_epochs}) must be below retrain.epochs "
+                             f"({self.epochs})")
+        return self
+
+
+class Config(Section):
+    """A whole run: the space searched, the data, the search, the retraining recipe, the seed."""
+
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    seed: NonNegativeInt = Field(0, description="the run's seed: initial weights, data order, augmentation")
+
+    # ---- building ---------------------------------------------------------------------------
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Config":
         return cls.from_dict(_read_yaml(path))
 
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
     def merge_yaml(self, path: str | Path) -> "Config":
-        """Apply the fields a YAML file sets, keeping every other value."""
-        raw = _read_yaml(path)
-        apply_dict(self, raw or {}, prefix="")
-        return self
+        """A new config: this one with the fields a YAML file sets."""
+        return self.merged(_read_yaml(path) or {})
+
+    def merged(self, changes: dict[str, Any]) -> "Config":
+        """A new config: this one with ``changes`` (nested sections) applied, validated whole."""
+        if not isinstance(changes, dict):
+            raise ConfigError(f"config changes must be a mapping, got {type(changes).__name__}")
+        return type(self).from_dict(_deep_merge(self.to_dict(), changes))
 
     def override(self, assignments: list[str]) -> "Config":
-        """Apply ``section.key=value`` strings (values parsed as YAML scalars)."""
+        """A new config: this one with ``section.key=value`` strings applied (values read as YAML
+        scalars, or as the string written for text fields), validated once all are applied."""
+        changes: dict[str, Any] = {}
         for item in assignments:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} must look like section.key=value")
-            key, value = item.split("=", 1)
-            nested: Any = yaml.safe_load(value)
-            for part in reversed(key.strip().split(".")):
-                nested = {part: nested}
-            apply_dict(self, nested, prefix="")
-        return self
-
-    # ---- validation ------------------------------------------------------------------
-    def validate(self) -> "Config":
-        s, q = self.space, self.search
-        _positive_int("space.num_cells", s.num_cells)
-        _positive_int("space.num_nodes", s.num_nodes)
-        _positive_int("space.init_channels", s.init_channels)
-        _positive_int("space.stem_multiplier", s.stem_multiplier)
-        if not s.operators:
-            raise ConfigError("space.operators must name at least one operator")
-        for op in s.operators:
-            if op not in PRIMITIVES:
-                raise ConfigError(
-                    f"space.operators: unknown operator {op!r}; known: {', '.join(PRIMITIVES)}"
-                )
-        if len(set(s.operators)) != len(s.operators):
-            raise ConfigError("space.operators lists an operator twice")
-        if s.stem not in ("cifar", "imagenet"):
-            raise ConfigError(f"space.stem must be cifar or imagenet, got {s.stem!r}")
-        _validate_data(self)
-        _positive_int("search.max_epochs", q.max_epochs)
-        for name in ("w_lr", "a_lr", "c0"):
-            if not getattr(q, name) > 0:
-                raise ConfigError(f"search.{name} must be > 0, got {getattr(q, name)}")
-        if q.c0 <= 1:
-            raise ConfigError(f"search.c0 must be > 1 (lambda must grow), got {q.c0}")
-        for name in ("w_momentum", "a_momentum"):
-            if not 0 <= getattr(q, name) < 1:
-                raise ConfigError(f"search.{name} must be in [0, 1), got {getattr(q, name)}")
-        for name in ("w_weight_decay", "a_weight_decay", "grad_clip", "auxiliary_weight"):
-            if getattr(q, name) < 0:
-                raise ConfigError(f"search.{name} must be >= 0, got {getattr(q, name)}")
-        if not q.lambda0 > 0:
-            raise ConfigError(f"search.lambda0 must be > 0, got {q.lambda0}")
-        if q.cost not in COSTS:
-            raise ConfigError(f"search.cost: unknown cost {q.cost!r}; known: {', '.join(COSTS)}")
-        if not 0 <= q.xi_min < 1:
-            raise ConfigError(f"search.xi_min must be in [0, 1), got {q.xi_min}")
-        if not 0 <= q.xi_max < 1:
-            raise ConfigError(f"search.xi_max must be in [0, 1), got {q.xi_max}")
-        if q.xi_min > q.xi_max:
-            raise ConfigError(f"search.xi_min ({q.xi_min}) must not exceed search.xi_max ({q.xi_max})")
-        _positive_int("search.n0", q.n0)
-        if not isinstance(q.t0, int) or q.t0 < 0:
-            raise ConfigError(f"search.t0 must be an integer >= 0, got {q.t0!r}")
-        if q.flops_min is not None and not q.flops_min > 0:
-            raise ConfigError(f"search.flops_min must be > 0, got {q.flops_min}")
-        if not 0 < q.flops_min_ratio < 1:
-            raise ConfigError(f"search.flops_min_ratio must be in (0, 1), got {q.flops_min_ratio}")
-        if q.record_rule not in RECORD_RULES:
-            raise ConfigError(f"search.record_rule must be one of {', '.join(RECORD_RULES)}, got {q.record_rule!r}")
-        if not 0 < q.record_gap < 1 or not 0 <= q.record_min_gap < q.record_gap:
-            raise ConfigError(f"search.record_gap must be in (0, 1) and search.record_min_gap in [0, record_gap), "
-                              f"got {q.record_gap} and {q.record_min_gap}")
-        if not isinstance(q.channels_last, bool):
-            raise ConfigError(f"search.channels_last must be true or false, got {q.channels_last!r}")
-        if q.amp not in AMP_MODES:
-            raise ConfigError(f"search.amp must be one of {', '.join(AMP_MODES)}, got {q.amp!r}")
-        self.retrain.validate()
-        return self
+            key, text = (s.strip() for s in item.split("=", 1))
+            parts = key.split(".")
+            value = _parse_value(parts, text)
+            target = changes
+            for part in parts[:-1]:
+                target = target.setdefault(part, {})
+                if not isinstance(target, dict):
+                    raise ConfigError(f"override {item!r}: {part} is a value, not a section")
+            target[parts[-1]] = value
+        return self.merged(changes)
 
 
-def _validate_data(cfg: "Config") -> None:
-    d = cfg.data
-    if d.dataset not in DATASETS:
-        raise ConfigError(f"data.dataset: unknown dataset {d.dataset!r}; known: {', '.join(DATASETS)}")
-    _positive_int("data.batch_size", d.batch_size)
-    for name in ("cutout", "crop_padding"):
-        value = getattr(d, name)
-        if value is not None and value < 0:
-            raise ConfigError(f"data.{name} must be >= 0, got {value}")
-    if d.image_size is not None:
-        _positive_int("data.image_size", d.image_size)
-    if not 0 < d.subset <= 1:
-        raise ConfigError(f"data.subset must be in (0, 1], got {d.subset}")
-    if d.labels not in ("fine", "coarse"):
-        raise ConfigError(f"data.labels must be fine or coarse, got {d.labels!r}")
-    if d.path not in DATA_PATHS:
-        raise ConfigError(f"data.path must be one of {', '.join(DATA_PATHS)}, got {d.path!r}")
-    if d.random_resized_crop and not d.image_size:
-        raise ConfigError("data.random_resized_crop needs data.image_size (the crops' size)")
+def describe_errors(exc: ValidationError, model: type[BaseModel]) -> str:
+    """One line naming each invalid field (``section.field``), its value and what is expected."""
+    prefix = getattr(model, "prefix", "")
+    found = []
+    for err in exc.errors(include_url=False):
+        path = prefix + ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            known = _fields_at(model, err["loc"][:-1])
+            found.append(f"unknown config field {path!r}; known: {', '.join(known)}")
+        elif err["type"] == "value_error":  # a check spanning fields: its message names them
+            found.append(err["msg"].removeprefix("Value error, "))
+        elif err["type"] == "literal_error":
+            found.append(f"{path}: {err['input']!r} is not one of {err['ctx']['expected']}")
+        else:
+            msg = err["msg"][0].lower() + err["msg"][1:]
+            found.append(f"{path}: {msg}, got {err['input']!r}")
+    return "; ".join(found)
+
+
+def _fields_at(model: Any, loc: tuple) -> list[str]:
+    for part in loc:
+        model = _section(model.model_fields[part].annotation) if part in getattr(model, "model_fields", {}) else None
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _section(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _parse_value(parts: list[str], text: str) -> Any:
+    """The value of ``--set key=text``: YAML's reading of ``text``, except that a text field
+    keeps the string as written (``data.root=123``, ``data.image_column=yes``)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    if value is not None and not isinstance(value, str) and _is_text(_annotation(parts)):
+        return text
+    return value
+
+
+def _annotation(parts: list[str]) -> Any:
+    model: Any = Config
+    for part in parts:
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return None  # unknown: the model's own check names it
+        model = fields[part].annotation
+    return model
+
+
+def _is_text(annotation: Any) -> bool:
+    """A str field, or an optional one, or a choice among strings."""
+    if annotation is str:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return all(isinstance(a, str) for a in typing.get_args(annotation))
+    if origin in (Union, types.UnionType):
+        return any(_is_text(a) for a in typing.get_args(annotation) if a is not type(None))
+    return False
+
+
+def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any] | None:
@@ -299,58 +377,88 @@ def _read_yaml(path: str | Path) -> dict[str, Any] | None:
     return raw
 
 
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+# ---- what the models publish ---------------------------------------------------------------
+SCHEMA_ID = "https://goldnas-ray.invalid/config.schema.json"
 
 
-def apply_dict(target: Any, raw: dict[str, Any], prefix: str) -> None:
-    """Copy ``raw`` onto dataclass ``target``, rejecting unknown keys and wrong types."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(target)}
-    for key, value in raw.items():
-        name = f"{prefix}{key}"
-        if key not in fields:
-            raise ConfigError(f"unknown config field {name!r}; known: {', '.join(fields)}")
-        current = getattr(target, key)
-        if dataclasses.is_dataclass(current):
-            apply_dict(current, value, prefix=f"{name}.")
-            continue
-        setattr(target, key, _coerce(name, current, value, fields[key].type))
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a config file (YAML or JSON): every section, field, type, bound and
+    choice; unknown keys are errors."""
+    schema = Config.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
+            "title": "goldnas-ray config", **{k: v for k, v in schema.items() if k != "title"}}
 
 
-def _coerce(name: str, current: Any, value: Any, annotation: Any) -> Any:
-    optional = "None" in str(annotation)
+def _type_name(annotation: Any, info: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return " \\| ".join(f"`{a}`" for a in args) if len(args) <= 8 else "name"
+    if origin in (Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return " \\| ".join(_type_name(a, None) for a in inner) + " \\| null"
+    if origin is list:
+        return "list of " + ("operator names" if args and typing.get_origin(args[0]) is Literal else "str")
+    if origin is Annotated:
+        return _type_name(args[0], None)
+    return getattr(annotation, "__name__", str(annotation)).replace("StrictBool", "bool")
+
+
+def _bounds(info: Any) -> str:
+    words = []
+    metadata = list(info.metadata)
+    for arg in typing.get_args(info.annotation):  # an optional bounded value: Annotated inside a Union
+        if typing.get_origin(arg) is Annotated:
+            metadata += [m for a in arg.__metadata__ for m in getattr(a, "metadata", [a])]
+    for meta in metadata:
+        for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            value = getattr(meta, attr, None)
+            if value is not None:
+                words.append(f"{sign} {value}")
+        if getattr(meta, "min_length", None):
+            words.append(f"at least {meta.min_length}")
+    return ", ".join(words)
+
+
+def _default(info: Any) -> str:
+    value = info.default_factory() if info.default_factory is not None else info.default
     if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{name} may not be null")
-    if isinstance(current, bool) or "bool" == str(annotation):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false, got {value!r}")
-        return value
-    if isinstance(current, int) and not isinstance(current, bool) and "float" not in str(annotation):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-        return value
-    if isinstance(current, float) or "float" in str(annotation):
-        if isinstance(value, str):  # YAML 1.1 reads "1e12" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
-        return float(value)
-    if isinstance(current, list):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{name} must be a list of names, got {value!r}")
-        return list(value)
-    if isinstance(current, str):
-        if not isinstance(value, str):
-            raise ConfigError(f"{name} must be a string, got {value!r}")
-        return value
-    return value
+        return "unset"
+    if isinstance(value, list):
+        return "`[" + ", ".join(map(str, value)) + "]`"
+    return f"`{json.dumps(value) if isinstance(value, bool) else value}`"
+
+
+def reference_table() -> str:
+    """The Markdown table of every field: key, type, default, allowed values, meaning."""
+    lines = ["| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
+    for name, info in Config.model_fields.items():
+        section = _section(info.annotation)
+        fields = section.model_fields.items() if section else [(None, info)]
+        for field, finfo in fields:
+            key = f"{name}.{field}" if field else name
+            annotation = finfo.annotation
+            choices = ""
+            if typing.get_origin(annotation) is Literal and len(typing.get_args(annotation)) > 8:
+                choices = ", ".join(typing.get_args(annotation))
+            if typing.get_origin(annotation) is list:
+                choices = ", ".join(typing.get_args(typing.get_args(annotation)[0]))
+            allowed = "; ".join(x for x in (_bounds(finfo), choices) if x)
+            lines.append(f"| `{key}` | {_type_name(annotation, finfo)} | {_default(finfo)} | {allowed} | "
+                         f"{finfo.description or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--schema"]:
+        print(json.dumps(json_schema(), indent=1))
+    elif argv == ["--markdown"]:
+        print(reference_table(), end="")
+    else:
+        print("usage: python -m goldnas_ray.core.config --schema | --markdown", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

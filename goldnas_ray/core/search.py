@@ -42,7 +42,6 @@ class GoldSearch:
 
     def __init__(self, cfg: Config, input_shape: tuple[int, int, int], num_classes: int,
                  device: torch.device | str = "cpu"):
-        cfg.validate()
         self.cfg = cfg
         self.device = torch.device(device)
         self.input_shape = tuple(input_shape)

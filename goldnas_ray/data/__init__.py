@@ -8,10 +8,10 @@ feed a stream live in ``goldnas_ray.orchestration.streaming``).
 """
 from goldnas_ray.data.batches import (Augment, epoch_generator, eval_batches, iterate_batches, prepare,
                                       shard_indices)
-from goldnas_ray.data.datasets import (DATASETS, DataError, Dataset, load_cifar10, load_cifar100,
+from goldnas_ray.data.datasets import (LOADERS, DataError, Dataset, load_cifar10, load_cifar100,
                                        load_dataset, load_digits)
 from goldnas_ray.data.transforms import cutout
 
 __all__ = ["Augment", "cutout", "epoch_generator", "eval_batches", "iterate_batches", "prepare",
-           "shard_indices", "DATASETS", "DataError", "Dataset", "load_cifar10", "load_cifar100",
+           "shard_indices", "LOADERS", "DataError", "Dataset", "load_cifar10", "load_cifar100",
            "load_dataset", "load_digits"]

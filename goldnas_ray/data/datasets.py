@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from goldnas_ray.core.config import DATASETS as SPECS
 from goldnas_ray.data.batches import Augment, eval_batches, iterate_batches
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -84,12 +85,16 @@ class Dataset:
 
 
 Loader = Callable[..., Dataset]
-DATASETS: dict[str, Loader] = {}
+LOADERS: dict[str, Loader] = {}
 
 
 def register(name: str) -> Callable[[Loader], Loader]:
+    """Attach the loader of registry entry ``name`` (goldnas_ray.core.config.DATASETS)."""
+    if name not in SPECS:
+        raise KeyError(f"{name!r} is not in the dataset registry (goldnas_ray.core.config.DATASETS)")
+
     def add(fn: Loader) -> Loader:
-        DATASETS[name] = fn
+        LOADERS[name] = fn
         return fn
     return add
 
@@ -97,9 +102,9 @@ def register(name: str) -> Callable[[Loader], Loader]:
 def load_dataset(name: str, root: str | Path = "data", download: bool = False, *,
                  subset: float = 1.0, seed: int = 0, **options) -> Dataset:
     """The dataset ``name`` of the registry, its training set cut to ``subset`` per class."""
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    data = DATASETS[name](root=root, download=download, **options)
+    if name not in LOADERS:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(LOADERS)}")
+    data = LOADERS[name](root=root, download=download, **options)
     if len(data.y_train) == 0 or len(data.y_test) == 0:
         raise DataError(f"dataset {name} at {root} has an empty training or test split")
     return keep_subset(data, subset, seed) if subset < 1 else data

@@ -1,12 +1,9 @@
 """What a run's ``data`` config selects: the dataset to load and the transforms of a batch."""
 from __future__ import annotations
 
-from goldnas_ray.core.config import DataConfig
+from goldnas_ray.core.config import DATASETS, DataConfig
 from goldnas_ray.data.batches import Augment
 from goldnas_ray.data.datasets import Dataset, load_dataset
-
-CIFAR_SETS = ("cifar10", "cifar100")
-IMAGE_SETS = ("imagefolder", "parquet")
 
 
 def load_data(d: DataConfig) -> Dataset:
@@ -20,7 +17,8 @@ def load_data(d: DataConfig) -> Dataset:
 
 def train_augment(d: DataConfig, cutout: int, color_jitter: bool = False) -> Augment:
     """A training batch's transforms: the config's, or its dataset's defaults where unset."""
-    cifar, images = d.dataset in CIFAR_SETS, d.dataset in IMAGE_SETS
+    family = DATASETS[d.dataset].family
+    cifar, images = family == "cifar", family == "images"
     crop = d.crop_padding if d.crop_padding is not None else (4 if cifar else 0)
     flip = d.flip if d.flip is not None else (cifar or images)
     resized = d.random_resized_crop if d.random_resized_crop is not None else (images and bool(d.image_size))

@@ -20,17 +20,14 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from goldnas_ray.core.config import DataConfig
+from goldnas_ray.core.config import DATASETS, DataConfig
 from goldnas_ray.data.batches import Augment, epoch_generator, prepare, shard_indices
 from goldnas_ray.data.datasets import IMAGE_SUFFIXES, DataError, decode_image
-
-STREAMABLE = ("parquet", "imagefolder")
-
 
 def stream_info(d: DataConfig) -> "StreamInfo | None":
     """The streamed set's metadata when ``d`` streams: data.path=stream, or auto and the
     decoded training set larger than data.stream_above_gb; None for the in-memory path."""
-    if d.path == "memory" or (d.path == "auto" and d.dataset not in STREAMABLE):
+    if d.path == "memory" or (d.path == "auto" and not DATASETS[d.dataset].streamable):
         return None
     info = inspect(d)
     size_gb = info.num_train * math.prod(info.stored_shape) / 1e9
@@ -89,8 +86,9 @@ def folder_items(d: DataConfig, split: str = "train") -> tuple[list[str], list[i
 
 def inspect(d: DataConfig, sample: int = 256) -> StreamInfo:
     """Metadata of the training split, checked before any worker starts."""
-    if d.dataset not in STREAMABLE:
-        raise DataError(f"data.path=stream reads {' or '.join(STREAMABLE)} data, not {d.dataset}")
+    if not DATASETS[d.dataset].streamable:
+        streamable = " or ".join(n for n, s in DATASETS.items() if s.streamable)
+        raise DataError(f"data.path=stream reads {streamable} data, not {d.dataset}")
     if d.dataset == "parquet":
         import pyarrow.parquet as pq
 

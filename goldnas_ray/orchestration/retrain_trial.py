@@ -19,7 +19,7 @@ from typing import Any, Callable
 import ray.tune
 import torch
 
-from goldnas_ray.core.config import Config, RetrainConfig
+from goldnas_ray.core.config import DataConfig, RetrainConfig
 from goldnas_ray.core.genotype import Genotype
 from goldnas_ray.data.from_config import load_data
 from goldnas_ray.files.search_files import load_checkpoint
@@ -41,14 +41,14 @@ def retrain_trial(config: dict[str, Any], specs: dict[str, TrialSpec]) -> None:
     spec = specs[config["key"]]
     torch.set_num_threads(spec.threads)
     device = torch.device("cuda" if spec.use_gpu and torch.cuda.is_available() else "cpu")
-    data_cfg = Config.from_dict({"data": spec.data}).data
+    data_cfg = DataConfig.from_dict(spec.data)
     data = load_data(data_cfg)
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             trainer = Retrainer.from_state_dict(load_checkpoint(Path(d) / STATE_FILE), device)
     else:
-        trainer = Retrainer(Genotype.from_dict(spec.genotype), RetrainConfig(**spec.recipe), spec.seed, device)
+        trainer = Retrainer(Genotype.from_dict(spec.genotype), RetrainConfig.from_dict(spec.recipe), spec.seed, device)
     trial_log = location(spec.out) / ".trials" / f"{spec.key}.jsonl"
     _append(trial_log, {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
                         "start_epoch": trainer.epoch, "device": str(device), "time": time.time()})

@@ -47,7 +47,7 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
             return records
         cfg, run_id = Config.from_dict(records["config"]), records.get("mlflow_run_id")
     assert cfg is not None
-    stream = stream_info(cfg.validate().data)  # bad data fails here, before Ray starts
+    stream = stream_info(cfg.data)  # bad data fails here, before Ray starts
     dataset = stream.name if stream is not None else load_data(cfg).name
     uri = resolve_uri(out, mlflow_uri) if tracking else None
     if uri:

@@ -68,7 +68,7 @@ def load_search(folder: Path) -> SearchResult:
     for name in ("config", "input_shape", "num_classes"):
         if name not in records:
             raise OutputDirError(f"{where} lacks {name!r}")
-    config = Config.from_dict(records["config"]).validate()
+    config = Config.from_dict(records["config"])
     table = SpaceTable.build(config.space, records["input_shape"], records["num_classes"])
     searched = []
     for arch in archs:

@@ -99,7 +99,7 @@ class Manifest:
         if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
             raise OutputDirError(f"{path} is not a goldnas-ray retrain manifest")
         return cls(raw["search_dir"], raw.get("search_run_id"), raw["dataset"],
-                   Config.from_dict(raw["config"]).validate(),
+                   Config.from_dict(raw["config"]),
                    [Candidate.from_row(row, out) for row in raw["architectures"]],
                    raw.get("mlflow_tracking_uri"), raw.get("mlflow_run_id"),
                    dict(raw.get("mlflow_child_run_ids") or {}))
@@ -115,8 +115,8 @@ def plan_retrain(out: "Path | Location", search_dir: Path, *, search_run_id: str
     search = load_search(Path(search_dir))
     cfg = search.config
     if config_file is not None:
-        cfg.merge_yaml(config_file)
-    cfg.override(list(overrides)).validate()
+        cfg = cfg.merge_yaml(config_file)
+    cfg = cfg.override(list(overrides))
     if stream_info(cfg.data) is not None:
         raise ConfigError("retraining reads its data into memory, and this set streams (data.path=stream, "
                           "or larger than data.stream_above_gb): set data.path=memory for the retrain")

@@ -35,7 +35,6 @@ class Retrainer:
 
     def __init__(self, geno: Genotype, cfg: RetrainConfig, seed: int,
                  device: torch.device | str = "cpu"):
-        cfg.validate()
         self.geno, self.cfg, self.seed = geno, cfg, seed
         self.device = torch.device(device)
         torch.manual_seed(seed)  # the initial weights depend on the seed only
@@ -109,7 +108,7 @@ class Retrainer:
         return {
             "version": STATE_VERSION,
             "genotype": self.geno.to_dict(),
-            "config": {k: getattr(self.cfg, k) for k in self.cfg.__dataclass_fields__},
+            "config": self.cfg.model_dump(),
             "seed": self.seed,
             "epoch": self.epoch,
             "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
@@ -123,7 +122,7 @@ class Retrainer:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"retrain checkpoint version {state.get('version')!r}; "
                              f"this release reads {STATE_VERSION}")
-        trainer = cls(Genotype.from_dict(state["genotype"]), RetrainConfig(**state["config"]),
+        trainer = cls(Genotype.from_dict(state["genotype"]), RetrainConfig.from_dict(state["config"]),
                       int(state["seed"]), device)
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])

@@ -151,7 +151,6 @@ def run_local(cfg: Config | None, out: "str | Path | Location", resume: bool = F
     check_out_dir(out, resume)
     if not resume:
         assert cfg is not None
-        cfg.validate()
         if cfg.data.path == "stream":
             raise ConfigError("data.path=stream streams through Ray Data: run without --local")
     state = load_checkpoint(out / CHECKPOINT) if resume else None
