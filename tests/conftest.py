@@ -26,6 +26,20 @@ def tiny_config(**search) -> Config:
                              "search": search})
 
 
+# a test that uses one of these fixtures starts (or joins) the service: marked for it, so that
+# `pytest -m "not services"` starts no server at all
+SERVICE_FIXTURES = {"ray_cluster": "ray", "mlflow_server": "mlflow", "mlflow_s3_server": "mlflow", "s3": "s3"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, mark in SERVICE_FIXTURES.items():
+            if fixture in item.fixturenames:
+                item.add_marker(mark)
+        if any(item.get_closest_marker(mark) for mark in ("ray", "mlflow", "s3")):
+            item.add_marker("services")
+
+
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(1)

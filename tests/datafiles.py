@@ -63,3 +63,18 @@ def write_parquet(path: Path, n: int = 60, classes: int = 4, size=(32, 32), seed
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({image_column: pa.array(blobs, pa.binary()), label_column: labels}), path)
     return path
+
+
+def upload(folder: Path, uri: str) -> str:
+    """Copy every file below ``folder`` to the storage URI ``uri`` (a bucket prefix); returns it."""
+    from goldnas_ray.files.store import location
+
+    location(uri).upload(folder)
+    return uri
+
+
+def pixel_digests(images) -> set[str]:
+    """Short digests of uint8 images (N, C, H, W): which images a split holds, whatever order."""
+    import hashlib
+
+    return {hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest()[:16] for im in np.asarray(images)}

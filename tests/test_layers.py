@@ -7,8 +7,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "goldnas_ray"
 # bottom to top; a module may import its own layer and those listed before it
-LAYERS = ["core", "data", "files", "retrain", "run", "tracking", "orchestration", "cli"]
-PURE = {"core", "data", "files", "retrain", "run"}
+LAYERS = ["core", "files", "data", "retrain", "run", "tracking", "orchestration", "cli"]
+PURE = {"core", "files", "data", "retrain", "run"}
 
 
 def layer_of(module: str) -> str | None:
@@ -17,16 +17,22 @@ def layer_of(module: str) -> str | None:
     return parts[1] if len(parts) > 1 and parts[0] == "goldnas_ray" else None
 
 
-def imports(path: Path) -> list[tuple[int, str]]:
-    """(line, module) of every import statement in the file, at any depth."""
+def imports(path: Path, module: str) -> list[tuple[int, str]]:
+    """(line, module) of every import statement in the file ``module`` lives in, at any depth;
+    relative imports (``from .x import y``, ``from .. import z``) resolved against it."""
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append((node.lineno, node.module))
-            if node.module == "goldnas_ray":  # from goldnas_ray import cli
-                found += [(node.lineno, f"goldnas_ray.{alias.name}") for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package[:len(package) - (node.level - 1)]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            found.append((node.lineno, base))
+            # from goldnas_ray import cli / from . import loop: the names may be modules
+            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names if alias.name != "*"]
     return found
 
 
@@ -43,7 +49,7 @@ def violations(root: Path = PACKAGE) -> list[str]:
         own = layer_of(name)
         if own is None:
             continue
-        for line, target in imports(path):
+        for line, target in imports(path, name):
             top = target.split(".")[0]
             if own in PURE and top in ("ray", "mlflow"):
                 bad.append(f"{path.name}:{line} ({own}) imports {target}")
@@ -71,6 +77,18 @@ def test_the_check_catches_a_lazy_ray_import(tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
     found = violations()
     assert any("imports ray.train" in v for v in found) and any("upward" in v for v in found), found
+
+
+def test_the_check_catches_relative_imports(tmp_path, monkeypatch):
+    """``from ..run import loop`` in core is as upward as the absolute form."""
+    fake = tmp_path / "goldnas_ray"
+    (fake / "core").mkdir(parents=True)
+    (fake / "core" / "rel.py").write_text("from ..run import loop\nfrom .. import tracking\nfrom . import space\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
+    found = violations()
+    assert sorted(found) == ["rel.py:1 (core) imports upward: goldnas_ray.run",
+                             "rel.py:1 (core) imports upward: goldnas_ray.run.loop",
+                             "rel.py:2 (core) imports upward: goldnas_ray.tracking"], found
 
 
 @pytest.mark.parametrize("module, expected", [("goldnas_ray.core.search", "core"),

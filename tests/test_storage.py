@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from conftest import BIN, submit
+from datafiles import pixel_digests, upload, write_imagefolder, write_parquet
 
+from goldnas_ray.data import DataError
 from goldnas_ray.files.store import StorageError, location
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,3 +250,66 @@ def test_a_search_stopped_before_its_first_checkpoint_ends_its_mlflow_run_killed
     while time.time() < deadline and client.get_run(runs[0].info.run_id).info.status == "RUNNING":
         time.sleep(0.5)
     assert client.get_run(runs[0].info.run_id).info.status == "KILLED"
+
+
+# ---- datasets in the bucket: splits found through the storage layer ---------------------------
+def _split_sets(tmp_path):
+    """A Parquet set with train/ and val/ (60 + 20 rows, every image its own) and an image folder
+    (train/ and val/ of 3 classes), written locally first."""
+    pq_root = tmp_path / "pq"
+    write_parquet(pq_root / "train" / "part-0.parquet", n=60, size=(16, 16), seed=0)
+    write_parquet(pq_root / "val" / "part-0.parquet", n=20, size=(16, 16), seed=1)
+    folder = write_imagefolder(tmp_path / "folder", size=(16, 16))
+    return pq_root, folder
+
+
+def _decoded(root, split):
+    """The images of a local split, decoded as the loaders decode them."""
+    from goldnas_ray.data.datasets import decode_image, folder_split, image_bytes_of, read_parquet_table
+
+    if (root / split).is_dir() and any((root / split).glob("*.parquet")):
+        table = read_parquet_table(location(root / split))
+        return [decode_image(image_bytes_of(b), "x", None) for b in table.column("image").to_pylist()]
+    _, files, _ = folder_split(root, split)
+    return [decode_image(f.read_bytes(), "x", None) for f in files]
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("dataset", ["parquet", "imagefolder"])
+def test_a_set_in_the_bucket_is_split_as_on_disk_and_no_val_image_is_trained_on(s3, tmp_path, dataset):
+    from goldnas_ray.core.config import DataConfig
+    from goldnas_ray.data.from_config import load_data
+
+    pq_root, folder = _split_sets(tmp_path)
+    local = pq_root if dataset == "parquet" else folder
+    uri = upload(local, s3["uri"](f"sets/{dataset}"))
+    data = load_data(DataConfig(dataset=dataset, root=uri))
+    train, val = pixel_digests(_decoded(local, "train")), pixel_digests(_decoded(local, "val"))
+    assert pixel_digests(data.x_train) == train and pixel_digests(data.x_test) == val
+    assert not pixel_digests(data.x_train) & val  # no validation image reaches training
+    on_disk = load_data(DataConfig(dataset=dataset, root=str(local)))
+    assert torch.equal(on_disk.x_train, data.x_train) and torch.equal(on_disk.y_test, data.y_test)
+
+
+@pytest.mark.s3
+def test_a_table_without_splits_holds_out_every_tenth_row_in_the_bucket_too(s3, tmp_path):
+    from goldnas_ray.core.config import DataConfig
+    from goldnas_ray.data.from_config import load_data
+
+    table = write_parquet(tmp_path / "one" / "all.parquet", n=40, size=(8, 8))
+    uri = upload(tmp_path / "one", s3["uri"]("sets/one"))
+    data = load_data(DataConfig(dataset="parquet", root=uri))
+    rows = _decoded_table(table)
+    assert pixel_digests(data.x_test) == pixel_digests([rows[i] for i in (9, 19, 29, 39)])
+    assert pixel_digests(data.x_train) == pixel_digests([r for i, r in enumerate(rows) if i % 10 != 9])
+    (tmp_path / "half" / "train").mkdir(parents=True)
+    write_parquet(tmp_path / "half" / "train" / "p.parquet", n=10)
+    with pytest.raises(DataError, match=r"holds train/ but no val/"):
+        load_data(DataConfig(dataset="parquet", root=upload(tmp_path / "half", s3["uri"]("sets/half"))))
+
+
+def _decoded_table(path):
+    from goldnas_ray.data.datasets import decode_image, image_bytes_of, read_parquet_table
+
+    table = read_parquet_table(location(path))
+    return [decode_image(image_bytes_of(b), "x", None) for b in table.column("image").to_pylist()]

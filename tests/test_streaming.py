@@ -85,3 +85,54 @@ def test_a_smoke_search_streams_with_two_workers(ray_cluster, tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 2 and "set data.path=memory for the retrain" in proc.stderr
     assert not retrain.exists()
+
+
+SEEN = r"""
+import hashlib, json, sys
+import numpy as np
+import ray
+from goldnas_ray.core.config import DataConfig
+from goldnas_ray.data.stream import StreamSource, inspect
+from goldnas_ray.orchestration.streaming import train_dataset
+
+ray.init(address=sys.argv[2])
+d = DataConfig(dataset=sys.argv[3], root=sys.argv[1], path="stream")
+info = inspect(d)
+source = StreamSource(train_dataset(d, info), info, buffer_batches=2)
+seen = []
+for rank in (0, 1):
+    for px, _ in source.rows(0, 0, rank, 2):
+        seen += [hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest()[:16] for im in px]
+print("RESULT " + json.dumps({"num_train": info.num_train, "seen": seen}))
+"""
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("layout", ["parquet-splits", "imagefolder", "parquet-one-table"])
+def test_a_stream_from_the_bucket_never_trains_on_a_val_image(ray_cluster, s3, tmp_path, layout):
+    """Streaming a set from the bucket: the training stream holds the training images only, the
+    same ones the in-memory path trains on."""
+    from datafiles import pixel_digests, upload, write_imagefolder
+
+    from goldnas_ray.core.config import DataConfig
+    from goldnas_ray.data.from_config import load_data
+
+    local = tmp_path / "set"
+    if layout == "parquet-splits":
+        write_parquet(local / "train" / "part-0.parquet", n=60, size=(16, 16), seed=0)
+        write_parquet(local / "val" / "part-0.parquet", n=20, size=(16, 16), seed=1)
+    elif layout == "imagefolder":
+        write_imagefolder(local, size=(16, 16), per_class=8)
+    else:
+        write_parquet(local / "all.parquet", n=50, size=(16, 16))
+    dataset = "imagefolder" if layout == "imagefolder" else "parquet"
+    uri = upload(local, s3["uri"](f"stream/{layout}"))
+    proc = subprocess.run([sys.executable, "-c", SEEN, uri, ray_cluster["address"], dataset], cwd=ROOT,
+                          env=ray_cluster["env"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    memory = load_data(DataConfig(dataset=dataset, root=str(local)))
+    train, val = pixel_digests(memory.x_train), pixel_digests(memory.x_test)
+    assert found["num_train"] == len(memory.y_train)
+    assert len(found["seen"]) == 2 * (len(memory.y_train) // 2) == len(set(found["seen"]))
+    assert set(found["seen"]) <= train and not set(found["seen"]) & val

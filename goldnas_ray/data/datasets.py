@@ -1,4 +1,5 @@
-"""Datasets held in memory, and the registry that names them (``data.dataset``).
+"""Datasets held in memory: a loader for every name of the registry (``goldnas_ray.core.config.
+DATASETS``), read from a local folder or any storage URI through one storage layer.
 
     digits       8x8 grey handwritten digits shipped inside scikit-learn (the default: no
                  download); float32, already normalised
@@ -7,17 +8,20 @@
                  label bytes; ``data.labels`` picks one, fine by default)
     imagefolder  ``<root>/train/<class>/*`` and ``<root>/val/<class>/*`` JPEG / PNG files (the
                  ImageNet layout); classes are the sorted folder names
-    parquet      ``<root>`` a Parquet file or folder (or a URI pyarrow opens) with a column of
-                 encoded image bytes and an integer label column (``data.image_column``,
-                 ``data.label_column``); ``<root>/train`` and ``<root>/val`` when it is a
-                 folder holding both, else a fixed 10% of the rows are held out
+    parquet      ``<root>`` a Parquet file or folder with a column of encoded image bytes and an
+                 integer label column (``data.image_column``, ``data.label_column``):
+                 ``<root>/train`` and ``<root>/val`` when it holds both, else one table of which
+                 every 10th row is held out for testing (:func:`held_out`)
 
-Image sets are kept as uint8 (CIFAR-10's 50,000 training images: 150 MB, not 600) with their
-channel mean and std; batches are converted, augmented and normalised on the training device
-(``data.batches``). With ``data.image_size`` set, decoded images are resized (shorter side to
-size x 256/224) and centre-cropped to a common square, from which training crops are taken.
-``data.subset`` keeps a fixed per-class fraction of the training set (seeded), as searches on
-ImageNet keep 10% or 2.5%. Every problem is reported with the file it is in, before training.
+``root`` is a local path or a URI (``s3://bucket/prefix?endpoint_override=...``): splits, class
+folders and files are found by listing it through ``goldnas_ray.files.store``, so a set in a
+bucket is split exactly as the same set on disk. Image sets are kept as uint8 (CIFAR-10's
+50,000 training images: 150 MB, not 600) with their channel mean and std; batches are
+converted, augmented and normalised on the training device (``data.batches``). With
+``data.image_size`` set, decoded images are resized (shorter side to size x 256/224) and
+centre-cropped to a common square, from which training crops are taken. ``data.subset`` keeps
+a fixed per-class fraction of the training set (seeded), as searches on ImageNet keep 10% or
+2.5%. Every problem is reported with the file it is in, before training.
 """
 from __future__ import annotations
 
@@ -26,13 +30,14 @@ import tarfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from goldnas_ray.core.config import DATASETS as SPECS
 from goldnas_ray.data.batches import Augment, eval_batches, iterate_batches
+from goldnas_ray.files.store import Location, StorageError, location
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"
@@ -40,9 +45,8 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+HELD_OUT_EVERY = 10  # a table without splits: rows 9, 19, 29, ... are the test split
 
 
 class DataError(ValueError):
@@ -89,7 +93,7 @@ LOADERS: dict[str, Loader] = {}
 
 
 def register(name: str) -> Callable[[Loader], Loader]:
-    """Attach the loader of registry entry ``name`` (goldnas_ray.core.config.DATASETS)."""
+    """Attach the loader of registry entry ``name`` (core.config.DATASETS)."""
     if name not in SPECS:
         raise KeyError(f"{name!r} is not in the dataset registry (goldnas_ray.core.config.DATASETS)")
 
@@ -104,7 +108,10 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, *
     """The dataset ``name`` of the registry, its training set cut to ``subset`` per class."""
     if name not in LOADERS:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(LOADERS)}")
-    data = LOADERS[name](root=root, download=download, **options)
+    try:
+        data = LOADERS[name](root=root, download=download, **options)
+    except StorageError as exc:
+        raise DataError(f"cannot read {name} data at {root}: {exc}") from exc
     if len(data.y_train) == 0 or len(data.y_test) == 0:
         raise DataError(f"dataset {name} at {root} has an empty training or test split")
     return keep_subset(data, subset, seed) if subset < 1 else data
@@ -125,6 +132,32 @@ def keep_subset(data: Dataset, fraction: float, seed: int = 0) -> Dataset:
                    data.num_classes, data.mean, data.std, data.model_size)
 
 
+def check_labels(labels: Sequence | np.ndarray, where: str, num_classes: int | None = None) -> np.ndarray:
+    """Labels as int64, each an integer in [0, num_classes) (or >= 0 when the number of classes
+    is not known); raises DataError naming ``where``, the row and the first bad label. The one
+    check every dataset's labels go through."""
+    values = labels if isinstance(labels, np.ndarray) else np.asarray(list(labels), dtype=object)
+    bound = f"0..{num_classes - 1}" if num_classes is not None else "integers >= 0"
+    integral = values.dtype.kind in "iu" or all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values)
+    if not integral:
+        row = next(i for i, v in enumerate(values)
+                   if not isinstance(v, (int, np.integer)) or isinstance(v, bool))
+        raise DataError(f"{where} holds label {values[row]!r} at row {row}; labels must be {bound}")
+    ints = values.astype(np.int64)
+    bad = (ints < 0) | (ints >= num_classes if num_classes is not None else False)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(f"{where} holds label {ints[row]} at row {row}; labels must be {bound}")
+    return ints
+
+
+def held_out(n: int) -> np.ndarray:
+    """Which rows of a table without splits form its test split: every 10th (9, 19, ...). The
+    in-memory and the streamed paths use this one rule, so neither trains on a test row."""
+    return np.arange(n) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+
+
 @register("digits")
 def load_digits(test_fraction: float = 0.2, **_: object) -> Dataset:
     """scikit-learn's digits with a fixed stratified split (seed 0): 1,437 train, 360 test."""
@@ -141,34 +174,35 @@ def load_digits(test_fraction: float = 0.2, **_: object) -> Dataset:
 
 
 # ---- CIFAR ----------------------------------------------------------------------------------
-def _read_cifar_bin(path: Path, label_bytes: int, label_index: int, classes: int, kind: str
+def _read_cifar_bin(path: Location, label_bytes: int, label_index: int, classes: int, kind: str
                     ) -> tuple[np.ndarray, np.ndarray]:
     record = label_bytes + 3072
-    raw = np.fromfile(path, dtype=np.uint8)
+    raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
     if raw.size == 0 or raw.size % record:
         raise DataError(f"{path} is not a {kind} binary file ({raw.size} bytes is not a multiple "
                         f"of {record})")
     records = raw.reshape(-1, record)
-    labels = records[:, label_index].astype(np.int64)
-    if labels.max() >= classes:
-        raise DataError(f"{path} holds label {labels.max()}; {kind} labels are 0..{classes - 1}")
+    labels = check_labels(records[:, label_index], str(path), classes)
     return records[:, label_bytes:].reshape(-1, 3, 32, 32), labels
 
 
-def _fetch(root: Path, folder: Path, url: str, download: bool, kind: str) -> None:
+def _fetch(root: Location, folder: Location, url: str, download: bool, kind: str) -> None:
     if folder.is_dir():
         return
     if not download:
         raise DataError(f"{kind} not found at {folder}; set data.download=true or place the "
                         f"binary release there")
-    root.mkdir(parents=True, exist_ok=True)
-    archive = root / url.rsplit("/", 1)[-1]
+    if root.is_remote:
+        raise DataError(f"{kind} not found at {folder}, and data.download unpacks into a local folder "
+                        f"only: place the binary release in the bucket, or use a local data.root")
+    root.mkdir()
+    archive = root.local / url.rsplit("/", 1)[-1]
     urllib.request.urlretrieve(url, archive)
     with tarfile.open(archive) as tar:
-        tar.extractall(root, filter="data")
+        tar.extractall(root.local, filter="data")
 
 
-def _cifar(name: str, root: Path, train_files: list[Path], test_file: Path, label_bytes: int,
+def _cifar(name: str, train_files: list[Location], test_file: Location, label_bytes: int,
            label_index: int, classes: int, mean, std) -> Dataset:
     for f in [*train_files, test_file]:
         if not f.is_file():
@@ -177,15 +211,15 @@ def _cifar(name: str, root: Path, train_files: list[Path], test_file: Path, labe
     x_te, y_te = _read_cifar_bin(test_file, label_bytes, label_index, classes, name)
     t = torch.from_numpy
     return Dataset(name, t(np.concatenate([p[0] for p in parts])), t(np.concatenate([p[1] for p in parts])),
-                   t(x_te), t(y_te), classes, mean, std)
+                   t(x_te.copy()), t(y_te), classes, mean, std)
 
 
 @register("cifar10")
 def load_cifar10(root: str | Path = "data", download: bool = False, **_: object) -> Dataset:
-    root = Path(root)
+    root = location(root)
     folder = root / "cifar-10-batches-bin"
     _fetch(root, folder, CIFAR10_URL, download, "CIFAR-10")
-    return _cifar("cifar10", root, [folder / f"data_batch_{i}.bin" for i in range(1, 6)],
+    return _cifar("cifar10", [folder / f"data_batch_{i}.bin" for i in range(1, 6)],
                   folder / "test_batch.bin", 1, 0, 10, CIFAR10_MEAN, CIFAR10_STD)
 
 
@@ -195,11 +229,11 @@ def load_cifar100(root: str | Path = "data", download: bool = False, labels: str
     """Records of coarse label byte, fine label byte, 3,072 pixel bytes."""
     if labels not in ("fine", "coarse"):
         raise DataError(f"data.labels must be 'fine' or 'coarse' for cifar100, got {labels!r}")
-    root = Path(root)
+    root = location(root)
     folder = root / "cifar-100-binary"
     _fetch(root, folder, CIFAR100_URL, download, "CIFAR-100")
     fine = labels == "fine"
-    return _cifar("cifar100", root, [folder / "train.bin"], folder / "test.bin", 2, 1 if fine else 0,
+    return _cifar("cifar100", [folder / "train.bin"], folder / "test.bin", 2, 1 if fine else 0,
                   100 if fine else 20, CIFAR100_MEAN, CIFAR100_STD)
 
 
@@ -216,8 +250,13 @@ def decode_image(data: bytes, where: str, image_size: int | None) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{where} is not a readable image: {exc}") from exc
     if image_size:
-        img = _resize_center(img, round(image_size * 256 / 224))
+        img = _resize_center(img, stored_size(image_size))
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def stored_size(image_size: int) -> int:
+    """The side images are stored at for crops of ``image_size`` (the 256/224 convention)."""
+    return round(image_size * 256 / 224)
 
 
 def _resize_center(img, side: int):
@@ -242,16 +281,20 @@ def _stack(images: list[np.ndarray], names: list[str]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images))
 
 
-def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    f = x.float().div_(255)
+def channel_stats(x: torch.Tensor | np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), as fractions of 255."""
+    f = torch.as_tensor(x).float().div_(255)
     return tuple(f.mean(dim=(0, 2, 3)).tolist()), tuple(f.std(dim=(0, 2, 3)).clamp(min=1e-3).tolist())
 
 
-def _split_folder(folder: Path, classes: list[str] | None, image_size: int | None
-                  ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+def folder_split(root: "str | Path | Location", split: str, classes: list[str] | None = None
+                 ) -> tuple[list[str], list[Location], list[int]]:
+    """(classes, image files, labels) of ``root/split/<class>/*``, listed through the storage
+    layer; ``classes`` (the training split's) must match the folders found."""
+    folder = location(root) / split
     if not folder.is_dir():
         raise DataError(f"image folder split {folder} is missing (expected train/<class>/ and val/<class>/)")
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    found = folder.subfolders()
     if classes is None:
         classes = found
         if len(classes) < 2:
@@ -259,65 +302,89 @@ def _split_folder(folder: Path, classes: list[str] | None, image_size: int | Non
     elif found != classes:
         missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
         raise DataError(f"{folder} has other classes than the training split: missing {missing}, extra {extra}")
-    images, labels, names = [], [], []
+    files, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+        mine = [folder / name / f for f in (folder / name).names() if f.lower().endswith(IMAGE_SUFFIXES)]
+        if not mine:
             raise DataError(f"class folder {folder / name} holds no JPEG or PNG image")
-        for path in files:
-            images.append(decode_image(path.read_bytes(), str(path), image_size))
-            labels.append(label)
-            names.append(str(path))
-    return classes, _stack(images, names), torch.tensor(labels, dtype=torch.int64)
+        files += mine
+        labels += [label] * len(mine)
+    return classes, files, labels
 
 
 @register("imagefolder")
 def load_imagefolder(root: str | Path = "data", image_size: int | None = None, **_: object) -> Dataset:
-    root = Path(root)
-    classes, x_tr, y_tr = _split_folder(root / "train", None, image_size)
-    _, x_te, y_te = _split_folder(root / "val", classes, image_size)
+    classes, train_files, y_tr = folder_split(root, "train")
+    _, val_files, y_te = folder_split(root, "val", classes)
+    x_tr = _stack([decode_image(f.read_bytes(), str(f), image_size) for f in train_files], list(map(str, train_files)))
+    x_te = _stack([decode_image(f.read_bytes(), str(f), image_size) for f in val_files], list(map(str, val_files)))
     if x_tr.shape[1:] != x_te.shape[1:]:
-        raise DataError(f"{root}: train images are {tuple(x_tr.shape[2:])}, val images {tuple(x_te.shape[2:])}; "
-                        f"set data.image_size")
-    mean, std = _channel_stats(x_tr)
-    return Dataset("imagefolder", x_tr, y_tr, x_te, y_te, len(classes), mean, std)
+        raise DataError(f"{location(root)}: train images are {tuple(x_tr.shape[2:])}, val images "
+                        f"{tuple(x_te.shape[2:])}; set data.image_size")
+    mean, std = channel_stats(x_tr)
+    return Dataset("imagefolder", x_tr, torch.tensor(y_tr), x_te, torch.tensor(y_te), len(classes), mean, std)
+
+
+def parquet_splits(root: "str | Path | Location") -> dict[str, Location]:
+    """The Parquet data of each split: ``{"train": root/train, "val": root/val}`` when ``root``
+    holds both folders, ``{"all": root}`` when it holds neither (then :func:`held_out` splits
+    its rows). Found by listing ``root`` through the storage layer: a bucket and a disk give
+    the same answer."""
+    loc = location(root)
+    present = {s: loc / s for s in ("train", "val") if (loc / s).is_dir()}
+    if len(present) == 2:
+        return present
+    if present:
+        (have,) = present
+        other = "val" if have == "train" else "train"
+        raise DataError(f"Parquet data at {loc} holds {have}/ but no {other}/: give both splits, or "
+                        f"neither (then every {HELD_OUT_EVERY}th row is held out for testing)")
+    return {"all": loc}
+
+
+def read_parquet_table(source: Location, columns: list[str] | None = None, head: int | None = None):
+    """A Parquet file or folder as one pyarrow table (its first ``head`` rows only: a sample
+    that reads no more row groups than it needs), through the storage layer."""
+    import pyarrow.dataset as pads
+
+    path, fs = source.arrow()
+    try:
+        parts = pads.dataset(path, filesystem=fs, format="parquet")
+        return parts.head(head, columns=columns) if head is not None else parts.to_table(columns=columns)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"cannot read Parquet data at {source}: {exc}") from exc
+
+
+def check_columns(table, source: Location, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise DataError(f"Parquet data at {source} has no column {missing[0]!r} (columns: "
+                        f"{', '.join(table.column_names)}); set data.image_column / data.label_column")
+
+
+def image_bytes_of(blob) -> bytes:
+    """An encoded image from a Parquet cell: bytes, or a struct with a ``bytes`` field."""
+    return blob if isinstance(blob, bytes) else (blob or {}).get("bytes", b"")
 
 
 @register("parquet")
 def load_parquet(root: str | Path = "data", image_size: int | None = None, image_column: str = "image",
                  label_column: str = "label", **_: object) -> Dataset:
-    import pyarrow.parquet as pq
-
-    root_s = str(root)
-    splits = {"train": f"{root_s}/train", "val": f"{root_s}/val"}
-    has_splits = Path(root_s).is_dir() and all(Path(p).exists() for p in splits.values())
-    tables = {}
-    for split, source in (splits.items() if has_splits else [("all", root_s)]):
-        try:
-            tables[split] = pq.read_table(source)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read Parquet data at {source}: {exc}") from exc
-        missing = [c for c in (image_column, label_column) if c not in tables[split].column_names]
-        if missing:
-            raise DataError(f"Parquet data at {source} has no column {missing[0]!r} (columns: "
-                            f"{', '.join(tables[split].column_names)}); set data.image_column / "
-                            f"data.label_column")
     decoded = {}
-    for split, table in tables.items():
-        blobs = table.column(image_column).to_pylist()
-        labels = table.column(label_column).to_pylist()
-        if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in labels):
-            raise DataError(f"Parquet data at {root_s} ({split}): column {label_column!r} must hold "
-                            f"integers >= 0")
-        names = [f"{root_s} ({split}) row {i}" for i in range(len(blobs))]
-        images = [decode_image(b if isinstance(b, bytes) else (b or {}).get("bytes", b""), n, image_size)
-                  for b, n in zip(blobs, names)]
-        decoded[split] = (_stack(images, names), torch.tensor(labels, dtype=torch.int64))
-    if not has_splits:
+    for split, source in parquet_splits(root).items():
+        table = read_parquet_table(source)
+        check_columns(table, source, (image_column, label_column))
+        table = table.select([image_column, label_column])
+        labels = check_labels(table.column(label_column).to_pylist(), f"Parquet data at {source} ({label_column!r})")
+        names = [f"{source} row {i}" for i in range(len(labels))]
+        images = [decode_image(image_bytes_of(b), n, image_size)
+                  for b, n in zip(table.column(image_column).to_pylist(), names)]
+        decoded[split] = (_stack(images, names), torch.from_numpy(labels))
+    if "all" in decoded:
         x, y = decoded.pop("all")
-        held = torch.arange(len(y)) % 10 == 9  # a fixed 10% held out for testing
+        held = torch.from_numpy(held_out(len(y)))
         decoded = {"train": (x[~held], y[~held]), "val": (x[held], y[held])}
     (x_tr, y_tr), (x_te, y_te) = decoded["train"], decoded["val"]
     classes = int(max(y_tr.max(), y_te.max())) + 1
-    mean, std = _channel_stats(x_tr)
+    mean, std = channel_stats(x_tr)
     return Dataset("parquet", x_tr, y_tr, x_te, y_te, classes, mean, std)

@@ -1,20 +1,23 @@
-"""Image sets streamed instead of held: their metadata, and a worker's view of the stream.
+"""Image sets streamed instead of held: their metadata, and a consumer's view of the stream.
 
 :func:`inspect` reads only metadata and a sample (row count, classes, image shape, channel
-statistics); :class:`StreamSource` turns a stream of decoded rows (a Ray Data iterator, built
-by ``goldnas_ray.orchestration.streaming``) into the batches the search and the retrain
-consume. Every consumer receives the whole stream in file order and keeps the rows of its own
-share: the same (seed, epoch)-permutation shares the in-memory path uses, so every rank trains
-the same number of batches. Inside its share a consumer shuffles through a bounded buffer with
-a generator of (seed, epoch, rank): the batches of an epoch depend on nothing else, and a run
-resumed at an epoch boundary sees the same ones. No consumer holds more than the buffer; each
-reads (and discards most of) the whole set, the price of that determinism. Pure: no Ray here.
+statistics); :class:`StreamSource` turns a stream of decoded rows (a Ray Data dataset or
+iterator, built by ``goldnas_ray.orchestration.streaming``) into the batches the search
+consumes. Splits are found as the in-memory loaders find them
+(``datasets.parquet_splits``, ``datasets.folder_split``), through the storage layer: a table
+without train/ and val/ streams its rows whole and every consumer skips the held-out ones, so
+no test row is ever trained on, on either path. Every consumer receives the whole training
+stream in file order and keeps the rows of its own share: the same (seed, epoch)-permutation
+shares the in-memory path uses, so every rank trains the same number of batches. Inside its
+share a consumer shuffles through a bounded buffer with a generator of (seed, epoch, rank):
+the batches of an epoch depend on nothing else, and a run resumed at an epoch boundary sees the
+same ones. No consumer holds more than the buffer; each reads (and discards most of) the
+whole set, the price of that determinism. Pure: no Ray here.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -22,7 +25,10 @@ import torch
 
 from goldnas_ray.core.config import DATASETS, DataConfig
 from goldnas_ray.data.batches import Augment, epoch_generator, prepare, shard_indices
-from goldnas_ray.data.datasets import IMAGE_SUFFIXES, DataError, decode_image
+from goldnas_ray.data.datasets import (DataError, channel_stats, check_columns, check_labels, decode_image,
+                                       folder_split, held_out, image_bytes_of, parquet_splits, read_parquet_table)
+from goldnas_ray.files.store import Location, location
+
 
 def stream_info(d: DataConfig) -> "StreamInfo | None":
     """The streamed set's metadata when ``d`` streams: data.path=stream, or auto and the
@@ -30,8 +36,7 @@ def stream_info(d: DataConfig) -> "StreamInfo | None":
     if d.path == "memory" or (d.path == "auto" and not DATASETS[d.dataset].streamable):
         return None
     info = inspect(d)
-    size_gb = info.num_train * math.prod(info.stored_shape) / 1e9
-    return info if d.path == "stream" or size_gb > d.stream_above_gb else None
+    return info if d.path == "stream" or info.decoded_gb > d.stream_above_gb else None
 
 
 @dataclass
@@ -45,6 +50,8 @@ class StreamInfo:
     model_size: int | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    held_out: bool = False  # a table without splits: every consumer skips its held-out rows
+    num_rows: int = 0       # rows of the training stream (num_train + held-out rows)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "StreamInfo":
@@ -56,32 +63,29 @@ class StreamInfo:
         c, h, w = self.stored_shape
         return (c, self.model_size, self.model_size) if self.model_size else (c, h, w)
 
+    @property
+    def decoded_gb(self) -> float:
+        return self.num_train * math.prod(self.stored_shape) / 1e9
 
-def parquet_split(d: DataConfig, split: str = "train") -> str:
-    """The Parquet data of ``split``: root/train or root/val, or root itself for training
-    when it has no splits (a streamed retrain needs a val split)."""
-    root = Path(d.root)
-    if (root / split).exists():
-        return str(root / split)
-    if split == "train":
-        return d.root
-    raise DataError(f"streamed Parquet data needs {root / split} beside {root / 'train'} to test on")
+    def train_rows(self) -> np.ndarray:
+        """For every row of the training stream, its index among the training images, or -1
+        for a held-out row."""
+        rows = max(self.num_rows, self.num_train)
+        if not self.held_out:
+            return np.arange(rows)
+        held = held_out(rows)
+        index = np.cumsum(~held) - 1
+        index[held] = -1
+        return index
 
 
 def folder_items(d: DataConfig, split: str = "train") -> tuple[list[str], list[int], list[str]]:
-    """Paths, labels and class names of an image folder's split."""
-    train = Path(d.root) / split
-    if not train.is_dir():
-        raise DataError(f"image folder split {train} is missing (expected {split}/<class>/)")
-    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
-    paths, labels = [], []
-    for k, name in enumerate(classes):
-        files = sorted(str(p) for p in (train / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"class folder {train / name} holds no JPEG or PNG image")
-        paths += files
-        labels += [k] * len(files)
-    return paths, labels, classes
+    """Paths (relative to data.root), labels and class names of an image folder's split."""
+    classes, files, labels = folder_split(d.root, split)
+    root = location(d.root)
+    prefix = len(root.path if root.is_remote else str(root.local)) + 1
+    rel = [(f.path if f.is_remote else str(f.local))[prefix:] for f in files]
+    return rel, labels, classes
 
 
 def inspect(d: DataConfig, sample: int = 256) -> StreamInfo:
@@ -89,46 +93,51 @@ def inspect(d: DataConfig, sample: int = 256) -> StreamInfo:
     if not DATASETS[d.dataset].streamable:
         streamable = " or ".join(n for n, s in DATASETS.items() if s.streamable)
         raise DataError(f"data.path=stream reads {streamable} data, not {d.dataset}")
+    held = False
     if d.dataset == "parquet":
-        import pyarrow.parquet as pq
-
-        source = parquet_split(d)
-        try:
-            table = pq.read_table(source, columns=[d.label_column])
-            schema = pq.read_schema(next(iter(sorted(Path(source).rglob("*.parquet")))) if Path(source).is_dir()
-                                    else source)
-        except (OSError, ValueError, StopIteration) as exc:
-            raise DataError(f"cannot read Parquet data at {source}: {exc}") from exc
-        if d.image_column not in schema.names:
-            raise DataError(f"Parquet data at {source} has no column {d.image_column!r}")
-        labels = table.column(d.label_column).to_pylist()
-        blobs = pq.read_table(source, columns=[d.image_column]).slice(0, sample).column(d.image_column).to_pylist()
+        splits = parquet_splits(d.root)
+        source = splits.get("train", splits.get("all"))
+        table = read_parquet_table(source, columns=[d.label_column])
+        check_columns(table, source, [d.label_column])
+        labels = check_labels(table.column(d.label_column).to_pylist(), f"Parquet data at {source}")
+        rows = len(labels)
+        if "all" in splits:
+            held = True
+            labels = labels[~held_out(rows)]
+        head = read_parquet_table(source, columns=None, head=sample)
+        check_columns(head, source, [d.image_column])
+        blobs = [image_bytes_of(b) for b in head.column(d.image_column).to_pylist()]
         where = [f"{source} row {i}" for i in range(len(blobs))]
     else:
-        paths, labels, _ = folder_items(d)
-        step = max(1, len(paths) // sample)
-        where = paths[::step][:sample]
-        blobs = [Path(p).read_bytes() for p in where]
-    if any(not isinstance(v, int) or v < 0 for v in labels):
-        raise DataError(f"{d.root}: labels must be integers >= 0")
-    images = np.stack([decode_image(b, w, d.image_size) for b, w in zip(blobs, where)]).astype(np.float32) / 255
-    shape = images.shape[1:]
-    return StreamInfo(d.dataset, len(labels), max(labels) + 1, tuple(shape), d.image_size,
-                      tuple(images.mean(axis=(0, 2, 3)).tolist()),
-                      tuple(np.maximum(images.std(axis=(0, 2, 3)), 1e-3).tolist()))
+        _, files, labels = folder_split(d.root, "train")
+        labels = np.asarray(labels)
+        rows = len(labels)
+        step = max(1, len(files) // sample)
+        picked = files[::step][:sample]
+        where = [str(f) for f in picked]
+        blobs = [f.read_bytes() for f in picked]
+    images = np.stack([decode_image(b, w, d.image_size) for b, w in zip(blobs, where)])
+    mean, std = channel_stats(images)
+    return StreamInfo(d.dataset, len(labels), int(labels.max()) + 1, tuple(images.shape[1:]), d.image_size,
+                      mean, std, held, rows)
 
 
 class Decode:
-    """map_batches: encoded images -> uint8 pixels of one size."""
+    """map_batches: encoded images -> uint8 pixels of one size. Image folder rows carry a path
+    relative to ``root``, read through the storage layer."""
 
-    def __init__(self, image_column: str, label_column: str, image_size: int | None, shape: Sequence[int]):
+    def __init__(self, image_column: str, label_column: str, image_size: int | None, shape: Sequence[int],
+                 root: str | None = None):
         self.image_column, self.label_column = image_column, label_column
-        self.image_size, self.shape = image_size, tuple(shape)
+        self.image_size, self.shape, self.root = image_size, tuple(shape), root
+        self._root: Location | None = None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        blobs = batch[self.image_column]
         if "path" in batch:
-            blobs = [Path(p).read_bytes() for p in batch["path"]]
+            self._root = self._root or location(self.root)
+            blobs = [(self._root / p).read_bytes() for p in batch["path"]]
+        else:
+            blobs = [image_bytes_of(b) for b in batch[self.image_column]]
         pixels = [decode_image(b, "streamed image", self.image_size) for b in blobs]
         for p in pixels:
             if p.shape != self.shape:
@@ -136,14 +145,16 @@ class Decode:
                                 f"{self.shape[1]}x{self.shape[2]}; set data.image_size")
         return {"pixels": np.stack(pixels), "label": np.asarray(batch[self.label_column], dtype=np.int64)}
 
+    def __getstate__(self) -> dict[str, Any]:  # the storage handle is rebuilt where it runs
+        return self.__dict__ | {"_root": None}
+
 
 class StreamSource:
-    """A worker's view of a streamed set: the same interface as an in-memory Dataset where the
+    """A consumer's view of a streamed set: the same interface as an in-memory Dataset where the
     search loop uses it (input_shape, num_classes, num_train, mean, std, train_batches)."""
 
-    def __init__(self, shard: Any, info: StreamInfo, buffer_batches: int = 16, read_batch: int = 256,
-                 eval_shard: Any = None):
-        self.shard, self.info, self.eval_shard = shard, info, eval_shard
+    def __init__(self, shard: Any, info: StreamInfo, buffer_batches: int = 16, read_batch: int = 256):
+        self.shard, self.info = shard, info
         self.name, self.num_classes, self.num_train = info.name, info.num_classes, info.num_train
         self.input_shape, self.mean, self.std = info.input_shape, info.mean, info.std
         self.buffer_batches, self.read_batch = buffer_batches, read_batch
@@ -152,12 +163,14 @@ class StreamSource:
         """(pixels, labels) chunks of this rank's share, in stream order."""
         mine = np.zeros(self.num_train, dtype=bool)
         mine[shard_indices(self.num_train, seed, epoch, rank, world_size).numpy()] = True
+        train_index = self.info.train_rows()
         seen = 0
         for batch in self.shard.iter_batches(batch_size=self.read_batch, batch_format="numpy", prefetch_batches=2):
             n = len(batch["label"])
-            if seen + n > self.num_train:
-                raise DataError(f"the stream holds more than the {self.num_train} rows its metadata counts")
-            keep = mine[seen:seen + n]
+            if seen + n > len(train_index):
+                raise DataError(f"the stream holds more than the {len(train_index)} rows its metadata counts")
+            index = train_index[seen:seen + n]
+            keep = (index >= 0) & mine[np.maximum(index, 0)]
             seen += n
             if keep.any():
                 yield batch["pixels"][keep], batch["label"][keep]
@@ -193,17 +206,8 @@ class StreamSource:
             out, _, _ = emit(final=True)
             yield from (self._prepare(bx, by, augment, gen, device) for bx, by in out)
 
-    def eval_batches(self, batch_size: int, augment: Augment | None = None,
-                     device: torch.device | str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Every row of ``eval_shard`` (the test split) in order, prepared for evaluation."""
-        if self.eval_shard is None:
-            raise DataError("this stream has no test split")
-        for batch in self.eval_shard.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
-            x = prepare(torch.from_numpy(np.ascontiguousarray(batch["pixels"])), augment or Augment(), None, False,
-                        self.mean, self.std, device)
-            yield x, torch.from_numpy(batch["label"])
 
     def _prepare(self, x: np.ndarray, y: np.ndarray, augment: Augment, gen, device):
         yb = torch.from_numpy(y)
         xb = prepare(torch.from_numpy(np.ascontiguousarray(x)), augment, gen, True, self.mean, self.std, device)
-        return xb, yb if device is None else yb.to(device)
+        return xb, yb if device is None else yb.to(device, non_blocking=True)

@@ -103,6 +103,16 @@ class Location:
         selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
         return sorted(i.base_name for i in self._guard(lambda: self.fs.get_file_info(selector)))
 
+    def subfolders(self) -> list[str]:
+        """Names of the folders directly inside this one ([] when it does not exist). An object
+        store has no folders: a prefix that objects lie under counts as one."""
+        if self.local is not None:
+            return sorted(p.name for p in self.local.iterdir() if p.is_dir()) if self.local.is_dir() else []
+        import pyarrow.fs as pafs
+        selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
+        return sorted(i.base_name for i in self._guard(lambda: self.fs.get_file_info(selector))
+                      if i.type == pafs.FileType.Directory)
+
     def files(self) -> list[str]:
         """Paths of every file below this folder, relative to it."""
         if self.local is not None:
@@ -195,9 +205,11 @@ class Location:
         """The file's content as a seekable in-memory file (for torch.load, pandas)."""
         return io.BytesIO(self.read_bytes())
 
-    # ---- Ray ---------------------------------------------------------------------------
-    def ray_storage(self) -> tuple[str, Any]:
-        """(storage_path, storage_filesystem) for Ray Train / Tune's RunConfig."""
+    # ---- other readers and writers -------------------------------------------------------
+    def arrow(self) -> tuple[str, Any]:
+        """(path, filesystem) for readers that take a pyarrow file system (pyarrow.parquet, Ray
+        Data's read_*, Ray Train / Tune's storage_path and storage_filesystem); None for a local
+        path, which they open themselves."""
         if self.local is not None:
             return str(self.local), None
         return self.path, self.fs

@@ -65,7 +65,7 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
             manifest = Manifest.read(out)
             if manifest.mlflow_tracking_uri:
                 check_uri(manifest.mlflow_tracking_uri)
-            path, fs = (out / "ray" / EXPERIMENT_DIR).ray_storage()
+            path, fs = (out / "ray" / EXPERIMENT_DIR).arrow()
             if not ray.tune.Tuner.can_restore(path, storage_filesystem=fs):
                 raise OutputDirError(f"--resume: {out / 'ray' / EXPERIMENT_DIR} holds no Ray Tune experiment")
         else:
@@ -181,10 +181,10 @@ def _tuner(out: Location, manifest: Manifest, specs: dict[str, TrialSpec], cpus:
     # here: a few KB); Tune would warn about it every epoch
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if resume:  # the run config, callback included, comes back from the saved experiment
-        path, fs = (out / "ray" / EXPERIMENT_DIR).ray_storage()
+        path, fs = (out / "ray" / EXPERIMENT_DIR).arrow()
         return ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
                                       storage_filesystem=fs)
-    path, fs = (out / "ray").ray_storage()
+    path, fs = (out / "ray").arrow()
     run_config = ray.tune.RunConfig(
         name=EXPERIMENT_DIR, storage_path=path, storage_filesystem=fs, callbacks=[callback], verbose=0,
         failure_config=ray.tune.FailureConfig(max_failures=max_failures),

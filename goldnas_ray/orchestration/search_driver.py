@@ -135,7 +135,7 @@ def _trainer(job: dict[str, Any], out: Location, workers: int, cpus_per_worker: 
     from goldnas_ray.orchestration.search_worker import train_loop_per_worker
 
     use_gpu = gpus_per_worker > 0
-    storage_path, storage_fs = (out / "ray").ray_storage()
+    storage_path, storage_fs = (out / "ray").arrow()
     per_worker = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})
     return TorchTrainer(
         train_loop_per_worker,
