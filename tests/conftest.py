@@ -7,17 +7,38 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
 import torch
 
+import ray_nodes
 from readme_blocks import ReadmeShell
 
 from goldnas_ray.core.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+# Everything this session starts carries its mark, so that it stops what it started and nothing
+# else (tests/ray_nodes.py: `ray stop` would end every Ray cluster of the user on the machine);
+# Ray's files of the session go under a temp root of its own, so that a cluster of the user's
+# (/tmp/ray, its ray_current_cluster file) is never touched either.
+SESSION = f"gr{uuid.uuid4().hex[:8]}"
+os.environ[ray_nodes.MARKER] = SESSION
+os.environ["RAY_TMPDIR"] = f"/tmp/{SESSION}"
+Path(os.environ["RAY_TMPDIR"]).mkdir(exist_ok=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_what_the_session_started():
+    """At the end, whatever the session started and left running (an embedded Ray whose driver
+    was killed, say) is stopped, by its mark."""
+    yield
+    for mark in (SESSION, f"{SESSION}-cluster"):
+        ray_nodes.stop(mark, timeout=10)
+    shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
 
 
 def tiny_config(**search) -> Config:
@@ -86,7 +107,6 @@ def ray_cluster(readme_shell):
     the 'local-run' block, then 'cluster-start' (a head of 1 CPU here). A second node of 1 CPU
     joins, so 2 workers land on 2 nodes. The README's 'cluster-stop' block ends it."""
     ray = str(BIN / "ray")
-    subprocess.run([ray, "stop", "--force"], capture_output=True, env=readme_shell.env)
     local_run = readme_shell.run("local-run", timeout=600)
     started = readme_shell.run("cluster-start", timeout=300)
     assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
@@ -103,10 +123,10 @@ def ray_cluster(readme_shell):
     dashboard = f"http://127.0.0.1:{readme_shell.dashboard_port}"
     wait_http(dashboard)
     yield {"address": address, "dashboard": dashboard, "env": env, "local_run": local_run}
-    stopped = readme_shell.run("cluster-stop", timeout=180)
-    subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+    stopped = readme_shell.run("cluster-stop", timeout=180)  # the nodes' processes, by their mark
     shutil.rmtree(node2, ignore_errors=True)
     assert stopped.returncode == 0, stopped.stderr[-2000:]
+    assert ray_nodes.marked(readme_shell.env[ray_nodes.MARKER]) == []
 
 
 def run_mlflow_server(root: Path, artifacts: str, env=None):

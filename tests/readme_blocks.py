@@ -9,7 +9,11 @@ is run as written, except for what shrinks or isolates the work:
 - ``ray start --head`` gets the test's own ports and CPUs, and the dashboard address follows;
 - ``$PWD/runs`` is a temporary folder; ``mlflow ui`` gets a free port;
 - ``python3 -m venv`` and ``pip install`` steps of the set-up line are left out (CI did them)
-  and ``.venv/bin`` is the venv running the tests.
+  and ``.venv/bin`` is the venv running the tests;
+- ``ray stop`` stops the processes of the shell's cluster only (``tests/ray_nodes.py``): as
+  written it would end every Ray cluster of the user on the machine, a developer's own too.
+  Everything the shell starts carries a mark of its own (``GOLDNAS_TEST_SESSION``), and Ray's
+  files go under the test session's ``RAY_TMPDIR``.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
 MARK = re.compile(r"^<!-- readme-test: ([\w-]+) -->\s*$")
+MARKER = "GOLDNAS_TEST_SESSION"  # tests/ray_nodes.py
 
 
 def blocks(text: str | None = None) -> dict[str, list[str]]:
@@ -63,7 +68,9 @@ class ReadmeShell:
         self.runs, self.gcs_port, self.dashboard_port = runs, gcs_port, dashboard_port
         self.mlflow_port = mlflow_port
         base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
-        self.env = base | {"HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env = base | {"HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0",
+                           "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", "/tmp"),
+                           MARKER: f"{os.environ.get(MARKER, 'readme')}-cluster"}
         self.blocks = blocks()
 
     def adapt(self, command: str) -> str:
@@ -79,6 +86,8 @@ class ReadmeShell:
             if step.startswith("ray start --head"):
                 step += (f" --port {self.gcs_port} --dashboard-port {self.dashboard_port} --num-cpus 1"
                          f" --disable-usage-stats")
+            if step == "ray stop":
+                step = f'{sys.executable} {ROOT / "tests" / "ray_nodes.py"} stop "${MARKER}"'
             if step.startswith("mlflow ui"):
                 step = re.sub(r"--port \d+", f"--port {self.mlflow_port}", step)
             out.append(step)

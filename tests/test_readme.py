@@ -1,7 +1,8 @@
 """The README's commands, run as written (tests/readme_blocks.py says what is added to shrink
 the work): the default run, a cluster started with `ray start`, a search and a retrain
-submitted with `ray job submit`, the dashboard's token, the MLflow UI, `ray stop` (run when
-the session's cluster is torn down, in conftest)."""
+submitted with `ray job submit`, the dashboard's token, the MLflow UI, and the cluster's stop
+(run when the session's cluster is torn down, in conftest; it stops that cluster's processes
+only, and a test here shows that another cluster on the machine keeps running)."""
 import json
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, wait_http
+import ray_nodes
+from conftest import BIN, ROOT, SESSION, free_port, wait_http
 from readme_blocks import blocks
 
 pytestmark = [pytest.mark.ray]
@@ -93,3 +95,27 @@ def test_the_test_ports_replace_the_readmes(readme_shell):
     script = readme_shell.script("cluster-start") + readme_shell.script("job-search")
     assert f"--port {readme_shell.gcs_port}" in script and "#" not in script
     assert f"http://127.0.0.1:{readme_shell.dashboard_port}" in script and ":8265" not in script
+
+
+def test_stopping_a_test_cluster_leaves_the_other_clusters_running(ray_cluster):
+    """What the suite does instead of `ray stop` (which ends every Ray cluster of the user): a
+    cluster started with a mark of its own is stopped by that mark, and the session's cluster,
+    here the user's cluster that must survive, keeps running with both its nodes."""
+    mark = f"{SESSION}-bystander"
+    root = Path(f"/tmp/{mark}")
+    env = dict(ray_cluster["env"], **{ray_nodes.MARKER: mark, "RAY_TMPDIR": str(root)})
+    root.mkdir(exist_ok=True)
+    started = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port",
+                              str(free_port()), "--num-cpus", "1", "--include-dashboard", "false",
+                              "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        assert len(ray_nodes.marked(mark)) >= 2  # GCS, raylet, ...
+        ray_nodes.stop(mark)
+        assert ray_nodes.marked(mark) == []
+        status = subprocess.run([str(BIN / "ray"), "status", "--address", ray_cluster["address"]],
+                                env=ray_cluster["env"], capture_output=True, text=True, timeout=120)
+        assert status.returncode == 0, status.stderr[-2000:]
+        assert status.stdout.count(" node_") == 2, status.stdout  # the head and the second node
+    finally:
+        ray_nodes.stop(mark)
