@@ -1,18 +1,31 @@
-"""What the pipeline scripts share: the default output folder and the error convention.
+"""What the pipeline scripts share: flags, the default output folder, the error convention, and
+the process-wide settings of a pipeline's process and of the Ray processes it starts.
 
 A user error (a bad config value, missing or malformed data or genotype files, an unusable
 output folder, an unreachable or too small cluster, an unreachable MLflow server, trials left
 unfinished) is printed as one line ``error: ...`` with exit status 2, before compute is spent
 where it can be found then. Anything else is a bug: its traceback is kept and the status is 1.
+
+This module is the only place of the package that sets process-wide state (environment
+variables, logger levels): :func:`configure_process` for the pipeline's own process, called by
+:func:`run_main` before the pipeline's body, and :func:`ray_runtime_env` for the processes Ray
+starts for it (given to ``ray.init`` as the job's runtime_env, so it reaches the Ray Train
+workers, the Tune trials and Ray's own actors of this job, and nothing else). Everything below
+``cli`` leaves the process as it found it: no environment variables, logger levels, global
+RNG seeds or plotting backends are set there (tests/test_side_effects.py checks it).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from goldnas_ray.core.config import Config, ConfigError
 from goldnas_ray.core.genotype import GenotypeError
@@ -56,14 +69,77 @@ def output_folder(out: str | Path | None, resume: bool, stage: str) -> Location:
     return where
 
 
-def run_main(body: Callable[[], object]) -> int:
-    """Run a pipeline's body; a user error becomes ``error: ...`` on stderr and status 2."""
+def run_main(body: Callable[[], object], verbose: bool = False) -> int:
+    """Run a pipeline's body in a process set up by :func:`configure_process`; a user error
+    becomes ``error: ...`` on stderr and status 2."""
+    configure_process(verbose)
     try:
         body()
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+# ---- process-wide settings: this process, and the Ray processes of its job ------------------
+def configure_process(verbose: bool = False) -> None:
+    """What a pipeline's own process needs set before it imports MLflow or starts Ray Tune.
+
+    - MLFLOW_LOGGING_LEVEL=WARNING (unless --verbose): a new sqlite store announces its tables
+      at INFO, read by MLflow when it is imported;
+    - the ``ray.tune.tune`` logger at WARNING (unless --verbose): Tune logs each sync of its
+      experiment state to remote storage, one line per epoch;
+    - TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S=0: a retrain reports a
+      checkpoint every epoch (a few KB) with num_to_keep=1, which forces an experiment snapshot
+      each time; Tune, in this process, would warn about it every epoch;
+    - SIGTERM (what ``ray job stop`` sends a job's driver before a SIGKILL a few seconds
+      later) raises SystemExit(143), so the run's MLflow runs end KILLED
+      (``run.ending``) instead of staying RUNNING.
+    A value already in the environment is kept: the user's word wins."""
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def ray_runtime_env(verbose: bool = False, embedded: bool = True) -> dict[str, Any]:
+    """The runtime_env of the Ray job a pipeline starts or joins (``ray.init(runtime_env=...)``):
+    what the Ray processes of this job need set, given to them and to no other process.
+
+    - MLFLOW_LOGGING_LEVEL=WARNING (unless --verbose): rank 0 of a search logs to MLflow;
+    - RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0 on an embedded Ray (unless --verbose): nothing
+      preempts the nodes of a local instance; Ray Train's watcher only adds an error line;
+    - :func:`quiet_ray_worker` as every worker's setup hook (unless --verbose)."""
+    if verbose:
+        return {}
+    env_vars = {"MLFLOW_LOGGING_LEVEL": "WARNING"}
+    if embedded:
+        env_vars["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    return {"env_vars": env_vars, "worker_process_setup_hook": f"{__name__}.quiet_ray_worker"}
+
+
+# Ray Train's worker-side loggers named after their files, not their modules: LoggingConfig
+# does not reach them, and they log every report and checkpoint at INFO through the root logger
+RAY_TRAIN_FILE_LOGGERS = ("ray.train.v2._internal.execution.context", "ray.train.collective.collectives")
+
+
+def quiet_ray_worker() -> None:
+    """Worker setup hook: Ray Train's and Tune's per-epoch INFO lines (a report, a checkpoint)
+    stay out of the console of a worker of this job; warnings still show. Runs in each Ray
+    worker process of the job as it starts; the loggers are created here with their level, so
+    the modules that make them later get them as set."""
+    for name in ("ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for module in RAY_TRAIN_FILE_LOGGERS:
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.origin:
+            logging.getLogger(spec.origin).setLevel(logging.WARNING)
 
 
 # ---- flags the pipelines share -------------------------------------------------------------
@@ -140,10 +216,9 @@ def retrain_overrides(args: argparse.Namespace) -> list[str]:
 
 
 # ---- the pipelines' bodies -------------------------------------------------------------------
-def quiet(args: argparse.Namespace) -> None:
-    """Unless --verbose, MLflow's INFO lines (a new sqlite store announces its tables) stay out."""
-    if not args.verbose:
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+def runtime_env(args: argparse.Namespace) -> dict[str, Any]:
+    """The runtime_env of ``args``' Ray job: embedded unless --address or RAY_ADDRESS."""
+    return ray_runtime_env(args.verbose, embedded=not (args.address or os.environ.get("RAY_ADDRESS")))
 
 
 def run_search_locally(cfg: Config | None, out: Location, args: argparse.Namespace) -> None:
@@ -151,7 +226,6 @@ def run_search_locally(cfg: Config | None, out: Location, args: argparse.Namespa
     from goldnas_ray.tracking.common import check_uri, resolve_uri
     from goldnas_ray.tracking.search import search_tracker
 
-    quiet(args)
     tracker = None
     if not args.no_mlflow:
         uri = resolve_uri(out, args.mlflow_uri)
@@ -163,11 +237,10 @@ def run_search_locally(cfg: Config | None, out: Location, args: argparse.Namespa
 def run_search_on_ray(cfg: Config | None, out: Location, args: argparse.Namespace) -> None:
     from goldnas_ray.orchestration.search_driver import run_ray
 
-    quiet(args)
     run_ray(cfg, out, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
             gpus_per_worker=args.gpus_per_worker, resume=args.resume, mlflow_uri=args.mlflow_uri,
             experiment=args.experiment, max_failures=args.max_failures, tracking=not args.no_mlflow,
-            address=args.address, verbose=args.verbose)
+            address=args.address, verbose=args.verbose, runtime_env=runtime_env(args))
 
 
 def run_retrain_on_ray(out: Location, args: argparse.Namespace, *, search_dir: "str | Location | None" = None,
@@ -175,10 +248,9 @@ def run_retrain_on_ray(out: Location, args: argparse.Namespace, *, search_dir: "
                        resume: bool = False) -> None:
     from goldnas_ray.orchestration.retrain_driver import run_retrain
 
-    quiet(args)
     run_retrain(out, search_dir=search_dir, search_run=search_run, config_file=config_file,
                 overrides=[] if resume else retrain_overrides(args), random_k=args.random,
                 cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                 max_failures=args.max_trial_failures, mlflow_uri=args.mlflow_uri,
                 experiment=args.retrain_experiment, tracking=not args.no_mlflow, resume=resume,
-                address=args.address)
+                address=args.address, runtime_env=runtime_env(args))

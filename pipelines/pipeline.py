@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         cli.run_retrain_on_ray(retrain_out, args, search_dir=None if resume_retrain else search_out,
                                resume=resume_retrain)
 
-    return cli.run_main(body)
+    return cli.run_main(body, args.verbose)
 
 
 if __name__ == "__main__":

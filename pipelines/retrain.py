@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         cli.run_retrain_on_ray(out, args, search_dir=args.search_dir, search_run=args.search_run,
                                config_file=args.config, resume=args.resume)
 
-    return cli.run_main(body)
+    return cli.run_main(body, args.verbose)
 
 
 if __name__ == "__main__":

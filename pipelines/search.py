@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cli.run_search_on_ray(cfg, out, args)
 
-    return cli.run_main(body)
+    return cli.run_main(body, args.verbose)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def test_smoke_run_writes_the_contract_and_refuses_to_overwrite(tmp_path):
     # resuming a finished search changes nothing and says so
     resumed = run("--local", "--resume", "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout
+    assert "already finished after epoch 3; nothing to do" in resumed.stdout
     assert json.loads((out / "records.json").read_text())["architectures"] == records["architectures"]
 
 

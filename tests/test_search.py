@@ -130,12 +130,88 @@ def test_stop_when_flops_fall_to_flops_min(digits):
 
 def test_an_architecture_with_the_last_records_flops_is_not_recorded_again(digits):
     search = GoldSearch(tiny_config(), digits.input_shape, 10)
-    assert search._record() == "arch-000"
-    assert search._record() is None  # unchanged
+    assert search._record(0.0) == "arch-000"
+    assert search._record(0.0) is None  # unchanged
     skips = [k for k in search.model.alive_ops()
              if k.op == "skip_connect" and k.src >= 2]  # stride-1 skips cost no FLOPs
     search.model.prune(skips[:1])
     assert search.model.flops() == search.records[-1].flops
-    assert search._record() is None  # changed, but not cheaper: no new record
+    assert search._record(0.0) is None  # changed, but not cheaper: no new record
     search.model.prune([k for k in search.model.alive_ops() if k.op == "sep_conv_3x3"][:1])
-    assert search._record() == "arch-001" and len(search.records) == 2
+    assert search._record(0.0) == "arch-001" and len(search.records) == 2
+
+
+# ---- how a search starts and ends, decided once ---------------------------------------------
+class _Tracker:
+    """A tracker that records what happens to its run; ``finish`` may be made to fail."""
+
+    def __init__(self, broken: bool = False):
+        self.run_id, self.uri, self.rows, self.ended, self.broken = "r", "memory://", [], [], broken
+
+    def log_epoch(self, row):
+        self.rows.append(row["epoch"])
+
+    def log_outputs(self, out):
+        pass
+
+    def finish(self, status="FINISHED"):
+        self.ended.append(status)
+        if self.broken:
+            raise ConnectionError("tracking server gone")
+
+
+def test_a_tracker_that_fails_to_end_its_run_never_hides_the_error_that_ended_it(tmp_path, monkeypatch):
+    from goldnas_ray.run import loop
+
+    tracker, lines = _Tracker(broken=True), []
+
+    def failing_epoch(self, *args, **kwargs):
+        raise RuntimeError("the search's own error")
+
+    monkeypatch.setattr(GoldSearch, "run_epoch", failing_epoch)
+    with pytest.raises(RuntimeError, match="the search's own error"):
+        loop.run_local(tiny_config(max_epochs=2), tmp_path / "s", log=lines.append,
+                       tracker=lambda *a: tracker)
+    assert tracker.ended == ["FAILED"]
+    assert any("could not mark the tracked run FAILED: ConnectionError: tracking server gone" in x for x in lines)
+
+
+def test_resuming_a_finished_search_runs_nothing_and_reopens_no_run(tmp_path):
+    from goldnas_ray.run.loop import run_local
+
+    out, first = tmp_path / "s", _Tracker()
+    done = run_local(tiny_config(max_epochs=2), out, log=lambda _: None, tracker=lambda *a: first)
+    assert first.rows == [1, 2] and first.ended == ["FINISHED"]
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    opened, lines = [], []
+    again = run_local(None, out, resume=True, log=lines.append, tracker=lambda *a: opened.append(a))
+    assert opened == [] and lines == [f"search in {out} already finished after epoch 2; nothing to do"]
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    assert again.epoch == done.epoch == 2 and again.finished
+
+
+def test_plots_are_an_output_of_the_search_whether_tracked_or_not(tmp_path):
+    from goldnas_ray.run.loop import run_local
+
+    run_local(tiny_config(max_epochs=2), tmp_path / "s", log=lambda _: None)
+    assert sorted(p.name for p in (tmp_path / "s" / "plots").iterdir()) == ["flops.png", "lambda.png"]
+
+
+def test_params_mean_the_discrete_network_and_lambda_the_epochs_everywhere(tmp_path, digits):
+    """A record's params and the history's are the trained network's (no auxiliary head, the
+    supernet's weights are ``supernet_params``); every record carries the lambda its epoch
+    trained under, the final one too."""
+    cfg = tiny_config(max_epochs=3, lambda0=1.0, xi_max=0.5, t0=0, record_gap=0.02, record_min_gap=0.0)
+    cfg = cfg.override(["space.auxiliary=true"])
+    search = GoldSearch(cfg, digits.input_shape, 10)
+    for _ in range(3):
+        search.end_epoch(search.train_epoch(iterate_batches(digits.x_train[:256], digits.y_train[:256], 128,
+                                                            0, search.epoch)))
+    rows = {row["epoch"]: row for row in search.history}
+    for rec in search.records:
+        assert rec.params == count_params(build_network(rec.genotype, auxiliary=True))
+        assert rec.lam == rows[rec.epoch]["lambda"]
+    assert search.records[-1].epoch == 3  # the final record, after the last update of lambda
+    last = rows[3]
+    assert last["params"] == count_params(build_network(search.model.genotype()))
+    assert last["supernet_params"] == sum(p.numel() for p in search.model.weight_parameters()) != last["params"]

@@ -27,7 +27,8 @@ from torch import nn
 
 from goldnas_ray.core.genotype import Genotype
 
-if TYPE_CHECKING:  # the table measures networks; it is built by them, not the reverse
+if TYPE_CHECKING:  # networks import this module (the supernet measures itself with a table):
+    # the network classes are imported inside the functions that build one
     from goldnas_ray.core.config import SpaceConfig
     from goldnas_ray.core.network import Network
 
@@ -112,11 +113,14 @@ class CostTable:
     def for_space(cls, space: "SpaceConfig", input_shape: Sequence[int], num_classes: int) -> "CostTable":
         """The table of the discrete networks of ``space`` (what ``build_network`` builds)."""
         from goldnas_ray.core.discrete import build_network
+        from goldnas_ray.core.network import seeded
 
         c, h, _ = input_shape
         full = Genotype.full(space.num_cells, space.num_nodes, space.operators, space.init_channels,
                              space.stem_multiplier, h, c, num_classes, space.stem)
-        return cls.measure(build_network(full), (c, h, h))
+        with seeded(0):  # its weights are never used: only their count and shapes
+            net = build_network(full)
+        return cls.measure(net, (c, h, h))
 
     def _parts(self, geno: Genotype) -> list[Hashable]:
         live = geno.live_cells()

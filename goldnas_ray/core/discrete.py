@@ -9,12 +9,13 @@ from goldnas_ray.core.network import Network
 from goldnas_ray.core.operations import OPS
 
 
-def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
-    """Zero whole samples of a branch with probability ``drop_prob`` (rescaling survivors)."""
+def drop_path(x: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Zero whole samples of a branch with probability ``drop_prob`` (rescaling survivors); the
+    mask is drawn from ``generator`` (one on ``x``'s device), else from the global RNG."""
     if drop_prob <= 0.0:
         return x
     keep = 1.0 - drop_prob
-    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep, generator=generator)
     return x * mask / keep
 
 
@@ -25,13 +26,14 @@ class PlainEdge(nn.Module):
         super().__init__()
         self.ops = nn.ModuleDict({name: OPS[name](c, stride, affine) for name in ops})
         self.drop_prob = 0.0
+        self.generator: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = None
         for op in self.ops.values():
             y = op(x)
             if self.training and self.drop_prob > 0 and not isinstance(op, nn.Identity):
-                y = drop_path(y, self.drop_prob)
+                y = drop_path(y, self.drop_prob, self.generator)
             out = y if out is None else out + y
         return out
 
@@ -41,10 +43,12 @@ class DiscreteNet(Network):
         super().__init__(geno, affine=True, edge_factory=PlainEdge, auxiliary=auxiliary)
         self.genotype = geno
 
-    def set_drop_path(self, prob: float) -> None:
+    def set_drop_path(self, prob: float, generator: torch.Generator | None = None) -> None:
+        """Drop-path probability of every edge, its masks drawn from ``generator`` (on the
+        network's device; None: the global RNG)."""
         for module in self.modules():
             if isinstance(module, PlainEdge):
-                module.drop_prob = prob
+                module.drop_prob, module.generator = prob, generator
 
 
 def build_network(geno: Genotype, auxiliary: bool = False) -> DiscreteNet:

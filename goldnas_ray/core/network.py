@@ -8,6 +8,7 @@ sigmoid-gated operators in the supernet, plain operators in a discrete network.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Hashable, Iterator
 
 import torch
@@ -18,6 +19,16 @@ from goldnas_ray.core.operations import FactorizedReduce, ReLUConvBN
 from goldnas_ray.core.space import Edge, OpKey, auxiliary_cell
 
 EdgeFactory = Callable[[tuple[str, ...], int, int, bool], nn.Module]
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block (a network's construction: torch's initialisers draw from the global RNG)
+    with the global CPU RNG seeded by ``seed``, and give the RNG back as it was: the caller's
+    random state is never touched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 class Cell(nn.Module):

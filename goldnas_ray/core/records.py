@@ -18,7 +18,7 @@ class ArchRecord:
     epoch: int  # epochs completed when it was recorded
     flops: int  # one image, multiply-add = 2
     params: int  # of the discrete network, auxiliary head excluded
-    lam: float  # lambda at that moment
+    lam: float  # lambda during the epoch that ended when it was recorded
     alive_ops: int
     genotype: Genotype
 

@@ -22,16 +22,16 @@ from torch import nn
 
 from goldnas_ray.core.comm import Communicator, EpochStats, LocalComm
 from goldnas_ray.core.config import Config, ConfigError
-from goldnas_ray.core.costs import count_params
-from goldnas_ray.core.discrete import build_network
+from goldnas_ray.core.costs import CostTable
 from goldnas_ray.core.genotype import Genotype
+from goldnas_ray.core.network import seeded
 from goldnas_ray.core.records import ArchRecord
 from goldnas_ray.core.schedule import LambdaSchedule, ParetoRecorder, select_prunes
 from goldnas_ray.core.space import OpKey
 from goldnas_ray.core.supernet import SuperNet
 
-STATE_VERSION = 1
-
+STATE_VERSION = 1  # checkpoints written before the search stopped using the global RNG also
+                   # hold its state ("rng"): nothing reads it
 
 # called after every training step with (steps done, images done) of this rank's epoch
 StepCallback = Callable[[int, int], None]
@@ -46,12 +46,15 @@ class GoldSearch:
         self.device = torch.device(device)
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
-        torch.manual_seed(cfg.seed)
         s = cfg.space
-        self.model = SuperNet(s.num_cells, s.num_nodes, s.operators, s.init_channels,
-                              input_size=input_shape[1], in_channels=input_shape[0],
-                              num_classes=num_classes, stem_multiplier=s.stem_multiplier, stem=s.stem,
-                              auxiliary=s.auxiliary).to(self.device)
+        with seeded(cfg.seed):  # the initial weights depend on the seed only
+            self.model = SuperNet(s.num_cells, s.num_nodes, s.operators, s.init_channels,
+                                  input_size=input_shape[1], in_channels=input_shape[0],
+                                  num_classes=num_classes, stem_multiplier=s.stem_multiplier, stem=s.stem,
+                                  auxiliary=s.auxiliary).to(self.device)
+        # the discrete networks' costs: what a record's params and the history's are (the
+        # network a retrain trains, without the auxiliary head; the supernet has other BNs)
+        self.network_costs = CostTable.for_space(s, self.input_shape, num_classes)
         self.memory_format = torch.channels_last if cfg.search.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         q = cfg.search
@@ -167,7 +170,7 @@ class GoldSearch:
         flops_before = self.model.flops()
         flops_next = self.model.flops_after(prunes) if prunes else flops_before
         if self.recorder.end_epoch(bool(prunes), flops_before, flops_next, self.model.full_flops):
-            recorded.append(self._record())
+            recorded.append(self._record(lam_used))
         if prunes:
             self.model.prune(prunes)
             self._rebuild_optimizers()
@@ -176,13 +179,14 @@ class GoldSearch:
         flops = self.model.flops()
         if flops <= self.flops_min or self.epoch >= self.cfg.search.max_epochs:
             self.finished = True
-            recorded.append(self._record())
+            recorded.append(self._record(lam_used))
         row = {
             "epoch": self.epoch,
             "lambda": lam_used,
             "delta": delta_used,
             "flops": flops,
-            "params": sum(p.numel() for p in self.model.weight_parameters()),
+            "params": self.network_costs.params(self.model.genotype()),
+            "supernet_params": sum(p.numel() for p in self.model.weight_parameters()),
             "alive_ops": len(self.model.alive_ops()),
             "pruned": len(prunes),
             "loss": stats.loss,
@@ -195,16 +199,16 @@ class GoldSearch:
         self.history.append(row)
         return row
 
-    def _record(self) -> str | None:
-        """Record the current architecture (skipped when its FLOPs equal the last record's,
-        e.g. when only free skip connections were pruned since)."""
+    def _record(self, lam: float) -> str | None:
+        """Record the current architecture with the lambda its epoch trained under (skipped
+        when its FLOPs equal the last record's, e.g. when only free skip connections were
+        pruned since)."""
         flops = self.model.flops()
         records = self.recorder.records
         if records and records[-1].flops <= flops:
             return None
         geno = self.model.genotype()
-        record = ArchRecord(f"arch-{len(records):03d}", self.epoch, flops,
-                            count_params(build_network(geno)), self.schedule.lam,
+        record = ArchRecord(f"arch-{len(records):03d}", self.epoch, flops, self.network_costs.params(geno), lam,
                             len(self.model.alive_ops()), geno)
         geno.metadata = record.fields()
         records.append(record)
@@ -230,7 +234,6 @@ class GoldSearch:
             "schedule": self.schedule.state_dict(),
             "recorder": self.recorder.state_dict(),
             "history": list(self.history),
-            "rng": torch.get_rng_state(),
         }
 
     @classmethod
@@ -249,5 +252,4 @@ class GoldSearch:
         search.epoch = int(state["epoch"])
         search.finished = bool(state["finished"])
         search.history = list(state["history"])
-        torch.set_rng_state(state["rng"])
         return search

@@ -30,9 +30,14 @@ class Augment:
                                  # training when there is no random resized crop)
 
 
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of the random stream of (seed, epoch, rank): plain arithmetic, no tensor."""
+    return ((seed * 1_000_003 + epoch) * 1_009 + rank + 1) % (2**62)
+
+
 def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
-    """A fresh generator whose stream depends only on (seed, epoch, rank)."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_009 + rank + 1) % (2**62))
+    """A fresh CPU generator whose stream depends only on (seed, epoch, rank)."""
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch, rank))
 
 
 def shard_indices(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
@@ -71,13 +76,13 @@ def prepare(x: torch.Tensor, augment: Augment, gen: torch.Generator | None, trai
 
 
 def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: int,
-                    rank: int = 0, world_size: int = 1, cutout_size: int = 0, drop_last: bool = True,
+                    rank: int = 0, world_size: int = 1, drop_last: bool = True,
                     *, augment: Augment | None = None, mean: Sequence[float] | None = None,
                     std: Sequence[float] | None = None, device: torch.device | str | None = None
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of training batches for ``rank``: shuffled, sharded, augmented (``augment``,
-    or cutout alone with ``cutout_size``), on ``device``."""
-    augment = augment if augment is not None else Augment(cutout=cutout_size)
+    """One epoch of training batches for ``rank``: shuffled, sharded, augmented (``augment``;
+    none by default), on ``device``."""
+    augment = augment if augment is not None else Augment()
     idx = shard_indices(len(x), seed, epoch, rank, world_size)
     gen = epoch_generator(seed, epoch, rank)
     stop = len(idx) - (len(idx) % batch_size if drop_last else 0)

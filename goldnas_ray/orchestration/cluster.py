@@ -6,12 +6,10 @@ pipelines join that cluster; without one they start an embedded Ray on 127.0.0.1
 """
 from __future__ import annotations
 
-import contextlib
+import json
 import os
-import signal
 import socket
-import threading
-from typing import Callable
+from typing import Any, Callable
 
 
 class ClusterError(RuntimeError):
@@ -32,9 +30,11 @@ def auth_hint() -> str:
 
 
 def connect(address: str | None = None, log: Callable[[str], None] = print,
-            num_cpus: int | None = None) -> dict[str, float]:
+            num_cpus: int | None = None, runtime_env: dict[str, Any] | None = None) -> dict[str, float]:
     """Join ``address`` (or RAY_ADDRESS), else start an embedded local Ray; returns the
-    cluster's resources. A pipeline that searches, then retrains, connects once."""
+    cluster's resources. ``runtime_env`` is the job's (``cli.ray_runtime_env``): inside a
+    ``ray job submit`` job, what the job's own runtime_env already sets is left to it. A
+    pipeline that searches, then retrains, connects once."""
     import ray
 
     if ray.is_initialized():
@@ -42,18 +42,20 @@ def connect(address: str | None = None, log: Callable[[str], None] = print,
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_address(address)
+    env = dict(runtime_env or {})
     try:
         if address:
-            context = ray.init(address=address, log_to_driver=True)
+            context = ray.init(address=address, log_to_driver=True, runtime_env=_beside_the_job(env))
         else:
             # the dashboard also serves the State API, which Ray Train's placement-group cleaner
-            # polls (without it, it warns every few seconds). The cleaner finds the API through
-            # RAY_API_SERVER_ADDRESS, else by looking for running Ray instances, which fails
-            # when another cluster runs on this machine: name ours (Ray's processes inherit it)
+            # (an actor of this job) polls; without it, it warns every few seconds. The cleaner
+            # finds the API through RAY_API_SERVER_ADDRESS, else by looking for running Ray
+            # instances, which fails when another cluster runs on this machine: name ours
             port = _free_port()
-            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+            env["env_vars"] = env.get("env_vars", {}) | {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
             context = ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True,
-                               dashboard_host="127.0.0.1", dashboard_port=port, num_cpus=num_cpus)
+                               dashboard_host="127.0.0.1", dashboard_port=port, num_cpus=num_cpus,
+                               runtime_env=env or None)
     except Exception as exc:  # noqa: BLE001 - Ray raises many types here; all mean "cannot connect"
         if address:
             raise ClusterError(f"cannot join the Ray cluster at {address}: {exc}{auth_hint()}") from exc
@@ -63,6 +65,23 @@ def connect(address: str | None = None, log: Callable[[str], None] = print,
     dashboard = f"; dashboard at http://{context.dashboard_url}" if context.dashboard_url else ""
     log(f"Ray: {where}; {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs{dashboard}")
     return resources
+
+
+def _beside_the_job(env: dict[str, Any]) -> dict[str, Any] | None:
+    """``env`` without the fields and variables a ``ray job submit`` job's own runtime_env sets
+    (Ray refuses to merge the two when they overlap: the job's own word wins)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw or not env:
+        return env or None
+    try:
+        job = json.loads(raw).get("runtime_env") or {}
+    except ValueError:
+        return env
+    kept = {k: v for k, v in env.items() if k != "env_vars" and k not in job}
+    env_vars = {k: v for k, v in env.get("env_vars", {}).items() if k not in (job.get("env_vars") or {})}
+    if env_vars:
+        kept["env_vars"] = env_vars
+    return kept or None
 
 
 def _free_port(preferred: int = 8265) -> int:
@@ -110,21 +129,3 @@ def check_fits_on_a_node(cpus: float, gpus: float) -> None:
         biggest = max(nodes, key=lambda r: r.get("CPU", 0), default={})
         raise ClusterError(f"a trial needs {cpus:g} CPUs and {gpus:g} GPUs on one node; the largest "
                            f"node has {biggest.get('CPU', 0):g} CPUs and {biggest.get('GPU', 0):g} GPUs")
-
-
-@contextlib.contextmanager
-def sigterm_as_exit():
-    """Turn SIGTERM (what ``ray job stop`` sends the driver) into SystemExit, so the driver can
-    mark its MLflow runs KILLED in the seconds before the SIGKILL that follows."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -32,11 +31,11 @@ import ray.tune
 from goldnas_ray.core.config import ConfigError
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.files.search_files import RECORDS, OutputDirError, load_checkpoint, read_records, records_path
-from goldnas_ray.orchestration.cluster import check_fits_on_a_node, connect, sigterm_as_exit
+from goldnas_ray.orchestration.cluster import check_fits_on_a_node, connect
 from goldnas_ray.orchestration.retrain_trial import STATE_FILE, RetrainCallback, retrain_trial
 from goldnas_ray.retrain import report, stats
 from goldnas_ray.retrain.recipe import Retrainer
-from goldnas_ray.run.loop import end_status
+from goldnas_ray.run.ending import ends_tracked_run
 from goldnas_ray.retrain.candidates import save_genotypes
 from goldnas_ray.retrain.plan import Manifest, RetrainError, TrialSpec, plan_retrain
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
@@ -52,10 +51,9 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
                 cpus_per_trial: float = 1, gpus_per_trial: float = 0, max_failures: int = 2,
                 mlflow_uri: str | None = None, experiment: str = "goldnas-retrain",
                 tracking: bool = True, resume: bool = False, address: str | None = None,
-                log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Retrain (or, with ``resume``, continue retraining) and return the report table."""
-    # Tune logs each sync of its experiment state to remote storage at INFO: one line per epoch
-    logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
+                runtime_env: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Retrain (or, with ``resume``, continue retraining) and return the report table.
+    ``runtime_env``: the Ray job's (``cli.ray_runtime_env``)."""
     out = location(out).resolved()
     search_dir = location(search_dir) if search_dir is not None else None
     if cpus_per_trial <= 0 or gpus_per_trial < 0:
@@ -71,7 +69,7 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
         else:
             manifest = _plan(out, search_dir, search_run, staging, config_file, overrides, random_k,
                              mlflow_uri, tracking)
-        resources = connect(address, log)
+        resources = connect(address, log, runtime_env=runtime_env)
         check_fits_on_a_node(cpus_per_trial, gpus_per_trial)
         if not resume:
             _start(out, manifest, staging, experiment)
@@ -177,9 +175,6 @@ def _tuner(out: Location, manifest: Manifest, specs: dict[str, TrialSpec], cpus:
            max_failures: int, resume: bool, callback: RetrainCallback) -> ray.tune.Tuner:
     resources = {"cpu": cpus} | ({"gpu": gpus} if gpus else {})
     trainable = ray.tune.with_resources(ray.tune.with_parameters(retrain_trial, specs=specs), resources)
-    # a checkpoint every epoch with num_to_keep=1 forces an experiment snapshot each time (cheap
-    # here: a few KB); Tune would warn about it every epoch
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if resume:  # the run config, callback included, comes back from the saved experiment
         path, fs = (out / "ray" / EXPERIMENT_DIR).arrow()
         return ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
@@ -199,16 +194,9 @@ def _tuner(out: Location, manifest: Manifest, specs: dict[str, TrialSpec], cpus:
 def _fit(tuner: ray.tune.Tuner, tracker: RetrainTracker | None, manifest: Manifest,
          log: Callable[[str], None]) -> ray.tune.ResultGrid:
     """Run the trials; if the job is stopped or Tune breaks, end the MLflow runs saying so."""
-    try:
-        with sigterm_as_exit():
-            return tuner.fit()
-    except BaseException as exc:
-        if tracker is not None:
-            try:
-                tracker.end_retrain(manifest.mlflow_run_id, end_status(exc))
-            except Exception as mlflow_exc:  # noqa: BLE001 - never hide the original error
-                log(f"could not mark the MLflow runs as ended: {mlflow_exc}")
-        raise
+    finish = (lambda status: tracker.end_retrain(manifest.mlflow_run_id, status)) if tracker else None
+    with ends_tracked_run(finish, log):
+        return tuner.fit()
 
 
 def _collect(results, specs: dict[str, TrialSpec], epochs: int

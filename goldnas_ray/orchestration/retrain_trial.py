@@ -9,7 +9,6 @@ people debugging a run, it appends who ran it and from which epoch to
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 import time
@@ -35,9 +34,6 @@ def retrain_trial(config: dict[str, Any], specs: dict[str, TrialSpec]) -> None:
     """One Tune trial: train ``specs[config['key']]``, reporting every epoch."""
     import ray
 
-    # the driver prints one line per trial epoch; Ray's own line per checkpoint is noise here
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     spec = specs[config["key"]]
     torch.set_num_threads(spec.threads)
     device = torch.device("cuda" if spec.use_gpu and torch.cuda.is_available() else "cpu")

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from goldnas_ray.core.config import Config
-from goldnas_ray.files.search_files import RECORDS, check_out_dir, read_records
+from goldnas_ray.files.search_files import RECORDS, read_records
 from goldnas_ray.files.store import Location, location
-from goldnas_ray.orchestration.cluster import ClusterError, check_capacity, connect, sigterm_as_exit
+from goldnas_ray.orchestration.cluster import ClusterError, check_capacity, connect
 from goldnas_ray.data.stream import stream_info
 from goldnas_ray.orchestration.streaming import train_dataset
-from goldnas_ray.run.loop import end_status, load_data
+from goldnas_ray.run.ending import ends_tracked_run, mark_ended
+from goldnas_ray.run.loop import load_data, search_start
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
 from goldnas_ray.tracking.search import search_tracker
 
@@ -29,38 +30,31 @@ class SearchFailed(RuntimeError):
 def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 1, cpus_per_worker: float | None = None,
             gpus_per_worker: float = 0, resume: bool = False, mlflow_uri: str | None = None,
             experiment: str = "goldnas-search", max_failures: int = 2, tracking: bool = True,
-            address: str | None = None, verbose: bool = False,
+            address: str | None = None, verbose: bool = False, runtime_env: dict[str, Any] | None = None,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) a search on Ray Train; returns the content of records.json.
 
     ``cpus_per_worker`` None: on an embedded local Ray the workers share all its CPUs, on a
-    joined cluster each gets 1."""
+    joined cluster each gets 1. ``runtime_env``: the job's (``cli.ray_runtime_env``)."""
     out = location(out).resolved()
     if workers < 1:
         raise ClusterError(f"--workers must be >= 1, got {workers}")
-    check_out_dir(out, resume)
-    run_id = None
-    if resume:  # records.json is written before the checkpoint, so it is there
-        records = read_records(out)
-        if records["finished"]:
-            log(f"search in {out} already finished after epoch {records['epochs']}; nothing to do")
-            return records
-        cfg, run_id = Config.from_dict(records["config"]), records.get("mlflow_run_id")
-    assert cfg is not None
+    start = search_start(out, resume, cfg)
+    if start.finished:
+        log(f"search in {out} already finished after epoch {start.epochs}; nothing to do")
+        return read_records(out)
+    cfg, run_id = start.config, start.run_id
     stream = stream_info(cfg.data)  # bad data fails here, before Ray starts
     dataset = stream.name if stream is not None else load_data(cfg).name
     uri = resolve_uri(out, mlflow_uri) if tracking else None
     if uri:
         check_uri(uri)
     address = address or os.environ.get("RAY_ADDRESS")
-    if not address and not verbose:
-        # nothing preempts the nodes of an embedded Ray; its watcher only adds an error line
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    resources = connect(address, log)
+    resources = connect(address, log, runtime_env=runtime_env)
     cpus_per_worker = _worker_cpus(resources, workers, cpus_per_worker, gpus_per_worker,
                                    embedded=not address, streaming=stream is not None)
     out.mkdir()
-    job = {"config": cfg.to_dict(), "out": out.uri, "resume": resume, "verbose": verbose,
+    job = {"config": cfg.to_dict(), "out": out.uri, "resume": start.resume, "verbose": verbose,
            "threads_per_worker": max(1, int(cpus_per_worker)), "mlflow_uri": uri,
            "mlflow_run_id": run_id, "experiment": experiment,
            "stream": asdict(stream) if stream is not None else None}
@@ -72,12 +66,14 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
         # checkpoint still ends it (KILLED / FAILED); rank 0 logs into it and ends it FINISHED
         run = search_tracker(uri, experiment, out, workers)(cfg, dataset, run_id)
         job["mlflow_run_id"] = run.run_id
-    trainer = _trainer(job, out, workers, cpus_per_worker, gpus_per_worker, max_failures, resume, verbose,
-                       datasets)
+    trainer = _trainer(job, out, workers, cpus_per_worker, gpus_per_worker, max_failures, verbose, datasets)
     log(f"search: {workers} worker(s) x {cpus_per_worker:g} CPU, {gpus_per_worker:g} GPU; output in {out}")
     started = time.perf_counter()
-    result = _fit(trainer, run if uri else None, log)
+    finish = run.finish if uri else None
+    with ends_tracked_run(finish, log):
+        result = trainer.fit()
     if result.error:
+        mark_ended(finish, "FAILED", log)
         raise SearchFailed(f"search failed: {result.error}") from result.error
     records = read_records(out)
     log(f"search finished after {records['epochs']} epochs ({time.perf_counter() - started:.0f}s on Ray); "
@@ -85,29 +81,6 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     if uri:
         log(f"MLflow run {records.get('mlflow_run_id')}: open with {how_to_open(uri)}")
     return records
-
-
-def _fit(trainer, run, log: Callable[[str], None]):
-    """trainer.fit(); a stopped job (SIGTERM from ``ray job stop``, Ctrl-C) ends the MLflow run
-    KILLED, a failed search FAILED."""
-    try:
-        with sigterm_as_exit():
-            result = trainer.fit()
-    except BaseException as exc:
-        _end_run(run, end_status(exc), log)
-        raise
-    if result.error:
-        _end_run(run, "FAILED", log)
-    return result
-
-
-def _end_run(run, status: str, log: Callable[[str], None]) -> None:
-    if run is None:
-        return
-    try:
-        run.finish(status)
-    except Exception as exc:  # noqa: BLE001 - never hide the search's own error
-        log(f"could not mark MLflow run {run.run_id} {status}: {exc}")
 
 
 def _worker_cpus(resources: dict[str, float], workers: int, cpus: float | None, gpus: float,
@@ -128,7 +101,7 @@ def _worker_cpus(resources: dict[str, float], workers: int, cpus: float | None, 
 
 
 def _trainer(job: dict[str, Any], out: Location, workers: int, cpus_per_worker: float, gpus_per_worker: float,
-             max_failures: int, resume: bool, verbose: bool, datasets: dict[str, Any] | None = None):
+             max_failures: int, verbose: bool, datasets: dict[str, Any] | None = None):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -147,7 +120,9 @@ def _trainer(job: dict[str, Any], out: Location, workers: int, cpus_per_worker: 
                                                resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
-            name=f"{out.name}-{int(time.time())}" if resume else out.name,
+            # one name per output folder: a resumed search finds Ray Train's run of the first
+            # attempt (and its last checkpoint) instead of orphaning it beside a new one
+            name=out.name,
             storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             # each checkpoint is the whole search state: keep the last two, not every epoch's

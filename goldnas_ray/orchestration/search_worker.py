@@ -13,7 +13,6 @@ rank, rewritten when a worker group restarts) and, with more than one worker,
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -53,20 +52,9 @@ def _restored_state(out: Location, resume: bool) -> dict[str, Any] | None:
     return load_checkpoint(out / CHECKPOINT) if resume else None
 
 
-def quiet_ray_train_loggers() -> None:
-    """Ray Train's worker-side loggers are named after their files and log each report at
-    INFO through the root logger, which LoggingConfig does not filter: raise them to WARNING."""
-    for name in list(logging.root.manager.loggerDict):
-        if "/ray/train/" in name:
-            logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def train_loop_per_worker(job: dict[str, Any]) -> None:
     from goldnas_ray.core.config import Config
 
-    if not job.get("verbose"):
-        quiet_ray_train_loggers()
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # "Creating initial ... tables"
     out = location(job["out"])
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(job["threads_per_worker"])))

@@ -50,12 +50,10 @@ def front_table(fronts: list[Front]) -> pd.DataFrame:
 def plot_fronts(fronts: list[Front], path: "str | Path | Location", title: str = "") -> Location:
     """Each retrain's points and Pareto staircase (searched and random separately), each
     search's recorded FLOPs as ticks under the axis, one colour per source."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     searches = [f for f in fronts if f.kind == "search"]
     for i, f in enumerate(fronts):
         color = f"C{i % 10}"

@@ -22,7 +22,9 @@ from torch import nn
 
 from goldnas_ray.core.config import DataConfig, RetrainConfig
 from goldnas_ray.core.costs import count_params, total_flops
-from goldnas_ray.data import Augment, Dataset, epoch_generator
+from goldnas_ray.core.network import seeded
+from goldnas_ray.data import Augment, Dataset
+from goldnas_ray.data.batches import epoch_seed
 from goldnas_ray.data.from_config import eval_augment, train_augment
 from goldnas_ray.core.discrete import build_network
 from goldnas_ray.core.genotype import Genotype
@@ -37,12 +39,13 @@ class Retrainer:
                  device: torch.device | str = "cpu"):
         self.geno, self.cfg, self.seed = geno, cfg, seed
         self.device = torch.device(device)
-        torch.manual_seed(seed)  # the initial weights depend on the seed only
-        self.model = build_network(geno, auxiliary=cfg.auxiliary)
+        with seeded(seed):  # the initial weights depend on the seed only
+            self.model = build_network(geno, auxiliary=cfg.auxiliary)
         shape = (geno.in_channels, geno.input_size, geno.input_size)
         self.flops = total_flops(self.model, shape)
         self.params = count_params(self.model)
         self.model.to(self.device)
+        self.generator = torch.Generator(device=self.device)  # drop-path masks, reseeded each epoch
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, cfg)
@@ -62,10 +65,9 @@ class Retrainer:
                    else Augment(cutout=cfg.cutout))
         lr = self.optimizer.param_groups[0]["lr"]
         drop_prob = cfg.drop_path * self.epoch / cfg.epochs
-        model.set_drop_path(drop_prob)
+        self.generator.manual_seed(epoch_seed(self.seed, self.epoch, -2))  # masks from (seed, epoch)
+        model.set_drop_path(drop_prob, self.generator)
         model.train()
-        # drop-path masks come from the global RNG: seed it from (seed, epoch)
-        torch.manual_seed(int(torch.randint(2**62, (1,), generator=epoch_generator(self.seed, self.epoch, -2))))
         start = time.perf_counter()
         loss_sum, correct, images = 0.0, 0, 0
         for x, y in data.train_batches(cfg.batch_size, self.seed, self.epoch, augment=augment, device=self.device):

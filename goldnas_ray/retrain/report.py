@@ -68,12 +68,10 @@ def staircase(flops: Sequence[float], accuracy: Sequence[float]) -> tuple[list[f
 
 
 def plot(table: pd.DataFrame, path: Path, title: str = "") -> Path:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
     styles = {"searched": ("C0", "o", "-"), "random": ("C1", "s", "--")}
     for kind, group in table.groupby("kind", sort=True):
         color, marker, line = styles.get(kind, ("C2", "^", ":"))
@@ -95,9 +93,7 @@ def plot(table: pd.DataFrame, path: Path, title: str = "") -> Path:
 
 
 def save_chart(fig, ax, path: "Path | Location", title: str, xlabel: str, ylabel: str) -> Location:
-    """Label, grid and legend an accuracy/FLOPs chart, write it to ``path`` and close it."""
-    import matplotlib.pyplot as plt
-
+    """Label, grid and legend an accuracy/FLOPs chart and write it to ``path``."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
@@ -105,9 +101,7 @@ def save_chart(fig, ax, path: "Path | Location", title: str, xlabel: str, ylabel
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    out = location(path).write(lambda tmp: fig.savefig(tmp, dpi=110))
-    plt.close(fig)
-    return out
+    return location(path).write(lambda tmp: fig.savefig(tmp, dpi=110))
 
 
 def write_report(out: "Path | Location", table: pd.DataFrame, title: str = "") -> list[Location]:

@@ -83,20 +83,15 @@ def _draw_stack(ax, geno: Genotype) -> None:
 
 def plot_genotype(geno: Genotype, path: "str | Path | Location", columns: int = 4) -> Location:
     """Draw ``geno`` (its cell stack, then every live cell) into the PNG at ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
 
     live = [k for k, alive in enumerate(geno.live_cells()) if alive]
     columns = max(1, min(columns, len(live)))
     rows = math.ceil(len(live) / columns)
-    fig = plt.figure(figsize=(3.2 * columns, 0.9 + 2.6 * rows))
+    fig = Figure(figsize=(3.2 * columns, 0.9 + 2.6 * rows))
     grid = fig.add_gridspec(rows + 1, columns, height_ratios=[0.35] + [1] * rows)
     _draw_stack(fig.add_subplot(grid[0, :]), geno)
     for i, k in enumerate(live):
         _draw_cell(fig.add_subplot(grid[1 + i // columns, i % columns]), geno, k)
     fig.tight_layout()
-    out = location(path).write(lambda tmp: fig.savefig(tmp, dpi=90))
-    plt.close(fig)
-    return out
+    return location(path).write(lambda tmp: fig.savefig(tmp, dpi=90))

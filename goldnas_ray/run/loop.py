@@ -5,13 +5,14 @@
 writes the output files and the checkpoint, logs to the tracker and prints the epoch line.
 The in-process path (:func:`run_local`) passes the no-op communicator; the Ray Train worker
 (``goldnas_ray.orchestration.search_worker``) passes a torch.distributed one and a ``report``
-hook that hands the checkpoint to Ray Train. :func:`load_or_create` is the one way both
-start or resume. Trackers (MLflow) are injected: nothing here imports Ray or MLflow.
+hook that hands the checkpoint to Ray Train. :func:`search_start` decides once, for both, whether a search is
+new, resumed or already finished; :func:`load_or_create` builds it. Trackers (MLflow) are injected: nothing here imports Ray or MLflow.
 """
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -23,11 +24,13 @@ from goldnas_ray.core.search import GoldSearch
 from goldnas_ray.data import Dataset
 from goldnas_ray.data.from_config import load_data as load_from_config
 from goldnas_ray.data.from_config import train_augment
-from goldnas_ray.files.search_files import (CHECKPOINT, RECORDS, check_out_dir, load_checkpoint, read_run_id,
+from goldnas_ray.files.search_files import (CHECKPOINT, RECORDS, check_out_dir, load_checkpoint, read_records,
                                             save_checkpoint, write_outputs)
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.run.console import EpochProgress, describe_start, format_epoch
 from goldnas_ray.run.drawing import plot_genotype
+from goldnas_ray.run.ending import ends_tracked_run
+from goldnas_ray.run.plots import write_plots
 
 
 class Tracker(Protocol):
@@ -48,6 +51,31 @@ Reporter = Callable[[dict[str, Any], "bytes | None"], None]
 
 # (config, dataset name, run id to reopen or None) -> the tracker of this search
 TrackerFactory = Callable[[Config, str, "str | None"], Tracker]
+
+
+@dataclass
+class SearchStart:
+    """Where a search starts, decided once for both backends by :func:`search_start`."""
+
+    config: Config
+    resume: bool          # continue from <out>/checkpoints/latest.pt
+    finished: bool        # resumed, but it had already finished: nothing to run, nothing reopened
+    run_id: str | None    # the MLflow run a resumed search goes on logging into
+    epochs: int           # epochs already done
+
+
+def search_start(out: Location, resume: bool, cfg: Config | None) -> SearchStart:
+    """A new search (``out`` new or empty: earlier results are never overwritten) from ``cfg``,
+    or, with ``resume``, the search stored in ``out`` as its records.json describes it (written
+    before every checkpoint, so it is there whenever the checkpoint is)."""
+    check_out_dir(out, resume)
+    if not resume:
+        if cfg is None:
+            raise ValueError("a new search needs a config")
+        return SearchStart(cfg, False, False, None, 0)
+    records = read_records(out)
+    return SearchStart(Config.from_dict(records["config"]), True, bool(records["finished"]),
+                       records.get("mlflow_run_id"), int(records["epochs"]))
 
 
 def run_info(search: GoldSearch, dataset: str, workers: int) -> dict[str, Any]:
@@ -121,15 +149,11 @@ def search_loop(search: GoldSearch, data: Dataset, out: Location, info: dict[str
             log(format_epoch(row, cfg.search.max_epochs, search.model.full_flops))
         if report is not None:
             report(row, checkpoint)
-    if lead and tracker is not None:
-        tracker.log_outputs(out)
-        tracker.finish()
-
-
-def end_status(exc: BaseException) -> str:
-    """The MLflow status of a run that ``exc`` ended: KILLED when it was stopped (Ctrl-C, or
-    SIGTERM raised as SystemExit), FAILED otherwise."""
-    return "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+    if lead:
+        write_plots(out)  # an output of the search, tracked or not
+        if tracker is not None:
+            tracker.log_outputs(out)
+            tracker.finish()
 
 
 def draw_records(out: Location, search: GoldSearch, drawn: set[str]) -> None:
@@ -148,29 +172,26 @@ def run_local(cfg: Config | None, out: "str | Path | Location", resume: bool = F
               tracker: TrackerFactory | None = None) -> GoldSearch:
     """Run (or resume) a whole search in this process, writing the output files each epoch."""
     out = location(out)
-    check_out_dir(out, resume)
-    if not resume:
-        assert cfg is not None
-        if cfg.data.path == "stream":
-            raise ConfigError("data.path=stream streams through Ray Data: run without --local")
-    state = load_checkpoint(out / CHECKPOINT) if resume else None
-    search, data = load_or_create(cfg, device, state)
-    if resume:
+    start = search_start(out, resume, cfg)
+    state = load_checkpoint(out / CHECKPOINT) if start.resume else None
+    if start.finished:
+        log(f"search in {out} already finished after epoch {start.epochs}; nothing to do")
+        return GoldSearch.from_state_dict(state, device)
+    if start.config.data.path == "stream":
+        raise ConfigError("data.path=stream streams through Ray Data: run without --local")
+    search, data = load_or_create(start.config, device, state)
+    if start.resume:
         log(f"resuming {out} after epoch {search.epoch}")
     out.mkdir()
     info = run_info(search, data.name, workers=1)
     run = None
     if tracker is not None:
-        run = tracker(search.cfg, data.name, read_run_id(out) if resume else None)
+        run = tracker(search.cfg, data.name, start.run_id)
         info |= {"mlflow_run_id": run.run_id, "mlflow_tracking_uri": run.uri}
     log(describe_start(search, data.name))
     started = time.perf_counter()
-    try:
+    with ends_tracked_run(run.finish if run is not None else None, log):
         search_loop(search, data, out, info, tracker=run, log=log)
-    except BaseException as exc:
-        if run is not None:  # the error still surfaces
-            run.finish(end_status(exc))
-        raise
     log(f"search finished after {search.epoch} epochs ({time.perf_counter() - started:.0f}s here); "
         f"{len(search.records)} architectures recorded in {out / RECORDS}")
     if run is not None:

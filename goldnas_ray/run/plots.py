@@ -11,10 +11,7 @@ from goldnas_ray.files.store import Location, location
 
 def write_plots(out: "str | Path | Location") -> list[Location]:
     """plots/lambda.png and plots/flops.png from ``out``'s history.parquet."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
 
     out = location(out)
     hist_path = out / HISTORY
@@ -25,7 +22,8 @@ def write_plots(out: "str | Path | Location") -> list[Location]:
     paths = []
     for col, label, fname, log in (("lambda", "lambda", "lambda.png", True),
                                    ("flops", "MFLOPs per image", "flops.png", False)):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig = Figure(figsize=(6, 3.5))
+        ax = fig.subplots()
         scale = 1e-6 if col == "flops" else 1.0
         ax.plot(hist["epoch"], hist[col] * scale, lw=1.5)
         ax.scatter(rec["epoch"], rec[col] * scale, color="C3", zorder=3, label="recorded architecture")
@@ -36,5 +34,4 @@ def write_plots(out: "str | Path | Location") -> list[Location]:
         ax.legend(loc="best")
         fig.tight_layout()
         paths.append((out / "plots" / fname).write(lambda tmp: fig.savefig(tmp, dpi=100)))
-        plt.close(fig)
     return paths

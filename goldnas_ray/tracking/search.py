@@ -13,7 +13,6 @@ from goldnas_ray.core.config import Config
 from goldnas_ray.core.space import log10_space_size
 from goldnas_ray.files.search_files import CONFIG, HISTORY, RECORDS, read_records
 from goldnas_ray.files.store import Location, location
-from goldnas_ray.run.plots import write_plots
 from goldnas_ray.tracking.common import experiment_id, log_files, log_params
 
 METRICS = {  # history column -> MLflow metric name
@@ -21,6 +20,7 @@ METRICS = {  # history column -> MLflow metric name
     "delta": "delta_lambda",
     "flops": "flops",
     "params": "params",
+    "supernet_params": "supernet_params",
     "alive_ops": "alive_ops",
     "pruned": "pruned_ops",
     "loss": "train_loss",
@@ -75,9 +75,8 @@ class SearchTracker:
 
     def log_outputs(self, out: "Path | Location") -> None:
         out = location(out)
-        plots = write_plots(out)
         log_files(self.client, self.run_id, out, (RECORDS, HISTORY, CONFIG) + tuple(
-            f"plots/{png.name}" for png in plots))
+            f"plots/{name}" for name in (out / "plots").names()))
         # the recorded architectures as an MLflow table: MlflowClient.load_table(experiment_id,
         # "front.json", run_ids=[...]) returns many searches' records in one DataFrame
         archs = read_records(out).get("architectures") or []

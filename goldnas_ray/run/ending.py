@@ -1,0 +1,42 @@
+"""How a tracked run ends, written once for the search (in-process or on Ray Train) and the
+retrain (Ray Tune).
+
+A run whose work returns ends FINISHED (its driver says so after the last files are written);
+one that was stopped ends KILLED: Ctrl-C raises KeyboardInterrupt, and ``ray job stop``'s
+SIGTERM raises SystemExit in the pipelines' processes (``cli.configure_process``); any other
+error ends it FAILED. Marking the tracker never hides what ended the run: when the tracker
+itself fails (a tracking server gone, say), that is logged in one line and the original error
+goes on.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+# the tracker's way to end its run(s) with a status: FINISHED, KILLED or FAILED
+Finish = Callable[[str], None]
+
+
+def end_status(exc: BaseException) -> str:
+    """KILLED when ``exc`` is a stop (Ctrl-C, or SIGTERM raised as SystemExit), FAILED otherwise."""
+    return "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+
+
+def mark_ended(finish: Finish | None, status: str, log: Callable[[str], None] = print) -> None:
+    """``finish(status)``; a tracker that fails to take it is reported, never raised."""
+    if finish is None:
+        return
+    try:
+        finish(status)
+    except Exception as exc:  # noqa: BLE001 - the run's own outcome matters more than its record
+        log(f"could not mark the tracked run {status}: {type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def ends_tracked_run(finish: Finish | None, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Run the block; when it raises, end the tracked run KILLED or FAILED, then re-raise."""
+    try:
+        yield
+    except BaseException as exc:
+        mark_ended(finish, end_status(exc), log)
+        raise
