@@ -9,7 +9,7 @@ import pytest
 
 from goldnas_ray.cli import run_main
 from goldnas_ray.core.config import ConfigError
-from goldnas_ray.files.atomic import atomic_write, write_text
+from goldnas_ray.files.atomic import atomic_write
 from goldnas_ray.run.console import EpochProgress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_progress_lines_every_interval_with_eta(monkeypatch):
 
 
 def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
-    path = write_text(tmp_path / "a.json", "old")
+    path = atomic_write(tmp_path / "a.json", lambda tmp: tmp.write_text("old"))
 
     def broken(tmp):
         tmp.write_text("half")

@@ -215,3 +215,16 @@ def test_params_mean_the_discrete_network_and_lambda_the_epochs_everywhere(tmp_p
     last = rows[3]
     assert last["params"] == count_params(build_network(search.model.genotype()))
     assert last["supernet_params"] == sum(p.numel() for p in search.model.weight_parameters()) != last["params"]
+
+
+def test_a_genotype_file_is_written_once(tmp_path, digits):
+    """A record never changes: its file, once written, is not rewritten by later epochs."""
+    from goldnas_ray.files.search_files import write_outputs
+
+    search = GoldSearch(tiny_config(max_epochs=5), digits.input_shape, 10)
+    search._record(0.0)
+    write_outputs(tmp_path, search, {})
+    path = tmp_path / search.records[0].genotype_path
+    path.write_text(path.read_text() + "\n")  # marked: a rewrite would drop the mark
+    write_outputs(tmp_path, search, {})
+    assert path.read_text().endswith("}\n")

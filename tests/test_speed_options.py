@@ -8,6 +8,7 @@ from conftest import tiny_config
 from goldnas_ray.core.config import ConfigError
 from goldnas_ray.core.operations import FactorizedReduce
 from goldnas_ray.core.search import GoldSearch
+from goldnas_ray.data import Augment
 
 
 def _steps(cfg, x, y, n=3):
@@ -56,23 +57,64 @@ def test_factorized_reduce_gradient_keeps_channels_last():
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_an_epoch_reads_the_device_once(monkeypatch, digits):
-    """No float(loss) / .item() per step: the running sums stay on the device."""
+def _epoch_under(search, x, y, augment, device, check, steps_only=False):
+    """One search epoch of augmented, normalised batches cut from uint8 images, under ``check``
+    (a context manager), from cold caches: every per-alive-set constant is made inside it.
+    ``steps_only``: the steps without the reads that end the epoch."""
+    from goldnas_ray.data import batches as batch_module
     from goldnas_ray.data import iterate_batches
-    search = GoldSearch(tiny_config(), digits.input_shape, 10)
-    reads = []
-    for name in ("item", "__float__", "__int__", "tolist"):
-        original = getattr(torch.Tensor, name)
 
-        def counted(self, *a, _original=original, _name=name, **k):
-            reads.append(_name)
-            return _original(self, *a, **k)
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    batches = list(iterate_batches(digits.x_train, digits.y_train, 32, 0, 0))[:6]
-    stats = search.train_epoch(batches)
-    monkeypatch.undo()
-    assert stats.images == sum(len(y) for _, y in batches)
-    assert len(reads) <= 2, reads  # the loss sum and the correct count, once each
+    batch_module._CONSTANTS.clear()
+    search.model._constants.clear()
+    batches = iterate_batches(x, y, 16, 0, search.epoch, augment=augment, mean=(0.5,) * 3, std=(0.25,) * 3,
+                              device=device)
+    with check:
+        return search.train_steps(batches) if steps_only else search.train_epoch(batches)
+
+
+AUGMENTS = {"cifar": Augment(crop_padding=2, flip=True, cutout=4, color_jitter=True),
+            "imagenet": Augment(resized_crop=12, flip=True, eval_size=12)}
+
+
+@pytest.mark.parametrize("cost", ["flops", "ops"])
+@pytest.mark.parametrize("augment", list(AUGMENTS))
+def test_a_search_epoch_never_waits_for_the_device(cost, augment):
+    """Per step, nothing is read back from the device and nothing is copied to it blocking: the
+    running sums are read once at the end of the epoch, constants of the cost term and the
+    normalisation are copied once (tests/transfers.py counts it on any device)."""
+    from transfers import DeviceTransfers
+
+    torch.manual_seed(0)
+    x, y = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8), torch.randint(0, 10, (64,))
+    search = GoldSearch(tiny_config(cost=cost), (3, 16, 16) if augment == "cifar" else (3, 12, 12), 10)
+    search.schedule.lam = 0.1  # the resource term is part of every step
+    check = DeviceTransfers([search.model])
+    stats = _epoch_under(search, x, y, AUGMENTS[augment], "cpu", check)
+    assert stats.images == 64 and stats.loss > 0
+    assert check.counts == {"read": 2}, check.where  # the loss sum and the correct count, once each
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("augment", list(AUGMENTS))
+def test_a_search_epoch_on_cuda_under_sync_debug_mode(augment):
+    """The same epoch's steps with torch.cuda.set_sync_debug_mode('error'): any synchronising
+    call inside them raises (the epoch's two reads come after the steps)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def strict():
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    torch.manual_seed(0)
+    x, y = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8), torch.randint(0, 10, (64,))
+    search = GoldSearch(tiny_config(), (3, 16, 16) if augment == "cifar" else (3, 12, 12), 10, device="cuda")
+    search.schedule.lam = 0.1
+    loss_sum, correct, images = _epoch_under(search, x, y, AUGMENTS[augment], "cuda", strict(), steps_only=True)
+    assert images == 64 and float(loss_sum) > 0 and 0 <= int(correct) <= 64
 
 
 def test_bf16_autocast_trains_and_stays_close_to_float32():

@@ -122,8 +122,17 @@ class GoldSearch:
     def train_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                     net: nn.Module | None = None, on_step: StepCallback | None = None) -> EpochStats:
         """Train on ``batches``; loss and accuracy are summed on the device and read once."""
-        self.model.train()
         start = time.perf_counter()
+        loss_sum, correct, images = self.train_steps(batches, net, on_step)
+        loss_total, correct_total = float(loss_sum), int(correct)
+        seconds = time.perf_counter() - start
+        return EpochStats(loss_total / max(images, 1), correct_total / max(images, 1), images, seconds)
+
+    def train_steps(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], net: nn.Module | None = None,
+                    on_step: StepCallback | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The steps of an epoch, none of which waits for the device: (summed loss, correct
+        predictions) as device tensors, and the images trained on."""
+        self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         images = 0
@@ -134,9 +143,7 @@ class GoldSearch:
             images += len(y)
             if on_step is not None:
                 on_step(step, images)
-        loss_total, correct_total = float(loss_sum), int(correct)
-        seconds = time.perf_counter() - start
-        return EpochStats(loss_total / max(images, 1), correct_total / max(images, 1), images, seconds)
+        return loss_sum, correct, images
 
     def run_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                   comm: Communicator | None = None, on_step: StepCallback | None = None

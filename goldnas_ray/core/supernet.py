@@ -9,7 +9,7 @@ has no affine parameters, as in DARTS's search.
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from typing import Callable, Hashable, Iterable
 
 import torch
 from torch import nn
@@ -54,6 +54,7 @@ class SuperNet(Network):
         # FLOPs and parameters of every part, measured once on the full supernet (the shapes
         # never change); pruning only changes which parts are summed
         self.costs = CostTable.measure(self, self.input_shape)
+        self._constants: dict[Hashable, torch.Tensor] = {}  # per alive set: emptied by prune
         self.full_flops = self.flops()
         self.full_params = sum(self.costs.params_by_part.values())
         self.num_ops_full = len(self.alive_ops())
@@ -113,15 +114,25 @@ class SuperNet(Network):
             table, norm = self.costs.params_by_part, self.full_params
         else:
             raise ValueError(f"unknown cost {kind!r}")
-        costs = torch.tensor([float(table.get(k, 0)) for k in keys], device=gates.device)
+        costs = self._on_device((kind, gates.device), lambda: [float(table.get(k, 0)) for k in keys],
+                                gates.device, torch.float32)
         return (gates * costs).sum() / norm
 
-    @staticmethod
-    def _node_sums(keys: list[OpKey], gates: torch.Tensor) -> torch.Tensor:
-        nodes = {}
-        index = torch.tensor([nodes.setdefault((k.cell, k.dst), len(nodes)) for k in keys],
-                             device=gates.device)
-        sums = torch.zeros(len(nodes), device=gates.device, dtype=gates.dtype).index_add(0, index, gates)
+    def _on_device(self, key: Hashable, values: Callable[[], list], device: torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
+        """A constant of the current alive set on ``device``: copied there once (without waiting
+        for the device) and kept until the next pruning, not re-sent every step."""
+        if key not in self._constants:
+            self._constants[key] = torch.tensor(values(), dtype=dtype).to(device, non_blocking=True)
+        return self._constants[key]
+
+    def _node_sums(self, keys: list[OpKey], gates: torch.Tensor) -> torch.Tensor:
+        def node_index() -> list[int]:
+            nodes: dict[tuple[int, int], int] = {}
+            return [nodes.setdefault((k.cell, k.dst), len(nodes)) for k in keys]
+
+        index = self._on_device(("nodes", gates.device), node_index, gates.device, torch.long)
+        sums = torch.zeros(len(keys), device=gates.device, dtype=gates.dtype).index_add(0, index, gates)
         return sums[index]
 
     @torch.no_grad()
@@ -131,18 +142,11 @@ class SuperNet(Network):
         values = torch.sigmoid(torch.stack([self.alpha(k) for k in keys]).float()).cpu().tolist()
         return dict(zip(keys, values))
 
-    @torch.no_grad()
-    def pruning_weights(self) -> dict[OpKey, float]:
-        """sigmoid(alpha_o) divided by the sum of sigmoid(alpha) entering the same node."""
-        keys = self.alive_ops()
-        gates = torch.sigmoid(torch.stack([self.alpha(k) for k in keys]).float())
-        weights = (gates / self._node_sums(keys, gates)).cpu().tolist()
-        return dict(zip(keys, weights))
-
     # ---- pruning -----------------------------------------------------------------------
     def prune(self, keys: Iterable[OpKey]) -> None:
         """Remove operators; cells whose output nobody reads any more are removed whole."""
         keys = list(keys)
+        self._constants.clear()
         for key in keys:
             cell_geno = self._geno.cells[key.cell]
             ops = cell_geno.edges.get(key.edge, ())

@@ -67,12 +67,23 @@ def prepare(x: torch.Tensor, augment: Augment, gen: torch.Generator | None, trai
         if augment.color_jitter:
             x = T.color_jitter(x, gen)
     if mean is not None and std is not None:
-        m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        x = (x - m) / s
+        x = (x - _constant(mean, x.device, x.dtype)) / _constant(std, x.device, x.dtype)
     if train and augment.cutout:
         x = T.cutout(x, augment.cutout, gen)
     return x
+
+
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def _constant(values: Sequence[float], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Per-channel values as a (1, C, 1, 1) tensor on ``device``, copied there once per
+    (values, device, dtype) rather than with every batch: a copy from the host each step would
+    wait for the device on a GPU."""
+    key = (tuple(values), str(device), dtype)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor(values, dtype=dtype).view(1, -1, 1, 1).to(device, non_blocking=True)
+    return _CONSTANTS[key]
 
 
 def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: int,

@@ -37,8 +37,8 @@ def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Te
         return x
     n, c, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device, non_blocking=True)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device, non_blocking=True)
     rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, c, h, w + 2 * padding)
     out = padded.gather(2, rows)
     cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, c, h, w)
@@ -47,7 +47,7 @@ def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Te
 
 def hflip(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
     """Mirror each image left-right with probability ``p``."""
-    flip = (torch.rand(x.shape[0], generator=gen) < p).to(x.device).view(-1, 1, 1, 1)
+    flip = (torch.rand(x.shape[0], generator=gen) < p).to(x.device, non_blocking=True).view(-1, 1, 1, 1)
     return torch.where(flip, x.flip(3), x)
 
 
@@ -57,8 +57,8 @@ def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
     if size <= 0:
         return x
     n, _, h, w = x.shape
-    top = (torch.randint(0, h, (n,), generator=gen) - size // 2).to(x.device).view(n, 1, 1)
-    left = (torch.randint(0, w, (n,), generator=gen) - size // 2).to(x.device).view(n, 1, 1)
+    top = (torch.randint(0, h, (n,), generator=gen) - size // 2).to(x.device, non_blocking=True).view(n, 1, 1)
+    left = (torch.randint(0, w, (n,), generator=gen) - size // 2).to(x.device, non_blocking=True).view(n, 1, 1)
     ys = torch.arange(h, device=x.device).view(1, h, 1)
     xs = torch.arange(w, device=x.device).view(1, 1, w)
     inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
@@ -68,9 +68,17 @@ def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
 def resized_crop_boxes(n: int, h: int, w: int, gen: torch.Generator, scale=(0.08, 1.0),
                        ratio=(3 / 4, 4 / 3), tries: int = 10) -> torch.Tensor:
     """(n, 4) boxes (top, left, height, width) in pixels, drawn as torchvision's
-    RandomResizedCrop.get_params draws one, for n images at once."""
+    RandomResizedCrop.get_params draws one, for n images at once (on the CPU, as the
+    generator is; no value is read back)."""
     area = h * w
-    boxes = torch.zeros(n, 4)
+    in_ratio = w / h  # torchvision's fallback: the central crop of the clamped ratio
+    if in_ratio < ratio[0]:
+        fw, fh = w, round(w / ratio[0])
+    elif in_ratio > ratio[1]:
+        fh, fw = h, round(h * ratio[1])
+    else:
+        fw, fh = w, h
+    boxes = torch.stack([torch.full((n,), float(v)) for v in ((h - fh) // 2, (w - fw) // 2, fh, fw)], 1)
     done = torch.zeros(n, dtype=torch.bool)
     for _ in range(tries):
         target = area * _uniform(n, scale[0], scale[1], gen)
@@ -81,17 +89,8 @@ def resized_crop_boxes(n: int, h: int, w: int, gen: torch.Generator, scale=(0.08
         ok = (bw > 0) & (bh > 0) & (bw <= w) & (bh <= h) & ~done
         top = torch.floor(torch.rand(n, generator=gen) * (h - bh + 1).clamp(min=1))
         left = torch.floor(torch.rand(n, generator=gen) * (w - bw + 1).clamp(min=1))
-        boxes[ok] = torch.stack([top, left, bh, bw], 1)[ok]
+        boxes = torch.where(ok.unsqueeze(1), torch.stack([top, left, bh, bw], 1), boxes)
         done |= ok
-    if not done.all():  # torchvision's fallback: the central crop of the clamped ratio
-        in_ratio = w / h
-        if in_ratio < ratio[0]:
-            bw, bh = w, round(w / ratio[0])
-        elif in_ratio > ratio[1]:
-            bh, bw = h, round(h * ratio[1])
-        else:
-            bw, bh = w, h
-        boxes[~done] = torch.tensor([(h - bh) // 2, (w - bw) // 2, bh, bw], dtype=torch.float32)
     return boxes
 
 
@@ -99,7 +98,7 @@ def crop_and_resize(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Te
     """Cut each image's box (top, left, height, width) and resize it bilinearly to size x size
     (one grid_sample for the batch)."""
     n, _, h, w = x.shape
-    b = boxes.to(x.device, torch.float32)
+    b = boxes.to(x.device, torch.float32, non_blocking=True)
     top, left, bh, bw = b.unbind(1)
     # pixel centres of the output in input coordinates, normalised to [-1, 1] (align_corners=False)
     steps = (torch.arange(size, device=x.device, dtype=torch.float32) + 0.5) / size
@@ -161,10 +160,10 @@ def color_jitter(x: torch.Tensor, gen: torch.Generator, brightness: float = 0.4,
     of the four is fixed here: brightness, contrast, saturation, hue)."""
     n = x.shape[0]
     view = (n, 1, 1, 1)
-    fb = _uniform(n, 1 - brightness, 1 + brightness, gen).to(x.device).view(view)
-    fc = _uniform(n, 1 - contrast, 1 + contrast, gen).to(x.device).view(view)
-    fs = _uniform(n, 1 - saturation, 1 + saturation, gen).to(x.device).view(view)
-    fh = _uniform(n, -hue, hue, gen).to(x.device).view(n, 1, 1)
+    fb = _uniform(n, 1 - brightness, 1 + brightness, gen).to(x.device, non_blocking=True).view(view)
+    fc = _uniform(n, 1 - contrast, 1 + contrast, gen).to(x.device, non_blocking=True).view(view)
+    fs = _uniform(n, 1 - saturation, 1 + saturation, gen).to(x.device, non_blocking=True).view(view)
+    fh = _uniform(n, -hue, hue, gen).to(x.device, non_blocking=True).view(n, 1, 1)
     x = (x * fb).clamp(0, 1)
     mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
     x = (fc * x + (1 - fc) * mean).clamp(0, 1)

@@ -1,10 +1,9 @@
 """Write a file so that a reader sees the old content or the new one, never half of either."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -22,14 +21,3 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
         raise
     return path
 
-
-def write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    return write_bytes(path, text.encode())
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=1))

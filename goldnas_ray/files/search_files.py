@@ -91,11 +91,10 @@ def write_outputs(out: Where, search: "GoldSearch", info: dict[str, Any]) -> Non
     """records.json, genotypes/, config.yaml and history.parquet of ``search`` as it stands
     (a genotype file already written is not written again: a record never changes)."""
     out = location(out)
-    have = {f"genotypes/{n}" for n in (out / "genotypes").names()} if out.is_remote else None
+    have = {f"genotypes/{n}" for n in (out / "genotypes").names()}
     for rec in search.records:
-        target = out / rec.genotype_path
-        if have is None or rec.genotype_path not in have:
-            write_genotype(target, rec.genotype)
+        if rec.genotype_path not in have:
+            write_genotype(out / rec.genotype_path, rec.genotype)
     config = search.cfg.to_dict()
     (out / RECORDS).write_text(json.dumps({
         "format": RECORDS_FORMAT,

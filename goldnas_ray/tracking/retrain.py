@@ -1,6 +1,7 @@
 """MLflow tracking of a retrain: a parent run, one nested child per (architecture, seed)."""
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -128,26 +129,26 @@ class RetrainTracker:
 
 
     def log_models(self, models: dict[str, Any]) -> None:
-        """Each retrained network (child run id -> eval-mode nn.Module) as an MLflow model
-        named ``model`` in its child run: torch.export's pt2 format (no pickle: loading runs no
-        code of ours), a signature and an input example of the network's image shape;
-        ``mlflow.pytorch.load_model(f"runs:/{child}/model")`` brings it back."""
-        import mlflow
+        """Each retrained network (child run id -> (eval-mode nn.Module, image shape)) as an
+        MLflow model in its child run's ``model`` folder: torch.export's pt2 format (no pickle:
+        loading runs no code of ours), a signature and an input example of the network's image
+        shape; ``mlflow.pytorch.load_model(f"runs:/{child}/model")`` brings it back. Saved to a
+        local folder and uploaded through the client: no active run, no global MLflow state."""
         import mlflow.pytorch
         import numpy as np
         import torch
         from mlflow.models import infer_signature
 
-        mlflow.set_tracking_uri(self.uri)
         requirement = f"torch=={torch.__version__.split('+')[0]}"
         for run_id, (net, shape) in models.items():
             example = np.random.default_rng(0).random((2, *shape), dtype=np.float32)
             with torch.no_grad():
                 logits = net(torch.from_numpy(example)).numpy()
-            with mlflow.start_run(run_id=run_id):
-                mlflow.pytorch.log_model(net, name="model", input_example=example,
-                                         signature=infer_signature(example, logits),
-                                         pip_requirements=[requirement], serialization_format="pt2")
+            with tempfile.TemporaryDirectory(prefix="goldnas-model-") as tmp:
+                mlflow.pytorch.save_model(net, f"{tmp}/model", input_example=example,
+                                          signature=infer_signature(example, logits),
+                                          pip_requirements=[requirement], serialization_format="pt2")
+                self.client.log_artifacts(run_id, f"{tmp}/model", "model")
 
 
 FRONT_TABLE = "front.json"
