@@ -143,10 +143,12 @@ def quiet_ray_worker() -> None:
 
 
 # ---- flags the pipelines share -------------------------------------------------------------
-# a record before every pruning (the dense rule with a 2% gap): a smoke run of E epochs
-# records about E + 1 architectures
+# n0 operators pruned every epoch whatever the float trajectory (xi_max 0.5: the weakest of a
+# node's k >= 2 operators weighs at most 1/k), and a record before every pruning that lowers
+# the FLOPs (the dense rule with a 2% gap): a smoke run of E epochs records up to E + 1
+# architectures, the last one always
 SEARCH_SMOKE = ["space.num_cells=3", "space.init_channels=4", "search.max_epochs=3",
-                "search.lambda0=1.0", "search.xi_max=0.2", "search.t0=0", "data.batch_size=128",
+                "search.lambda0=1.0", "search.xi_max=0.5", "search.t0=0", "data.batch_size=128",
                 "search.record_gap=0.02", "search.record_min_gap=0.0"]
 RETRAIN_SMOKE = ["retrain.epochs=2", "retrain.batch_size=128"]
 

@@ -37,7 +37,7 @@ def _stop_what_the_session_started():
     was killed, say) is stopped, by its mark."""
     yield
     for mark in (SESSION, f"{SESSION}-cluster"):
-        ray_nodes.stop(mark, timeout=10)
+        ray_nodes.stop(mark, timeout=5)
     shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
 
 
@@ -201,6 +201,55 @@ def mlflow_s3_server(s3, tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-s3")
     env = dict(os.environ, MLFLOW_S3_ENDPOINT_URL=f"http://{s3['endpoint']}")
     yield from run_mlflow_server(root, f"s3://{s3['bucket']}/mlflow", env)
+
+
+def kill_rank_after_report(out, epoch: int, run: subprocess.Popen, rank: int = 1, timeout: float = 300):
+    """SIGKILL rank ``rank`` of the search writing ``out`` (a Location) once rank 0's report of
+    ``epoch`` has returned (its .workers/reports.jsonl): Ray Train then holds the checkpoint of
+    ``epoch - 1`` at least, so the restarted group goes on from there. Returns the killed pid,
+    None when the run ended first."""
+    import signal
+
+    workers = out / ".workers"
+    deadline = time.time() + timeout
+    while time.time() < deadline and run.poll() is None:
+        reports, victim = workers / "reports.jsonl", workers / f"rank-{rank}.json"
+        if reports.is_file() and victim.is_file():
+            done = [json.loads(line)["epoch"] for line in reports.read_text().splitlines() if line.strip()]
+            if done and max(done) >= epoch:
+                pid = json.loads(victim.read_text())["pid"]
+                os.kill(pid, signal.SIGKILL)
+                return pid
+        time.sleep(0.2)
+    return None
+
+
+def straight_retrain(out) -> dict[str, list[tuple[float, float]]]:
+    """What the retrain in ``out`` (a folder or storage URI) gives uninterrupted, computed here
+    in one process: trial key -> [(test accuracy, training loss) of each epoch]. On the CPU a
+    trial is deterministic, so a stopped and resumed retrain must give exactly this."""
+    from goldnas_ray.core.genotype import load_genotype
+    from goldnas_ray.data.from_config import load_data
+    from goldnas_ray.files.store import location
+    from goldnas_ray.retrain.plan import Manifest
+    from goldnas_ray.retrain.recipe import Retrainer
+
+    out = location(out)
+    manifest = Manifest.read(out)
+    data = load_data(manifest.config.data)
+    found = {}
+    for c in manifest.candidates:
+        for seed in manifest.seeds:
+            trainer = Retrainer(load_genotype(out / c.genotype_path), manifest.config.retrain, seed)
+            rows = [trainer.train_epoch(data, manifest.config.data) for _ in range(manifest.config.retrain.epochs)]
+            found[f"{c.arch_id}-s{seed}"] = [(r["test_acc"], r["train_loss"]) for r in rows]
+    return found
+
+
+def trial_histories(trials) -> dict[str, list[tuple[float, float]]]:
+    """trials.parquet as straight_retrain gives it."""
+    return {key: list(zip(group.sort_values("epoch")["test_acc"], group.sort_values("epoch")["train_loss"]))
+            for key, group in trials.groupby("key")}
 
 
 def submit(cluster, script, *args, timeout=900, job_id=None):

@@ -51,7 +51,7 @@ def marked(value: str) -> list[int]:
     return sorted(found - mine)
 
 
-def stop(value: str, timeout: float = 30.0) -> int:
+def stop(value: str, timeout: float = 10.0) -> int:
     """SIGTERM every marked process, then SIGKILL what is left after ``timeout``; returns how
     many were marked."""
     pids = marked(value)

@@ -9,9 +9,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER = ROOT.parent / "shared" / "peers" / "gold_nas_unofficial"
-pytestmark = [pytest.mark.ray]
 
 
+@pytest.mark.ray
 def test_gpu_check_rehearsal_runs_every_part(ray_cluster, tmp_path):
     parts = "steps,search,retrain" + (",peer" if PEER.is_dir() else "")
     env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
@@ -29,6 +29,22 @@ def test_gpu_check_rehearsal_runs_every_part(ray_cluster, tmp_path):
     # full, 60 % and 30 % of the FLOPs, then the two options switched on the full supernet
     assert [round(r["fraction"], 1) for r in steps] == [1.0, 0.6, 0.3, 1.0, 1.0]
     assert steps[2]["flops"] <= 0.3 * steps[0]["flops"] < steps[1]["flops"] <= 0.6 * steps[0]["flops"]
-    assert result["steps"]["projection"]["hours"] > 0
+    projection = result["steps"]["projection"]
+    assert projection["epochs"] == 100  # the default --search-epochs
+    assert projection["hours"] == pytest.approx(projection["epochs"] * projection["mean_epoch_s"] / 3600)
     for name in parts.split(","):
         assert any(line.startswith(name) for line in proc.stdout.splitlines()), name
+
+
+def test_the_projection_of_a_whole_search_on_worked_numbers():
+    """Step times of 0.2, 0.5 and 1.0 s at 30, 60 and 100% of a 1.6 GFLOPs supernet, batch 100
+    (500 steps per CIFAR-10 epoch), 3 epochs falling linearly to the 480 MFLOPs stop (30%):
+    epoch 0 at 100% (1.0 s), epoch 1 at 65% (0.5 + 0.05 / 0.4 x 0.5 = 0.5625 s), epoch 2 at 30%
+    (0.2 s): 500 x 1.7625 = 881.25 s."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_check import project
+
+    rows = [{"flops": 0.48e9, "step_s": 0.2}, {"flops": 0.96e9, "step_s": 0.5}, {"flops": 1.6e9, "step_s": 1.0}]
+    assert project(rows, 1.6e9, 100, 3) == pytest.approx(
+        {"epochs": 3, "stop_fraction": 0.3, "hours": 881.25 / 3600, "mean_epoch_s": 293.75,
+         "epochs_in_one_hour": 12})

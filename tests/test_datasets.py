@@ -11,7 +11,7 @@ from datafiles import image_bytes, write_cifar100, write_imagefolder, write_parq
 
 from goldnas_ray.core.config import Config, DataConfig, RetrainConfig
 from goldnas_ray.data import DataError, load_dataset
-from goldnas_ray.data.from_config import load_data, train_augment
+from goldnas_ray.data.from_config import eval_augment, load_data, train_augment
 from goldnas_ray.retrain.recipe import Retrainer
 from goldnas_ray.run.loop import run_local
 
@@ -47,7 +47,12 @@ def test_imagefolder_needs_one_size_or_image_size(tmp_path):
     write_imagefolder(tmp_path / "same", size=(24, 24))
     data = load_dataset("imagefolder", tmp_path / "same")
     assert data.num_classes == 3 and data.x_train.shape == (18, 3, 24, 24) and len(data.y_test) == 6
-    assert data.mean is not None and len(data.mean) == 3
+    # the channel statistics of the training images the test wrote, decoded as any reader would
+    from PIL import Image
+    pixels = np.stack([np.asarray(Image.open(f).convert("RGB"), dtype=np.float64) / 255
+                       for f in sorted((tmp_path / "same" / "train").rglob("*.*"))])
+    assert data.mean == pytest.approx(tuple(pixels.mean(axis=(0, 1, 2))), abs=1e-5)
+    assert data.std == pytest.approx(tuple(pixels.std(axis=(0, 1, 2), ddof=1)), abs=1e-5)
     write_imagefolder(tmp_path / "mixed", size=(24, 24))
     (tmp_path / "mixed" / "train" / "dog" / "9.png").write_bytes(
         image_bytes(np.zeros((30, 20, 3), np.uint8), "PNG"))
@@ -111,7 +116,13 @@ def test_each_dataset_through_a_smoke_search_and_a_smoke_retrain(tmp_path, datas
     data = load_data(cfg.data)
     trainer = Retrainer(search.records[-1].genotype, RetrainConfig(epochs=1, batch_size=16, cutout=8), 0)
     row = trainer.train_epoch(data, cfg.data)
-    assert row["epoch"] == 1 and 0 <= row["test_acc"] <= 1 and np.isfinite(row["train_loss"])
+    assert row["epoch"] == 1 and np.isfinite(row["train_loss"])
+    # the reported accuracy is the trained network's on the whole test split, counted here
+    model = trainer.model.eval()
+    with torch.no_grad():
+        x, y = next(data.eval_batches(len(data.y_test), eval_augment(cfg.data)))
+        correct = int((model(x).argmax(1) == y).sum())
+    assert len(y) == len(data.y_test) and row["test_acc"] == correct / len(y)
     aug = train_augment(cfg.data, cutout=0)
     assert aug.flip and (aug.crop_padding == 4) == (dataset == "cifar100")
     assert (aug.resized_crop == 32) == (dataset == "imagefolder")

@@ -6,7 +6,7 @@ from conftest import tiny_config
 
 from goldnas_ray.core.config import ConfigError
 from goldnas_ray.files.search_files import OutputDirError
-from goldnas_ray.retrain.plan import MANIFEST, Manifest, plan_retrain, trial_key
+from goldnas_ray.retrain.plan import MANIFEST, Manifest, plan_retrain
 from goldnas_ray.run.loop import run_local
 
 
@@ -26,7 +26,9 @@ def test_plan_trials_specs_and_manifest_round_trip(search_dir, tmp_path):
     assert [c.arch_id for c in searched] == [a["id"] for a in records["architectures"]]
     assert [c.kind for c in manifest.candidates].count("random") == 2
     assert manifest.seeds == [0, 1] and manifest.config.retrain.epochs == 3
-    assert manifest.trials == [trial_key(c.arch_id, s) for c in manifest.candidates for s in (0, 1)]
+    ids = [a["id"] for a in records["architectures"]] + ["random-000", "random-001"]
+    assert [c.arch_id for c in manifest.candidates] == ids
+    assert manifest.trials == [f"{arch}-s{seed}" for arch in ids for seed in (0, 1)]  # "arch-000-s0", ...
     specs = manifest.specs(out, cpus_per_trial=2, gpus_per_trial=0.5)
     assert list(specs) == manifest.trials
     spec = specs[manifest.trials[-1]]

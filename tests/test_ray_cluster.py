@@ -4,12 +4,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import free_port, submit
+from conftest import free_port, kill_rank_after_report, submit
+
+from goldnas_ray.files.store import location
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray]
@@ -35,7 +36,7 @@ def test_job_submit_two_workers_two_nodes_tracked_in_mlflow(ray_cluster, mlflow_
     lines = [json.loads(line) for line in (out / ".workers" / "consistency.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2, 3]
     assert all(line["ranks"][0] == line["ranks"][1] for line in lines)
-    assert len({line["ranks"][0]["alive"] for line in lines}) == 3  # pruning changed it each epoch
+    assert len({line["ranks"][0]["alive"] for line in lines}) == 3  # pruned each epoch (the smoke xi_max)
 
     from mlflow.tracking import MlflowClient
 
@@ -105,22 +106,8 @@ def test_a_killed_worker_is_replaced_and_the_search_records_the_same_architectur
     killed = tmp_path / "killed"
     run = subprocess.Popen([sys.executable, script, *KILL_ARGS, "--out", str(killed)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-    deadline = time.time() + 300
-    victim = None
-    # kill once Ray Train's controller has registered epoch 2's checkpoint: a report it has not
-    # processed yet is lost with the worker group, and the restart would begin earlier
-    snapshot = killed / "ray" / "killed" / "checkpoint_manager_snapshot.json"
-    while time.time() < deadline and run.poll() is None:
-        if snapshot.is_file() and (killed / ".workers" / "rank-1.json").is_file():
-            try:
-                registered = json.loads(snapshot.read_text())["checkpoint_results"]
-            except (ValueError, KeyError):  # caught mid-write
-                registered = []
-            if any(r["metrics"]["epoch"] >= 2 for r in registered):
-                victim = json.loads((killed / ".workers" / "rank-1.json").read_text())["pid"]
-                os.kill(victim, 9)
-                break
-        time.sleep(0.2)
+    # once epoch 3's report has returned, epoch 2's checkpoint is Ray Train's (README)
+    victim = kill_rank_after_report(location(killed), 3, run)
     assert victim is not None, "the run ended before a worker could be killed"
     output, _ = run.communicate(timeout=600)
     assert run.returncode == 0, output[-3000:]

@@ -45,7 +45,12 @@ def test_one_seed_gives_a_point_interval_and_equal_fronts_a_zero_difference():
     last, archs = _results([0.9, 0.8], [0.9, 0.8], seeds=1)
     hv = compare_fronts(last, archs, resamples=100)["hypervolume"]
     assert hv["searched"]["low"] == hv["searched"]["value"] == hv["searched"]["high"]
-    ref = (1.0, math.log10(1.1 * 2.1e6))
-    searched = hypervolume([0.1, 0.2], [math.log10(2e6), 6.0], ref)
-    random = hypervolume([0.1, 0.2], [math.log10(2.1e6), math.log10(0.95e6)], ref)
+    # worked by hand: against (error 1, log10 2.31e6), each front is two steps; the cheaper
+    # point (error 0.2) holds 0.8 of height from its log FLOPs to the dearer one's, the dearer
+    # (error 0.1) 0.9 from there to the reference
+    ref = math.log10(2.31e6)
+    searched = 0.8 * (math.log10(2e6) - 6.0) + 0.9 * (ref - math.log10(2e6))
+    random = 0.8 * (math.log10(2.1e6) - math.log10(0.95e6)) + 0.9 * (ref - math.log10(2.1e6))
+    assert (searched, random) == pytest.approx((0.297148, 0.312850), abs=1e-6)
+    assert hv["searched"]["value"] == pytest.approx(searched)
     assert hv["difference"]["value"] == pytest.approx(searched - random)

@@ -3,7 +3,6 @@ two-node Ray cluster whose nodes have separate temp dirs, and a real MLflow serv
 artifacts go to the same bucket."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import BIN, submit
+from conftest import BIN, kill_rank_after_report, straight_retrain, submit, trial_histories
 from datafiles import pixel_digests, upload, write_imagefolder, write_parquet
 
 from goldnas_ray.data import DataError
@@ -75,8 +74,9 @@ def test_a_local_search_resumes_from_the_bucket(s3, tmp_path):
     uri = s3["uri"]("local-resume")
     out = location(uri)
     script = str(ROOT / "pipelines" / "search.py")
-    args = ["--local", "--no-mlflow", "--set", "space.num_cells=3", "--set", "space.init_channels=4",
-            "--max-epochs", "12", "--out", uri]
+    settings = ["--local", "--no-mlflow", "--set", "space.num_cells=3", "--set", "space.init_channels=4",
+                "--set", "data.batch_size=128", "--max-epochs", "10"]
+    args = [*settings, "--out", uri]
     run = subprocess.Popen([sys.executable, script, *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
@@ -94,11 +94,20 @@ def test_a_local_search_resumes_from_the_bucket(s3, tmp_path):
                              capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming {out}" in resumed.stdout
+    assert list(tmp_path.iterdir()) == []  # the bucket run wrote nothing locally
     records = json.loads((out / "records.json").read_text())
-    assert records["finished"] and records["epochs"] == 12
+    assert records["finished"] and records["epochs"] == 10
+    # the same search uninterrupted, on disk: the same records and the same history
+    straight = subprocess.run([sys.executable, script, *settings, "--out", str(tmp_path / "straight")],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    expected = json.loads((tmp_path / "straight" / "records.json").read_text())["architectures"]
+    assert records["architectures"] == expected
     history = pd.read_parquet((out / "history.parquet").open_buffer())
-    assert history["epoch"].tolist() == list(range(1, 13))
-    assert list(tmp_path.iterdir()) == []
+    reference = pd.read_parquet(tmp_path / "straight" / "history.parquet")
+    assert history["epoch"].tolist() == list(range(1, 11))
+    columns = ["epoch", "lambda", "delta", "flops", "params", "alive_ops", "pruned", "loss", "accuracy"]
+    assert history[columns].equals(reference[columns])
 
 
 # ---- on the two-node cluster ----------------------------------------------------------------
@@ -148,19 +157,7 @@ def test_a_killed_worker_resumes_from_the_checkpoint_in_the_bucket(ray_cluster, 
     run = subprocess.Popen([sys.executable, str(ROOT / "pipelines" / "search.py"), *KILL_ARGS, "--no-mlflow",
                             "--out", out.uri], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            env=env, cwd=tmp_path)
-    snapshot = out / "ray" / "killed" / "checkpoint_manager_snapshot.json"
-    victim, deadline = None, time.time() + 300
-    while time.time() < deadline and run.poll() is None:
-        if snapshot.is_file() and (out / ".workers" / "rank-1.json").is_file():
-            try:
-                registered = json.loads(snapshot.read_text())["checkpoint_results"]
-            except (ValueError, KeyError):
-                registered = []
-            if any(r["metrics"]["epoch"] >= 2 for r in registered):
-                victim = json.loads((out / ".workers" / "rank-1.json").read_text())["pid"]
-                os.kill(victim, signal.SIGKILL)
-                break
-        time.sleep(0.3)
+    victim = kill_rank_after_report(out, 3, run)  # epoch 2's checkpoint is Ray Train's by then
     assert victim is not None, "the run ended before a worker could be killed"
     output, _ = run.communicate(timeout=600)
     assert run.returncode == 0, output[-3000:]
@@ -200,6 +197,7 @@ def test_an_interrupted_retrain_resumes_from_the_bucket(ray_cluster, s3, tmp_pat
     starts = [json.loads(line)["start_epoch"] for key in manifest["trials"]
               for line in (out / ".trials" / f"{key}.jsonl").read_text().splitlines() if "start_epoch" in line]
     assert any(s > 0 for s in starts), f"no trial continued from a checkpoint: {starts}"
+    assert trial_histories(trials) == straight_retrain(out)  # as if it had never stopped
     assert (out / "frontier.csv").is_file()
 
 
@@ -232,7 +230,9 @@ def test_a_search_stopped_before_its_first_checkpoint_ends_its_mlflow_run_killed
     from mlflow.tracking import MlflowClient
 
     out, job, experiment = tmp_path / "stopped", f"stop-{int(time.time())}", f"ci-stop-{int(time.time())}"
-    proc = submit(ray_cluster, "search.py", "--set", "space.init_channels=16", "--set", "data.batch_size=16",
+    # an epoch of minutes (batches of 2, 16 channels, 360 steps per worker): the job is stopped
+    # a few seconds after its MLflow run opens, long before the first checkpoint
+    proc = submit(ray_cluster, "search.py", "--set", "space.init_channels=16", "--set", "data.batch_size=2",
                   "--workers", "2", "--mlflow-uri", mlflow_server, "--experiment", experiment,
                   "--out", str(out), job_id=job)
     assert proc.returncode == 0, proc.stderr

@@ -7,8 +7,12 @@ state as a Ray Train checkpoint every epoch, so FailureConfig restarts continue 
 last epoch. The Ray calls of a search live here and nowhere else.
 
 For people debugging a run, ``<out>/.workers/`` holds ``rank-N.json`` (pid and node of each
-rank, rewritten when a worker group restarts) and, with more than one worker,
-``consistency.jsonl`` (each epoch, every rank's digest of its alive set and alphas).
+rank, rewritten when a worker group restarts), ``reports.jsonl`` (each epoch rank 0 reported
+to Ray Train, with its pid and the time the report returned) and, with more than one worker,
+``consistency.jsonl`` (each epoch, every rank's digest of its alive set and alphas). Ray Train
+holds one report per worker until its controller takes it, so once the report of epoch e has
+returned, the checkpoint of epoch e - 1 is the controller's: a worker group that fails after
+that continues from epoch e - 1 or later.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +100,8 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
                 with tempfile.TemporaryDirectory(prefix="goldnas-ckpt-") as d:
                     (Path(d) / CHECKPOINT.name).write_bytes(state)
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            (workers / "reports.jsonl").append_line(json.dumps(
+                {"epoch": row["epoch"], "pid": os.getpid(), "time": time.time()}))
         else:
             ray.train.report(metrics)
 
