@@ -76,3 +76,10 @@ def test_the_check_finds_an_unused_function(tmp_path):
         (tmp_path / folder).mkdir()
     (tmp_path / "goldnas_ray" / "m.py").write_text("def used():\n    pass\n\n\ndef forgotten():\n    used()\n")
     assert unused(tmp_path) == ["goldnas_ray.m:5 forgotten"]
+
+
+def test_no_assert_checks_anything_in_the_product():
+    """``assert`` vanishes under ``python -O``: input is checked with errors that name it."""
+    found = [f"{path.relative_to(ROOT)}:{node.lineno}" for path in sorted((ROOT / "goldnas_ray").rglob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Assert)]
+    assert found == []

@@ -95,3 +95,22 @@ def test_the_check_catches_relative_imports(tmp_path, monkeypatch):
                                               ("goldnas_ray.cli", "cli"), ("goldnas_ray", None)])
 def test_layer_of(module, expected):
     assert layer_of(module) == expected
+
+
+def test_the_fast_selection_starts_no_server():
+    """`pytest -m "not services"` (DEVELOPERS.md) selects no test that uses the session's Ray
+    cluster, MLflow server or S3 endpoint: the markers follow the fixtures a test uses."""
+    import subprocess
+    import sys
+
+    root = PACKAGE.parent
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not services",
+                             "-p", "no:cacheprovider", "tests"], cwd=root, capture_output=True, text=True,
+                            timeout=300)
+    assert listed.returncode == 0, listed.stdout[-2000:] + listed.stderr[-2000:]
+    selected = [line for line in listed.stdout.splitlines() if "::" in line]
+    assert selected and not [t for t in selected if t.startswith(("tests/test_ray_", "tests/test_readme"))]
+    for known in ("tests/test_storage.py::test_location_reads_writes_and_lists_objects",
+                  "tests/test_storage.py::test_a_local_search_resumes_from_the_bucket",
+                  "tests/test_cluster_configs.py::test_the_secrets_make_an_mlflow_server_that_only_its_user_can_write_to"):
+        assert known not in selected, known

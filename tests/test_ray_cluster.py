@@ -163,6 +163,9 @@ def test_resume_on_ray_continues_a_local_search_to_the_same_result(ray_cluster, 
                           capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _frontier_summary(out) == _frontier_summary(tmp_path / "straight")
+    # Ray Train's run folder is named after the output folder, resumed or not: a later resume
+    # finds it (and its checkpoints) again instead of starting a new one beside it
+    assert [p.name for p in (out / "ray").iterdir() if p.is_dir()] == ["resumed"]
     a, b = pd.read_parquet(tmp_path / "straight" / "history.parquet"), pd.read_parquet(out / "history.parquet")
     assert list(a["epoch"]) == list(b["epoch"]) == [1, 2, 3, 4, 5]
     assert list(a["flops"]) == list(b["flops"])
