@@ -35,6 +35,7 @@ from goldnas_ray.files.search_files import OutputDirError
 from goldnas_ray.files.store import Location, StorageError, is_uri, location, working_copy_note
 from goldnas_ray.orchestration.cluster import ClusterError
 from goldnas_ray.retrain.plan import RetrainError
+from goldnas_ray.run.ending import RunStopped
 from goldnas_ray.tracking.common import TrackingError
 
 USER_ERRORS = (ConfigError, SpaceError, GenotypeError, DataError, OutputDirError, ClusterError,
@@ -71,13 +72,28 @@ def output_folder(out: str | Path | None, resume: bool, stage: str) -> Location:
 
 def run_main(body: Callable[[], object], verbose: bool = False) -> int:
     """Run a pipeline's body in a process set up by :func:`configure_process`; a user error
-    becomes ``error: ...`` on stderr and status 2."""
+    becomes ``error: ...`` on stderr and status 2. A stop (Ctrl-C, or SIGTERM from ``ray job
+    stop``) is one line on stderr, how far the run got and the command that continues it, and
+    status 130 (143 for SIGTERM), without a traceback."""
     configure_process(verbose)
     try:
         body()
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunStopped as exc:
+        resume = f"; resume with: python {sys.argv[0]} --resume --out {location(exc.out).uri}" if exc.out else ""
+        print(f"stopped: {exc.progress}{resume}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _exit_now(exc.code)
+    except KeyboardInterrupt:  # before any work started: nothing to resume
+        print("stopped", file=sys.stderr)
+        return 130
+    except SystemExit as exc:
+        if exc.code == 128 + signal.SIGTERM:
+            print("stopped", file=sys.stderr)
+        raise
     return 0
 
 
@@ -89,6 +105,15 @@ def configure_process(verbose: bool = False) -> None:
       at INFO, read by MLflow when it is imported;
     - the ``ray.tune.tune`` logger at WARNING (unless --verbose): Tune logs each sync of its
       experiment state to remote storage, one line per epoch;
+    - RAY_AIR_NEW_OUTPUT=0 (unless --verbose): Tune's console reporter, which prints a box of
+      its configuration and where its files are whatever the run's verbosity; the retrain
+      prints its own line per trial epoch;
+    - RAY_DISABLE_FAILURE_SIGNAL_HANDLER=1 (unless --verbose): Ray's native handler prints a
+      stack for every SIGTERM, which is how ``ray job stop`` stops a run;
+    - RAY_DATA_DISABLE_PROGRESS_BARS=1 and RAY_DATA_LOG_LEVEL=ERROR (unless --verbose): a
+      streamed set's pipelines are made here (they keep the settings current when they are
+      made) and would draw a progress bar and log their plan and their end, for every epoch of
+      every worker, and warn once per process that the bars are off;
     - TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S=0: a retrain reports a
       checkpoint every epoch (a few KB) with num_to_keep=1, which forces an experiment snapshot
       each time; Tune, in this process, would warn about it every epoch;
@@ -101,7 +126,34 @@ def configure_process(verbose: bool = False) -> None:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if not verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
         logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
+
+
+def _exit_now(code: int) -> None:
+    """End the process at once, and the processes it started (an embedded Ray's). Ray Train or
+    Tune is still running in another thread of this process (``orchestration.cluster.
+    interruptible``): the interpreter's orderly exit would wait on it, or abort in Ray's native
+    threads, and ``ray.shutdown`` from here would let that thread start Ray anew. A joined
+    cluster ends this job's actors when its driver goes; the tracked runs are already ended."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=5)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    os._exit(code)
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
@@ -115,10 +167,16 @@ def ray_runtime_env(verbose: bool = False, embedded: bool = True) -> dict[str, A
     - MLFLOW_LOGGING_LEVEL=WARNING (unless --verbose): rank 0 of a search logs to MLflow;
     - RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0 on an embedded Ray (unless --verbose): nothing
       preempts the nodes of a local instance; Ray Train's watcher only adds an error line;
+    - RAY_DATA_DISABLE_PROGRESS_BARS=1 and RAY_DATA_LOG_LEVEL=ERROR (unless --verbose): a
+      retrain trial makes its own streamed pipelines, and every worker runs them (see
+      :func:`configure_process`);
+    - PYTHONWARNINGS=ignore::DeprecationWarning (unless --verbose): Ray Train warns, from its
+      own code, about Ray Data options it passes itself;
     - :func:`quiet_ray_worker` as every worker's setup hook (unless --verbose)."""
     if verbose:
         return {}
-    env_vars = {"MLFLOW_LOGGING_LEVEL": "WARNING"}
+    env_vars = {"MLFLOW_LOGGING_LEVEL": "WARNING", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+                "RAY_DATA_LOG_LEVEL": "ERROR", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     if embedded:
         env_vars["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     return {"env_vars": env_vars, "worker_process_setup_hook": f"{__name__}.quiet_ray_worker"}
@@ -131,9 +189,8 @@ RAY_TRAIN_FILE_LOGGERS = ("ray.train.v2._internal.execution.context", "ray.train
 
 def quiet_ray_worker() -> None:
     """Worker setup hook: Ray Train's and Tune's per-epoch INFO lines (a report, a checkpoint)
-    stay out of the console of a worker of this job; warnings still show. Runs in each Ray
-    worker process of the job as it starts; the loggers are created here with their level, so
-    the modules that make them later get them as set."""
+    stay out of the console of a worker of this job; warnings still show. Runs in each Ray worker process of the job as it starts; the loggers are created
+    here with their level, so the modules that make them later get them as set."""
     for name in ("ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for module in RAY_TRAIN_FILE_LOGGERS:
@@ -146,10 +203,11 @@ def quiet_ray_worker() -> None:
 # n0 operators pruned every epoch whatever the float trajectory (xi_max 0.5: the weakest of a
 # node's k >= 2 operators weighs at most 1/k), and a record before every pruning that lowers
 # the FLOPs (the dense rule with a 2% gap): a smoke run of E epochs records up to E + 1
-# architectures, the last one always
+# architectures, the last one always. The stop is the ratio's: a preset's absolute FLOPs are
+# for its full-size space
 SEARCH_SMOKE = ["space.num_cells=3", "space.init_channels=4", "search.max_epochs=3",
                 "search.lambda0=1.0", "search.xi_max=0.5", "search.t0=0", "data.batch_size=128",
-                "search.record_gap=0.02", "search.record_min_gap=0.0"]
+                "search.record_gap=0.02", "search.record_min_gap=0.0", "search.flops_min=null"]
 RETRAIN_SMOKE = ["retrain.epochs=2", "retrain.batch_size=128"]
 
 
@@ -171,14 +229,20 @@ def add_search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="random seed (config: seed)")
     p.add_argument("--max-epochs", type=int, help="stop after this many epochs (config: search.max_epochs)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks)")
-    p.add_argument("--cpus-per-worker", type=float, default=None,
-                   help="CPUs per worker (default: all CPUs of an embedded local Ray, shared by the "
-                        "workers; 1 on a joined cluster)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0,
-                   help="GPUs per worker; > 0 trains on CUDA with NCCL (default 0: CPU, gloo)")
     p.add_argument("--max-failures", type=int, default=2,
                    help="worker-group restarts Ray Train may make after a failure (default 2)")
     p.add_argument("--experiment", default="goldnas-search", help="MLflow experiment name")
+
+
+def add_worker_flags(p: argparse.ArgumentParser) -> None:
+    """What one Ray Train worker holds: a search's workers, and a retrain's with
+    --workers-per-trial above 1."""
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs per Ray Train worker (search default: all CPUs of an embedded local Ray, "
+                        "shared by the workers, 1 each on a joined cluster; retrain default: 1); a worker "
+                        "of k CPUs runs k torch threads")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="GPUs per Ray Train worker; > 0 trains on CUDA with NCCL (default 0: CPU, gloo)")
 
 
 def add_retrain_flags(p: argparse.ArgumentParser) -> None:
@@ -188,9 +252,13 @@ def add_retrain_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random", type=int, default=0, metavar="K",
                    help="also train K random architectures of the same space, FLOPs matched to "
                         "the searched ones (kind=random)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
+    p.add_argument("--workers-per-trial", type=int, default=1, metavar="N",
+                   help="N > 1: each trial is a Ray Train run of N workers (DDP; --cpus-per-worker and "
+                        "--gpus-per-worker each); 1 (default): the trial trains in its own process "
+                        "(--cpus-per-trial, --gpus-per-trial)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs of a one-worker trial (default 1)")
     p.add_argument("--gpus-per-trial", type=float, default=0.0,
-                   help="GPUs per trial, fractions allowed (0.5: two trials share a GPU)")
+                   help="GPUs of a one-worker trial, fractions allowed (0.5: two trials share a GPU)")
     p.add_argument("--max-trial-failures", type=int, default=2,
                    help="retries of a failed trial, from its last checkpoint (default 2)")
     p.add_argument("--retrain-experiment", default="goldnas-retrain",
@@ -245,6 +313,17 @@ def run_search_on_ray(cfg: Config | None, out: Location, args: argparse.Namespac
             address=args.address, verbose=args.verbose, runtime_env=runtime_env(args))
 
 
+def trial_resources(args: argparse.Namespace):
+    """What each retrain trial holds: --cpus/gpus-per-trial for one worker, N workers of
+    --cpus/gpus-per-worker (1 CPU, 0 GPU by default) with --workers-per-trial N."""
+    from goldnas_ray.retrain.plan import Resources
+
+    if args.workers_per_trial > 1:
+        cpus = args.cpus_per_worker if args.cpus_per_worker is not None else 1.0
+        return Resources(args.workers_per_trial, cpus, args.gpus_per_worker)
+    return Resources(1, args.cpus_per_trial, args.gpus_per_trial)
+
+
 def run_retrain_on_ray(out: Location, args: argparse.Namespace, *, search_dir: "str | Location | None" = None,
                        search_run: str | None = None, config_file: Path | None = None,
                        resume: bool = False) -> None:
@@ -252,7 +331,6 @@ def run_retrain_on_ray(out: Location, args: argparse.Namespace, *, search_dir: "
 
     run_retrain(out, search_dir=search_dir, search_run=search_run, config_file=config_file,
                 overrides=[] if resume else retrain_overrides(args), random_k=args.random,
-                cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                max_failures=args.max_trial_failures, mlflow_uri=args.mlflow_uri,
+                trial=trial_resources(args), max_failures=args.max_trial_failures, mlflow_uri=args.mlflow_uri,
                 experiment=args.retrain_experiment, tracking=not args.no_mlflow, resume=resume,
                 address=args.address, runtime_env=runtime_env(args))

@@ -18,6 +18,7 @@ import sys
 
 from goldnas_ray import cli
 from goldnas_ray.files.search_files import CHECKPOINT, OutputDirError, check_new_out_dir
+from goldnas_ray.run.ending import RunStopped
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,6 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cli.add_common_flags(p)
     cli.add_search_flags(p)
     cli.add_retrain_flags(p)
+    cli.add_worker_flags(p)  # the search's workers, and the retrain's with --workers-per-trial
     return p.parse_args(argv)
 
 
@@ -49,10 +51,14 @@ def main(argv: list[str] | None = None) -> int:
             # the retrain recipe travels inside the search's config: fail on it now, not after
             # the search
             cfg = cfg.override(cli.retrain_overrides(args))
-        cli.run_search_on_ray(cfg, search_out, args)
-        resume_retrain = args.resume and (retrain_out / "retrain.json").is_file()
-        cli.run_retrain_on_ray(retrain_out, args, search_dir=None if resume_retrain else search_out,
-                               resume=resume_retrain)
+        try:
+            cli.run_search_on_ray(cfg, search_out, args)
+            resume_retrain = args.resume and (retrain_out / "retrain.json").is_file()
+            cli.run_retrain_on_ray(retrain_out, args, search_dir=None if resume_retrain else search_out,
+                                   resume=resume_retrain)
+        except RunStopped as exc:  # either stage: the pipeline resumes as a whole
+            exc.out = out
+            raise
 
     return cli.run_main(body, args.verbose)
 

@@ -28,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the retrain stored in --out")
     cli.add_common_flags(p)
     cli.add_retrain_flags(p)
+    cli.add_worker_flags(p)
     return p.parse_args(argv)
 
 

@@ -25,6 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--local", action="store_true", help="run in this process, without Ray")
     cli.add_common_flags(p)
     cli.add_search_flags(p)
+    cli.add_worker_flags(p)
     return p.parse_args(argv)
 
 

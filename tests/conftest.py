@@ -236,12 +236,12 @@ def straight_retrain(out) -> dict[str, list[tuple[float, float]]]:
 
     out = location(out)
     manifest = Manifest.read(out)
-    data = load_data(manifest.config.data)
+    data = load_data(manifest.data())
     found = {}
     for c in manifest.candidates:
         for seed in manifest.seeds:
             trainer = Retrainer(load_genotype(out / c.genotype_path), manifest.config.retrain, seed)
-            rows = [trainer.train_epoch(data, manifest.config.data) for _ in range(manifest.config.retrain.epochs)]
+            rows = [trainer.train_epoch(data, manifest.data()) for _ in range(manifest.config.retrain.epochs)]
             found[f"{c.arch_id}-s{seed}"] = [(r["test_acc"], r["train_loss"]) for r in rows]
     return found
 

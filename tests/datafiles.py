@@ -33,10 +33,10 @@ def image_bytes(array: np.ndarray, fmt: str) -> bytes:
 
 
 def write_imagefolder(root: Path, classes=("cat", "dog", "fox"), per_class: int = 6, size=(40, 48),
-                      seed: int = 0) -> Path:
+                      seed: int = 0, val_per_class: int = 2) -> Path:
     """<root>/{train,val}/<class>/*.jpg|png; class k's images are mostly colour k."""
     rng = np.random.default_rng(seed)
-    for split, n in (("train", per_class), ("val", 2)):
+    for split, n in (("train", per_class), ("val", val_per_class)):
         for k, name in enumerate(classes):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ from conftest import tiny_config
 
 from goldnas_ray.core.config import ConfigError
 from goldnas_ray.files.search_files import OutputDirError
-from goldnas_ray.retrain.plan import MANIFEST, Manifest, plan_retrain
+from goldnas_ray.retrain.plan import MANIFEST, Manifest, Resources, plan_retrain
 from goldnas_ray.run.loop import run_local
 
 
@@ -29,11 +29,14 @@ def test_plan_trials_specs_and_manifest_round_trip(search_dir, tmp_path):
     ids = [a["id"] for a in records["architectures"]] + ["random-000", "random-001"]
     assert [c.arch_id for c in manifest.candidates] == ids
     assert manifest.trials == [f"{arch}-s{seed}" for arch in ids for seed in (0, 1)]  # "arch-000-s0", ...
-    specs = manifest.specs(out, cpus_per_trial=2, gpus_per_trial=0.5)
+    specs = manifest.specs(out, Resources(1, 2, 0.5))
     assert list(specs) == manifest.trials
     spec = specs[manifest.trials[-1]]
     assert (spec.seed, spec.threads, spec.use_gpu, spec.recipe["epochs"]) == (1, 2, True, 3)
+    assert (spec.workers, spec.stream, spec.eval_stream) == (1, None, False)  # digits: in memory
     assert spec.genotype == manifest.candidates[-1].genotype.to_dict()
+    wide = manifest.specs(out, Resources(2, 0.5, 0), max_failures=3)[manifest.trials[0]]
+    assert (wide.workers, wide.cpus_per_worker, wide.threads, wide.use_gpu, wide.max_failures) == (2, 0.5, 1, False, 3)
 
     from goldnas_ray.retrain.candidates import save_genotypes
 

@@ -133,3 +133,34 @@ def test_bf16_autocast_trains_and_stays_close_to_float32():
 def test_speed_options_are_checked(key, value, message):
     with pytest.raises(ConfigError, match=message):
         tiny_config(**{key: value})
+
+
+def test_a_retrain_epoch_reads_the_device_twice_and_its_evaluation_once(digits):
+    """The retrain's steps, like the search's, never wait for the device: the epoch reads its
+    loss sum and correct count once, the evaluation its correct count once."""
+    from transfers import DeviceTransfers
+
+    from goldnas_ray.core.comm import LocalComm
+    from goldnas_ray.data import iterate_batches
+    from goldnas_ray.data import batches as batch_module
+    from goldnas_ray.retrain.recipe import Retrainer
+
+    search = GoldSearch(tiny_config(), (3, 16, 16), 10)
+    trainer = Retrainer(search.model.genotype(), tiny_config().retrain.model_copy(update={"drop_path": 0.3}), seed=0)
+    torch.manual_seed(0)
+    x, y = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8), torch.randint(0, 10, (64,))
+    batch_module._CONSTANTS.clear()
+    batches = iterate_batches(x, y, 16, 0, 0, augment=AUGMENTS["cifar"], mean=(0.5,) * 3, std=(0.25,) * 3,
+                              device="cpu")
+    check = DeviceTransfers([trainer.model])
+    with check:
+        loss_sum, correct, images = trainer.train_steps(batches, 0.1, LocalComm())
+    assert check.counts == {} and images == 64, check.where
+    data_x, data_y = x[:40], y[:40]
+    from goldnas_ray.data import Dataset
+    data = Dataset("t", data_x, data_y, data_x, data_y, 10, (0.5,) * 3, (0.25,) * 3)
+    batch_module._CONSTANTS.clear()  # made again under the new check
+    check = DeviceTransfers([trainer.model])
+    with check:
+        accuracy = trainer.evaluate(data)
+    assert check.counts == {"read": 1} and 0 <= accuracy <= 1, check.where

@@ -5,9 +5,10 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from conftest import ROOT
-from datafiles import write_parquet
+from datafiles import write_imagefolder, write_parquet
 
 pytestmark = [pytest.mark.ray]
 
@@ -53,39 +54,44 @@ def test_stream_shares_are_disjoint_complete_and_repeatable(ray_cluster, tmp_pat
     assert found["0-0-0"] != found["1-0-0"]  # a new epoch, a new order
 
 
-def test_a_smoke_search_streams_with_two_workers(ray_cluster, tmp_path):
-    root = tmp_path / "pq"
-    write_parquet(root / "train" / "part-0.parquet", n=200, size=(16, 16))
-    write_parquet(root / "val" / "part-0.parquet", n=40, size=(16, 16), seed=1)
+def test_the_imagenet_path_end_to_end_streamed_with_two_workers_per_trial(ray_cluster, tmp_path):
+    """pipelines/pipeline.py with configs/imagenet.yaml (the ImageNet stem, random resized crops,
+    DARTS's ImageNet recipe) on an image folder of 64-pixel images the test writes: the search
+    streams through Ray Data with 2 workers, then every recorded architecture retrains streamed
+    too, each trial a Ray Train run of 2 workers, on the two-node cluster. A CPU stays beside
+    the workers for Ray Data to decode on; a cluster that cannot hold both is refused first."""
+    root = write_imagefolder(tmp_path / "imagenet", classes=("ant", "bee", "cat"), per_class=24, size=(64, 80),
+                             val_per_class=4)
     env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
-    out = tmp_path / "s"
-    held = subprocess.run([sys.executable, "pipelines/search.py", "--smoke-test", "--workers", "2", "--no-mlflow",
-                           "--set", "data.dataset=parquet", "--set", f"data.root={root}", "--set", "data.path=stream",
-                           "--out", str(tmp_path / "held")], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    base = [sys.executable, "pipelines/pipeline.py", "--config", "configs/imagenet.yaml", "--smoke-test",
+            "--max-epochs", "1", "--no-mlflow", "--set", f"data.root={root}", "--set", "data.image_size=64",
+            "--set", "data.subset=1.0", "--set", "data.path=stream", "--set", "data.batch_size=8",
+            "--set", "retrain.batch_size=8", "--workers", "2"]
+    held = subprocess.run(base + ["--cpus-per-worker", "1", "--out", str(tmp_path / "held")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
     # 2 workers of 1 CPU hold both CPUs: refused, or Ray Data could never decode
-    assert held.returncode == 2 and "lower --cpus-per-worker" in held.stderr
-    proc = subprocess.run([sys.executable, "pipelines/search.py", "--smoke-test", "--workers", "2", "--no-mlflow",
-                           "--cpus-per-worker", "0.5",
-                           "--set", "data.dataset=parquet", "--set", f"data.root={root}",
-                           "--set", "data.path=stream", "--set", "data.batch_size=16", "--out", str(out)],
+    assert held.returncode == 2 and "lower --cpus-per-worker" in held.stderr, held.stderr[-2000:]
+    out = tmp_path / "p"
+    proc = subprocess.run(base + ["--cpus-per-worker", "0.5", "--workers-per-trial", "2", "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "streaming 200 training images of parquet through Ray Data" in proc.stdout
-    records = json.loads((out / "records.json").read_text())
-    assert records["workers"] == 2 and records["finished"] and records["input_shape"] == [3, 16, 16]
-    history = [json.loads(line) for line in (out / ".workers" / "consistency.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == [1, 2, 3] and all(h["ranks"][0] == h["ranks"][1] for h in history)
-    assert (out / "history.parquet").is_file()
-
-    # a retrain reads its data into memory: the streamed search's config is refused, with
-    # what to set, before anything is written
-    retrain = tmp_path / "rt"
-    proc = subprocess.run([sys.executable, "pipelines/retrain.py", "--search-dir", str(out), "--smoke-test",
-                           "--no-mlflow", "--out", str(retrain)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 2 and "set data.path=memory for the retrain" in proc.stderr
-    assert not retrain.exists()
+    assert "streaming 72 training images of imagefolder through Ray Data" in proc.stdout
+    assert "(test split streamed)" in proc.stdout
+    search = json.loads((out / "search" / "records.json").read_text())
+    assert search["workers"] == 2 and search["finished"] and search["input_shape"] == [3, 64, 64]
+    assert search["config"]["space"]["stem"] == "imagenet"
+    history = [json.loads(line) for line in (out / "search" / ".workers" / "consistency.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1] and history[0]["ranks"][0] == history[0]["ranks"][1]
+    manifest = json.loads((out / "retrain" / "retrain.json").read_text())
+    assert manifest["trials"] == [f"{a['id']}-s0" for a in search["architectures"]]
+    trials = pd.read_parquet(out / "retrain" / "trials.parquet")
+    for key in manifest["trials"]:
+        mine = trials[trials["key"] == key]
+        assert list(mine["epoch"]) == [1, 2] and mine["train_loss"].gt(0).all(), key
+        start = json.loads((out / "retrain" / ".trials" / f"{key}.jsonl").read_text().splitlines()[0])
+        assert start["workers"] == 2 and len(start["ranks"]) == 2
+    table = pd.read_csv(out / "retrain" / "frontier.csv")
+    assert sorted(table["arch_id"]) == sorted(a["id"] for a in search["architectures"])
 
 
 SEEN = r"""

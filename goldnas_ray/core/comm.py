@@ -46,6 +46,19 @@ class Communicator(Protocol):
     def digests(self, model: nn.Module) -> list[dict[str, str]]:
         """Every rank's digest of its alive set and alphas; raises when they differ."""
 
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """``values`` summed over the ranks (float64)."""
+
+    def all_max(self, value: float) -> float:
+        """The largest ``value`` of any rank."""
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Give every rank rank 0's buffers (batch-norm statistics): DDP broadcasts them before
+        each forward, so after an epoch's last step each rank holds its own update."""
+
 
 def model_digest(model: Any) -> dict[str, str]:
     """Short hashes of a supernet's alive operators and of its alphas' exact bits."""
@@ -74,6 +87,18 @@ class LocalComm:
 
     def digests(self, model: nn.Module) -> list[dict[str, str]]:
         return [model_digest(model)]
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        return [float(v) for v in values]
+
+    def all_max(self, value: float) -> float:
+        return float(value)
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        pass
 
 
 class DistributedComm:
@@ -111,6 +136,33 @@ class DistributedComm:
         images = int(t[2])
         return EpochStats(float(t[0]) / images, float(t[1]) / images, images, float(sec))
 
+    def all_gather(self, obj: Any) -> list[Any]:
+        if self.world_size == 1:
+            return [obj]
+        found: list[Any] = [None] * self.world_size
+        dist.all_gather_object(found, obj)
+        return found
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        if self.world_size == 1:
+            return [float(v) for v in values]
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def all_max(self, value: float) -> float:
+        if self.world_size == 1:
+            return float(value)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t)
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        if self.world_size == 1:
+            return
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
     def broadcast(self, obj: Any) -> Any:
         if self.world_size == 1:
             return obj
@@ -119,10 +171,7 @@ class DistributedComm:
         return box[0]
 
     def digests(self, model: nn.Module) -> list[dict[str, str]]:
-        if self.world_size == 1:
-            return [model_digest(model)]
-        found: list[Any] = [None] * self.world_size
-        dist.all_gather_object(found, model_digest(model))
+        found = self.all_gather(model_digest(model))
         if any(d != found[0] for d in found):
             raise DivergedRanksError(f"ranks diverged: {found}")
         return found

@@ -232,6 +232,10 @@ class RetrainConfig(Section):
         "cosine", description="cosine to lr_min, or lr x lr_gamma after every epoch")
     lr_gamma: Annotated[float, Field(gt=0, le=1)] = Field(0.97, description="step: decay per epoch")
     warmup_epochs: NonNegativeInt = Field(0, description="linear warm-up from lr / (warmup_epochs + 1)")
+    subset: Annotated[float, Field(gt=0, le=1)] = Field(
+        1.0, description="fraction of each class's training images a trial trains on (data.subset is the search's)")
+    channels_last: StrictBool = Field(True, description="NHWC tensors, as in the search")
+    amp: Literal["off", "bf16"] = Field("off", description="bf16 autocast of the forward and the evaluation")
 
     @model_validator(mode="after")
     def _ordered(self) -> "RetrainConfig":

@@ -37,6 +37,26 @@ STATE_VERSION = 1  # checkpoints written before the search stopped using the glo
 StepCallback = Callable[[int, int], None]
 
 
+def stop_flops(cfg: Config, full_flops: float) -> float:
+    """The FLOPs a search stops at: search.flops_min, else flops_min_ratio x the supernet's;
+    ConfigError when that is not below the supernet's own."""
+    q = cfg.search
+    flops_min = q.flops_min if q.flops_min is not None else q.flops_min_ratio * full_flops
+    if flops_min >= full_flops:
+        raise ConfigError(f"search.flops_min ({flops_min:.4g}) must be below the full supernet's FLOPs "
+                          f"({full_flops:.4g})")
+    return flops_min
+
+
+def check_stop(cfg: Config, input_shape: tuple[int, int, int], num_classes: int) -> float:
+    """:func:`stop_flops` for a search not built yet (a driver checks it before any worker
+    starts): the supernet's FLOPs are the full architecture's, counted on its network."""
+    s = cfg.space
+    full = Genotype.full(s.num_cells, s.num_nodes, s.operators, s.init_channels, s.stem_multiplier, input_shape[1],
+                         input_shape[0], num_classes, s.stem)
+    return stop_flops(cfg, CostTable.for_space(s, input_shape, num_classes).flops(full))
+
+
 class GoldSearch:
     """The search state: supernet, optimizers, lambda schedule, recorder, counters."""
 
@@ -58,10 +78,7 @@ class GoldSearch:
         self.memory_format = torch.channels_last if cfg.search.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         q = cfg.search
-        self.flops_min = q.flops_min if q.flops_min is not None else q.flops_min_ratio * self.model.full_flops
-        if self.flops_min >= self.model.full_flops:
-            raise ConfigError(f"search.flops_min ({self.flops_min:.4g}) must be below the full "
-                             f"supernet's FLOPs ({self.model.full_flops:.4g})")
+        self.flops_min = stop_flops(cfg, self.model.full_flops)
         self.schedule = LambdaSchedule(q.lambda0, q.c0, q.n0)
         self.recorder = ParetoRecorder(q.t0, q.record_rule, q.record_gap, q.record_min_gap)
         self.epoch = 0  # epochs completed

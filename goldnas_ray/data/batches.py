@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from goldnas_ray.core.config import ConfigError
 from goldnas_ray.data import transforms as T
 
 
@@ -38,6 +39,17 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
     """A fresh CPU generator whose stream depends only on (seed, epoch, rank)."""
     return torch.Generator().manual_seed(epoch_seed(seed, epoch, rank))
+
+
+def check_batches(images: int, world_size: int, batch_size: int, field: str) -> None:
+    """Refuse, before any work, an epoch in which a worker would take no step: its share of the
+    training images is smaller than its batch (an epoch drops its last partial batch)."""
+    share = images // world_size
+    if share < batch_size:
+        workers = f" over {world_size} workers" if world_size > 1 else ""
+        raise ConfigError(f"{field} ({batch_size}) is larger than a worker's share of the training images ({share} "
+                          f"of {images}{workers}): no step would be taken; lower {field}"
+                          + (" or the workers" if world_size > 1 else ""))
 
 
 def shard_indices(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:

@@ -77,9 +77,12 @@ class Dataset:
                                augment=augment, mean=self.mean, std=self.std, device=device)
 
     def eval_batches(self, batch_size: int, augment: Augment | None = None,
-                     device: torch.device | str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The test split in order, prepared for evaluation."""
-        return eval_batches(self.x_test, self.y_test, batch_size, augment, self.mean, self.std, device)
+                     device: torch.device | str | None = None, rank: int = 0, world_size: int = 1
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's share of the test split (every world_size-th image, in order), prepared
+        for evaluation; the whole split for one rank."""
+        return eval_batches(self.x_test[rank::world_size], self.y_test[rank::world_size], batch_size, augment,
+                            self.mean, self.std, device)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -117,17 +120,23 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, *
     return keep_subset(data, subset, seed) if subset < 1 else data
 
 
-def keep_subset(data: Dataset, fraction: float, seed: int = 0) -> Dataset:
-    """The same dataset with ``fraction`` of each class's training images (at least one),
-    chosen by a generator seeded with ``seed`` alone."""
+def subset_indices(labels: torch.Tensor, num_classes: int, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of ``fraction`` of each class's images (at least one per class present),
+    chosen by a generator seeded with ``seed`` alone: the in-memory and the streamed paths keep
+    exactly the same images."""
     gen = torch.Generator().manual_seed(seed)
     keep = []
-    for c in range(data.num_classes):
-        idx = (data.y_train == c).nonzero().view(-1)
+    for c in range(num_classes):
+        idx = (labels == c).nonzero().view(-1)
         if len(idx):
             take = max(1, round(fraction * len(idx)))
             keep.append(idx[torch.randperm(len(idx), generator=gen)[:take]])
-    order = torch.cat(keep).sort().values
+    return torch.cat(keep).sort().values
+
+
+def keep_subset(data: Dataset, fraction: float, seed: int = 0) -> Dataset:
+    """The same dataset with ``fraction`` of each class's training images (:func:`subset_indices`)."""
+    order = subset_indices(data.y_train, data.num_classes, fraction, seed)
     return Dataset(data.name, data.x_train[order], data.y_train[order], data.x_test, data.y_test,
                    data.num_classes, data.mean, data.std, data.model_size)
 
@@ -152,10 +161,11 @@ def check_labels(labels: Sequence | np.ndarray, where: str, num_classes: int | N
     return ints
 
 
-def held_out(n: int) -> np.ndarray:
-    """Which rows of a table without splits form its test split: every 10th (9, 19, ...). The
-    in-memory and the streamed paths use this one rule, so neither trains on a test row."""
-    return np.arange(n) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+def held_out(n: int, start: int = 0) -> np.ndarray:
+    """Which of rows start .. start + n - 1 of a table without splits belong to its test split:
+    every 10th (9, 19, ...). The in-memory and the streamed paths use this one rule, so neither
+    trains on a test row."""
+    return np.arange(start, start + n) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
 
 
 @register("digits")

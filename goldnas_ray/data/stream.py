@@ -3,7 +3,7 @@
 :func:`inspect` reads only metadata and a sample (row count, classes, image shape, channel
 statistics); :class:`StreamSource` turns a stream of decoded rows (a Ray Data dataset or
 iterator, built by ``goldnas_ray.orchestration.streaming``) into the batches the search
-consumes. Splits are found as the in-memory loaders find them
+and the retrain consume. Splits are found as the in-memory loaders find them
 (``datasets.parquet_splits``, ``datasets.folder_split``), through the storage layer: a table
 without train/ and val/ streams its rows whole and every consumer skips the held-out ones, so
 no test row is ever trained on, on either path. Every consumer receives the whole training
@@ -16,6 +16,7 @@ whole set, the price of that determinism. Pure: no Ray here.
 """
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -24,9 +25,10 @@ import numpy as np
 import torch
 
 from goldnas_ray.core.config import DATASETS, DataConfig
-from goldnas_ray.data.batches import Augment, epoch_generator, prepare, shard_indices
+from goldnas_ray.data.batches import Augment, epoch_generator, eval_batches, prepare, shard_indices
 from goldnas_ray.data.datasets import (DataError, channel_stats, check_columns, check_labels, decode_image,
-                                       folder_split, held_out, image_bytes_of, parquet_splits, read_parquet_table)
+                                       folder_split, held_out, image_bytes_of, parquet_splits, read_parquet_table,
+                                       subset_indices)
 from goldnas_ray.files.store import Location, location
 
 
@@ -36,7 +38,14 @@ def stream_info(d: DataConfig) -> "StreamInfo | None":
     if d.path == "memory" or (d.path == "auto" and not DATASETS[d.dataset].streamable):
         return None
     info = inspect(d)
-    return info if d.path == "stream" or info.decoded_gb > d.stream_above_gb else None
+    return info if streams(d, info.decoded_gb) else None
+
+
+def streams(d: DataConfig, decoded_gb: float) -> bool:
+    """The rule for a split of ``decoded_gb`` decoded gigabytes: data.path=stream streams it,
+    auto streams it above data.stream_above_gb, memory never. The training split and the test
+    split are each held or streamed by it."""
+    return d.path == "stream" or (d.path == "auto" and decoded_gb > d.stream_above_gb)
 
 
 @dataclass
@@ -51,7 +60,9 @@ class StreamInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     held_out: bool = False  # a table without splits: every consumer skips its held-out rows
-    num_rows: int = 0       # rows of the training stream (num_train + held-out rows)
+    num_rows: int = 0       # rows of the training stream (training images + held-out rows)
+    subset: str | None = None  # data.subset < 1: which training images are kept (packed bits)
+    num_test: int = 0       # images of the test split
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "StreamInfo":
@@ -67,16 +78,26 @@ class StreamInfo:
     def decoded_gb(self) -> float:
         return self.num_train * math.prod(self.stored_shape) / 1e9
 
+    @property
+    def test_gb(self) -> float:
+        return self.num_test * math.prod(self.stored_shape) / 1e9
+
     def train_rows(self) -> np.ndarray:
-        """For every row of the training stream, its index among the training images, or -1
-        for a held-out row."""
+        """For every row of the training stream, its index among the training images kept, or
+        -1 for a held-out row or one data.subset leaves out."""
         rows = max(self.num_rows, self.num_train)
-        if not self.held_out:
-            return np.arange(rows)
-        held = held_out(rows)
-        index = np.cumsum(~held) - 1
-        index[held] = -1
+        kept = ~held_out(rows) if self.held_out else np.ones(rows, dtype=bool)
+        if self.subset is not None:
+            chosen = np.unpackbits(np.frombuffer(base64.b64decode(self.subset), dtype=np.uint8))
+            kept[kept] = chosen[:int(kept.sum())].astype(bool)
+        index = np.cumsum(kept) - 1
+        index[~kept] = -1
         return index
+
+    def test_rows(self, start: int, n: int) -> np.ndarray:
+        """Which of the test stream's rows start .. start + n - 1 are test images: the held-out
+        ones of a table without splits, else all."""
+        return held_out(n, start) if self.held_out else np.ones(n, dtype=bool)
 
 
 def folder_items(d: DataConfig, split: str = "train") -> tuple[list[str], list[int], list[str]]:
@@ -89,7 +110,8 @@ def folder_items(d: DataConfig, split: str = "train") -> tuple[list[str], list[i
 
 
 def inspect(d: DataConfig, sample: int = 256) -> StreamInfo:
-    """Metadata of the training split, checked before any worker starts."""
+    """Metadata of the training split (and the test split's size), checked before any worker
+    starts."""
     if not DATASETS[d.dataset].streamable:
         streamable = " or ".join(n for n, s in DATASETS.items() if s.streamable)
         raise DataError(f"data.path=stream reads {streamable} data, not {d.dataset}")
@@ -103,23 +125,63 @@ def inspect(d: DataConfig, sample: int = 256) -> StreamInfo:
         rows = len(labels)
         if "all" in splits:
             held = True
+            num_test = int(held_out(rows).sum())
             labels = labels[~held_out(rows)]
+        else:
+            num_test = read_parquet_table(splits["val"], columns=[d.label_column]).num_rows
         head = read_parquet_table(source, columns=None, head=sample)
         check_columns(head, source, [d.image_column])
         blobs = [image_bytes_of(b) for b in head.column(d.image_column).to_pylist()]
         where = [f"{source} row {i}" for i in range(len(blobs))]
     else:
-        _, files, labels = folder_split(d.root, "train")
+        classes, files, labels = folder_split(d.root, "train")
         labels = np.asarray(labels)
         rows = len(labels)
+        num_test = len(folder_split(d.root, "val", classes)[1])
         step = max(1, len(files) // sample)
         picked = files[::step][:sample]
         where = [str(f) for f in picked]
         blobs = [f.read_bytes() for f in picked]
     images = np.stack([decode_image(b, w, d.image_size) for b, w in zip(blobs, where)])
     mean, std = channel_stats(images)
-    return StreamInfo(d.dataset, len(labels), int(labels.max()) + 1, tuple(images.shape[1:]), d.image_size,
-                      mean, std, held, rows)
+    num_classes = int(labels.max()) + 1
+    subset, kept = None, len(labels)
+    if d.subset < 1:
+        chosen = np.zeros(len(labels), dtype=bool)
+        # the images the in-memory path keeps (its loaders pick them with seed 0: the same
+        # subset whatever the run's seed)
+        chosen[subset_indices(torch.from_numpy(labels), num_classes, d.subset, 0).numpy()] = True
+        subset, kept = base64.b64encode(np.packbits(chosen).tobytes()).decode(), int(chosen.sum())
+    return StreamInfo(d.dataset, kept, num_classes, tuple(images.shape[1:]), d.image_size, mean, std, held, rows,
+                      subset, num_test)
+
+
+@dataclass
+class EvalSplit:
+    """A test split held in memory beside a streamed training split (uint8 images)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+def load_eval_split(d: DataConfig, info: StreamInfo) -> EvalSplit:
+    """The test split of a streamed set, decoded into memory (a small one: :func:`streams`)."""
+    if d.dataset == "parquet":
+        splits = parquet_splits(d.root)
+        source = splits.get("val", splits.get("all"))
+        table = read_parquet_table(source, columns=[d.image_column, d.label_column])
+        rows = info.test_rows(0, table.num_rows)
+        blobs = [b for b, keep in zip(table.column(d.image_column).to_pylist(), rows) if keep]
+        labels = check_labels([v for v, keep in zip(table.column(d.label_column).to_pylist(), rows) if keep],
+                              f"Parquet data at {source}")
+        images = [decode_image(image_bytes_of(b), f"{source} test image {i}", d.image_size)
+                  for i, b in enumerate(blobs)]
+    else:
+        classes = folder_split(d.root, "train")[0]
+        _, files, labels = folder_split(d.root, "val", classes)
+        images = [decode_image(f.read_bytes(), str(f), d.image_size) for f in files]
+        labels = np.asarray(labels, dtype=np.int64)
+    return EvalSplit(torch.from_numpy(np.stack(images)), torch.from_numpy(labels))
 
 
 class Decode:
@@ -151,10 +213,12 @@ class Decode:
 
 class StreamSource:
     """A consumer's view of a streamed set: the same interface as an in-memory Dataset where the
-    search loop uses it (input_shape, num_classes, num_train, mean, std, train_batches)."""
+    search loop and the retrain use it (input_shape, num_classes, num_train, mean, std,
+    train_batches, eval_batches)."""
 
-    def __init__(self, shard: Any, info: StreamInfo, buffer_batches: int = 16, read_batch: int = 256):
-        self.shard, self.info = shard, info
+    def __init__(self, shard: Any, info: StreamInfo, buffer_batches: int = 16, read_batch: int = 256,
+                 eval_data: "Any | EvalSplit | None" = None):
+        self.shard, self.info, self.eval_data = shard, info, eval_data
         self.name, self.num_classes, self.num_train = info.name, info.num_classes, info.num_train
         self.input_shape, self.mean, self.std = info.input_shape, info.mean, info.std
         self.buffer_batches, self.read_batch = buffer_batches, read_batch
@@ -206,6 +270,30 @@ class StreamSource:
             out, _, _ = emit(final=True)
             yield from (self._prepare(bx, by, augment, gen, device) for bx, by in out)
 
+
+    def eval_batches(self, batch_size: int, augment: Augment | None = None,
+                     device: torch.device | str | None = None, rank: int = 0, world_size: int = 1
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's share (every world_size-th test image, in order) of the test split,
+        streamed (``eval_data`` a Ray Data pipeline or iterator) or held (an :class:`EvalSplit`),
+        prepared for evaluation."""
+        if self.eval_data is None:
+            raise DataError("this stream has no test split")
+        if isinstance(self.eval_data, EvalSplit):
+            yield from eval_batches(self.eval_data.x[rank::world_size], self.eval_data.y[rank::world_size],
+                                    batch_size, augment, self.mean, self.std, device)
+            return
+        seen, image = 0, 0
+        for batch in self.eval_data.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
+            n = len(batch["label"])
+            test = self.info.test_rows(seen, n)
+            seen += n
+            mine = test & (((np.cumsum(test) - 1 + image) % world_size) == rank)
+            image += int(test.sum())
+            if mine.any():
+                x = prepare(torch.from_numpy(np.ascontiguousarray(batch["pixels"][mine])), augment or Augment(),
+                            None, False, self.mean, self.std, device)
+                yield x, torch.from_numpy(batch["label"][mine])
 
     def _prepare(self, x: np.ndarray, y: np.ndarray, augment: Augment, gen, device):
         yb = torch.from_numpy(y)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-from typing import Any, Callable
+import threading
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 
 class ClusterError(RuntimeError):
@@ -129,3 +132,28 @@ def check_fits_on_a_node(cpus: float, gpus: float) -> None:
         biggest = max(nodes, key=lambda r: r.get("CPU", 0), default={})
         raise ClusterError(f"a trial needs {cpus:g} CPUs and {gpus:g} GPUs on one node; the largest "
                            f"node has {biggest.get('CPU', 0):g} CPUs and {biggest.get('GPU', 0):g} GPUs")
+
+
+def interruptible(call: Callable[[], T]) -> T:
+    """``call()`` in a thread of its own while this (main) thread waits for it: Ctrl-C and
+    SIGTERM reach this thread at once as KeyboardInterrupt / SystemExit, whatever Ray Train or
+    Tune would otherwise make of them in their own handlers (they install none off the main
+    thread). The caller ends its tracked runs and the process exits at once (``cli.run_main``
+    leaves with ``os._exit``: the thread is still inside Ray); the Ray processes of the job go
+    with it, and what ``call`` left on storage (its checkpoints) is what ``--resume`` continues
+    from. The thread's own outcome is returned or raised as ``call`` would."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="goldnas-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -27,37 +27,44 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 import ray.tune
+import torch
 
 from goldnas_ray.core.config import ConfigError
 from goldnas_ray.files.store import Location, location
-from goldnas_ray.files.search_files import RECORDS, OutputDirError, load_checkpoint, read_records, records_path
-from goldnas_ray.orchestration.cluster import check_fits_on_a_node, connect
-from goldnas_ray.orchestration.retrain_trial import STATE_FILE, RetrainCallback, retrain_trial
+from goldnas_ray.files.search_files import RECORDS, OutputDirError, read_records, records_path
+from goldnas_ray.data.batches import check_batches
+from goldnas_ray.orchestration.cluster import (ClusterError, check_capacity, check_fits_on_a_node, connect,
+                                               interruptible)
+from goldnas_ray.orchestration.retrain_trial import TRIALS_LOG, RetrainCallback, last_state, retrain_trial
 from goldnas_ray.retrain import report, stats
 from goldnas_ray.retrain.recipe import Retrainer
-from goldnas_ray.run.ending import ends_tracked_run
+from goldnas_ray.run.ending import RunStopped, ends_tracked_run
 from goldnas_ray.retrain.candidates import save_genotypes
-from goldnas_ray.retrain.plan import Manifest, RetrainError, TrialSpec, plan_retrain
+from goldnas_ray.retrain.plan import Manifest, Resources, RetrainError, TrialSpec, plan_retrain
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
 from goldnas_ray.tracking.retrain import RetrainTracker, fetch_search_run
 
 EXPERIMENT_DIR = "retrain"
+DECODE_CPUS = 1  # kept beside the trials for Ray Data when the data streams
+DRIVER_MEMORY = 64 * 2**20  # what the Tune trial driving a multi-worker trial's Ray Train run holds
 COMPARISON = "comparison.json"  # searched against random (retrain/stats.py)
 
 
 def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Location | None" = None,
                 search_run: str | None = None,
                 config_file: Path | None = None, overrides: Sequence[str] = (), random_k: int = 0,
-                cpus_per_trial: float = 1, gpus_per_trial: float = 0, max_failures: int = 2,
+                trial: Resources = Resources(), max_failures: int = 2,
                 mlflow_uri: str | None = None, experiment: str = "goldnas-retrain",
                 tracking: bool = True, resume: bool = False, address: str | None = None,
                 runtime_env: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
     """Retrain (or, with ``resume``, continue retraining) and return the report table.
-    ``runtime_env``: the Ray job's (``cli.ray_runtime_env``)."""
+    ``trial``: what each trial holds (one worker: the Tune trial trains; more: a Ray Train run
+    of that many workers). ``runtime_env``: the Ray job's (``cli.ray_runtime_env``)."""
     out = location(out).resolved()
     search_dir = location(search_dir) if search_dir is not None else None
-    if cpus_per_trial <= 0 or gpus_per_trial < 0:
-        raise ConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    if trial.workers < 1 or trial.cpus <= 0 or trial.gpus < 0:
+        raise ConfigError(f"a trial needs at least one worker of > 0 CPUs and >= 0 GPUs, got {trial.workers} "
+                          f"x ({trial.cpus:g} CPU, {trial.gpus:g} GPU)")
     with _staging(search_run is not None or (search_dir is not None and search_dir.is_remote)) as staging:
         if resume:
             manifest = Manifest.read(out)
@@ -69,25 +76,31 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
         else:
             manifest = _plan(out, search_dir, search_run, staging, config_file, overrides, random_k,
                              mlflow_uri, tracking)
+        check_batches(manifest.num_train, trial.workers, manifest.config.retrain.batch_size, "retrain.batch_size")
         resources = connect(address, log, runtime_env=runtime_env)
-        check_fits_on_a_node(cpus_per_trial, gpus_per_trial)
+        at_once = concurrent_trials(resources, trial, streaming=manifest.stream is not None)
         if not resume:
             _start(out, manifest, staging, experiment)
     tracker = RetrainTracker(manifest.mlflow_tracking_uri) if manifest.mlflow_run_id else None
     if tracker is not None and resume:
         tracker.client.update_run(manifest.mlflow_run_id, status="RUNNING")
-    specs = manifest.specs(out, cpus_per_trial, gpus_per_trial)
+    specs = manifest.specs(out, trial, max_failures)
     epochs = manifest.config.retrain.epochs
+    shape = f"{trial.workers} worker(s) x " if trial.workers > 1 else ""
     log(f"retraining {len(manifest.candidates)} architectures x {len(manifest.seeds)} seed(s) = "
-        f"{len(specs)} trials of {epochs} epochs; {cpus_per_trial:g} CPU / {gpus_per_trial:g} GPU per "
-        f"trial, up to {int(resources.get('CPU', 0) // cpus_per_trial)} at once; output in {out}")
+        f"{len(specs)} trials of {epochs} epochs; {shape}{trial.cpus:g} CPU / {trial.gpus:g} GPU per trial, "
+        f"up to {at_once} at once; output in {out}")
+    if manifest.stream is not None:
+        test = "streamed" if next(iter(specs.values())).eval_stream else "held in memory"
+        log(f"data: streaming {manifest.stream.num_train} training images of {manifest.stream.name} through "
+            f"Ray Data (test split {test})")
     for c in manifest.candidates:
         log(f"  {c.arch_id:<12} {c.kind:<9} {c.flops / 1e6:7.3f} MFLOPs {c.params:>9} params")
     started = time.perf_counter()
-    tuner = _tuner(out, manifest, specs, cpus_per_trial, gpus_per_trial, max_failures, resume,
+    tuner = _tuner(out, manifest, specs, trial, at_once, max_failures, resume,
                    RetrainCallback(tracker, manifest.mlflow_child_run_ids, epochs, log))
-    results = _fit(tuner, tracker, manifest, log)
-    trials, failed, finished = _collect(results, specs, epochs)
+    results = _fit(tuner, tracker, manifest, out, log)
+    trials, failed, finished = _collect(results, specs, epochs, out)
     table, comparison = _write_report(out, trials, manifest)
     log(f"retrain {'finished' if not failed else 'stopped'} after {time.perf_counter() - started:.0f}s "
         f"here; report in {out / 'frontier.csv'}")
@@ -171,9 +184,34 @@ def _start(out: Location, manifest: Manifest, staging: Path | None, experiment: 
     manifest.write(out)
 
 
-def _tuner(out: Location, manifest: Manifest, specs: dict[str, TrialSpec], cpus: float, gpus: float,
+def concurrent_trials(resources: dict[str, float], trial: Resources, streaming: bool) -> int:
+    """How many trials the cluster can place at once (Tune's max_concurrent_trials), checked
+    before anything starts: every worker of a trial must fit on some node and the cluster must
+    hold one whole trial; a streamed set keeps a CPU beside the trials for Ray Data to decode
+    on (with every CPU held by a trial's workers, none would ever run, and the trials would
+    wait forever)."""
+    check_fits_on_a_node(trial.cpus, trial.gpus)
+    check_capacity(resources, trial.workers, trial.cpus, trial.gpus)
+    spare = DECODE_CPUS if streaming else 0
+    cpus, gpus = resources.get("CPU", 0) - spare, resources.get("GPU", 0)
+    need_cpu, need_gpu = trial.workers * trial.cpus, trial.workers * trial.gpus
+    if need_cpu > cpus:
+        raise ClusterError(f"streaming needs {spare:g} CPU beside a trial's workers for Ray Data to decode on; "
+                           f"a trial's {trial.workers} x {trial.cpus:g} CPUs leave {resources.get('CPU', 0) - need_cpu:g} "
+                           f"of the cluster's {resources.get('CPU', 0):g}: lower --cpus-per-worker "
+                           f"(--cpus-per-trial with one worker), or add a node")
+    at_once = int(cpus // need_cpu)
+    if need_gpu > 0:
+        at_once = min(at_once, int(gpus // need_gpu))
+    return max(1, at_once)
+
+
+def _tuner(out: Location, manifest: Manifest, specs: dict[str, TrialSpec], trial: Resources, at_once: int,
            max_failures: int, resume: bool, callback: RetrainCallback) -> ray.tune.Tuner:
-    resources = {"cpu": cpus} | ({"gpu": gpus} if gpus else {})
+    if trial.workers == 1:  # the trial trains in its own process: it holds the resources
+        resources = ray.tune.PlacementGroupFactory([{"CPU": trial.cpus} | ({"GPU": trial.gpus} if trial.gpus else {})])
+    else:  # it drives a Ray Train run, whose workers hold them: no CPU, or 1-CPU nodes could never fit them
+        resources = ray.tune.PlacementGroupFactory([{"memory": DRIVER_MEMORY}])
     trainable = ray.tune.with_resources(ray.tune.with_parameters(retrain_trial, specs=specs), resources)
     if resume:  # the run config, callback included, comes back from the saved experiment
         path, fs = (out / "ray" / EXPERIMENT_DIR).arrow()
@@ -187,30 +225,46 @@ def _tuner(out: Location, manifest: Manifest, specs: dict[str, TrialSpec], cpus:
     return ray.tune.Tuner(
         trainable, param_space={"key": ray.tune.grid_search(manifest.trials)},
         tune_config=ray.tune.TuneConfig(trial_name_creator=lambda t: t.config["key"],
-                                        trial_dirname_creator=lambda t: t.config["key"]),
+                                        trial_dirname_creator=lambda t: t.config["key"],
+                                        max_concurrent_trials=at_once),
         run_config=run_config)
 
 
-def _fit(tuner: ray.tune.Tuner, tracker: RetrainTracker | None, manifest: Manifest,
+def _fit(tuner: ray.tune.Tuner, tracker: RetrainTracker | None, manifest: Manifest, out: Location,
          log: Callable[[str], None]) -> ray.tune.ResultGrid:
-    """Run the trials; if the job is stopped or Tune breaks, end the MLflow runs saying so."""
+    """Run the trials; if the job is stopped or Tune breaks, end the MLflow runs saying so. A
+    stop (Ctrl-C, ``ray job stop``) becomes RunStopped: how many trials finished."""
     finish = (lambda status: tracker.end_retrain(manifest.mlflow_run_id, status)) if tracker else None
-    with ends_tracked_run(finish, log):
-        return tuner.fit()
+    try:
+        with ends_tracked_run(finish, log):
+            return interruptible(tuner.fit)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        done = finished_trials(out)
+        raise RunStopped(f"{len(done)} of {len(manifest.trials)} trials finished", exc, out) from None
 
 
-def _collect(results, specs: dict[str, TrialSpec], epochs: int
+def finished_trials(out: Location) -> set[str]:
+    """The trials whose last epoch is done, from <out>/.trials/ (each trial's rank 0 writes a
+    line when it finishes)."""
+    logs = out / TRIALS_LOG
+    done = set()
+    for name in logs.names():
+        if name.endswith(".jsonl") and '"finished_epoch"' in (logs / name).read_text():
+            done.add(name.removesuffix(".jsonl"))
+    return done
+
+
+def _collect(results, specs: dict[str, TrialSpec], epochs: int, out: Location
              ) -> tuple[pd.DataFrame, list[str], dict[str, dict[str, Any]]]:
     """Every trial's history, read from its last checkpoint; the trials that did not finish;
     and each finished trial's last state (key -> Retrainer state)."""
     rows, failed, finished_states = [], [], {}
     for result in results:
         key = result.config["key"]
-        if result.checkpoint is None:
+        state = last_state(result, out)
+        if state is None:
             failed.append(f"{key} ({type(result.error).__name__ if result.error else 'no checkpoint'})")
             continue
-        with result.checkpoint.as_directory() as d:
-            state = load_checkpoint(Path(d) / STATE_FILE)
         finished = state["epoch"] >= epochs
         if not finished:
             failed.append(f"{key} (stopped after epoch {state['epoch']})")
@@ -232,8 +286,8 @@ def _track_report(tracker: RetrainTracker, out: Location, manifest: Manifest, ta
         if key in manifest.mlflow_child_run_ids:
             trainer = Retrainer.from_state_dict(state, "cpu")
             g = trainer.geno
-            networks[manifest.mlflow_child_run_ids[key]] = (trainer.model.eval(),
-                                                            (g.in_channels, g.input_size, g.input_size))
+            net = trainer.model.eval().to(memory_format=torch.contiguous_format)  # exported as NCHW
+            networks[manifest.mlflow_child_run_ids[key]] = (net, (g.in_channels, g.input_size, g.input_size))
     tracker.log_models(networks)
     summary = report.front_summary(table) | {
         f"hypervolume_{k}": v["value"] for k, v in (comparison or {}).get("hypervolume", {}).items()}

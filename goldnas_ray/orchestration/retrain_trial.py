@@ -1,10 +1,19 @@
-"""A retrain on Ray Tune, seen from inside: the trainable each trial runs, and the callback
-through which the driver prints progress and feeds MLflow.
+"""A retrain on Ray Tune, seen from inside: each trial, and the callback through which the
+driver prints progress and feeds MLflow.
 
-The trainable trains one :class:`~goldnas_ray.retrain.plan.TrialSpec` from scratch (or from
-its last checkpoint after a failure) and reports metrics and a checkpoint every epoch. For
-people debugging a run, it appends who ran it and from which epoch to
-``<out>/.trials/<key>.jsonl``.
+A trial trains one :class:`~goldnas_ray.retrain.plan.TrialSpec` (an architecture and a seed)
+from scratch, or from its last checkpoint. With one worker the Tune trial trains it itself;
+with N (``--workers-per-trial``) the trial is a Ray Train run: the trial function builds a
+TorchTrainer of N workers and fits it (Ray Train's pattern for Train inside Tune), DDP
+averages the gradients, each worker trains on its (seed, epoch) share, and Ray Train restarts
+the worker group from the last checkpoint when a worker dies (its FailureConfig; Tune's own
+retries the whole trial, which finds the Train run's checkpoints again by its name). Either
+way one function runs the epochs (:func:`run_trial`, the recipe's ``train_epoch`` with a
+no-op or torch.distributed communicator), rank 0 reports a checkpoint every epoch, and the
+data comes from memory or, for a streamed set, through Ray Data.
+
+For people debugging a run, rank 0 appends who ran a trial (every rank's pid and node) and from
+which epoch to ``<out>/.trials/<key>.jsonl``, and a line when the trial finishes.
 """
 from __future__ import annotations
 
@@ -12,53 +21,188 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+import ray
+import ray.train
 import ray.tune
 import torch
 
+from goldnas_ray.core.comm import Communicator, DistributedComm, LocalComm
 from goldnas_ray.core.config import DataConfig, RetrainConfig
 from goldnas_ray.core.genotype import Genotype
 from goldnas_ray.data.from_config import load_data
+from goldnas_ray.data.stream import StreamInfo, StreamSource, load_eval_split
 from goldnas_ray.files.search_files import load_checkpoint
 from goldnas_ray.files.store import Location, location
+from goldnas_ray.orchestration.streaming import dataset as stream_dataset
 from goldnas_ray.retrain.plan import TrialSpec
 from goldnas_ray.retrain.recipe import Retrainer
 from goldnas_ray.tracking.retrain import RetrainTracker
 
 STATE_FILE = "trial.pt"
+TRIALS_LOG = ".trials"
+TRAIN_RUNS = "trials"  # <out>/ray/trials/<key>: the Ray Train run of a multi-worker trial
 
 
 def retrain_trial(config: dict[str, Any], specs: dict[str, TrialSpec]) -> None:
-    """One Tune trial: train ``specs[config['key']]``, reporting every epoch."""
-    import ray
-
+    """One Tune trial: train ``specs[config['key']]`` itself, or drive its Ray Train run."""
     spec = specs[config["key"]]
+    if spec.workers == 1:
+        run_trial(spec, TuneSide(spec))
+    else:
+        _train_run(spec).fit()
+
+
+# ---- where a trial's epochs run: a Tune trial, or each worker of a Ray Train run -------------
+class TuneSide:
+    """A one-worker trial, trained inside its Tune trial."""
+
+    def __init__(self, spec: TrialSpec):
+        self.spec = spec
+
+    def device(self) -> torch.device:
+        return torch.device("cuda" if self.spec.use_gpu and torch.cuda.is_available() else "cpu")
+
+    def comm(self, device: torch.device) -> Communicator:
+        return LocalComm()
+
+    def checkpoint(self):
+        return ray.tune.get_checkpoint()
+
+    def stream(self, split: str):
+        """The Ray Data pipeline of ``split``, made and read here."""
+        return stream_dataset(DataConfig.from_dict(self.spec.data), StreamInfo.from_dict(self.spec.stream), split)
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        with tempfile.TemporaryDirectory(prefix="goldnas-trial-") as d:
+            torch.save(state, Path(d) / STATE_FILE)
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(d))
+
+
+class TrainSide:
+    """A worker of a multi-worker trial's Ray Train run."""
+
+    def __init__(self, spec: TrialSpec):
+        self.spec = spec
+
+    def device(self) -> torch.device:
+        return ray.train.torch.get_device()
+
+    def comm(self, device: torch.device) -> Communicator:
+        return DistributedComm(device)
+
+    def checkpoint(self):
+        return ray.train.get_checkpoint()
+
+    def stream(self, split: str):
+        """This worker's view of the trial's Ray Data pipeline of ``split`` (whole: each
+        worker keeps its own share)."""
+        return ray.train.get_dataset_shard(split)
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        if state is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="goldnas-trial-") as d:
+            torch.save(state, Path(d) / STATE_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def trial_worker(job: dict[str, Any]) -> None:
+    """The per-worker function of a multi-worker trial's Ray Train run."""
+    spec = TrialSpec(**job["spec"])
+    run_trial(spec, TrainSide(spec))
+
+
+def run_trial(spec: TrialSpec, side: TuneSide | TrainSide) -> None:
+    """Train ``spec`` to its last epoch on ``side``, reporting every epoch (a checkpoint from
+    rank 0)."""
     torch.set_num_threads(spec.threads)
-    device = torch.device("cuda" if spec.use_gpu and torch.cuda.is_available() else "cpu")
+    device = side.device()
+    comm = side.comm(device)
     data_cfg = DataConfig.from_dict(spec.data)
-    data = load_data(data_cfg)
-    checkpoint = ray.tune.get_checkpoint()
+    data = _data(spec, data_cfg, side)
+    checkpoint = side.checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             trainer = Retrainer.from_state_dict(load_checkpoint(Path(d) / STATE_FILE), device)
     else:
-        trainer = Retrainer(Genotype.from_dict(spec.genotype), RetrainConfig.from_dict(spec.recipe), spec.seed, device)
-    trial_log = location(spec.out) / ".trials" / f"{spec.key}.jsonl"
-    _append(trial_log, {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
-                        "start_epoch": trainer.epoch, "device": str(device), "time": time.time()})
+        trainer = Retrainer(Genotype.from_dict(spec.genotype), RetrainConfig.from_dict(spec.recipe), spec.seed,
+                            device)
+    lead = comm.rank == 0
+    trial_log = location(spec.out) / TRIALS_LOG / f"{spec.key}.jsonl"
+    ranks = comm.all_gather({"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()})
+    if lead:
+        _append(trial_log, {"pid": os.getpid(), "node_id": ranks[0]["node_id"], "start_epoch": trainer.epoch,
+                            "device": str(device), "workers": comm.world_size, "ranks": ranks,
+                            "time": time.time()})
     while not trainer.finished:
-        row = trainer.train_epoch(data, data_cfg)
-        metrics = row | {"arch_id": spec.arch_id, "seed": spec.seed}
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(trainer.state_dict(), Path(d) / STATE_FILE)
-            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(d))
-    _append(trial_log, {"pid": os.getpid(), "finished_epoch": trainer.epoch, "time": time.time()})
+        row = trainer.train_epoch(data, data_cfg, comm)
+        side.report(row | {"arch_id": spec.arch_id, "seed": spec.seed}, trainer.state_dict() if lead else None)
+    if lead:
+        _append(trial_log, {"pid": os.getpid(), "finished_epoch": trainer.epoch, "time": time.time()})
+
+
+def _data(spec: TrialSpec, data_cfg: DataConfig, side: TuneSide | TrainSide):
+    """The trial's data: in memory, or streamed (training split through Ray Data; the test
+    split streamed too, or held in memory when it is small, by the training split's rule)."""
+    if spec.stream is None:
+        return load_data(data_cfg)
+    info = StreamInfo.from_dict(spec.stream)
+    evaluation = side.stream("val") if spec.eval_stream else load_eval_split(data_cfg, info)
+    return StreamSource(side.stream("train"), info, eval_data=evaluation)
 
 
 def _append(path: Location, entry: dict[str, Any]) -> None:
     path.append_line(json.dumps(entry))
+
+
+def _train_run(spec: TrialSpec):
+    """The TorchTrainer of a multi-worker trial: N workers, DDP, a checkpoint every epoch, its
+    worker group restarted from the last one after a failure, its results passed on to Tune."""
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    storage_path, storage_fs = (location(spec.out) / "ray" / TRAIN_RUNS).arrow()
+    per_worker = {"CPU": spec.cpus_per_worker} | ({"GPU": spec.gpus_per_worker} if spec.use_gpu else {})
+    datasets = None
+    if spec.stream is not None:
+        side = TuneSide(spec)
+        datasets = {"train": side.stream("train")} | ({"val": side.stream("val")} if spec.eval_stream else {})
+    return TorchTrainer(
+        trial_worker,
+        train_loop_config={"spec": asdict(spec)},
+        datasets=datasets,
+        # a streamed set reaches every worker whole: each keeps its own (seed, epoch) share
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]) if datasets else None,
+        scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
+                                               resources_per_worker=per_worker),
+        torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=spec.key,  # one name per trial: a retried or resumed trial finds its checkpoints
+            storage_path=storage_path, storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            callbacks=[TuneReportCallback()],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+
+
+def last_state(result: Any, out: Location) -> dict[str, Any] | None:
+    """A finished Tune trial's last checkpoint, read back: its own (one worker) or its Ray Train
+    run's, whose path the trial's metrics carry (``checkpoint_path``)."""
+    checkpoint = result.checkpoint
+    if checkpoint is None and result.metrics and result.metrics.get("checkpoint_path"):
+        _, fs = out.arrow()
+        checkpoint = ray.train.Checkpoint(result.metrics["checkpoint_path"], filesystem=fs)
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return load_checkpoint(Path(d) / STATE_FILE)
 
 
 class RetrainCallback(ray.tune.Callback):

@@ -12,19 +12,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from goldnas_ray.core.config import Config
-from goldnas_ray.files.search_files import RECORDS, read_records
+from goldnas_ray.files.search_files import RECORDS, read_records, records_path
 from goldnas_ray.files.store import Location, location
-from goldnas_ray.orchestration.cluster import ClusterError, check_capacity, connect
+from goldnas_ray.orchestration.cluster import ClusterError, check_capacity, connect, interruptible
+from goldnas_ray.core.search import check_stop
+from goldnas_ray.core.space import check_spatial
+from goldnas_ray.data.batches import check_batches
 from goldnas_ray.data.stream import stream_info
 from goldnas_ray.orchestration.streaming import train_dataset
-from goldnas_ray.run.ending import ends_tracked_run, mark_ended
+from goldnas_ray.run.ending import RunStopped, ends_tracked_run
 from goldnas_ray.run.loop import load_data, search_start
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
 from goldnas_ray.tracking.search import search_tracker
-
-
-class SearchFailed(RuntimeError):
-    """Ray Train gave up on the search (its error is the cause)."""
 
 
 def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 1, cpus_per_worker: float | None = None,
@@ -45,7 +44,11 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
         return read_records(out)
     cfg, run_id = start.config, start.run_id
     stream = stream_info(cfg.data)  # bad data fails here, before Ray starts
-    dataset = stream.name if stream is not None else load_data(cfg).name
+    data = stream if stream is not None else load_data(cfg)
+    check_batches(data.num_train, workers, cfg.data.batch_size, "data.batch_size")
+    check_spatial(data.input_shape[1], cfg.space.num_cells, cfg.space.stem)
+    check_stop(cfg, data.input_shape, data.num_classes)
+    dataset = data.name
     uri = resolve_uri(out, mlflow_uri) if tracking else None
     if uri:
         check_uri(uri)
@@ -70,11 +73,12 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     log(f"search: {workers} worker(s) x {cpus_per_worker:g} CPU, {gpus_per_worker:g} GPU; output in {out}")
     started = time.perf_counter()
     finish = run.finish if uri else None
-    with ends_tracked_run(finish, log):
-        result = trainer.fit()
-    if result.error:
-        mark_ended(finish, "FAILED", log)
-        raise SearchFailed(f"search failed: {result.error}") from result.error
+    try:
+        with ends_tracked_run(finish, log):
+            interruptible(trainer.fit)  # a worker group that fails more than max_failures raises
+    except (KeyboardInterrupt, SystemExit) as exc:
+        epochs = read_records(out)["epochs"] if records_path(out) is not None else 0
+        raise RunStopped(f"after epoch {epochs} of at most {cfg.search.max_epochs}", exc, out) from None
     records = read_records(out)
     log(f"search finished after {records['epochs']} epochs ({time.perf_counter() - started:.0f}s on Ray); "
         f"{len(records['architectures'])} architectures recorded in {out / RECORDS}")

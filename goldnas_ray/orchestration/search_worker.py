@@ -48,13 +48,18 @@ def _print(line: str) -> None:
 
 
 def _restored_state(out: Location, resume: bool) -> dict[str, Any] | None:
-    """The state to continue from: Ray Train's checkpoint after a worker-group restart, else
-    ``out``'s own on --resume, else None (a new search)."""
+    """The state to continue from, None for a new search: the later of Ray Train's last
+    registered checkpoint (a worker group restarted, or a run of the same name resumed) and
+    ``out``'s own (rank 0 writes it before reporting, so it can be an epoch ahead of Ray's; on
+    --resume after a --local run it is the only one)."""
+    found = []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            return load_checkpoint(Path(d) / CHECKPOINT.name)
-    return load_checkpoint(out / CHECKPOINT) if resume else None
+            found.append(load_checkpoint(Path(d) / CHECKPOINT.name))
+    if (resume or checkpoint is not None) and (out / CHECKPOINT).is_file():
+        found.append(load_checkpoint(out / CHECKPOINT))
+    return max(found, key=lambda state: state["epoch"]) if found else None
 
 
 def train_loop_per_worker(job: dict[str, Any]) -> None:

@@ -9,13 +9,13 @@ Tune trial receives. Plain data and checks: testable without Ray.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from goldnas_ray.core.config import Config, ConfigError
+from goldnas_ray.core.config import Config, ConfigError, DataConfig
 from goldnas_ray.data.from_config import load_data
-from goldnas_ray.data.stream import stream_info
+from goldnas_ray.data.stream import StreamInfo, stream_info, streams
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.files.search_files import OutputDirError, check_new_out_dir
 from goldnas_ray.retrain.candidates import Candidate, load_search, random_candidates
@@ -33,8 +33,28 @@ def trial_key(arch_id: str, seed: int) -> str:
 
 
 @dataclass
+class Resources:
+    """What one trial holds: ``workers`` Ray Train workers (one: the Tune trial trains itself)
+    of ``cpus`` CPUs and ``gpus`` GPUs each."""
+
+    workers: int = 1
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus > 0
+
+    @property
+    def threads(self) -> int:
+        """torch threads per worker: its whole CPUs (at least one)."""
+        return max(1, int(self.cpus))
+
+
+@dataclass
 class TrialSpec:
-    """One Tune trial: an architecture, a seed, the recipe and where to report."""
+    """One Tune trial: an architecture, a seed, the recipe, the data (streamed: its metadata),
+    the resources and where to report."""
 
     key: str
     arch_id: str
@@ -42,9 +62,21 @@ class TrialSpec:
     genotype: dict[str, Any]
     recipe: dict[str, Any]
     data: dict[str, Any]
-    threads: int
-    use_gpu: bool
     out: str
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_failures: int = 2
+    stream: dict[str, Any] | None = None  # StreamInfo of a streamed training split
+    eval_stream: bool = False  # the test split streamed too (else decoded into memory)
+
+    @property
+    def threads(self) -> int:
+        return Resources(self.workers, self.cpus_per_worker, self.gpus_per_worker).threads
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
 
 
 @dataclass
@@ -59,6 +91,9 @@ class Manifest:
     mlflow_tracking_uri: str | None = None
     mlflow_run_id: str | None = None
     mlflow_child_run_ids: dict[str, str] = field(default_factory=dict)
+    # the training split's metadata when it streams (read from the data, not written down)
+    stream: StreamInfo | None = field(default=None, repr=False)
+    num_train: int = field(default=0, repr=False)  # training images a trial reads
 
     @property
     def seeds(self) -> list[int]:
@@ -68,11 +103,21 @@ class Manifest:
     def trials(self) -> list[str]:
         return [trial_key(c.arch_id, s) for c in self.candidates for s in self.seeds]
 
-    def specs(self, out: "Path | Location", cpus_per_trial: float, gpus_per_trial: float) -> dict[str, TrialSpec]:
-        config = self.config.to_dict()
+    def data(self) -> DataConfig:
+        """What a trial reads: the search's data, with the retrain's subset of the training
+        images (the whole split by default; the search may have used data.subset of it)."""
+        return self.config.data.model_copy(update={"subset": self.config.retrain.subset})
+
+    def specs(self, out: "Path | Location", resources: Resources, max_failures: int = 2) -> dict[str, TrialSpec]:
+        """One spec per (architecture, seed). A streamed training split (``stream``) reaches the
+        trials through Ray Data; the test split streams too when the same rule says so."""
+        data, stream = self.data(), self.stream
+        stream_dict = asdict(stream) if stream is not None else None
+        eval_stream = stream is not None and streams(data, stream.test_gb)
         return {trial_key(c.arch_id, s): TrialSpec(
-            trial_key(c.arch_id, s), c.arch_id, s, c.genotype.to_dict(), config["retrain"], config["data"],
-            max(1, int(cpus_per_trial)), gpus_per_trial > 0, location(out).uri)
+            trial_key(c.arch_id, s), c.arch_id, s, c.genotype.to_dict(), self.config.retrain.model_dump(),
+            data.model_dump(), location(out).uri, resources.workers, resources.cpus, resources.gpus, max_failures,
+            stream_dict, eval_stream)
             for c in self.candidates for s in self.seeds}
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,11 +143,14 @@ class Manifest:
             raise OutputDirError(f"{path} is not valid JSON: {exc}") from exc
         if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
             raise OutputDirError(f"{path} is not a goldnas-ray retrain manifest")
-        return cls(raw["search_dir"], raw.get("search_run_id"), raw["dataset"],
-                   Config.from_dict(raw["config"]),
-                   [Candidate.from_row(row, out) for row in raw["architectures"]],
-                   raw.get("mlflow_tracking_uri"), raw.get("mlflow_run_id"),
-                   dict(raw.get("mlflow_child_run_ids") or {}))
+        manifest = cls(raw["search_dir"], raw.get("search_run_id"), raw["dataset"],
+                       Config.from_dict(raw["config"]),
+                       [Candidate.from_row(row, out) for row in raw["architectures"]],
+                       raw.get("mlflow_tracking_uri"), raw.get("mlflow_run_id"),
+                       dict(raw.get("mlflow_child_run_ids") or {}))
+        manifest.stream = stream_info(manifest.data())
+        manifest.num_train = (manifest.stream or load_data(manifest.data())).num_train
+        return manifest
 
 
 def plan_retrain(out: "Path | Location", search_dir: Path, *, search_run_id: str | None = None,
@@ -117,14 +165,14 @@ def plan_retrain(out: "Path | Location", search_dir: Path, *, search_run_id: str
     if config_file is not None:
         cfg = cfg.merge_yaml(config_file)
     cfg = cfg.override(list(overrides))
-    if stream_info(cfg.data) is not None:
-        raise ConfigError("retraining reads its data into memory, and this set streams (data.path=stream, "
-                          "or larger than data.stream_above_gb): set data.path=memory for the retrain")
-    data = load_data(cfg.data)
+    manifest = Manifest(str(search.folder), search_run_id or search.records.get("mlflow_run_id"),
+                        cfg.data.dataset, cfg, search.searched)
+    stream = stream_info(manifest.data())  # metadata only for a streamed set; else read it all
+    data = stream if stream is not None else load_data(manifest.data())
     shape, classes = search.records["input_shape"], search.records["num_classes"]
     if list(data.input_shape) != list(shape) or data.num_classes != classes:
         raise OutputDirError(f"data {cfg.data.dataset} has images {list(data.input_shape)} and "
                              f"{data.num_classes} classes; the search ran on {shape} and {classes}")
-    randoms = random_candidates(search, random_k, cfg.seed) if random_k else []
-    return Manifest(str(search.folder), search_run_id or search.records.get("mlflow_run_id"), data.name,
-                    cfg, search.searched + randoms)
+    manifest.dataset, manifest.stream, manifest.num_train = data.name, stream, data.num_train
+    manifest.candidates += random_candidates(search, random_k, cfg.seed) if random_k else []
+    return manifest

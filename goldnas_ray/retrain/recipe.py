@@ -1,14 +1,23 @@
 """Training one architecture from scratch: DARTS's retraining recipe, as a resumable state.
 
-Recipe (DESIGN.md section 4, every knob in :class:`~goldnas_ray.config.RetrainConfig`):
+Recipe (DESIGN.md section 4, every knob in :class:`~goldnas_ray.core.config.RetrainConfig`):
 SGD with momentum and weight decay, learning rate annealed by a cosine over the epochs,
 gradient clipping, cutout, an auxiliary head on the 2L/3 cell weighted 0.4, and drop-path
 whose probability rises linearly from 0 to ``drop_path`` over the epochs. Test accuracy is
 measured after every epoch.
 
-Every epoch's data order, cutout squares and drop-path masks come from (seed, epoch) alone,
-so a trial restored from its checkpoint continues exactly as if it had never stopped. Pure
-PyTorch: the Ray Tune trainable drives it, and so can a plain loop.
+One epoch implementation for any number of workers: :meth:`Retrainer.train_epoch` takes a
+communicator (``goldnas_ray.core.comm``), no-op in one process, torch.distributed in a Ray
+Train trial of N workers. Each rank trains on its (seed, epoch) share of the data (DDP
+averages the gradients), evaluates its share of the test split, and the counts are summed
+over the ranks, so every rank reports the same row. Every epoch's data order, augmentation
+and drop-path masks come from (seed, epoch, rank) alone, so a trial restored from its
+checkpoint continues exactly as if it had never stopped.
+
+As fast per FLOP as the search's step: channels-last tensors, bf16 autocast as an option,
+the loss and accuracy summed on the device and read once per epoch, evaluation without
+autograd (benchmarks/retrain_epoch.py measures it against the search's step). Pure PyTorch:
+the Ray layer drives it, and so can a plain loop.
 """
 from __future__ import annotations
 
@@ -20,16 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from goldnas_ray.core.comm import Communicator, LocalComm
 from goldnas_ray.core.config import DataConfig, RetrainConfig
 from goldnas_ray.core.costs import count_params, total_flops
+from goldnas_ray.core.discrete import build_network
+from goldnas_ray.core.genotype import Genotype
 from goldnas_ray.core.network import seeded
 from goldnas_ray.data import Augment, Dataset
 from goldnas_ray.data.batches import epoch_seed
 from goldnas_ray.data.from_config import eval_augment, train_augment
-from goldnas_ray.core.discrete import build_network
-from goldnas_ray.core.genotype import Genotype
 
 STATE_VERSION = 1
+EVAL_BATCH = 512
 
 
 class Retrainer:
@@ -44,7 +55,8 @@ class Retrainer:
         shape = (geno.in_channels, geno.input_size, geno.input_size)
         self.flops = total_flops(self.model, shape)
         self.params = count_params(self.model)
-        self.model.to(self.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model.to(self.device, memory_format=self.memory_format)
         self.generator = torch.Generator(device=self.device)  # drop-path masks, reseeded each epoch
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
@@ -56,52 +68,85 @@ class Retrainer:
     def finished(self) -> bool:
         return self.epoch >= self.cfg.epochs
 
-    def train_epoch(self, data: Dataset, data_cfg: DataConfig | None = None) -> dict[str, Any]:
-        """Train one epoch, then measure test accuracy; returns (and keeps) the epoch's row.
-        ``data_cfg`` chooses the augmentation (its dataset's defaults, this recipe's cutout and
-        colour jitter); without it, cutout alone."""
-        cfg, model = self.cfg, self.model
+    def train_epoch(self, data: Dataset, data_cfg: DataConfig | None = None,
+                    comm: Communicator | None = None) -> dict[str, Any]:
+        """Train one epoch on this rank's share, then measure test accuracy over all ranks;
+        returns (and keeps) the epoch's row, the same on every rank. ``data_cfg`` chooses the
+        augmentation (its dataset's defaults, this recipe's cutout and colour jitter); without
+        it, cutout alone."""
+        comm = comm if comm is not None else LocalComm()
+        cfg = self.cfg
         augment = (train_augment(data_cfg, cfg.cutout, cfg.color_jitter) if data_cfg is not None
                    else Augment(cutout=cfg.cutout))
         lr = self.optimizer.param_groups[0]["lr"]
         drop_prob = cfg.drop_path * self.epoch / cfg.epochs
-        self.generator.manual_seed(epoch_seed(self.seed, self.epoch, -2))  # masks from (seed, epoch)
-        model.set_drop_path(drop_prob, self.generator)
-        model.train()
         start = time.perf_counter()
-        loss_sum, correct, images = 0.0, 0, 0
-        for x, y in data.train_batches(cfg.batch_size, self.seed, self.epoch, augment=augment, device=self.device):
-            logits, aux = model(x, with_aux=True)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            total = loss
-            if aux is not None and cfg.auxiliary_weight > 0:
-                total = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
-            images += len(y)
+        batches = data.train_batches(cfg.batch_size, self.seed, self.epoch, comm.rank, comm.world_size,
+                                     augment=augment, device=self.device)
+        loss_sum, correct, images = self.train_steps(batches, drop_prob, comm)
+        loss_total, correct_total, images_total = comm.all_sum([float(loss_sum), float(correct), float(images)])
         self.scheduler.step()
-        train_seconds = time.perf_counter() - start
-        test_acc = evaluate(model, data.eval_batches(512, eval_augment(data_cfg) if data_cfg is not None else None,
-                                                     self.device))
+        train_seconds = comm.all_max(time.perf_counter() - start)
+        comm.sync_buffers(self.model)  # every rank evaluates (and rank 0 saves) the same network
+        test_acc = self.evaluate(data, data_cfg, comm)
         self.epoch += 1
         row = {
             "epoch": self.epoch,
             "lr": lr,
             "drop_path": drop_prob,
-            "train_loss": loss_sum / max(images, 1),
-            "train_acc": correct / max(images, 1),
+            "train_loss": loss_total / max(images_total, 1),
+            "train_acc": correct_total / max(images_total, 1),
             "test_acc": test_acc,
             "seconds": time.perf_counter() - start,
-            "images_per_second": images / max(train_seconds, 1e-9),
+            "images_per_second": images_total / max(train_seconds, 1e-9),
             "end_time": time.time(),
         }
         self.history.append(row)
         return row
+
+    def train_steps(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], drop_prob: float,
+                    comm: Communicator) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """An epoch's steps on this rank, none of which waits for the device: (summed loss,
+        correct predictions) as device tensors, and the images trained on."""
+        cfg, model = self.cfg, self.model
+        net = comm.wrap(model)
+        # drop-path masks from (seed, epoch, rank): a restarted trial draws the same ones
+        self.generator.manual_seed(epoch_seed(self.seed, self.epoch, -2 - comm.rank))
+        model.set_drop_path(drop_prob, self.generator)
+        model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        images = 0
+        for x, y in batches:
+            x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            y = y.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+                logits, aux = net(x, with_aux=True)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                total = loss
+                if aux is not None and cfg.auxiliary_weight > 0:
+                    total = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            loss_sum += loss.detach().float() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            images += len(y)
+        return loss_sum, correct, images
+
+    def evaluate(self, data: Dataset, data_cfg: DataConfig | None = None, comm: Communicator | None = None
+                 ) -> float:
+        """Top-1 test accuracy: each rank counts its share of the test split, summed over the
+        ranks."""
+        comm = comm if comm is not None else LocalComm()
+        correct, total = count_correct(
+            self.model, data.eval_batches(EVAL_BATCH, eval_augment(data_cfg) if data_cfg is not None else None,
+                                          self.device, comm.rank, comm.world_size),
+            self.memory_format, self.cfg.amp == "bf16")
+        correct, total = comm.all_sum([float(correct), float(total)])
+        return correct / max(total, 1)
 
     # ---- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -134,15 +179,22 @@ class Retrainer:
         return trainer
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Top-1 accuracy of ``model`` over ``batches`` (e.g. ``data.eval_batches``)."""
+def count_correct(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                  memory_format: torch.memory_format = torch.contiguous_format, bf16: bool = False
+                  ) -> tuple[int, int]:
+    """(correct top-1 predictions, images) of ``model`` over ``batches``, counted on the device
+    without autograd and read once."""
     model.eval()
-    correct, total = 0, 0
-    for xb, yb in batches:
-        correct += int((model(xb).argmax(1).cpu() == yb.cpu()).sum())
-        total += len(yb)
-    return correct / max(total, 1)
+    correct, total = None, 0
+    with torch.no_grad():
+        for xb, yb in batches:
+            xb = xb.to(memory_format=memory_format)
+            device = xb.device
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                hits = (model(xb).argmax(1) == yb.to(device, non_blocking=True)).sum()
+            correct = hits if correct is None else correct + hits
+            total += len(yb)
+    return (int(correct) if correct is not None else 0), total
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RetrainConfig):

@@ -17,6 +17,20 @@ from typing import Callable, Iterator
 Finish = Callable[[str], None]
 
 
+class RunStopped(Exception):
+    """A run stopped by Ctrl-C or SIGTERM, its tracked runs already ended KILLED. ``progress``
+    says how far it got ("3 of 8 trials finished"), ``out`` where it lies (``--resume --out``
+    continues it); ``code`` is the exit status, the shell's convention: 130 after Ctrl-C, 143
+    after SIGTERM (raised as SystemExit(143) by the pipelines' handler, or SystemExit(15) by
+    the one ``ray.init`` installs in its stead)."""
+
+    def __init__(self, progress: str, cause: BaseException, out: object = None):
+        super().__init__(progress)
+        self.progress, self.out = progress, out
+        code = cause.code if isinstance(cause, SystemExit) and isinstance(cause.code, int) else 130
+        self.code = 128 + code if 0 < code < 64 else code
+
+
 def end_status(exc: BaseException) -> str:
     """KILLED when ``exc`` is a stop (Ctrl-C, or SIGTERM raised as SystemExit), FAILED otherwise."""
     return "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"

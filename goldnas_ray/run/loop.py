@@ -22,6 +22,7 @@ from goldnas_ray.core.comm import Communicator, LocalComm
 from goldnas_ray.core.config import Config, ConfigError
 from goldnas_ray.core.search import GoldSearch
 from goldnas_ray.data import Dataset
+from goldnas_ray.data.batches import check_batches
 from goldnas_ray.data.from_config import load_data as load_from_config
 from goldnas_ray.data.from_config import train_augment
 from goldnas_ray.files.search_files import (CHECKPOINT, RECORDS, check_out_dir, load_checkpoint, read_records,
@@ -29,7 +30,7 @@ from goldnas_ray.files.search_files import (CHECKPOINT, RECORDS, check_out_dir, 
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.run.console import EpochProgress, describe_start, format_epoch
 from goldnas_ray.run.drawing import plot_genotype
-from goldnas_ray.run.ending import ends_tracked_run
+from goldnas_ray.run.ending import RunStopped, ends_tracked_run
 from goldnas_ray.run.plots import write_plots
 
 
@@ -180,6 +181,7 @@ def run_local(cfg: Config | None, out: "str | Path | Location", resume: bool = F
     if start.config.data.path == "stream":
         raise ConfigError("data.path=stream streams through Ray Data: run without --local")
     search, data = load_or_create(start.config, device, state)
+    check_batches(data.num_train, 1, search.cfg.data.batch_size, "data.batch_size")
     if start.resume:
         log(f"resuming {out} after epoch {search.epoch}")
     out.mkdir()
@@ -190,8 +192,11 @@ def run_local(cfg: Config | None, out: "str | Path | Location", resume: bool = F
         info |= {"mlflow_run_id": run.run_id, "mlflow_tracking_uri": run.uri}
     log(describe_start(search, data.name))
     started = time.perf_counter()
-    with ends_tracked_run(run.finish if run is not None else None, log):
-        search_loop(search, data, out, info, tracker=run, log=log)
+    try:
+        with ends_tracked_run(run.finish if run is not None else None, log):
+            search_loop(search, data, out, info, tracker=run, log=log)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise RunStopped(f"after epoch {search.epoch} of at most {search.cfg.search.max_epochs}", exc, out) from None
     log(f"search finished after {search.epoch} epochs ({time.perf_counter() - started:.0f}s here); "
         f"{len(search.records)} architectures recorded in {out / RECORDS}")
     if run is not None:
