@@ -98,6 +98,11 @@ def run_main(body: Callable[[], object], verbose: bool = False) -> int:
 
 
 # ---- process-wide settings: this process, and the Ray processes of its job ------------------
+# Beside these, two process-wide things are set on purpose, in processes Ray starts for this
+# job alone: a search worker and a retrain trial call torch.set_num_threads with the CPUs Ray
+# gave them (orchestration/search_worker.py, orchestration/retrain_trial.py), and a process
+# caches its normalisation constants per device (data/batches.py, _CONSTANTS). The library
+# itself sets nothing else process-wide (tests/test_side_effects.py).
 def configure_process(verbose: bool = False) -> None:
     """What a pipeline's own process needs set before it imports MLflow or starts Ray Tune.
 

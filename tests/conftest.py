@@ -28,13 +28,14 @@ BIN = Path(sys.executable).parent
 SESSION = f"gr{uuid.uuid4().hex[:8]}"
 os.environ[ray_nodes.MARKER] = SESSION
 os.environ["RAY_TMPDIR"] = f"/tmp/{SESSION}"
-Path(os.environ["RAY_TMPDIR"]).mkdir(exist_ok=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _stop_what_the_session_started():
-    """At the end, whatever the session started and left running (an embedded Ray whose driver
-    was killed, say) is stopped, by its mark."""
+    """The session's temp root while it runs (importing this file creates nothing); at the end,
+    whatever the session started and left running (an embedded Ray whose driver was killed,
+    say) is stopped, by its mark, and the root removed."""
+    Path(os.environ["RAY_TMPDIR"]).mkdir(exist_ok=True)
     yield
     for mark in (SESSION, f"{SESSION}-cluster"):
         ray_nodes.stop(mark, timeout=5)

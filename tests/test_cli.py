@@ -15,6 +15,13 @@ from goldnas_ray.run.console import EpochProgress
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _no_process_settings(monkeypatch):
+    """run_main called in the test process: its settings (environment, SIGTERM handler) are
+    for a pipeline's own process, not pytest's."""
+    monkeypatch.setattr("goldnas_ray.cli.configure_process", lambda verbose=False: None)
+
+
 def test_user_errors_are_one_line_and_exit_2(capsys):
     def body():
         raise ConfigError("search.xi_min (0.2) must not exceed search.xi_max (0.05)")

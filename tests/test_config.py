@@ -45,8 +45,15 @@ def test_invalid_values_name_the_field(override, field):
 def test_errors_name_the_value_and_what_is_expected():
     with pytest.raises(ConfigError) as err:
         Config().override(["data.crop_padding=abc"])
-    assert str(err.value) == ("data.crop_padding: input should be a valid integer, unable to parse string as "
-                              "an integer, got 'abc'")
+    assert str(err.value) == "data.crop_padding: input should be a valid integer, got 'abc'"
+    with pytest.raises(ConfigError, match=r"^data.batch_size: input should be a valid integer, got 3.5$"):
+        Config().override(["data.batch_size=3.5"])
+    with pytest.raises(ConfigError, match=r"^data.batch_size: input should be a valid integer, got True$"):
+        Config().override(["data.batch_size=true"])  # a count is an integer, not a flag
+    config = Config()
+    with pytest.raises(ConfigError, match=r"xi_min \(0.9\) must not exceed"):
+        config.search.xi_min = 0.9
+    assert config.search.xi_min == 0.01  # a refused assignment leaves the old value
     with pytest.raises(ConfigError, match=r"^unknown config field 'search.nonsense'; known: max_epochs, w_lr"):
         Config().override(["search.nonsense=1"])
     with pytest.raises(ConfigError, match=r"^data.flip: input should be a valid boolean, got 3$"):
@@ -105,8 +112,7 @@ def test_yaml_round_trip_and_errors(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.crop_padding=abc", "error: data.crop_padding: input should be a valid integer, unable to parse "
-                              "string as an integer, got 'abc'"),
+    ("data.crop_padding=abc", "error: data.crop_padding: input should be a valid integer, got 'abc'"),
     ("data.flip=3", "error: data.flip: input should be a valid boolean, got 3"),
 ])
 def test_the_search_pipeline_prints_one_error_line(tmp_path, override, message):
@@ -142,7 +148,9 @@ def test_the_reference_table_in_the_docs_is_the_models():
     assert start in text and end in text
     assert text.split(start, 1)[1].split(end, 1)[0] == reference_table(), \
         "regenerate it: python -m goldnas_ray.core.config --markdown"
-    rows = [line for line in reference_table().splitlines() if line.startswith("| `")]
+    fields, datasets = reference_table().split("\n\n")
+    assert [line.split("`")[1] for line in datasets.splitlines()[2:]] == list(DATASETS)
+    rows = [line for line in fields.splitlines() if line.startswith("| `")]
     expected = sum(len(section.model_fields) for section in (Config.model_fields[s].annotation for s in
                                                              ("space", "data", "search", "retrain"))) + 1
     assert len(rows) == expected  # every field of every section, and the seed

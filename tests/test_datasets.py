@@ -82,6 +82,13 @@ def test_parquet_columns_and_errors(tmp_path):
     assert data.num_classes == 4 and len(data.y_train) == 54 and len(data.y_test) == 6
     with pytest.raises(DataError, match=r"has no column 'image' .*jpeg, cls"):
         load_dataset("parquet", tmp_path / "d.parquet")
+    from goldnas_ray.core.config import DataConfig
+    from goldnas_ray.data.stream import inspect
+
+    for column in ("label", "image"):  # the streamed path names the column too, before reading rows
+        with pytest.raises(DataError, match=rf"has no column '{column}' .*jpeg, cls"):
+            inspect(DataConfig(dataset="parquet", root=str(tmp_path / "d.parquet"), path="stream",
+                               **{"label_column": "cls", "image_column": "jpeg"} | {f"{column}_column": column}))
     import pyarrow as pa
     import pyarrow.parquet as pq
 

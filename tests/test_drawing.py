@@ -70,3 +70,7 @@ def test_each_recorded_architecture_is_drawn_beside_its_genotype(tmp_path, digit
         panels = len(layout(Genotype.from_dict(json.loads((tmp_path / "s" / rec["genotype"]).read_text())),
                             ).panels)
         assert png.format == "PNG" and png.size[1] == round((0.9 + 2.6 * -(-panels // 4)) * 90)
+        # the drawing of the recorded genotype, not of another one: drawn again, the same bytes
+        fresh = plot_genotype(Genotype.from_dict(json.loads((tmp_path / "s" / rec["genotype"]).read_text())),
+                              tmp_path / "fresh.png")
+        assert fresh.read_bytes() == (tmp_path / "s" / rec["genotype"].replace(".json", ".png")).read_bytes()

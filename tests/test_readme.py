@@ -4,6 +4,7 @@ submitted with `ray job submit`, the dashboard's token, the MLflow UI, and the c
 (run when the session's cluster is torn down, in conftest; it stops that cluster's processes
 only, and a test here shows that another cluster on the machine keeps running)."""
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -119,3 +120,4 @@ def test_stopping_a_test_cluster_leaves_the_other_clusters_running(ray_cluster):
         assert status.stdout.count(" node_") == 2, status.stdout  # the head and the second node
     finally:
         ray_nodes.stop(mark)
+        shutil.rmtree(root, ignore_errors=True)

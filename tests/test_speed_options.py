@@ -164,3 +164,16 @@ def test_a_retrain_epoch_reads_the_device_twice_and_its_evaluation_once(digits):
     with check:
         accuracy = trainer.evaluate(data)
     assert check.counts == {"read": 1} and 0 <= accuracy <= 1, check.where
+
+
+def test_the_transfer_hook_counts_every_way_a_device_value_reaches_the_host():
+    from transfers import DeviceTransfers
+
+    layer = torch.nn.Linear(3, 2)
+    with torch.no_grad(), DeviceTransfers([layer]) as check:
+        out = layer.weight * 2  # computed from the device: on the device
+        out.sum().item(), out.tolist(), out.cpu(), out.numpy(), out[out > 0]
+        torch.ones(3).tolist()  # a host tensor: no read
+    assert check.counts == {"read": 5}, check.where
+    assert [w for w in check.where if "Tensor." in w] == ["read: Tensor.tolist()", "read: Tensor.cpu()",
+                                                            "read: Tensor.numpy()"]

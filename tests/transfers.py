@@ -5,8 +5,8 @@ themselves. This is the device-agnostic hook for machines without one: it follow
 live "on the device" (the model's parameters and buffers, whatever ``.to(device)`` returned,
 and everything computed from them) and counts, while it is active:
 
-- reads: a device value brought to the host (``.item()``, ``float()``, ``bool()``, ``.tolist()``:
-  ``aten._local_scalar_dense``; ``nonzero``, ``masked_select``, boolean-mask indexing, whose
+- reads: a device value brought to the host (``.item()``, ``float()``, ``bool()``:
+  ``aten._local_scalar_dense``; ``.cpu()``, ``.numpy()``, ``.tolist()`` of a device tensor; ``nonzero``, ``masked_select``, boolean-mask indexing, whose
   output size depends on device values);
 - blocking copies: ``tensor.to(device)`` of a host tensor without ``non_blocking=True``, and
   ``torch.tensor(data, device=...)`` / ``torch.as_tensor(..., device=...)``, which copy host data
@@ -14,7 +14,9 @@ and everything computed from them) and counts, while it is active:
 - host tensors mixed into device arithmetic without a copy (a CUDA op would refuse them);
   0-dimensional ones (Python scalars) are fine.
 
-Host-side work, such as drawing random numbers with a CPU generator, is not counted.
+Host-side work, such as drawing random numbers with a CPU generator, is not counted. Nor is
+``.to("cpu")`` of a device tensor: on a CPU machine the device is the CPU, and that call is
+where a batch is put on it.
 """
 from __future__ import annotations
 
@@ -84,6 +86,16 @@ class DeviceTransfers(TorchDispatchMode):
                 return out
             return make
 
+        def reading(method, name):
+            def read(tensor, *args, **kwargs):
+                if mode.on_device(tensor):
+                    mode._count("read", f"Tensor.{name}()")
+                return method(tensor, *args, **kwargs)
+            return read
+
+        self._readers = {name: getattr(torch.Tensor, name) for name in ("cpu", "numpy", "tolist")}
+        for name, method in self._readers.items():
+            setattr(torch.Tensor, name, reading(method, name))
         torch.Tensor.to = to
         for name, factory in self._factories.items():
             setattr(torch, name, creating(factory, name))
@@ -91,6 +103,8 @@ class DeviceTransfers(TorchDispatchMode):
 
     def __exit__(self, *exc):
         torch.Tensor.to = self._to
+        for name, method in self._readers.items():
+            setattr(torch.Tensor, name, method)
         for name, factory in self._factories.items():
             setattr(torch, name, factory)
         return super().__exit__(*exc)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator, model_validator
 
 from goldnas_ray.core.operations import PRIMITIVES
 
@@ -45,21 +45,21 @@ class DatasetSpec:
     name: str
     family: Literal["digits", "cifar", "images"]
     streamable: bool
-    root: str  # what data.root holds, for the docs and the errors
+    root: str  # what data.root holds (Markdown), for the docs' datasets table
 
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("digits", "digits", False, "nothing: shipped in scikit-learn"),
-    DatasetSpec("cifar10", "cifar", False, "cifar-10-batches-bin/ (the official binary release)"),
-    DatasetSpec("cifar100", "cifar", False, "cifar-100-binary/ (the official binary release)"),
-    DatasetSpec("imagefolder", "images", True, "train/<class>/* and val/<class>/* JPEG / PNG files"),
-    DatasetSpec("parquet", "images", True, "Parquet data: train/ and val/ inside, or one table"),
+    DatasetSpec("cifar10", "cifar", False, "`cifar-10-batches-bin/` (the official binary release)"),
+    DatasetSpec("cifar100", "cifar", False, "`cifar-100-binary/` (the official binary release)"),
+    DatasetSpec("imagefolder", "images", True, "`train/<class>/*` and `val/<class>/*`: JPEG / PNG files"),
+    DatasetSpec("parquet", "images", True, "Parquet files: `train/` and `val/` inside, or one table"),
 )}
 
 DatasetName = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
 Operator = Literal[PRIMITIVES]  # type: ignore[valid-type]
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveInt = Annotated[StrictInt, Field(gt=0)]  # strict: true and 3.0 are not counts
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]  # [0, 1)
@@ -80,9 +80,13 @@ class Section(BaseModel):
             raise ConfigError(describe_errors(exc, type(self))) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
+        before = self.__dict__.get(name)
         try:
             super().__setattr__(name, value)
         except ValidationError as exc:
+            # a cross-field check runs after the field is set: a refused value must not stay
+            if name in self.__dict__:
+                self.__dict__[name] = before
             raise ConfigError(describe_errors(exc, type(self))) from None
 
     @classmethod
@@ -433,7 +437,8 @@ def _default(info: Any) -> str:
 
 
 def reference_table() -> str:
-    """The Markdown table of every field: key, type, default, allowed values, meaning."""
+    """The Markdown table of every field (key, type, default, allowed values, meaning), then
+    the datasets' (what data.root holds, whether it streams)."""
     lines = ["| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
     for name, info in Config.model_fields.items():
         section = _section(info.annotation)
@@ -449,6 +454,8 @@ def reference_table() -> str:
             allowed = "; ".join(x for x in (_bounds(finfo), choices) if x)
             lines.append(f"| `{key}` | {_type_name(annotation, finfo)} | {_default(finfo)} | {allowed} | "
                          f"{finfo.description or ''} |")
+    lines += ["", "| `data.dataset` | `data.root` holds | data.path=stream |", "| --- | --- | --- |"]
+    lines += [f"| `{d.name}` | {d.root} | {'yes' if d.streamable else 'no'} |" for d in DATASETS.values()]
     return "\n".join(lines) + "\n"
 
 

@@ -237,8 +237,6 @@ def load_cifar10(root: str | Path = "data", download: bool = False, **_: object)
 def load_cifar100(root: str | Path = "data", download: bool = False, labels: str = "fine",
                   **_: object) -> Dataset:
     """Records of coarse label byte, fine label byte, 3,072 pixel bytes."""
-    if labels not in ("fine", "coarse"):
-        raise DataError(f"data.labels must be 'fine' or 'coarse' for cifar100, got {labels!r}")
     root = location(root)
     folder = root / "cifar-100-binary"
     _fetch(root, folder, CIFAR100_URL, download, "CIFAR-100")
@@ -352,24 +350,43 @@ def parquet_splits(root: "str | Path | Location") -> dict[str, Location]:
     return {"all": loc}
 
 
+def parquet_files(source: Location) -> tuple[list[str], object]:
+    """The files of a Parquet file or folder, in sorted order, and their pyarrow filesystem.
+    Every reader gets this one list, so that row i (and whether it is held out) is the same
+    row for the in-memory path and the streamed one. Names starting with ``_`` or ``.`` are
+    metadata, as for pyarrow."""
+    path, fs = source.arrow()
+    if not source.is_dir():
+        return [path], fs
+    names = [f for f in source.files() if not any(part.startswith(("_", ".")) for part in f.split("/"))]
+    if not names:
+        raise DataError(f"Parquet folder {source} holds no file")
+    return [f"{path}/{name}" for name in names], fs
+
+
 def read_parquet_table(source: Location, columns: list[str] | None = None, head: int | None = None):
     """A Parquet file or folder as one pyarrow table (its first ``head`` rows only: a sample
     that reads no more row groups than it needs), through the storage layer."""
     import pyarrow.dataset as pads
 
-    path, fs = source.arrow()
     try:
-        parts = pads.dataset(path, filesystem=fs, format="parquet")
-        return parts.head(head, columns=columns) if head is not None else parts.to_table(columns=columns)
+        paths, fs = parquet_files(source)
+        parts = pads.dataset(paths, filesystem=fs, format="parquet")
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"cannot read Parquet data at {source}: {exc}") from exc
+    check_columns(parts.schema.names, source, columns or ())  # from the schema, before any row
+    try:
+        return parts.head(head, columns=columns) if head is not None else parts.to_table(columns=columns)
+    except (OSError, ValueError) as exc:
         raise DataError(f"cannot read Parquet data at {source}: {exc}") from exc
 
 
-def check_columns(table, source: Location, columns: Sequence[str]) -> None:
-    missing = [c for c in columns if c not in table.column_names]
+def check_columns(names: Sequence[str], source: Location, columns: Sequence[str]) -> None:
+    """Refuse a table (its column ``names``) without one of ``columns``."""
+    missing = [c for c in columns if c not in names]
     if missing:
         raise DataError(f"Parquet data at {source} has no column {missing[0]!r} (columns: "
-                        f"{', '.join(table.column_names)}); set data.image_column / data.label_column")
+                        f"{', '.join(names)}); set data.image_column / data.label_column")
 
 
 def image_bytes_of(blob) -> bytes:
@@ -382,9 +399,7 @@ def load_parquet(root: str | Path = "data", image_size: int | None = None, image
                  label_column: str = "label", **_: object) -> Dataset:
     decoded = {}
     for split, source in parquet_splits(root).items():
-        table = read_parquet_table(source)
-        check_columns(table, source, (image_column, label_column))
-        table = table.select([image_column, label_column])
+        table = read_parquet_table(source, columns=[image_column, label_column])
         labels = check_labels(table.column(label_column).to_pylist(), f"Parquet data at {source} ({label_column!r})")
         names = [f"{source} row {i}" for i in range(len(labels))]
         images = [decode_image(image_bytes_of(b), n, image_size)

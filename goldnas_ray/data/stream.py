@@ -26,7 +26,7 @@ import torch
 
 from goldnas_ray.core.config import DATASETS, DataConfig
 from goldnas_ray.data.batches import Augment, epoch_generator, eval_batches, prepare, shard_indices
-from goldnas_ray.data.datasets import (DataError, channel_stats, check_columns, check_labels, decode_image,
+from goldnas_ray.data.datasets import (DataError, channel_stats, check_labels, decode_image,
                                        folder_split, held_out, image_bytes_of, parquet_splits, read_parquet_table,
                                        subset_indices)
 from goldnas_ray.files.store import Location, location
@@ -104,23 +104,18 @@ def folder_items(d: DataConfig, split: str = "train") -> tuple[list[str], list[i
     """Paths (relative to data.root), labels and class names of an image folder's split."""
     classes, files, labels = folder_split(d.root, split)
     root = location(d.root)
-    prefix = len(root.path if root.is_remote else str(root.local)) + 1
-    rel = [(f.path if f.is_remote else str(f.local))[prefix:] for f in files]
+    rel = [f.path[len(root.path) + 1:] if f.is_remote else str(f.local.relative_to(root.local)) for f in files]
     return rel, labels, classes
 
 
 def inspect(d: DataConfig, sample: int = 256) -> StreamInfo:
     """Metadata of the training split (and the test split's size), checked before any worker
     starts."""
-    if not DATASETS[d.dataset].streamable:
-        streamable = " or ".join(n for n, s in DATASETS.items() if s.streamable)
-        raise DataError(f"data.path=stream reads {streamable} data, not {d.dataset}")
     held = False
     if d.dataset == "parquet":
         splits = parquet_splits(d.root)
         source = splits.get("train", splits.get("all"))
         table = read_parquet_table(source, columns=[d.label_column])
-        check_columns(table, source, [d.label_column])
         labels = check_labels(table.column(d.label_column).to_pylist(), f"Parquet data at {source}")
         rows = len(labels)
         if "all" in splits:
@@ -129,8 +124,7 @@ def inspect(d: DataConfig, sample: int = 256) -> StreamInfo:
             labels = labels[~held_out(rows)]
         else:
             num_test = read_parquet_table(splits["val"], columns=[d.label_column]).num_rows
-        head = read_parquet_table(source, columns=None, head=sample)
-        check_columns(head, source, [d.image_column])
+        head = read_parquet_table(source, columns=[d.image_column], head=sample)
         blobs = [image_bytes_of(b) for b in head.column(d.image_column).to_pylist()]
         where = [f"{source} row {i}" for i in range(len(blobs))]
     else:

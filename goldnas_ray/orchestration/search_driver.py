@@ -57,7 +57,7 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     cpus_per_worker = _worker_cpus(resources, workers, cpus_per_worker, gpus_per_worker,
                                    embedded=not address, streaming=stream is not None)
     out.mkdir()
-    job = {"config": cfg.to_dict(), "out": out.uri, "resume": start.resume, "verbose": verbose,
+    job = {"config": cfg.to_dict(), "out": out.uri, "resume": start.resume,
            "threads_per_worker": max(1, int(cpus_per_worker)), "mlflow_uri": uri,
            "mlflow_run_id": run_id, "experiment": experiment,
            "stream": asdict(stream) if stream is not None else None}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 
 from goldnas_ray.core.config import DataConfig
-from goldnas_ray.data.datasets import parquet_splits
+from goldnas_ray.data.datasets import parquet_files, parquet_splits
 from goldnas_ray.data.stream import Decode, StreamInfo, folder_items
 from goldnas_ray.files.store import location
 
@@ -46,8 +46,8 @@ def _pipeline(d: DataConfig, info: StreamInfo, split: str):
 
     if d.dataset == "parquet":
         splits = parquet_splits(d.root)
-        path, fs = splits.get(split, splits.get("all")).arrow()
-        ds = ray.data.read_parquet(path, filesystem=fs, columns=[d.image_column, d.label_column])
+        paths, fs = parquet_files(splits.get(split, splits.get("all")))  # the memory path's order
+        ds = ray.data.read_parquet(paths, filesystem=fs, columns=[d.image_column, d.label_column])
         decode = Decode(d.image_column, d.label_column, d.image_size, info.stored_shape)
     else:
         paths, labels, _ = folder_items(d, split)

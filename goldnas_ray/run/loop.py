@@ -5,8 +5,9 @@
 writes the output files and the checkpoint, logs to the tracker and prints the epoch line.
 The in-process path (:func:`run_local`) passes the no-op communicator; the Ray Train worker
 (``goldnas_ray.orchestration.search_worker``) passes a torch.distributed one and a ``report``
-hook that hands the checkpoint to Ray Train. :func:`search_start` decides once, for both, whether a search is
-new, resumed or already finished; :func:`load_or_create` builds it. Trackers (MLflow) are injected: nothing here imports Ray or MLflow.
+hook that hands the checkpoint to Ray Train. :func:`search_start` decides once, for both,
+whether a search is new, resumed or already finished; :func:`load_or_create` builds it.
+Trackers (MLflow) are injected: nothing here imports Ray or MLflow.
 """
 from __future__ import annotations
 
