@@ -7,13 +7,18 @@
             step time, images/s and peak memory beside the public GOLD-NAS code's
 (b) search  a 2-epoch search on random 32x32 images in the CIFAR-10 binary format, through
             Ray Train with one GPU worker: the worker must report device cuda and backend nccl
-(c) retrain a smoke retrain of that search on Ray Tune, trials at --gpus-per-trial 0.5: two
-            trials must have run at the same time on the one GPU
+(c) retrain a smoke retrain of that search on Ray Tune at bf16 (retrain.amp), trials at
+            --gpus-per-trial 0.5: two trials must have run at the same time on the one GPU;
+            with 2 GPUs, then a trial of 2 workers (--workers-per-trial 2, one GPU each)
 (d) steps   benchmarks/search_step.py at the paper's config: the supernet full and pruned to
             60% and 30% of its FLOPs, and each speed option switched; from those, the time of
             a whole CIFAR-10 search (50,000 images an epoch, FLOPs falling linearly from the
             full supernet to the 480 MFLOPs stop) for --search-epochs epochs, and how many
             epochs fit in one hour
+(e) loop    benchmarks/retrain_epoch.py at the paper's config at bf16: the retrain's step
+            against the search's, per FLOP, at 100/60/30% of the supernet
+(f) sync    a search's and a retrain's steps under torch.cuda.set_sync_debug_mode("error"):
+            any call inside them that waits for the GPU raises
 
 Each part runs in its own process with a time limit; a failed part is a row of the table
 saying why, and the script goes on. --json writes the figures too.
@@ -120,10 +125,18 @@ def check_retrain(a, tmp: Path) -> dict:
     gpus = "0" if a.device == "cpu" else "0.5"
     cmd = [sys.executable, "pipelines/retrain.py", "--no-mlflow", "--smoke-test", "--seeds", "2",
            "--search-dir", str(tmp / "search"), "--out", str(out), "--gpus-per-trial", gpus,
-           "--cpus-per-trial", "1"]
+           "--cpus-per-trial", "1", "--set", f"retrain.amp={'off' if a.device == 'cpu' else 'bf16'}"]
     ok, why = run(cmd, a.part_timeout, tmp / "retrain.log")
     if not ok:
         return {"ok": False, "detail": why}
+    two = ""
+    if a.device != "cpu" and _gpus() >= 2:
+        cmd = [sys.executable, "pipelines/retrain.py", "--no-mlflow", "--smoke-test", "--search-dir",
+               str(tmp / "search"), "--out", str(tmp / "retrain-2w"), "--workers-per-trial", "2",
+               "--gpus-per-worker", "1", "--cpus-per-worker", "1", "--set", "retrain.amp=bf16"]
+        ok2, why2 = run(cmd, a.part_timeout, tmp / "retrain-2w.log")
+        two = f"; 2 workers per trial: {'ok' if ok2 else 'FAILED'} ({why2})"
+        ok = ok and ok2
     spans = []
     for f in sorted((out / ".trials").glob("*.jsonl")):
         entries = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
@@ -136,9 +149,70 @@ def check_retrain(a, tmp: Path) -> dict:
                    for (s2, e2, _) in spans[i + 1:]), default=0.0)
     devices = set().union(*(d for _, _, d in spans)) if spans else set()
     want = "cpu" if a.device == "cpu" else "cuda"
-    ok = len(spans) >= 2 and overlap > 0 and devices == {want}
+    ok = ok and len(spans) >= 2 and overlap > 0 and devices == {want}
     return {"ok": ok, "detail": f"{len(spans)} trials on {'/'.join(sorted(devices)) or '?'}, two at once for "
-                                f"{overlap:.1f} s, {why}"}
+                                f"{overlap:.1f} s, {why}{two}"}
+
+
+def _gpus() -> int:
+    import torch
+    return torch.cuda.device_count()
+
+
+def check_loop(a, tmp: Path) -> dict:
+    out = tmp / "loop.json"
+    size = (["--channels", "4", "--cells", "5", "--batch", "8", "--steps", "2", "--rounds", "2"] if a.smoke
+            else ["--channels", "36", "--cells", "14", "--batch", "96", "--steps", "10", "--rounds", "3"])
+    cmd = [sys.executable, "benchmarks/retrain_epoch.py", *size, "--device", a.device, "--workers", "",
+           "--amp", "off" if a.device == "cpu" else "bf16", "--json", str(out)]
+    ok, why = run(cmd, a.part_timeout, tmp / "loop.log")
+    if not ok:
+        return {"ok": False, "detail": why}
+    steps = json.loads(out.read_text())["steps"]
+    detail = ", ".join(f"{r['mflops']:.0f} MFLOPs: retrain {r['retrain']['gflop_s']:.0f} GFLOP/s, "
+                       f"{r['ratio']:.2f}x the search's" for r in steps)
+    return {"ok": True, "detail": detail, "steps": steps}
+
+
+SYNC = r"""
+import sys
+import torch
+from goldnas_ray.core.comm import LocalComm
+from goldnas_ray.core.config import Config
+from goldnas_ray.core.search import GoldSearch
+from goldnas_ray.data import Augment, iterate_batches
+from goldnas_ray.retrain.recipe import Retrainer
+
+device = sys.argv[1]
+cfg = Config().override(["space.num_cells=5", "space.init_channels=8", "data.batch_size=16"])
+gen = torch.Generator().manual_seed(0)
+x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=gen)
+y = torch.randint(0, 10, (64,), generator=gen)
+augment = Augment(crop_padding=2, flip=True, cutout=4, color_jitter=True)
+search = GoldSearch(cfg, (3, 16, 16), 10, device=device)
+search.schedule.lam = 0.1
+trainer = Retrainer(search.model.genotype(), cfg.retrain.model_copy(update={"drop_path": 0.2}), 0, device)
+for name, steps in (("search", lambda b: search.train_steps(b)),
+                    ("retrain", lambda b: trainer.train_steps(b, 0.1, LocalComm()))):
+    for attempt in (0, 1):  # the second from warm caches
+        batches = iterate_batches(x, y, 16, 0, attempt, augment=augment, mean=(0.5,) * 3, std=(0.25,) * 3,
+                                  device=device)
+        if device.startswith("cuda"):
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            loss, correct, images = steps(batches)
+        finally:
+            if device.startswith("cuda"):
+                torch.cuda.set_sync_debug_mode("default")
+        assert images == 64 and float(loss) > 0, (name, images)
+    print(f"SYNC {name}: 2 epochs of 4 steps, no synchronising call")
+"""
+
+
+def check_sync(a, tmp: Path) -> dict:
+    ok, why = run([sys.executable, "-c", SYNC, a.device], a.part_timeout, tmp / "sync.log")
+    lines = [line[5:] for line in (tmp / "sync.log").read_text().splitlines() if line.startswith("SYNC ")]
+    return {"ok": ok and len(lines) == 2, "detail": "; ".join(lines) or why}
 
 
 def check_steps(a, tmp: Path) -> dict:
@@ -186,7 +260,7 @@ def main() -> None:
                    help="epochs of the projected CIFAR-10 search (default 100, an assumption: a "
                         "search's records.json says how many it took)")
     p.add_argument("--part-timeout", type=float, default=150, help="seconds each part may take")
-    p.add_argument("--only", default="peer,steps,search,retrain", help="parts to run, comma-separated")
+    p.add_argument("--only", default="sync,peer,steps,loop,search,retrain", help="parts to run, comma-separated")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument("--keep", type=Path, help="keep the parts' logs and outputs in this folder")
     a = p.parse_args()
@@ -194,7 +268,8 @@ def main() -> None:
         import torch
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device here: run with --device cpu --smoke for the rehearsal")
-    checks = {"peer": check_peer, "steps": check_steps, "search": check_search, "retrain": check_retrain}
+    checks = {"sync": check_sync, "peer": check_peer, "steps": check_steps, "loop": check_loop,
+              "search": check_search, "retrain": check_retrain}
     parts = [name for name in a.only.split(",") if name]
     for name in parts:
         if name not in checks:

@@ -2,16 +2,20 @@
 conftest.py, jobs submitted with `ray job submit`."""
 import json
 import math
+import os
+import re
+import signal
 import shutil
 import statistics
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import BIN, straight_retrain, submit, trial_histories
+from conftest import straight_retrain, submit, trial_histories
+from ddp_reference import straight_retrain_ddp
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,36 +140,60 @@ def test_pipeline_retrains_the_front_concurrently_and_reports_it(pipeline, mlflo
         assert correct / total == pytest.approx(max(last, key=lambda m: m.step).value, abs=1e-9)
 
 
-def test_an_interrupted_retrain_from_an_mlflow_search_run_resumes(pipeline, ray_cluster, mlflow_server,
-                                                                   tmp_path):
+def _read_until(run: subprocess.Popen, pattern: str, timeout: float = 300) -> list[str]:
+    """The lines ``run`` prints up to the first matching ``pattern`` (all of them if it ends
+    first); ``run`` is killed after ``timeout`` seconds, so a hang fails instead of waiting."""
+    watchdog = threading.Timer(timeout, run.kill)
+    watchdog.start()
+    lines = []
+    try:
+        for line in run.stdout:
+            lines.append(line)
+            if re.search(pattern, line):
+                break
+    finally:
+        watchdog.cancel()
+    return lines
+
+
+def test_ctrl_c_stops_a_retrain_in_one_line_and_resume_finishes_it(pipeline, ray_cluster, mlflow_server,
+                                                                    tmp_path):
+    """SIGINT to `pipelines/retrain.py` mid-trial: exit 130 with one line saying how far it got
+    and how to resume, no traceback and none of Ray's own advice, every MLflow run it started
+    KILLED; `--resume` then ends every trial exactly where an uninterrupted retrain does."""
     search = json.loads((pipeline[0] / "search" / "records.json").read_text())
     out = tmp_path / "r"
-    job = f"retrain-{int(time.time())}"
-    args = ["--search-run", search["mlflow_run_id"], "--mlflow-uri", mlflow_server, "--random", "1",
-            "--epochs", "4", "--set", "retrain.batch_size=128", "--out", str(out)]
-    proc = submit(ray_cluster, "retrain.py", *args, job_id=job)
-    assert proc.returncode == 0, proc.stderr
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((out / "ray" / "retrain").glob("*/checkpoint_*")):
-        time.sleep(0.2)
-    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", ray_cluster["dashboard"], job],
-                          capture_output=True, text=True, timeout=120, env=ray_cluster["env"])
-    assert stop.returncode == 0, stop.stderr
-    assert not (out / "frontier.csv").exists(), "the retrain finished before it could be interrupted"
+    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as err:
+        run = subprocess.Popen([sys.executable, "pipelines/retrain.py", "--search-run", search["mlflow_run_id"],
+                                "--mlflow-uri", mlflow_server, "--random", "1", "--epochs", "4",
+                                "--set", "retrain.batch_size=128", "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT)
+        printed = _read_until(run, r" epoch +2/4 ")
+        assert run.poll() is None, "".join(printed)[-3000:]
+        run.send_signal(signal.SIGINT)
+        rest, _ = run.communicate(timeout=120)
+    console = "".join(printed) + rest + errors.read_text()
+    assert run.returncode == 130, console[-3000:]
+    stopped = [line for line in console.splitlines() if line.startswith("stopped:")]
+    assert len(stopped) == 1 and stopped[0].endswith(f"resume with: python pipelines/retrain.py --resume --out {out}")
+    assert "trials finished" in stopped[0]
+    for noise in ("Traceback", "Tuner.restore", "Resume experiment", "Failed to fetch metrics"):
+        assert noise not in console, console[-3000:]
+    assert not (out / "frontier.csv").exists()
     manifest = json.loads((out / "retrain.json").read_text())
     client = _client(mlflow_server)
-    # the stopped driver said so in MLflow: no run is left RUNNING
     assert client.get_run(manifest["mlflow_run_id"]).info.status == "KILLED"
-    stopped = [client.get_run(r).info.status for r in manifest["mlflow_child_run_ids"].values()]
-    assert "RUNNING" not in stopped and "KILLED" in stopped, stopped
+    ended = [client.get_run(r).info.status for r in manifest["mlflow_child_run_ids"].values()]
+    assert "RUNNING" not in ended and "KILLED" in ended, ended
     assert manifest["trials"] == [f"{a['id']}-s0" for a in search["architectures"]] + ["random-000-s0"]
     assert (out / "search" / "records.json").is_file()  # read from the MLflow run's artifacts
 
-    proc = submit(ray_cluster, "retrain.py", "--resume", "--out", str(out))
+    proc = subprocess.run([sys.executable, "pipelines/retrain.py", "--resume", "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     trials = pd.read_parquet(out / "trials.parquet")
-    for key in manifest["trials"]:
-        assert list(trials[trials["key"] == key]["epoch"]) == [1, 2, 3, 4], key
     starts = [json.loads(line)["start_epoch"] for key in manifest["trials"]
               for line in (out / ".trials" / f"{key}.jsonl").read_text().splitlines() if "start_epoch" in line]
     assert any(s > 0 for s in starts), f"no trial continued from a checkpoint: {starts}"
@@ -186,6 +214,41 @@ def test_an_interrupted_retrain_from_an_mlflow_search_run_resumes(pipeline, ray_
         steps = [m.step for m in client.get_metric_history(run_id, "test_acc")]
         assert sorted(steps) == [1, 2, 3, 4], (key, steps)  # every epoch once, across the restart
         assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_two_worker_trial_spans_both_nodes_and_survives_a_killed_worker(pipeline, ray_cluster, tmp_path):
+    """One architecture retrained by a trial of 2 workers (DDP, 1 CPU each): one on each node of
+    the two-node cluster. Rank 1 killed after epoch 2's report: Ray Train restarts the group
+    from the last checkpoint and the trial ends with exactly the rows an uninterrupted 2-worker
+    trial gives (computed here on 2 gloo processes)."""
+    search = tmp_path / "search"
+    shutil.copytree(pipeline[0] / "search", search, ignore=shutil.ignore_patterns("checkpoints", "ray", "mlflow.db"))
+    records = json.loads((search / "records.json").read_text())
+    records["architectures"] = records["architectures"][-1:]  # one trial: it needs both CPUs
+    (search / "records.json").write_text(json.dumps(records))
+    key = f"{records['architectures'][0]['id']}-s0"
+    out = tmp_path / "r"
+    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
+    run = subprocess.Popen([sys.executable, "pipelines/retrain.py", "--search-dir", str(search), "--no-mlflow",
+                            "--epochs", "5", "--set", "retrain.batch_size=64", "--workers-per-trial", "2",
+                            "--cpus-per-worker", "1", "--out", str(out)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    printed = _read_until(run, r" epoch +2/5 ")
+    assert run.poll() is None and (out / ".trials" / f"{key}.jsonl").is_file(), "".join(printed)[-3000:]
+    start = json.loads((out / ".trials" / f"{key}.jsonl").read_text().splitlines()[0])
+    assert start["workers"] == 2 and len({r["node_id"] for r in start["ranks"]}) == 2  # both nodes
+    os.kill(start["ranks"][1]["pid"], signal.SIGKILL)
+    rest, _ = run.communicate(timeout=900)
+    assert run.returncode == 0, ("".join(printed) + rest)[-4000:]
+
+    log = [json.loads(line) for line in (out / ".trials" / f"{key}.jsonl").read_text().splitlines()]
+    starts = [entry for entry in log if "start_epoch" in entry]
+    # the worker group restarted once, from a checkpoint of epoch 2 or later, with a new rank 1
+    assert [s["start_epoch"] for s in starts][0] == 0 and len(starts) == 2 and starts[1]["start_epoch"] >= 2
+    assert starts[1]["ranks"][1]["pid"] != start["ranks"][1]["pid"]
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert list(trials["epoch"]) == [1, 2, 3, 4, 5]
+    assert trial_histories(trials) == straight_retrain_ddp(out, workers=2)
 
 
 def test_bad_genotypes_are_refused_before_any_trial(pipeline, ray_cluster, tmp_path):
