@@ -91,8 +91,10 @@ def run_main(body: Callable[[], object], verbose: bool = False) -> int:
         print("stopped", file=sys.stderr)
         return 130
     except SystemExit as exc:
-        if exc.code == 128 + signal.SIGTERM:
+        # ours (configure_process) exits 143; Ray's driver handler, once Ray is up, exits 15
+        if exc.code in (128 + signal.SIGTERM, signal.SIGTERM):
             print("stopped", file=sys.stderr)
+            raise SystemExit(128 + signal.SIGTERM) from None
         raise
     return 0
 

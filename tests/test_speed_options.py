@@ -135,7 +135,7 @@ def test_speed_options_are_checked(key, value, message):
         tiny_config(**{key: value})
 
 
-def test_a_retrain_epoch_reads_the_device_twice_and_its_evaluation_once(digits):
+def test_the_retrain_steps_never_read_the_device_and_its_evaluation_reads_once(digits):
     """The retrain's steps, like the search's, never wait for the device: the epoch reads its
     loss sum and correct count once, the evaluation its correct count once."""
     from transfers import DeviceTransfers

@@ -54,6 +54,55 @@ def test_stream_shares_are_disjoint_complete_and_repeatable(ray_cluster, tmp_pat
     assert found["0-0-0"] != found["1-0-0"]  # a new epoch, a new order
 
 
+ORDER = r"""
+import json, sys
+from pathlib import Path
+import ray, ray.train
+from ray.train.torch import TorchTrainer
+from goldnas_ray.core.config import DataConfig
+from goldnas_ray.data.stream import inspect
+from goldnas_ray.orchestration.streaming import train_data_config, train_dataset
+
+ray.init(address=sys.argv[2])
+d = DataConfig(dataset="parquet", root=sys.argv[1], path="stream")
+ds = train_dataset(d, inspect(d))
+out = Path(sys.argv[3])
+
+def loop(config):
+    labels = []
+    for batch in ray.train.get_dataset_shard("train").iter_batches(batch_size=16, batch_format="numpy"):
+        labels += batch["label"].tolist()
+    rank = ray.train.get_context().get_world_rank()
+    (out / f"rank-{rank}.json").write_text(json.dumps(labels))
+
+TorchTrainer(loop, datasets={"train": ds}, dataset_config=train_data_config(),
+             scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+             run_config=ray.train.RunConfig(storage_path=str(out / "ray"), name="order")).fit()
+"""
+
+
+def test_every_train_worker_receives_the_whole_stream_in_file_order(ray_cluster, tmp_path):
+    """What the shares rest on, through Ray Train itself (which sets a dataset's execution
+    options when it hands it to the workers): 8 Parquet files, row i labelled i, and every
+    worker reads rows 0..199 in that order."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datafiles import image_bytes
+
+    root = tmp_path / "pq"
+    root.mkdir()
+    blob = image_bytes(np.zeros((8, 8, 3), np.uint8), "PNG")
+    for f in range(8):
+        pq.write_table(pa.table({"image": [blob] * 25, "label": list(range(25 * f, 25 * f + 25))}),
+                       root / f"part-{f}.parquet")
+    proc = subprocess.run([sys.executable, "-c", ORDER, str(root), ray_cluster["address"], str(tmp_path)],
+                          cwd=ROOT, env=ray_cluster["env"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank-{rank}.json").read_text()) == list(range(200)), rank
+
+
 def test_the_imagenet_path_end_to_end_streamed_with_two_workers_per_trial(ray_cluster, tmp_path):
     """pipelines/pipeline.py with configs/imagenet.yaml (the ImageNet stem, random resized crops,
     DARTS's ImageNet recipe) on an image folder of 64-pixel images the test writes: the search

@@ -1,8 +1,10 @@
-"""How the ranks of one search talk: nothing to say in one process, torch.distributed in many.
+"""How the ranks of one search or one retrain trial talk: nothing to say in one process,
+torch.distributed in many.
 
-The search's epoch protocol (``GoldSearch.run_epoch``) is written once against
-:class:`Communicator`; the in-process loop passes :class:`LocalComm`, the Ray Train worker a
-:class:`DistributedComm` over the process group Ray Train set up (gloo on CPU, NCCL on GPU).
+The search's epoch protocol (``GoldSearch.run_epoch``) and the retrain's epoch
+(``Retrainer.train_epoch``) are written once against :class:`Communicator`; the in-process
+loop passes :class:`LocalComm`, a Ray Train worker a :class:`DistributedComm` over the process
+group Ray Train set up (gloo on CPU, NCCL on GPU).
 DDP averages the gradients of weights AND alphas, so every rank holds the same alphas; the
 prune decision is still made once on rank 0 and broadcast, so a tie can never split ranks.
 Pure PyTorch.

@@ -232,6 +232,9 @@ class StreamSource:
             seen += n
             if keep.any():
                 yield batch["pixels"][keep], batch["label"][keep]
+        if seen != len(train_index):  # every rank must take the same steps: a short stream is an error
+            raise DataError(f"the stream held {seen} rows, its metadata counts {len(train_index)}: "
+                            f"the data changed since the run started")
 
     def train_batches(self, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
                       augment: Augment | None = None, device: torch.device | str | None = None

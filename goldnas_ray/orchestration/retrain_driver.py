@@ -68,6 +68,11 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
     with _staging(search_run is not None or (search_dir is not None and search_dir.is_remote)) as staging:
         if resume:
             manifest = Manifest.read(out)
+            if manifest.resources is not None and manifest.resources != trial:
+                log(f"--resume: each trial holds what it held when the retrain started: "
+                    f"{manifest.resources.workers} worker(s) x {manifest.resources.cpus:g} CPU / "
+                    f"{manifest.resources.gpus:g} GPU (the flags given now are not used)")
+            trial = manifest.resources or trial
             if manifest.mlflow_tracking_uri:
                 check_uri(manifest.mlflow_tracking_uri)
             path, fs = (out / "ray" / EXPERIMENT_DIR).arrow()
@@ -76,6 +81,7 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
         else:
             manifest = _plan(out, search_dir, search_run, staging, config_file, overrides, random_k,
                              mlflow_uri, tracking)
+            manifest.resources = trial
         check_batches(manifest.num_train, trial.workers, manifest.config.retrain.batch_size, "retrain.batch_size")
         resources = connect(address, log, runtime_env=runtime_env)
         at_once = concurrent_trials(resources, trial, streaming=manifest.stream is not None)

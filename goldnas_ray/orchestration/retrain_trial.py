@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import ray
 import ray.train
+import ray.train.torch
 import ray.tune
 import torch
 
@@ -37,7 +38,7 @@ from goldnas_ray.data.from_config import load_data
 from goldnas_ray.data.stream import StreamInfo, StreamSource, load_eval_split
 from goldnas_ray.files.search_files import load_checkpoint
 from goldnas_ray.files.store import Location, location
-from goldnas_ray.orchestration.streaming import dataset as stream_dataset
+from goldnas_ray.orchestration.streaming import dataset as stream_dataset, train_data_config
 from goldnas_ray.retrain.plan import TrialSpec
 from goldnas_ray.retrain.recipe import Retrainer
 from goldnas_ray.tracking.retrain import RetrainTracker
@@ -177,7 +178,7 @@ def _train_run(spec: TrialSpec):
         train_loop_config={"spec": asdict(spec)},
         datasets=datasets,
         # a streamed set reaches every worker whole: each keeps its own (seed, epoch) share
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]) if datasets else None,
+        dataset_config=train_data_config() if datasets else None,
         scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
                                                resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),

@@ -19,7 +19,7 @@ from goldnas_ray.core.search import check_stop
 from goldnas_ray.core.space import check_spatial
 from goldnas_ray.data.batches import check_batches
 from goldnas_ray.data.stream import stream_info
-from goldnas_ray.orchestration.streaming import train_dataset
+from goldnas_ray.orchestration.streaming import train_data_config, train_dataset
 from goldnas_ray.run.ending import RunStopped, ends_tracked_run
 from goldnas_ray.run.loop import load_data, search_start
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
@@ -119,7 +119,7 @@ def _trainer(job: dict[str, Any], out: Location, workers: int, cpus_per_worker: 
         train_loop_config=job,
         # a streamed set reaches every worker whole: each keeps its own (seed, epoch) share
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]) if datasets else None,
+        dataset_config=train_data_config() if datasets else None,
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

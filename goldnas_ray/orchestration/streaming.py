@@ -58,3 +58,14 @@ def _pipeline(d: DataConfig, info: StreamInfo, split: str):
 
 def train_dataset(d: DataConfig, info: StreamInfo):
     return dataset(d, info, "train")
+
+
+def train_data_config():
+    """The ``dataset_config`` of a Ray Train run that streams: every worker gets the whole
+    stream (each keeps its own (seed, epoch) share), in file order. Ray Train replaces a
+    dataset's execution options with its own when it hands the dataset to the workers (taken
+    from the controller's DataContext, not the dataset's), so the order is asked for here."""
+    import ray.train
+    from ray.data import ExecutionOptions
+
+    return ray.train.DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True))

@@ -91,6 +91,8 @@ class Manifest:
     mlflow_tracking_uri: str | None = None
     mlflow_run_id: str | None = None
     mlflow_child_run_ids: dict[str, str] = field(default_factory=dict)
+    # what each trial holds: a --resume keeps it (its checkpoints are those of that many workers)
+    resources: Resources | None = None
     # the training split's metadata when it streams (read from the data, not written down)
     stream: StreamInfo | None = field(default=None, repr=False)
     num_train: int = field(default=0, repr=False)  # training images a trial reads
@@ -126,7 +128,8 @@ class Manifest:
                 "config": self.config.to_dict(), "seeds": self.seeds,
                 "architectures": [c.row() for c in self.candidates], "trials": self.trials,
                 "mlflow_tracking_uri": self.mlflow_tracking_uri, "mlflow_run_id": self.mlflow_run_id,
-                "mlflow_child_run_ids": self.mlflow_child_run_ids}
+                "mlflow_child_run_ids": self.mlflow_child_run_ids,
+                "resources": asdict(self.resources) if self.resources is not None else None}
 
     def write(self, out: "Path | Location") -> Location:
         return (location(out) / MANIFEST).write_text(json.dumps(self.to_dict(), indent=1))
@@ -148,6 +151,8 @@ class Manifest:
                        [Candidate.from_row(row, out) for row in raw["architectures"]],
                        raw.get("mlflow_tracking_uri"), raw.get("mlflow_run_id"),
                        dict(raw.get("mlflow_child_run_ids") or {}))
+        if raw.get("resources"):
+            manifest.resources = Resources(**raw["resources"])
         manifest.stream = stream_info(manifest.data())
         manifest.num_train = (manifest.stream or load_data(manifest.data())).num_train
         return manifest

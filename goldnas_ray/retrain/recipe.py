@@ -51,7 +51,8 @@ class Retrainer:
         self.geno, self.cfg, self.seed = geno, cfg, seed
         self.device = torch.device(device)
         with seeded(seed):  # the initial weights depend on the seed only
-            self.model = build_network(geno, auxiliary=cfg.auxiliary)
+            # a head weighted 0 gets no gradient, which DDP refuses: it is not built at all
+            self.model = build_network(geno, auxiliary=cfg.auxiliary and cfg.auxiliary_weight > 0)
         shape = (geno.in_channels, geno.input_size, geno.input_size)
         self.flops = total_flops(self.model, shape)
         self.params = count_params(self.model)
@@ -124,7 +125,7 @@ class Retrainer:
                 logits, aux = net(x, with_aux=True)
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 total = loss
-                if aux is not None and cfg.auxiliary_weight > 0:
+                if aux is not None:
                     total = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()

@@ -27,6 +27,7 @@ class RetrainTracker:
         self.uri = uri
         self._client = None
         self._logged: dict[str, set[int]] = {}
+        self.stopped = False  # end_retrain ran: nothing changes a run any more (not pickled)
 
     @property
     def client(self):
@@ -37,7 +38,7 @@ class RetrainTracker:
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:  # Tune may pickle its callbacks
-        return {"uri": self.uri, "_client": None, "_logged": {}}
+        return {"uri": self.uri, "_client": None, "_logged": {}, "stopped": False}
 
     def start(self, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str],
               children: dict[str, tuple[str, dict[str, Any], dict[str, str]]]) -> tuple[str, dict[str, str]]:
@@ -77,10 +78,14 @@ class RetrainTracker:
             tags["goldnas.search_run_id"] = manifest.search_run_id
         params = {"seeds": len(manifest.seeds), "random": sum(c.kind == "random" for c in manifest.candidates),
                   "architectures": len(manifest.candidates), **recipe}
+        if manifest.resources is not None:  # retrain.batch_size is per worker
+            params["workers_per_trial"] = manifest.resources.workers
         manifest.mlflow_run_id, manifest.mlflow_child_run_ids = self.start(
             experiment, location(out).name, params, tags, children)
 
     def trial_started(self, run_id: str) -> None:
+        if self.stopped:
+            return
         self.client.update_run(run_id, status="RUNNING")
         if run_id not in self._logged:
             history = self.client.get_metric_history(run_id, "test_acc")
@@ -89,6 +94,8 @@ class RetrainTracker:
     def log_trial_epoch(self, run_id: str, row: dict[str, Any]) -> None:
         from mlflow.entities import Metric
 
+        if self.stopped:
+            return
         if run_id not in self._logged:
             self.trial_started(run_id)
         step = int(row["epoch"])
@@ -100,12 +107,15 @@ class RetrainTracker:
         self._logged[run_id].add(step)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+        if not self.stopped:
+            self.client.set_terminated(run_id, status=status)
 
     def end_retrain(self, parent_id: str, status: str) -> None:
         """End the parent and every child still RUNNING with ``status`` (KILLED when the job was
         stopped, FAILED after an error); children never started stay SCHEDULED. --resume sets
-        them running again."""
+        them running again. From then on the trials' callbacks (Tune goes on in its thread until
+        the process exits) change no run."""
+        self.stopped = True
         exp = self.client.get_run(parent_id).info.experiment_id
         for run in self.client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}'"):
             if run.info.status == "RUNNING":
