@@ -181,8 +181,16 @@ class SearchConfig(Section):
     a_momentum: Fraction = Field(0.9, description="alphas: SGD momentum")
     a_weight_decay: NonNegativeFloat = Field(0.0, description="alphas: weight decay")
     auxiliary_weight: NonNegativeFloat = Field(0.4, description="weight of the auxiliary head's loss")
-    cost: Literal["flops", "params", "ops"] = Field(
-        "flops", description="resource term: FLOPs, parameters, or the operator-count form")
+    cost: Literal["flops", "params", "ops", "latency"] = Field(
+        "flops", description="resource term: FLOPs, parameters, the operator-count form, or measured "
+                             "latency (search.latency_table)")
+    latency_table: str | None = Field(
+        None, description="cost=latency: the JSON of pipelines/profile_latency.py for this space and data")
+    latency_batch: PositiveInt = Field(1, description="cost=latency: the batch the table was timed at")
+    latency_min_ms: PositiveFloat | None = Field(
+        None, description="cost=latency: stop when the predicted latency falls to this (ms)")
+    latency_min_ratio: OpenFraction = Field(
+        0.3, description="cost=latency, without latency_min_ms: stop at this x the supernet's latency")
     ops_cost_k: PositiveFloat = Field(10.0, description="k of the ops cost, sum of log(1 + k w)")
     lambda0: PositiveFloat = Field(0.002, description="first step of lambda, on the normalised cost")
     c0: Annotated[float, Field(gt=1)] = Field(2.0, description="lambda's growth and back-off factor")
@@ -202,6 +210,9 @@ class SearchConfig(Section):
 
     @model_validator(mode="after")
     def _ordered(self) -> "SearchConfig":
+        if self.cost == "latency" and not self.latency_table:
+            raise ValueError("search.cost=latency needs search.latency_table (make one with "
+                             "pipelines/profile_latency.py)")
         if self.xi_min > self.xi_max:
             raise ValueError(f"search.xi_min ({self.xi_min}) must not exceed search.xi_max ({self.xi_max})")
         if self.record_min_gap >= self.record_gap:

@@ -21,6 +21,7 @@ class ArchRecord:
     lam: float  # lambda during the epoch that ended when it was recorded
     alive_ops: int
     genotype: Genotype
+    latency_ms: float | None = None  # predicted by the search's latency table (cost=latency)
 
     @property
     def genotype_path(self) -> str:
@@ -29,8 +30,9 @@ class ArchRecord:
 
     def fields(self) -> dict[str, Any]:
         """Everything but the genotype, under the names the files use."""
-        return {"id": self.id, "epoch": self.epoch, "flops": self.flops, "params": self.params,
-                "lambda": self.lam, "alive_ops": self.alive_ops}
+        found = {"id": self.id, "epoch": self.epoch, "flops": self.flops, "params": self.params,
+                 "lambda": self.lam, "alive_ops": self.alive_ops}
+        return found | ({"latency_ms": self.latency_ms} if self.latency_ms is not None else {})
 
     def to_dict(self) -> dict[str, Any]:
         return self.fields() | {"genotype": self.genotype.to_dict()}
@@ -38,4 +40,5 @@ class ArchRecord:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ArchRecord":
         return cls(str(raw["id"]), int(raw["epoch"]), int(raw["flops"]), int(raw["params"]),
-                   float(raw["lambda"]), int(raw["alive_ops"]), Genotype.from_dict(raw["genotype"]))
+                   float(raw["lambda"]), int(raw["alive_ops"]), Genotype.from_dict(raw["genotype"]),
+                   float(raw["latency_ms"]) if raw.get("latency_ms") is not None else None)

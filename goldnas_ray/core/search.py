@@ -24,6 +24,7 @@ from goldnas_ray.core.comm import Communicator, EpochStats, LocalComm
 from goldnas_ray.core.config import Config, ConfigError
 from goldnas_ray.core.costs import CostTable
 from goldnas_ray.core.genotype import Genotype
+from goldnas_ray.core.latency import LatencyTable, load_table, table_key
 from goldnas_ray.core.network import seeded
 from goldnas_ray.core.records import ArchRecord
 from goldnas_ray.core.schedule import LambdaSchedule, ParetoRecorder, select_prunes
@@ -38,9 +39,12 @@ StepCallback = Callable[[int, int], None]
 
 
 def stop_flops(cfg: Config, full_flops: float) -> float:
-    """The FLOPs a search stops at: search.flops_min, else flops_min_ratio x the supernet's;
-    ConfigError when that is not below the supernet's own."""
+    """The FLOPs a search stops at: search.flops_min, else flops_min_ratio x the supernet's
+    (with cost=latency, flops_min only: the stop fraction is the latency's); ConfigError when
+    that is not below the supernet's own."""
     q = cfg.search
+    if q.cost == "latency" and q.flops_min is None:
+        return 0.0
     flops_min = q.flops_min if q.flops_min is not None else q.flops_min_ratio * full_flops
     if flops_min >= full_flops:
         raise ConfigError(f"search.flops_min ({flops_min:.4g}) must be below the full supernet's FLOPs "
@@ -48,12 +52,38 @@ def stop_flops(cfg: Config, full_flops: float) -> float:
     return flops_min
 
 
+def stop_latency(cfg: Config, full_ms: float) -> float:
+    """The predicted latency (ms) a cost=latency search stops at: search.latency_min_ms, else
+    latency_min_ratio x the supernet's; ConfigError when that is not below the supernet's."""
+    q = cfg.search
+    stop = q.latency_min_ms if q.latency_min_ms is not None else q.latency_min_ratio * full_ms
+    if stop >= full_ms:
+        raise ConfigError(f"search.latency_min_ms ({stop:.4g}) must be below the full supernet's predicted "
+                          f"latency ({full_ms:.4g} ms)")
+    return stop
+
+
+def latency_table(cfg: Config, input_shape: tuple[int, int, int], num_classes: int) -> LatencyTable | None:
+    """The search's latency table (cost=latency), checked against its space, data and batch."""
+    q = cfg.search
+    if q.cost != "latency":
+        return None
+    table = load_table(q.latency_table)
+    table.check(table_key(cfg.space, input_shape, num_classes, q.latency_batch),
+                f"search.latency_table {q.latency_table}")
+    return table
+
+
 def check_stop(cfg: Config, input_shape: tuple[int, int, int], num_classes: int) -> float:
-    """:func:`stop_flops` for a search not built yet (a driver checks it before any worker
-    starts): the supernet's FLOPs are the full architecture's, counted on its network."""
+    """:func:`stop_flops` (and the latency table with its stop) for a search not built yet (a
+    driver checks it before any worker starts): the supernet's FLOPs are the full
+    architecture's, counted on its network."""
     s = cfg.space
     full = Genotype.full(s.num_cells, s.num_nodes, s.operators, s.init_channels, s.stem_multiplier, input_shape[1],
                          input_shape[0], num_classes, s.stem)
+    table = latency_table(cfg, input_shape, num_classes)
+    if table is not None:
+        stop_latency(cfg, table.latency_ms(full))
     return stop_flops(cfg, CostTable.for_space(s, input_shape, num_classes).flops(full))
 
 
@@ -79,6 +109,11 @@ class GoldSearch:
         self.model.to(memory_format=self.memory_format)
         q = cfg.search
         self.flops_min = stop_flops(cfg, self.model.full_flops)
+        self.latency = latency_table(cfg, self.input_shape, num_classes)  # cost=latency only
+        self.latency_min = 0.0
+        if self.latency is not None:
+            self.model.use_latency(self.latency)
+            self.latency_min = stop_latency(cfg, self.model.full_latency_ms)
         self.schedule = LambdaSchedule(q.lambda0, q.c0, q.n0)
         self.recorder = ParetoRecorder(q.t0, q.record_rule, q.record_gap, q.record_min_gap)
         self.epoch = 0  # epochs completed
@@ -201,7 +236,9 @@ class GoldSearch:
             self.recorder.changed(flops_changed=flops_next != flops_before)
         self.schedule.update(len(prunes))
         flops = self.model.flops()
-        if flops <= self.flops_min or self.epoch >= self.cfg.search.max_epochs:
+        latency = self.latency.latency_ms(self.model.genotype()) if self.latency is not None else None
+        if (flops <= self.flops_min or (latency is not None and latency <= self.latency_min)
+                or self.epoch >= self.cfg.search.max_epochs):
             self.finished = True
             recorded.append(self._record(lam_used))
         row = {
@@ -212,6 +249,7 @@ class GoldSearch:
             "params": self.network_costs.params(self.model.genotype()),
             "supernet_params": sum(p.numel() for p in self.model.weight_parameters()),
             "alive_ops": len(self.model.alive_ops()),
+            **({"latency_ms": latency} if latency is not None else {}),
             "pruned": len(prunes),
             "loss": stats.loss,
             "accuracy": stats.accuracy,
@@ -233,7 +271,8 @@ class GoldSearch:
             return None
         geno = self.model.genotype()
         record = ArchRecord(f"arch-{len(records):03d}", self.epoch, flops, self.network_costs.params(geno), lam,
-                            len(self.model.alive_ops()), geno)
+                            len(self.model.alive_ops()), geno,
+                            self.latency.latency_ms(geno) if self.latency is not None else None)
         geno.metadata = record.fields()
         records.append(record)
         return record.id

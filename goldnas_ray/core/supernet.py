@@ -9,7 +9,7 @@ has no affine parameters, as in DARTS's search.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Callable, Hashable, Iterable
 
 import torch
 from torch import nn
@@ -39,6 +39,10 @@ class GatedEdge(nn.Module):
         del self.alphas[op]
 
 
+if TYPE_CHECKING:
+    from goldnas_ray.core.latency import LatencyTable
+
+
 class SuperNet(Network):
     def __init__(self, num_cells: int, num_nodes: int, operators: Iterable[str], init_channels: int,
                  input_size: int, in_channels: int, num_classes: int, stem_multiplier: int = 3,
@@ -58,6 +62,15 @@ class SuperNet(Network):
         self.full_flops = self.flops()
         self.full_params = sum(self.costs.params_by_part.values())
         self.num_ops_full = len(self.alive_ops())
+        self.latency: "LatencyTable | None" = None  # cost=latency: use_latency
+
+    def use_latency(self, table: "LatencyTable") -> None:
+        """Take operator latencies from ``table`` (made for this space: ``LatencyTable.check``);
+        the cost is normalised by the full supernet's predicted latency."""
+        self.latency = table
+        self.latency_by_op = {key: table.op_ms(key) for key in self.alive_ops()}
+        self.full_latency_ms = table.latency_ms(self._geno)
+        self._constants.clear()
 
     # ---- structure ---------------------------------------------------------------------
     def alive_ops(self) -> list[OpKey]:
@@ -98,8 +111,8 @@ class SuperNet(Network):
     def expected_cost(self, kind: str = "flops", ops_k: float = 10.0) -> torch.Tensor:
         """Differentiable resource term, normalised by the full supernet's value.
 
-        flops / params: sum over alive o of sigmoid(alpha_o) * cost(o), over the full network's
-        FLOPs (or parameters). ops: sum over alive o of log(1 + k * w_o) with w_o the pruning
+        flops / params / latency: sum over alive o of sigmoid(alpha_o) * cost(o), over the full
+        network's FLOPs (parameters, or predicted latency: :meth:`use_latency`). ops: sum over alive o of log(1 + k * w_o) with w_o the pruning
         weight (sigmoid normalised within the node), over the number of operators in the full
         supernet; it ignores how expensive an operator is.
         """
@@ -112,6 +125,10 @@ class SuperNet(Network):
             table, norm = self.costs.flops_by_part, self.full_flops
         elif kind == "params":
             table, norm = self.costs.params_by_part, self.full_params
+        elif kind == "latency":
+            if self.latency is None:
+                raise ValueError("cost 'latency' needs use_latency(table) first")
+            table, norm = self.latency_by_op, self.full_latency_ms
         else:
             raise ValueError(f"unknown cost {kind!r}")
         costs = self._on_device((kind, gates.device), lambda: [float(table.get(k, 0)) for k in keys],

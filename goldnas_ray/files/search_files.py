@@ -36,6 +36,7 @@ RECORDS_FORMAT = "goldnas-ray/records"
 LEGACY_FORMAT = "goldnas-ray/frontier"
 HISTORY = "history.parquet"
 CONFIG = "config.yaml"
+LATENCY = "latency.json"  # a cost=latency search's table, copied beside its records
 CHECKPOINT = Path("checkpoints") / "latest.pt"
 
 
@@ -88,7 +89,8 @@ def write_genotype(path: Where, geno: Genotype) -> Location:
 
 
 def write_outputs(out: Where, search: "GoldSearch", info: dict[str, Any]) -> None:
-    """records.json, genotypes/, config.yaml and history.parquet of ``search`` as it stands
+    """records.json, genotypes/, config.yaml, history.parquet (and latency.json, the table of a
+    cost=latency search) of ``search`` as it stands
     (a genotype file already written is not written again: a record never changes)."""
     out = location(out)
     have = {f"genotypes/{n}" for n in (out / "genotypes").names()}
@@ -107,6 +109,8 @@ def write_outputs(out: Where, search: "GoldSearch", info: dict[str, Any]) -> Non
         "architectures": [rec.fields() | {"genotype": rec.genotype_path} for rec in search.records],
     }, indent=1))
     (out / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+    if search.latency is not None and not (out / LATENCY).is_file():  # the table its costs came from
+        (out / LATENCY).write_text(json.dumps(search.latency.to_dict(), indent=1))
     history = pd.DataFrame(search.history)
     (out / HISTORY).write(lambda tmp: history.to_parquet(tmp, index=False))
 

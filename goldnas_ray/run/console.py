@@ -11,7 +11,8 @@ from goldnas_ray.core.search import GoldSearch
 def format_epoch(row: dict[str, Any], max_epochs: int, full_flops: int) -> str:
     line = (f"epoch {row['epoch']:>3}/{max_epochs}  lambda {row['lambda']:.4g}  "
             f"FLOPs {row['flops'] / 1e6:.3f}M ({100 * row['flops'] / full_flops:.1f}%)  "
-            f"alive {row['alive_ops']}  pruned {row['pruned']}  loss {row['loss']:.4f}  "
+            + (f"latency {row['latency_ms']:.3g} ms  " if row.get("latency_ms") is not None else "")
+            + f"alive {row['alive_ops']}  pruned {row['pruned']}  loss {row['loss']:.4f}  "
             f"acc {100 * row['accuracy']:.1f}%  {row['seconds']:.1f}s  "
             f"{row['images_per_second']:.0f} img/s")
     if row.get("recorded"):

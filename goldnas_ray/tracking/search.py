@@ -11,7 +11,7 @@ from typing import Any
 
 from goldnas_ray.core.config import Config
 from goldnas_ray.core.space import log10_space_size
-from goldnas_ray.files.search_files import CONFIG, HISTORY, RECORDS, read_records
+from goldnas_ray.files.search_files import CONFIG, HISTORY, LATENCY, RECORDS, read_records
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.tracking.common import experiment_id, log_files, log_params
 
@@ -27,6 +27,7 @@ METRICS = {  # history column -> MLflow metric name
     "accuracy": "train_acc",
     "seconds": "epoch_seconds",
     "images_per_second": "images_per_second",
+    "latency_ms": "latency_ms",  # cost=latency: the predicted latency after the epoch's pruning
 }
 
 
@@ -69,13 +70,14 @@ class SearchTracker:
         if step in self.logged_steps:
             return
         ts = int(time.time() * 1000)
-        metrics = [Metric(name, float(row[col]), ts, step) for col, name in METRICS.items()]
+        metrics = [Metric(name, float(row[col]), ts, step) for col, name in METRICS.items() if col in row]
         self.client.log_batch(self.run_id, metrics=metrics)
         self.logged_steps.add(step)
 
     def log_outputs(self, out: "Path | Location") -> None:
         out = location(out)
-        log_files(self.client, self.run_id, out, (RECORDS, HISTORY, CONFIG) + tuple(
+        log_files(self.client, self.run_id, out, (RECORDS, HISTORY, CONFIG) + (
+            (LATENCY,) if (out / LATENCY).is_file() else ()) + tuple(
             f"plots/{name}" for name in (out / "plots").names()))
         # the recorded architectures as an MLflow table: MlflowClient.load_table(experiment_id,
         # "front.json", run_ids=[...]) returns many searches' records in one DataFrame

@@ -1,0 +1,338 @@
+"""Measured latency of every part of a space's network, and the latency of any architecture as
+their sum: the per-operator table behind ``search.cost=latency``.
+
+GOLD-NAS's resource term takes any additive per-operator cost. :func:`measure` times, on one
+device, every part a cost table charges separately (``Network.parts``: the stem, each live
+cell's input preprocessing, every (cell, edge, operator)) on the very input it sees in the
+full network (channels, resolution, stride), and the head (global pooling and classifier).
+What a cell adds beyond its parts is timed too, per cell: one addition at its nodes' shape
+(a node sums its inputs: n inputs, n - 1 additions) and the concatenation of its nodes. Then
+
+    latency(architecture) = stem + head + sum over its live cells of (preprocessing used
+                            + concatenation + additions x that cell's sums) + sum of its operators
+
+Parts timed alone miss a share of the time a whole network takes (the Python around the
+modules: each edge's and cell's call, the node sums' dispatch; memory the parts reuse warm);
+given a few calibration architectures, :func:`measure` times them end to end and fits
+measured = scale x sum of parts + constant by least squares (``correction``). Two numbers,
+so that a noisy calibration cannot bend the prediction; the scale keeps the operators'
+ratios, so the search's cost term (which reads the operators' entries) ranks alike.
+
+Each figure is the minimum (or, asked for, the median) of ``repeats`` timed calls after
+``warmup`` untimed ones, in eval mode (batch norm with its running statistics) without
+autograd, with the device synchronised around every GPU timing; the spread (the interquartile
+range) is kept beside it. The minimum by default: on a shared CPU the timings of one forward
+pass are bimodal (the digits network at batch 64, 100 passes on one thread: 25% of them
+under 46 ms, the median 67 ms), and a median then jumps between the modes from one
+measurement to the next, while the minimum does not.
+``benchmarks/latency_check.py`` sets the predicted sums against end-to-end measurements.
+
+A table is keyed by what its shapes depend on: the space (cells, nodes, channels, stem,
+operators), the input shape, the number of classes and the batch. :meth:`LatencyTable.check`
+refuses a table made for anything else, naming the difference. Pure PyTorch; the JSON is
+written and read by the callers (``pipelines/profile_latency.py``, the search's start).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
+
+import torch
+
+from goldnas_ray.core.config import ConfigError
+from goldnas_ray.core.genotype import Genotype
+from goldnas_ray.core.space import OpKey
+
+if TYPE_CHECKING:
+    from goldnas_ray.core.config import SpaceConfig
+
+FORMAT = "goldnas-latency/1"
+SPACE_KEYS = ("num_cells", "num_nodes", "init_channels", "stem_multiplier", "operators", "stem")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class LatencyTableError(ConfigError):
+    """A table that cannot serve the search or network it is asked about."""
+
+
+def load_table(path: "str | Path") -> "LatencyTable":
+    """The table in the JSON file ``path``; LatencyTableError naming the file when it is missing
+    or not a table."""
+    where = f"latency table {path}"
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise LatencyTableError(f"{where} does not exist (make one with pipelines/profile_latency.py)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LatencyTableError(f"{where} is not readable JSON: {exc}") from None
+    return LatencyTable.from_dict(raw, where)
+
+
+def table_key(space: "SpaceConfig", input_shape: tuple[int, int, int], num_classes: int, batch: int) -> dict:
+    """What a table's shapes depend on: another value of any of these makes another table."""
+    return {"space": {k: getattr(space, k) for k in SPACE_KEYS}, "input_shape": list(input_shape),
+            "num_classes": num_classes, "batch": batch}
+
+
+def part_name(part: Hashable) -> str:
+    """A part's key in the JSON: ``stem``, ``head``, ``pre/<cell>/<input>``,
+    ``op/<cell>/<src>/<dst>/<operator>``."""
+    if isinstance(part, OpKey):
+        return f"op/{part.cell}/{part.src}/{part.dst}/{part.op}"
+    if isinstance(part, tuple) and part[0] == "pre":
+        return f"pre/{part[1]}/{part[2]}"
+    return str(part)
+
+
+@dataclass
+class LatencyTable:
+    """Milliseconds of every part of one space's network on one device, at one batch."""
+
+    key: dict[str, Any]
+    device: dict[str, Any]  # type, name, torch, threads, dtype, channels_last
+    parts_ms: dict[str, float]  # part_name -> median ms
+    spread_ms: dict[str, float] = field(default_factory=dict)  # part_name -> interquartile range
+    cells_ms: dict[int, dict[str, float]] = field(default_factory=dict)  # cell -> {"concat", "add"}
+    measured: dict[str, Any] = field(default_factory=dict)  # warmup, repeats, seconds, full network
+    correction: dict[str, float] = field(default_factory=dict)  # scale, constant (ms)
+
+    # ---- predictions -------------------------------------------------------------------
+    def op_ms(self, key: OpKey) -> float:
+        return self.parts_ms.get(part_name(key), 0.0)
+
+    def latency_ms(self, geno: Genotype) -> float:
+        """The predicted latency of ``geno``'s network (one batch of ``key["batch"]``): the sum
+        of its parts, plus the fitted correction when the table has one."""
+        c = self.correction
+        return c.get("scale", 1.0) * self.parts_sum_ms(geno) + c.get("constant", 0.0)
+
+    def parts_sum_ms(self, geno: Genotype) -> float:
+        """The sum of the parts ``geno``'s network keeps (no correction)."""
+        live = geno.live_cells()
+        total = self.parts_ms["stem"] + self.parts_ms["head"]
+        for k, cell in enumerate(geno.cells):
+            if not live[k]:
+                continue
+            total += sum(self.parts_ms.get(f"pre/{k}/{src}", 0.0) for src in (0, 1) if cell.uses_input(src))
+            ops = geno.op_keys_of(k)
+            total += sum(self.op_ms(op) for op in ops)
+            inputs: dict[int, int] = {}
+            for op in ops:
+                inputs[op.dst] = inputs.get(op.dst, 0) + 1
+            overhead = self.cells_ms.get(k, {})
+            total += overhead.get("concat", 0.0) + overhead.get("add", 0.0) * sum(n - 1 for n in inputs.values())
+        return total
+
+    # ---- checks ------------------------------------------------------------------------
+    def check(self, expected: dict[str, Any], where: str = "the latency table") -> None:
+        """Refuse this table for a search or network keyed ``expected`` (:func:`table_key`)."""
+        for name in ("input_shape", "num_classes", "batch"):
+            if self.key.get(name) != expected[name]:
+                raise LatencyTableError(f"{where} was made for {name} {self.key.get(name)}, not {expected[name]}: "
+                                        f"make one with pipelines/profile_latency.py for this config")
+        mine = self.key.get("space", {})
+        for name, value in expected["space"].items():
+            if mine.get(name) != value:
+                raise LatencyTableError(f"{where} was made for space.{name}={mine.get(name)}, not {value}: "
+                                        f"make one with pipelines/profile_latency.py for this config")
+
+    # ---- JSON --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "key": self.key, "device": self.device, "measured": self.measured,
+                "correction": self.correction, "parts_ms": self.parts_ms, "spread_ms": self.spread_ms,
+                "cells_ms": {str(k): v for k, v in self.cells_ms.items()}}
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str = "the latency table") -> "LatencyTable":
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise LatencyTableError(f"{where} is not a goldnas-ray latency table (format {FORMAT})")
+        try:
+            parts = {str(k): float(v) for k, v in raw["parts_ms"].items()}
+            cells = {int(k): {n: float(x) for n, x in v.items()} for k, v in raw.get("cells_ms", {}).items()}
+            table = cls(dict(raw["key"]), dict(raw["device"]), parts,
+                        {str(k): float(v) for k, v in raw.get("spread_ms", {}).items()}, cells,
+                        dict(raw.get("measured", {})),
+                        {str(k): float(v) for k, v in raw.get("correction", {}).items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise LatencyTableError(f"{where} is malformed: {exc!r}") from None
+        for name in ("stem", "head"):
+            if name not in parts:
+                raise LatencyTableError(f"{where} has no {name!r} entry")
+        if any(v < 0 for v in parts.values()):
+            raise LatencyTableError(f"{where} holds a negative latency")
+        return table
+
+
+# ---- measuring --------------------------------------------------------------------------------
+def device_description(device: torch.device, dtype: str, channels_last: bool) -> dict[str, Any]:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = _cpu_model()
+    return {"type": device.type, "name": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "dtype": dtype, "channels_last": channels_last}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+STATISTICS = ("median", "min")
+
+
+def summarise(times: Sequence[float], statistic: str = "min") -> tuple[float, float]:
+    """(the ``statistic`` of ``times``, their interquartile range): the median, or the minimum,
+    the usual figure where other work on the machine only ever adds time (a shared or virtual
+    CPU, an allocator that sometimes returns memory to the system)."""
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return (statistics.median(times) if statistic == "median" else min(times)), q[2] - q[0]
+
+
+def timer(device: torch.device, warmup: int, repeats: int, statistic: str = "min"
+          ) -> Callable[[Callable[[], Any]], tuple[float, float]]:
+    """A function timing a call: (:func:`summarise` of ``repeats`` calls after ``warmup``
+    untimed ones) in ms; on a GPU the device is synchronised before and after each."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def measure(fn: Callable[[], Any]) -> tuple[float, float]:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append((time.perf_counter() - start) * 1e3)
+        return summarise(times, statistic)
+    return measure
+
+
+@torch.no_grad()
+def measure(space: "SpaceConfig", input_shape: tuple[int, int, int], num_classes: int, batch: int,
+            device: torch.device | str = "cpu", dtype: str = "float32", channels_last: bool = True,
+            warmup: int = 5, repeats: int = 30, calibration: Sequence[Genotype] = (),
+            statistic: str = "min", log: Callable[[str], None] = lambda _: None) -> LatencyTable:
+    """Time every part of ``space``'s full network at ``batch`` on ``device``, then the
+    ``calibration`` architectures (and the full one) end to end to fit the correction (see the
+    module)."""
+    from goldnas_ray.core.discrete import build_network
+    from goldnas_ray.core.network import seeded
+
+    device = torch.device(device)
+    started = time.perf_counter()
+    c, h, _ = input_shape
+    full = Genotype.full(space.num_cells, space.num_nodes, space.operators, space.init_channels,
+                         space.stem_multiplier, h, c, num_classes, space.stem)
+    with seeded(0):
+        net = build_network(full)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(device, dtype=DTYPES[dtype], memory_format=fmt).eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, c, h, h, generator=gen).to(device, DTYPES[dtype]).contiguous(memory_format=fmt)
+
+    # every part's input, caught in one forward pass of the full network
+    inputs: dict[str, tuple] = {}
+    parts = {part_name(label): module for label, module in net.parts()}
+    hooks = [module.register_forward_pre_hook(lambda _m, args, name=name: inputs.__setitem__(name, args))
+             for name, module in parts.items() if name != "classifier"]
+    nodes: dict[int, torch.Tensor] = {}
+    for k, cell in enumerate(net.cells):
+        if net.live[k]:
+            hooks.append(cell.register_forward_hook(
+                lambda _m, _args, out, k=k: nodes.__setitem__(k, out)))
+    features, _ = net.forward_features(x)
+    for hook in hooks:
+        hook.remove()
+
+    time_it = timer(device, warmup, repeats, statistic)
+    parts_ms, spread = {}, {}
+    names = [n for n in parts if n != "classifier"]
+    for i, name in enumerate(names):
+        module, args = parts[name], inputs[name]
+        parts_ms[name], spread[name] = time_it(lambda: module(*args))
+        if i % 50 == 0:
+            log(f"  timed {i + 1} of {len(names) + 1} parts")
+    parts_ms["head"], spread["head"] = time_it(lambda: net.forward_head(features))
+    cells_ms = {}
+    for k, out in nodes.items():
+        chunks = list(out.chunk(space.num_nodes, dim=1))
+        chunks = [t.contiguous(memory_format=fmt) for t in chunks]
+        concat, _ = time_it(lambda: torch.cat(chunks, dim=1))
+        add, _ = time_it(lambda: chunks[0] + chunks[1])
+        cells_ms[k] = {"concat": concat, "add": add}
+    end_to_end, end_spread = time_it(lambda: net(x))
+    table = LatencyTable(table_key(space, input_shape, num_classes, batch),
+                         device_description(device, dtype, channels_last), parts_ms, spread, cells_ms)
+    if calibration:
+        log(f"  timing {len(calibration)} calibration architectures end to end")
+        genos = [full, *calibration]
+        measured = [m for m, _ in measure_networks(genos, batch, device, dtype, channels_last, warmup, repeats,
+                                                   statistic=statistic)]
+        table.correction = fit_correction(table, genos, measured)
+    table.measured = {"warmup": warmup, "repeats": repeats, "statistic": statistic, "calibration": len(calibration),
+                      "seconds": round(time.perf_counter() - started, 1),
+                      "full_network_ms": end_to_end, "full_network_spread_ms": end_spread,
+                      "full_network_predicted_ms": table.latency_ms(full)}
+    return table
+
+
+def fit_correction(table: LatencyTable, genos: Sequence[Genotype], measured_ms: Sequence[float]) -> dict[str, float]:
+    """Least squares of measured = scale x sum of parts + constant."""
+    a = torch.tensor([[table.parts_sum_ms(g), 1.0] for g in genos], dtype=torch.float64)
+    b = torch.tensor(list(measured_ms), dtype=torch.float64).unsqueeze(1)
+    scale, constant = torch.linalg.lstsq(a, b, driver="gelsd").solution.squeeze(1).tolist()
+    return {"scale": scale, "constant": constant}
+
+
+@torch.no_grad()
+def measure_networks(genos: Sequence[Genotype], batch: int, device: torch.device | str = "cpu",
+                     dtype: str = "float32", channels_last: bool = True, warmup: int = 5, repeats: int = 30,
+                     rounds: int = 5, statistic: str = "min") -> list[tuple[float, float]]:
+    """End-to-end latency of each genotype's network, as :func:`measure` times the parts:
+    (:func:`summarise` of ``repeats`` forward passes at ``batch``) in ms. The passes
+    are taken in ``rounds`` interleaved rounds (every network a few passes per round, in a
+    fresh order each round), so a slow spell of the machine spreads over all the networks
+    instead of biasing the ones measured during it."""
+    from goldnas_ray.core.discrete import build_network
+    from goldnas_ray.core.network import seeded
+
+    device = torch.device(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    nets, inputs = [], []
+    gen = torch.Generator().manual_seed(0)
+    for geno in genos:
+        with seeded(0):
+            nets.append(build_network(geno).to(device, dtype=DTYPES[dtype], memory_format=fmt).eval())
+        inputs.append(torch.randn(batch, geno.in_channels, geno.input_size, geno.input_size,
+                                  generator=gen).to(device, DTYPES[dtype]).contiguous(memory_format=fmt))
+    for net, x in zip(nets, inputs):
+        for _ in range(warmup):
+            net(x)
+    times: list[list[float]] = [[] for _ in genos]
+    order = list(range(len(genos)))
+    shuffle = torch.Generator().manual_seed(1)
+    per_round = max(1, -(-repeats // rounds))
+    for _ in range(rounds):
+        order = [order[i] for i in torch.randperm(len(order), generator=shuffle).tolist()]
+        for i in order:
+            for _ in range(per_round):
+                sync()
+                start = time.perf_counter()
+                nets[i](inputs[i])
+                sync()
+                times[i].append((time.perf_counter() - start) * 1e3)
+    return [summarise(t, statistic) for t in times]

@@ -1,0 +1,140 @@
+"""Latency tables and search.cost=latency: a table keyed to its space, input and batch, the
+cost's gradient, the profile pipeline's file, and a search that carries predicted latency."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, tiny_config
+
+from goldnas_ray.core.config import Config, ConfigError
+from goldnas_ray.core.genotype import Genotype
+from goldnas_ray.core.latency import LatencyTable, LatencyTableError, load_table, measure, part_name, table_key
+from goldnas_ray.core.search import GoldSearch
+from goldnas_ray.core.supernet import SuperNet
+
+SHAPE = (1, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory):
+    """A table of the tiny space on digits' input, timed quickly (3 repeats)."""
+    cfg = tiny_config()
+    table = measure(cfg.space, SHAPE, 10, batch=1, warmup=1, repeats=3)
+    path = tmp_path_factory.mktemp("latency") / "tiny.json"
+    path.write_text(json.dumps(table.to_dict()))
+    return cfg, table, path
+
+
+def test_every_part_is_timed_and_the_sum_covers_the_network(tiny_table):
+    cfg, table, path = tiny_table
+    s = cfg.space
+    full = Genotype.full(s.num_cells, s.num_nodes, s.operators, s.init_channels, s.stem_multiplier, 8, 1, 10, s.stem)
+    ops = [part_name(k) for cell in range(s.num_cells) for k in full.op_keys_of(cell)]
+    assert len(ops) == s.num_cells * 14 * len(s.operators)  # 14 edges of 4 nodes, every operator
+    assert set(ops) | {"stem", "head"} <= set(table.parts_ms)
+    assert all(table.parts_ms[name] > 0 for name in ops if "skip_connect" not in name)
+    # a separable convolution costs more than the identity on the same edge
+    assert table.parts_ms["op/0/0/2/sep_conv_3x3"] > table.parts_ms["op/0/0/2/skip_connect"]
+    # an architecture with fewer operators is predicted faster; written and read back, the same
+    smaller = Genotype.from_dict(json.loads(full.to_json()))
+    for cell in smaller.cells:
+        for edge in list(cell.edges):
+            cell.edges[edge] = tuple(op for op in cell.edges[edge] if op == "skip_connect") or cell.edges[edge]
+    assert table.parts_sum_ms(smaller) < table.parts_sum_ms(full)
+    again = load_table(path)
+    assert again.latency_ms(full) == pytest.approx(table.latency_ms(full))
+    assert again.device == table.device and table.device["threads"] >= 1 and table.device["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"space": {"init_channels": 8}}, r"made for space.init_channels=4, not 8"),
+    ({"space": {"operators": ["skip_connect", "sep_conv_3x3", "max_pool_3x3"]}}, r"made for space.operators="),
+    ({"input_shape": (3, 8, 8)}, r"made for input_shape \[1, 8, 8\], not \[3, 8, 8\]"),
+    ({"batch": 64}, r"made for batch 1, not 64"),
+    ({"num_classes": 4}, r"made for num_classes 10, not 4"),
+])
+def test_a_table_made_for_another_space_input_or_batch_is_refused(tiny_table, change, message):
+    cfg, table, path = tiny_table
+    space = cfg.space.model_copy(update=change.get("space", {}))
+    key = table_key(space, change.get("input_shape", SHAPE), change.get("num_classes", 10), change.get("batch", 1))
+    with pytest.raises(LatencyTableError, match=message):
+        table.check(key)
+    # a search with that config refuses the table when it is built, before any step
+    search_cfg = Config.from_dict(cfg.to_dict() | {"space": space.model_dump()} | {"search": {
+        "cost": "latency", "latency_table": str(path), "latency_batch": change.get("batch", 1)}})
+    with pytest.raises(ConfigError, match=message):
+        GoldSearch(search_cfg, change.get("input_shape", SHAPE), change.get("num_classes", 10))
+
+
+def test_a_missing_or_foreign_table_file_is_named(tmp_path):
+    with pytest.raises(LatencyTableError, match=r"latency table .*none.json does not exist"):
+        load_table(tmp_path / "none.json")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(LatencyTableError, match=r"other.json is not a goldnas-ray latency table"):
+        load_table(tmp_path / "other.json")
+    with pytest.raises(ConfigError, match="search.cost=latency needs search.latency_table"):
+        Config().override(["search.cost=latency"])
+
+
+def test_the_cost_gradient_is_each_operators_latency_times_the_gates_slope(tiny_table):
+    """d cost / d alpha_o = latency(o) x sigmoid'(alpha_o) / the supernet's predicted latency."""
+    cfg, measured, _ = tiny_table
+    s = cfg.space
+    net = SuperNet(s.num_cells, s.num_nodes, s.operators, s.init_channels, 8, 1, 10, s.stem_multiplier)
+    keys = net.alive_ops()
+    # worked entries: operator i costs (i % 7) + 1 ms, the fixed parts 5 ms each
+    parts = {part_name(k): float(i % 7 + 1) for i, k in enumerate(keys)} | {"stem": 5.0, "head": 5.0}
+    table = LatencyTable(measured.key, measured.device, parts)
+    net.use_latency(table)
+    # stem + head + the operators: this table has no preprocessing, concatenation or addition entries
+    full = 10.0 + sum(i % 7 + 1 for i in range(len(keys)))
+    assert net.full_latency_ms == pytest.approx(full)
+    with torch.no_grad():
+        for i, k in enumerate(keys):
+            net.alpha(k).fill_((i % 5 - 2) * 0.7)
+    cost = net.expected_cost("latency")
+    cost.backward()
+    for i, k in enumerate(keys):
+        a = torch.tensor((i % 5 - 2) * 0.7)
+        slope = float(torch.sigmoid(a) * (1 - torch.sigmoid(a)))
+        assert float(net.alpha(k).grad) == pytest.approx((i % 7 + 1) * slope / full, rel=1e-5), k
+    expected = sum((i % 7 + 1) * float(torch.sigmoid(torch.tensor((i % 5 - 2) * 0.7))) for i in range(len(keys)))
+    assert float(cost) == pytest.approx(expected / full, rel=1e-5)
+
+
+def test_a_latency_search_records_predicted_latency(tiny_table, tmp_path, digits):
+    from goldnas_ray.run.loop import run_local
+
+    cfg, table, path = tiny_table
+    cfg = tiny_config(lambda0=0.3, t0=1, max_epochs=6, cost="latency", latency_table=str(path),
+                      latency_min_ratio=0.05)
+    search = run_local(cfg, tmp_path / "s", log=lambda _: None)
+    assert search.records
+    records = json.loads((tmp_path / "s" / "records.json").read_text())["architectures"]
+    for rec in records:  # each record's latency is its genotype's, by the table
+        geno = Genotype.from_dict(json.loads((tmp_path / "s" / rec["genotype"]).read_text()))
+        assert rec["latency_ms"] == pytest.approx(table.latency_ms(geno))
+    assert [r["latency_ms"] for r in records] == sorted((r["latency_ms"] for r in records), reverse=True)
+    import pandas as pd
+    history = pd.read_parquet(tmp_path / "s" / "history.parquet")
+    assert history["latency_ms"].is_monotonic_decreasing and len(history) == len(search.history)
+    assert json.loads((tmp_path / "s" / "latency.json").read_text()) == table.to_dict()
+
+
+def test_profile_latency_writes_a_described_table_and_never_overwrites(tmp_path):
+    out = tmp_path / "t.json"
+    cmd = [sys.executable, "pipelines/profile_latency.py", "--out", str(out), "--set", "space.num_cells=3",
+           "--set", "space.init_channels=4", "--repeats", "3", "--warmup", "1", "--calibration", "3",
+           "--threads", "1"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    raw = json.loads(out.read_text())
+    assert raw["device"]["type"] == "cpu" and raw["device"]["threads"] == 1 and raw["device"]["name"]
+    assert raw["key"]["batch"] == 1 and raw["key"]["input_shape"] == [1, 8, 8]
+    assert raw["key"]["space"]["init_channels"] == 4 and raw["measured"]["calibration"] == 3
+    assert set(raw["correction"]) == {"scale", "constant"} and raw["measured"]["statistic"] == "min"
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and again.stderr.startswith("error: --out") and "never overwritten" in again.stderr
+    assert json.loads(out.read_text()) == raw
