@@ -103,6 +103,48 @@ def test_the_cost_gradient_is_each_operators_latency_times_the_gates_slope(tiny_
     expected = sum((i % 7 + 1) * float(torch.sigmoid(torch.tensor((i % 5 - 2) * 0.7))) for i in range(len(keys)))
     assert float(cost) == pytest.approx(expected / full, rel=1e-5)
 
+    # with a fitted correction (scale 2, 3 ms) and a node sum of 0.5 ms in every cell, an
+    # operator costs 2 x (its entry + 0.5) over the corrected prediction of the whole network
+    cells = {k: {"concat": 0.25, "add": 0.5} for k in range(s.num_cells)}
+    net.use_latency(LatencyTable(measured.key, measured.device, parts, cells_ms=cells,
+                                 correction={"scale": 2.0, "constant": 3.0}))
+    sums = sum(n - 1 for k in range(s.num_cells) for n in _inputs_per_node(keys, k).values())
+    full = 2.0 * (10.0 + sum(i % 7 + 1 for i in range(len(keys))) + 0.25 * s.num_cells + 0.5 * sums) + 3.0
+    assert net.full_latency_ms == pytest.approx(full)
+    for p in net.arch_parameters():
+        p.grad = None
+    net.expected_cost("latency").backward()
+    for i, k in enumerate(keys):
+        a = torch.tensor((i % 5 - 2) * 0.7)
+        slope = float(torch.sigmoid(a) * (1 - torch.sigmoid(a)))
+        assert float(net.alpha(k).grad) == pytest.approx(2.0 * (i % 7 + 1 + 0.5) * slope / full, rel=1e-5), k
+
+
+def _inputs_per_node(keys, cell):
+    found = {}
+    for k in keys:
+        if k.cell == cell:
+            found[k.dst] = found.get(k.dst, 0) + 1
+    return found
+
+
+def test_a_search_carries_its_table_in_its_checkpoint(tiny_table, tmp_path):
+    """Workers on other nodes and a resume never read the file again: the state holds the
+    table, and a table missing an entry is refused rather than read as 0 ms."""
+    _, table, path = tiny_table
+    copy = tmp_path / "t.json"
+    copy.write_text(path.read_text())
+    cfg = tiny_config(cost="latency", latency_table=str(copy))
+    search = GoldSearch(cfg, SHAPE, 10)
+    state = search.state_dict()
+    copy.unlink()
+    again = GoldSearch.from_state_dict(state)
+    assert again.latency.to_dict() == table.to_dict() and again.model.full_latency_ms == search.model.full_latency_ms
+    partial = table.to_dict()
+    del partial["parts_ms"]["op/1/0/2/sep_conv_3x3"]
+    with pytest.raises(ConfigError, match=r"has no entry for 1 part\(s\) of this space, e.g. op/1/0/2/sep_conv_3x3"):
+        GoldSearch(cfg, SHAPE, 10, latency=LatencyTable.from_dict(partial))
+
 
 def test_a_latency_search_records_predicted_latency(tiny_table, tmp_path, digits):
     from goldnas_ray.run.loop import run_local

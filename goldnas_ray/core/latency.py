@@ -95,7 +95,7 @@ class LatencyTable:
 
     key: dict[str, Any]
     device: dict[str, Any]  # type, name, torch, threads, dtype, channels_last
-    parts_ms: dict[str, float]  # part_name -> median ms
+    parts_ms: dict[str, float]  # part_name -> ms (the table's statistic: measured["statistic"])
     spread_ms: dict[str, float] = field(default_factory=dict)  # part_name -> interquartile range
     cells_ms: dict[int, dict[str, float]] = field(default_factory=dict)  # cell -> {"concat", "add"}
     measured: dict[str, Any] = field(default_factory=dict)  # warmup, repeats, seconds, full network
@@ -137,15 +137,30 @@ class LatencyTable:
                                         f"make one with pipelines/profile_latency.py for this config")
         mine = self.key.get("space", {})
         for name, value in expected["space"].items():
-            if mine.get(name) != value:
+            same = (sorted(mine.get(name) or []) == sorted(value) if name == "operators"  # keyed by name
+                    else mine.get(name) == value)
+            if not same:
                 raise LatencyTableError(f"{where} was made for space.{name}={mine.get(name)}, not {value}: "
                                         f"make one with pipelines/profile_latency.py for this config")
 
+    def check_covers(self, full: Genotype, where: str = "the latency table") -> None:
+        """Refuse a table without an entry for every part of ``full`` (a space's whole
+        network) and every one of its cells: a missing entry would predict 0 ms."""
+        names = ["stem", "head"] + [f"pre/{k}/{src}" for k, cell in enumerate(full.cells) for src in (0, 1)
+                                    if cell.uses_input(src)]
+        names += [part_name(op) for k in range(len(full.cells)) for op in full.op_keys_of(k)]
+        missing = [n for n in names if n not in self.parts_ms]
+        missing += [f"cell {k}" for k in range(len(full.cells)) if k not in self.cells_ms]
+        if missing:
+            raise LatencyTableError(f"{where} has no entry for {len(missing)} part(s) of this space, "
+                                    f"e.g. {missing[0]}: make one with pipelines/profile_latency.py")
+
     # ---- JSON --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "key": self.key, "device": self.device, "measured": self.measured,
-                "correction": self.correction, "parts_ms": self.parts_ms, "spread_ms": self.spread_ms,
-                "cells_ms": {str(k): v for k, v in self.cells_ms.items()}}
+        return json.loads(json.dumps({  # a copy: editing it leaves the table as it is
+            "format": FORMAT, "key": self.key, "device": self.device, "measured": self.measured,
+            "correction": self.correction, "parts_ms": self.parts_ms, "spread_ms": self.spread_ms,
+            "cells_ms": {str(k): v for k, v in self.cells_ms.items()}}))
 
     @classmethod
     def from_dict(cls, raw: Any, where: str = "the latency table") -> "LatencyTable":
@@ -165,6 +180,9 @@ class LatencyTable:
                 raise LatencyTableError(f"{where} has no {name!r} entry")
         if any(v < 0 for v in parts.values()):
             raise LatencyTableError(f"{where} holds a negative latency")
+        if table.correction.get("scale", 1.0) <= 0:
+            raise LatencyTableError(f"{where} has a correction scale of {table.correction['scale']:g}: "
+                                    f"it must be positive (make the table again)")
         return table
 
 
@@ -196,15 +214,30 @@ def summarise(times: Sequence[float], statistic: str = "min") -> tuple[float, fl
     """(the ``statistic`` of ``times``, their interquartile range): the median, or the minimum,
     the usual figure where other work on the machine only ever adds time (a shared or virtual
     CPU, an allocator that sometimes returns memory to the system)."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return (statistics.median(times) if statistic == "median" else min(times)), q[2] - q[0]
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """What waits for ``device`` to finish (nothing on a CPU): that device's, not the current
+    one's."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+# on a GPU, several calls between two synchronisations: one call of a small operator is
+# shorter than the synchronisation itself
+CALLS_PER_SAMPLE = {"cuda": 10}
 
 
 def timer(device: torch.device, warmup: int, repeats: int, statistic: str = "min"
           ) -> Callable[[Callable[[], Any]], tuple[float, float]]:
     """A function timing a call: (:func:`summarise` of ``repeats`` calls after ``warmup``
     untimed ones) in ms; on a GPU the device is synchronised before and after each."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync, calls = synchronizer(device), CALLS_PER_SAMPLE.get(device.type, 1)
 
     def measure(fn: Callable[[], Any]) -> tuple[float, float]:
         for _ in range(warmup):
@@ -213,9 +246,10 @@ def timer(device: torch.device, warmup: int, repeats: int, statistic: str = "min
         for _ in range(repeats):
             sync()
             start = time.perf_counter()
-            fn()
+            for _ in range(calls):
+                fn()
             sync()
-            times.append((time.perf_counter() - start) * 1e3)
+            times.append((time.perf_counter() - start) * 1e3 / calls)
         return summarise(times, statistic)
     return measure
 
@@ -270,8 +304,8 @@ def measure(space: "SpaceConfig", input_shape: tuple[int, int, int], num_classes
     for k, out in nodes.items():
         chunks = list(out.chunk(space.num_nodes, dim=1))
         chunks = [t.contiguous(memory_format=fmt) for t in chunks]
-        concat, _ = time_it(lambda: torch.cat(chunks, dim=1))
-        add, _ = time_it(lambda: chunks[0] + chunks[1])
+        concat, spread[f"cell/{k}/concat"] = time_it(lambda: torch.cat(chunks, dim=1))
+        add, spread[f"cell/{k}/add"] = time_it(lambda: chunks[0] + chunks[1])
         cells_ms[k] = {"concat": concat, "add": add}
     end_to_end, end_spread = time_it(lambda: net(x))
     table = LatencyTable(table_key(space, input_shape, num_classes, batch),
@@ -311,7 +345,7 @@ def measure_networks(genos: Sequence[Genotype], batch: int, device: torch.device
 
     device = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     nets, inputs = [], []
     gen = torch.Generator().manual_seed(0)
     for geno in genos:

@@ -63,14 +63,20 @@ def stop_latency(cfg: Config, full_ms: float) -> float:
     return stop
 
 
-def latency_table(cfg: Config, input_shape: tuple[int, int, int], num_classes: int) -> LatencyTable | None:
-    """The search's latency table (cost=latency), checked against its space, data and batch."""
+def latency_table(cfg: Config, input_shape: tuple[int, int, int], num_classes: int,
+                  table: LatencyTable | None = None) -> LatencyTable | None:
+    """The search's latency table (cost=latency): ``table`` (the driver's, or a checkpoint's),
+    else read from search.latency_table; checked against its space, data and batch, and that
+    it has an entry for every part of the space's network."""
     q = cfg.search
     if q.cost != "latency":
         return None
-    table = load_table(q.latency_table)
-    table.check(table_key(cfg.space, input_shape, num_classes, q.latency_batch),
-                f"search.latency_table {q.latency_table}")
+    table = table if table is not None else load_table(q.latency_table)
+    s = cfg.space
+    table.check(table_key(s, input_shape, num_classes, q.latency_batch), f"search.latency_table {q.latency_table}")
+    full = Genotype.full(s.num_cells, s.num_nodes, s.operators, s.init_channels, s.stem_multiplier, input_shape[1],
+                         input_shape[0], num_classes, s.stem)
+    table.check_covers(full, f"search.latency_table {q.latency_table}")
     return table
 
 
@@ -91,7 +97,7 @@ class GoldSearch:
     """The search state: supernet, optimizers, lambda schedule, recorder, counters."""
 
     def __init__(self, cfg: Config, input_shape: tuple[int, int, int], num_classes: int,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", latency: LatencyTable | None = None):
         self.cfg = cfg
         self.device = torch.device(device)
         self.input_shape = tuple(input_shape)
@@ -109,7 +115,9 @@ class GoldSearch:
         self.model.to(memory_format=self.memory_format)
         q = cfg.search
         self.flops_min = stop_flops(cfg, self.model.full_flops)
-        self.latency = latency_table(cfg, self.input_shape, num_classes)  # cost=latency only
+        # cost=latency only: ``latency`` travels with the search (a Ray job, a checkpoint), so a
+        # worker on another node or a resume never depends on the file it was read from
+        self.latency = latency_table(cfg, self.input_shape, num_classes, latency)
         self.latency_min = 0.0
         if self.latency is not None:
             self.model.use_latency(self.latency)
@@ -297,14 +305,16 @@ class GoldSearch:
             "schedule": self.schedule.state_dict(),
             "recorder": self.recorder.state_dict(),
             "history": list(self.history),
+            "latency": self.latency.to_dict() if self.latency is not None else None,
         }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> "GoldSearch":
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"checkpoint version {state.get('version')!r} is not {STATE_VERSION}")
+        latency = LatencyTable.from_dict(state["latency"]) if state.get("latency") else None
         search = cls(Config.from_dict(state["config"]), tuple(state["input_shape"]),
-                     state["num_classes"], device)
+                     state["num_classes"], device, latency)
         search.model.restrict_to(Genotype.from_dict(state["genotype"]))
         search.model.load_state_dict(state["model"])
         search.w_opt, search.a_opt = search._make_optimizers()

@@ -68,7 +68,11 @@ class SuperNet(Network):
         """Take operator latencies from ``table`` (made for this space: ``LatencyTable.check``);
         the cost is normalised by the full supernet's predicted latency."""
         self.latency = table
-        self.latency_by_op = {key: table.op_ms(key) for key in self.alive_ops()}
+        # what keeping the operator adds to the prediction: its own time and its node's sum,
+        # both under the table's scale; the norm is the same prediction's for the whole network
+        scale = table.correction.get("scale", 1.0)
+        self.latency_by_op = {key: scale * (table.op_ms(key) + table.cells_ms.get(key.cell, {}).get("add", 0.0))
+                              for key in self.alive_ops()}
         self.full_latency_ms = table.latency_ms(self._geno)
         self._constants.clear()
 

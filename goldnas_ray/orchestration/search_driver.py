@@ -15,7 +15,7 @@ from goldnas_ray.core.config import Config
 from goldnas_ray.files.search_files import RECORDS, read_records, records_path
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.orchestration.cluster import ClusterError, check_capacity, connect, interruptible
-from goldnas_ray.core.search import check_stop
+from goldnas_ray.core.search import check_stop, latency_table
 from goldnas_ray.core.space import check_spatial
 from goldnas_ray.data.batches import check_batches
 from goldnas_ray.data.stream import stream_info
@@ -48,6 +48,7 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     check_batches(data.num_train, workers, cfg.data.batch_size, "data.batch_size")
     check_spatial(data.input_shape[1], cfg.space.num_cells, cfg.space.stem)
     check_stop(cfg, data.input_shape, data.num_classes)
+    table = latency_table(cfg, data.input_shape, data.num_classes)  # read here, sent to the workers
     dataset = data.name
     uri = resolve_uri(out, mlflow_uri) if tracking else None
     if uri:
@@ -60,7 +61,8 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     job = {"config": cfg.to_dict(), "out": out.uri, "resume": start.resume,
            "threads_per_worker": max(1, int(cpus_per_worker)), "mlflow_uri": uri,
            "mlflow_run_id": run_id, "experiment": experiment,
-           "stream": asdict(stream) if stream is not None else None}
+           "stream": asdict(stream) if stream is not None else None,
+           "latency": table.to_dict() if table is not None else None}
     datasets = {"train": train_dataset(cfg.data, stream)} if stream is not None else None
     if stream is not None:
         log(f"data: streaming {stream.num_train} training images of {stream.name} through Ray Data")

@@ -30,6 +30,7 @@ import ray.train.torch
 import torch
 
 from goldnas_ray.core.comm import DistributedComm
+from goldnas_ray.core.latency import LatencyTable
 from goldnas_ray.files.search_files import CHECKPOINT, load_checkpoint, read_run_id
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.data.stream import StreamInfo, StreamSource
@@ -79,7 +80,8 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     if job.get("stream"):
         info = StreamInfo.from_dict(job["stream"])
         data_for = lambda cfg: StreamSource(ray.train.get_dataset_shard("train"), info)  # noqa: E731
-    search, data = load_or_create(Config.from_dict(job["config"]), device, state, data_for)
+    latency = LatencyTable.from_dict(job["latency"]) if job.get("latency") else None
+    search, data = load_or_create(Config.from_dict(job["config"]), device, state, data_for, latency)
     info = run_info(search, data.name, comm.world_size)
     tracker = None
     if comm.rank == 0:

@@ -25,8 +25,11 @@ def describe_start(search: GoldSearch, dataset: str, workers: int = 1) -> str:
     return (f"GOLD-NAS search on {dataset}: {s.num_cells} cells x {s.num_nodes} nodes, "
             f"{len(s.operators)} operators ({', '.join(s.operators)}), {m.num_ops_full} gated operators\n"
             f"search space: 10^{m.log10_size:.1f} architectures; supernet {m.full_flops / 1e6:.3f} MFLOPs "
-            f"(x2 per multiply-add); stop at {search.flops_min / 1e6:.3f} MFLOPs or epoch "
-            f"{search.cfg.search.max_epochs}; {workers} worker(s)")
+            f"(x2 per multiply-add); stop at " + (
+                f"{search.latency_min:.3g} ms predicted (supernet {m.full_latency_ms:.3g} ms on "
+                f"{search.latency.device.get('name', '?')}, batch {search.latency.key.get('batch')})"
+                if search.latency is not None else f"{search.flops_min / 1e6:.3f} MFLOPs")
+            + f" or epoch {search.cfg.search.max_epochs}; {workers} worker(s)")
 
 
 class EpochProgress:

@@ -21,6 +21,7 @@ import torch
 
 from goldnas_ray.core.comm import Communicator, LocalComm
 from goldnas_ray.core.config import Config, ConfigError
+from goldnas_ray.core.latency import LatencyTable
 from goldnas_ray.core.search import GoldSearch
 from goldnas_ray.data import Dataset
 from goldnas_ray.data.batches import check_batches
@@ -96,11 +97,13 @@ def run_info(search: GoldSearch, dataset: str, workers: int) -> dict[str, Any]:
 
 def load_or_create(cfg: Config | None, device: torch.device | str,
                    state: dict[str, Any] | None = None,
-                   data_for: Callable[[Config], Dataset] | None = None) -> tuple[GoldSearch, Dataset]:
+                   data_for: Callable[[Config], Dataset] | None = None,
+                   latency: LatencyTable | None = None) -> tuple[GoldSearch, Dataset]:
     """The search to run and its data: restored from ``state`` (a checkpoint: ``out``'s on
     --resume, or the one Ray Train hands a restarted worker group), else new from ``cfg``.
     ``data_for(config)`` gives the data (default: loaded into memory; a worker that streams
-    passes its stream, which has the same interface)."""
+    passes its stream, which has the same interface). ``latency``: a cost=latency search's
+    table as the driver read it (else read from the config's path)."""
     data_for = data_for or load_data
     if state is not None:
         search = GoldSearch.from_state_dict(state, device)
@@ -108,7 +111,7 @@ def load_or_create(cfg: Config | None, device: torch.device | str,
     if cfg is None:
         raise ValueError("a new search needs a config")
     data = data_for(cfg)
-    return GoldSearch(cfg, data.input_shape, data.num_classes, device), data
+    return GoldSearch(cfg, data.input_shape, data.num_classes, device, latency), data
 
 
 def load_data(cfg: Config) -> Dataset:

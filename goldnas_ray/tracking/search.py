@@ -29,6 +29,7 @@ METRICS = {  # history column -> MLflow metric name
     "images_per_second": "images_per_second",
     "latency_ms": "latency_ms",  # cost=latency: the predicted latency after the epoch's pruning
 }
+OPTIONAL = {"latency_ms"}  # columns only some searches have
 
 
 def run_tags(space: Any, dataset: str, workers: int, out: Path) -> dict[str, str]:
@@ -70,7 +71,8 @@ class SearchTracker:
         if step in self.logged_steps:
             return
         ts = int(time.time() * 1000)
-        metrics = [Metric(name, float(row[col]), ts, step) for col, name in METRICS.items() if col in row]
+        metrics = [Metric(name, float(row[col]), ts, step) for col, name in METRICS.items()
+                   if col in row or col not in OPTIONAL]
         self.client.log_batch(self.run_id, metrics=metrics)
         self.logged_steps.add(step)
 
