@@ -198,6 +198,11 @@ def concurrent_trials(resources: dict[str, float], trial: Resources, streaming: 
     wait forever)."""
     check_fits_on_a_node(trial.cpus, trial.gpus)
     check_capacity(resources, trial.workers, trial.cpus, trial.gpus)
+    return trials_at_once(resources, trial, streaming)
+
+
+def trials_at_once(resources: dict[str, float], trial: Resources, streaming: bool) -> int:
+    """The arithmetic of :func:`concurrent_trials`, from the cluster's totals."""
     spare = DECODE_CPUS if streaming else 0
     cpus, gpus = resources.get("CPU", 0) - spare, resources.get("GPU", 0)
     need_cpu, need_gpu = trial.workers * trial.cpus, trial.workers * trial.gpus
