@@ -95,7 +95,8 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
     shape = f"{trial.workers} worker(s) x " if trial.workers > 1 else ""
     log(f"retraining {len(manifest.candidates)} architectures x {len(manifest.seeds)} seed(s) = "
         f"{len(specs)} trials of {epochs} epochs; {shape}{trial.cpus:g} CPU / {trial.gpus:g} GPU per trial, "
-        f"up to {at_once} at once; output in {out}")
+        + (f"up to {at_once} at once" if not resume else "as many at once as when it started (Tune keeps that)")
+        + f"; output in {out}")
     if manifest.stream is not None:
         test = "streamed" if next(iter(specs.values())).eval_stream else "held in memory"
         log(f"data: streaming {manifest.stream.num_train} training images of {manifest.stream.name} through "
