@@ -19,6 +19,9 @@
             against the search's, per FLOP, at 100/60/30% of the supernet
 (f) sync    a search's and a retrain's steps under torch.cuda.set_sync_debug_mode("error"):
             any call inside them that waits for the GPU raises
+(g) latency benchmarks/latency_check.py at the paper's space on CIFAR-10-sized input: a GPU
+            latency table and its predictions against 20 networks measured end to end, at
+            batch 1 and 96 (Spearman, median error)
 
 Each part runs in its own process with a time limit; a failed part is a row of the table
 saying why, and the script goes on. --json writes the figures too.
@@ -209,6 +212,25 @@ for name, steps in (("search", lambda b: search.train_steps(b)),
 """
 
 
+def check_latency(a, tmp: Path) -> dict:
+    data, out = tmp / "data", tmp / "latency.json"
+    if not (data / "cifar-10-batches-bin").is_dir():
+        write_random_cifar10(data, 256, 64)
+    size = (["--set", "space.num_cells=5", "--set", "space.init_channels=4", "--networks", "6", "--repeats", "3",
+             "--calibration", "3", "--batches", "1,8"] if a.smoke
+            else ["--config", "configs/cifar10.yaml", "--networks", "20", "--batches", "1,96"])
+    cmd = [sys.executable, "benchmarks/latency_check.py", "--device", a.device, "--set", "data.dataset=cifar10",
+           "--set", f"data.root={data}", *size, "--json", str(out)]
+    ok, why = run(cmd, a.part_timeout, tmp / "latency.log")
+    if not ok:
+        return {"ok": False, "detail": why}
+    batches = json.loads(out.read_text())["batches"]
+    detail = "; ".join(f"batch {b}: Spearman {r['summary']['spearman']:.3f}, median error "
+                       f"{r['summary']['median_error_pct']:.1f}% (remeasured {r['summary']['repeat_error_pct']:.1f}%)"
+                       for b, r in batches.items())
+    return {"ok": True, "detail": detail, "batches": {b: r["summary"] for b, r in batches.items()}}
+
+
 def check_sync(a, tmp: Path) -> dict:
     ok, why = run([sys.executable, "-c", SYNC, a.device], a.part_timeout, tmp / "sync.log")
     lines = [line[5:] for line in (tmp / "sync.log").read_text().splitlines() if line.startswith("SYNC ")]
@@ -260,7 +282,8 @@ def main() -> None:
                    help="epochs of the projected CIFAR-10 search (default 100, an assumption: a "
                         "search's records.json says how many it took)")
     p.add_argument("--part-timeout", type=float, default=150, help="seconds each part may take")
-    p.add_argument("--only", default="sync,peer,steps,loop,search,retrain", help="parts to run, comma-separated")
+    p.add_argument("--only", default="sync,peer,steps,loop,latency,search,retrain",
+                   help="parts to run, comma-separated")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument("--keep", type=Path, help="keep the parts' logs and outputs in this folder")
     a = p.parse_args()
@@ -269,7 +292,7 @@ def main() -> None:
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device here: run with --device cpu --smoke for the rehearsal")
     checks = {"sync": check_sync, "peer": check_peer, "steps": check_steps, "loop": check_loop,
-              "search": check_search, "retrain": check_retrain}
+              "latency": check_latency, "search": check_search, "retrain": check_retrain}
     parts = [name for name in a.only.split(",") if name]
     for name in parts:
         if name not in checks:

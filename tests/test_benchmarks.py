@@ -13,7 +13,7 @@ PEER = ROOT.parent / "shared" / "peers" / "gold_nas_unofficial"
 
 @pytest.mark.ray
 def test_gpu_check_rehearsal_runs_every_part(ray_cluster, tmp_path):
-    parts = "sync,steps,loop,search,retrain" + (",peer" if PEER.is_dir() else "")
+    parts = "sync,steps,loop,latency,search,retrain" + (",peer" if PEER.is_dir() else "")
     env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
     proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--smoke",
                            "--only", parts, "--json", str(tmp_path / "check.json"),
@@ -26,6 +26,9 @@ def test_gpu_check_rehearsal_runs_every_part(ray_cluster, tmp_path):
     assert "worker on cpu with gloo" in result["search"]["detail"]
     assert "two at once" in result["retrain"]["detail"]
     assert result["sync"]["detail"].count("no synchronising call") == 2  # the search's and the retrain's
+    assert set(result["latency"]["batches"]) == {"1", "8"}  # a table and its check at both batches
+    for b in result["latency"]["batches"].values():  # 6 networks from 5% to 95% of the operators kept
+        assert 0 < b["measured_range_ms"][0] < b["measured_range_ms"][1]
     loop = [r["mflops"] for r in result["loop"]["steps"]]  # architectures at 100, 60 and 30% of the FLOPs
     assert len(loop) == 3 and loop[0] > loop[1] > loop[2]
     steps = result["steps"]["rows"]
