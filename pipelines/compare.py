@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mlflow-uri", help="tracking URI for run ids (default: MLFLOW_TRACKING_URI)")
     p.add_argument("--title", default="", help="the chart's title")
     p.add_argument("--csv", help="also write the table to this CSV file")
+    p.add_argument("--x", dest="axis", default="flops", choices=["flops", "latency"],
+                   help="the x axis: FLOPs (default), or the latency the retrains measured (batch 1)")
     return p.parse_args(argv)
 
 
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             if labels.count(f.label) > 1:  # e.g. two folders both called retrain/
                 f.label = str(source)
         table = front_table(fronts)
-        chart = plot_fronts(fronts, args.out, args.title)
+        chart = plot_fronts(fronts, args.out, args.title, args.axis)
         if args.csv:
             table.to_csv(args.csv, index=False)
         shown = table.assign(MFLOPs=(table["flops"] / 1e6).round(3)).drop(columns=["flops"])

@@ -10,11 +10,13 @@ from goldnas_ray.retrain import report
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _retrain(folder: Path, shift: float) -> pd.DataFrame:
+def _retrain(folder: Path, shift: float, latency: list[float] | None = None) -> pd.DataFrame:
     """A retrain's report files as retrain.py writes them, from made-up trials."""
     archs = pd.DataFrame({"arch_id": ["arch-000", "arch-001", "random-000"],
                           "kind": ["searched", "searched", "random"],
                           "flops": [2_000_000, 1_000_000, 1_100_000], "params": [10, 5, 6]})
+    if latency:
+        archs["latency_ms"] = latency
     trials = pd.DataFrame({"arch_id": ["arch-000", "arch-001", "random-000"], "seed": 0, "epoch": 2,
                            "test_acc": [0.90 + shift, 0.85 + shift, 0.80 + shift]})
     table = report.summarise(trials, archs)
@@ -49,3 +51,23 @@ def test_a_folder_that_is_no_run_is_refused(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "neither a retrain's frontier.parquet nor a search's records.json" in proc.stderr
+
+
+def test_fronts_against_measured_latency(tmp_path):
+    """--x latency: the retrains' measured latency on the axis. random-000 is dominated in FLOPs
+    (arch-001 has fewer and is more accurate) but on the front in latency (faster than both)."""
+    a = tmp_path / "a"
+    table = _retrain(a, 0.0, latency=[6.0, 5.0, 3.0])
+    assert list(table.set_index("arch_id").loc[["arch-000", "arch-001", "random-000"], "on_front"]) == [True, True, False]
+    assert (a / "frontier_latency.png").read_bytes()[:4] == b"\x89PNG"
+    chart, csv = tmp_path / "lat.png", tmp_path / "lat.csv"
+    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), str(a), "--x", "latency",
+                           "--out", str(chart), "--csv", str(csv)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert chart.read_bytes()[:4] == b"\x89PNG" and list(pd.read_csv(csv)["latency_ms"]) == [5.0, 3.0, 6.0]
+    b = tmp_path / "b"
+    _retrain(b, 0.0)  # made without latencies: refused on a latency chart, naming why
+    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), str(a), str(b), "--x", "latency",
+                           "--out", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "b has no latency_ms: its retrain measured no latency" in proc.stderr
+    assert not (tmp_path / "x.png").exists()

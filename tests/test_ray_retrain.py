@@ -55,6 +55,10 @@ def test_pipeline_retrains_the_front_concurrently_and_reports_it(pipeline, mlflo
     table = pd.read_parquet(retrain / "frontier.parquet")
     assert list(pd.read_csv(retrain / "frontier.csv")["arch_id"]) == list(table["arch_id"])
     assert (retrain / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    # every trained network timed by the driver: a batch takes longer than one image
+    assert (retrain / "frontier_latency.png").read_bytes()[:4] == b"\x89PNG"
+    assert (table["latency_ms"] > 0).all() and (table["latency_ms_batch"] > table["latency_ms"]).all()
+    assert table["latency_device"].str.contains("cpu, ").all()
     recorded = {a["id"]: a for a in search["architectures"]} | {
         a["arch_id"]: a for a in manifest["architectures"] if a["kind"] == "random"}
     assert sorted(table["arch_id"]) == sorted(recorded)

@@ -54,3 +54,22 @@ def test_one_seed_gives_a_point_interval_and_equal_fronts_a_zero_difference():
     assert (searched, random) == pytest.approx((0.297148, 0.312850), abs=1e-6)
     assert hv["searched"]["value"] == pytest.approx(searched)
     assert hv["difference"]["value"] == pytest.approx(searched - random)
+
+
+def test_the_hypervolume_in_latency_space_uses_the_measured_latency():
+    """The same comparison with latency_ms on the axis: where random-000 is fast (4 ms against
+    arch-000's 8 ms at equal accuracy), the random front gains; worked by hand as above."""
+    last, archs = _results([0.9, 0.8], [0.9, 0.8], seeds=1)
+    archs["latency_ms"] = [8.0, 2.0, 4.0, 2.0]
+    stats = compare_fronts(last, archs, resamples=100, column="latency_ms")
+    ref = math.log10(1.1 * 8.0)
+    searched = 0.8 * (math.log10(8.0) - math.log10(2.0)) + 0.9 * (ref - math.log10(8.0))
+    random = 0.8 * (math.log10(4.0) - math.log10(2.0)) + 0.9 * (ref - math.log10(4.0))
+    assert stats["axis"] == "latency_ms" and stats["reference"]["log10_latency_ms"] == pytest.approx(ref)
+    assert stats["hypervolume"]["searched"]["value"] == pytest.approx(searched)
+    assert stats["hypervolume"]["random"]["value"] == pytest.approx(random)
+    assert random > searched  # the same accuracies at lower latency
+    matched = {m["arch_id"]: m["random_id"] for m in stats["matched"]}
+    assert matched == {"arch-000": "random-000", "arch-001": "random-001"}
+    assert any("(8.000 vs 4.000 ms)" in line and "error x log10 latency" not in line for line in describe(stats))
+    assert any("error x log10 latency" in line for line in describe(stats))

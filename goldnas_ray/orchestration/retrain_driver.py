@@ -113,7 +113,9 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
         f"here; report in {out / 'frontier.csv'}")
     if not table.empty:
         log(report.format_table(table))
-    for line in stats.describe(comparison) if comparison else []:
+    described = (stats.describe(comparison) + (stats.describe(comparison["latency"]) if "latency" in comparison
+                                               else [])) if comparison else []
+    for line in described:
         log(line)
     if tracker is not None:
         _track_report(tracker, out, manifest, table, comparison, finished, failed, log)
@@ -320,11 +322,21 @@ def _write_report(out: Location, trials: pd.DataFrame, manifest: Manifest
     if done.empty:
         return pd.DataFrame(), None
     archs = pd.DataFrame([c.row() for c in manifest.candidates])
+    recipe = manifest.config.retrain
+    if recipe.latency_repeats > 0:  # every trained network timed here, one after the other
+        gpu = manifest.resources is not None and manifest.resources.gpus > 0 and torch.cuda.is_available()
+        trained = {c.arch_id: c.genotype for c in manifest.candidates if c.arch_id in set(done["arch_id"])}
+        archs = archs.merge(report.measured_latency(trained, recipe.batch_size, recipe.latency_repeats,
+                                                    "cuda" if gpu else "cpu", recipe.channels_last),
+                            on="arch_id", how="left")
     table = report.summarise(done, archs)
     report.write_report(out, table, title=f"{out.name}: {len(manifest.seeds)} seed(s), "
                                           f"{manifest.config.retrain.epochs} epochs")
     comparison = None
     if {"searched", "random"} <= set(table["kind"]):
         comparison = stats.compare_fronts(report.last_epochs(done), archs, seed=manifest.config.seed)
+        if report.has_latency(table):  # the same comparison with measured latency on the axis
+            comparison["latency"] = stats.compare_fronts(report.last_epochs(done), archs, seed=manifest.config.seed,
+                                                         column="latency_ms")
         (out / COMPARISON).write_text(json.dumps(comparison, indent=1))
     return table, comparison

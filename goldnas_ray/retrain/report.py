@@ -1,8 +1,10 @@
 """The accuracy/FLOPs frontier of a retrain: one row per architecture, Pareto flags, a plot.
 
     frontier.parquet / frontier.csv   arch_id, kind (searched | random), flops, params,
+                                      latency_ms, latency_ms_batch, latency_device,
                                       accuracy_mean, accuracy_std, seeds, epochs, on_front, ...
     frontier.png                      accuracy against FLOPs, Pareto staircases drawn
+    frontier_latency.png              accuracy against measured latency (batch 1), when measured
 
 An architecture is on the front when no other one has FLOPs <= its FLOPs and accuracy >= its
 accuracy with at least one of the two strictly better. Accuracy is the test accuracy after
@@ -15,11 +17,38 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
+from goldnas_ray.core.genotype import Genotype
 from goldnas_ray.files.store import Location, location
 
-COLUMNS = ["arch_id", "kind", "flops", "params", "accuracy_mean", "accuracy_std", "seeds",
-           "epochs", "on_front", "search_epoch", "search_lambda", "genotype"]
+COLUMNS = ["arch_id", "kind", "flops", "params", "latency_ms", "latency_ms_batch", "latency_device",
+           "accuracy_mean", "accuracy_std", "seeds", "epochs", "on_front", "search_epoch", "search_lambda",
+           "genotype"]
+# what an accuracy chart can put on its x axis: column, scale, label
+AXES = {"flops": ("flops", 1e-6, "MFLOPs per image (multiply-add = 2)"),
+        "latency": ("latency_ms", 1.0, "latency (ms, batch 1, measured)")}
+
+
+def has_latency(table: pd.DataFrame) -> bool:
+    return "latency_ms" in table and table["latency_ms"].notna().any()
+
+
+def measured_latency(genotypes: dict[str, Genotype], batch: int, repeats: int, device: str = "cpu",
+                     channels_last: bool = True) -> pd.DataFrame:
+    """arch_id, latency_ms (batch 1), latency_ms_batch (``batch``), latency_device: every
+    network timed end to end in eval mode, the minimum of ``repeats`` passes taken in
+    interleaved rounds (``core.latency.measure_networks``)."""
+    from goldnas_ray.core.latency import device_description, measure_networks
+
+    ids = sorted(genotypes)
+    genos = [genotypes[a] for a in ids]
+    one = measure_networks(genos, 1, device, channels_last=channels_last, warmup=2, repeats=repeats)
+    many = measure_networks(genos, batch, device, channels_last=channels_last, warmup=2, repeats=repeats)
+    d = device_description(torch.device(device), "float32", channels_last)
+    where = f"{d['name']} ({d['type']}, {d['threads']} threads, batch {batch})"
+    return pd.DataFrame({"arch_id": ids, "latency_ms": [m for m, _ in one],
+                         "latency_ms_batch": [m for m, _ in many], "latency_device": where})
 
 
 def non_dominated(flops: Sequence[float], accuracy: Sequence[float]) -> list[bool]:
@@ -67,29 +96,31 @@ def staircase(flops: Sequence[float], accuracy: Sequence[float]) -> tuple[list[f
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def plot(table: pd.DataFrame, path: Path, title: str = "") -> Path:
+def plot(table: pd.DataFrame, path: Path, title: str = "", axis: str = "flops") -> Path:
+    """Accuracy against ``axis`` (flops | latency): each kind's points and staircase, the
+    joint front in that plane circled."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
 
+    column, scale, xlabel = AXES[axis]
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.subplots()
     styles = {"searched": ("C0", "o", "-"), "random": ("C1", "s", "--")}
     for kind, group in table.groupby("kind", sort=True):
         color, marker, line = styles.get(kind, ("C2", "^", ":"))
-        x = group["flops"].to_numpy() / 1e6
+        x = group[column].to_numpy(float) * scale
         y = 100 * group["accuracy_mean"].to_numpy()
         err = 100 * group["accuracy_std"].fillna(0).to_numpy()
         ax.errorbar(x, y, yerr=err, fmt=marker, color=color, capsize=3, label=f"{kind} ({len(group)})")
         sx, sy = staircase(x, y)
         if sx:  # the kind's own front: a step up at each Pareto point, flat to the right
             ax.step(sx + [x.max()], sy + [sy[-1]], where="post", color=color, ls=line, lw=1.2, alpha=0.8)
-    front = table[table["on_front"]]
-    ax.scatter(front["flops"] / 1e6, 100 * front["accuracy_mean"], s=140, facecolors="none",
+    front = table[non_dominated(table[column].astype(float), table["accuracy_mean"])]
+    ax.scatter(front[column].astype(float) * scale, 100 * front["accuracy_mean"], s=140, facecolors="none",
                edgecolors="black", label="on the joint front", zorder=4)
     for _, row in table.iterrows():
-        ax.annotate(row["arch_id"], (row["flops"] / 1e6, 100 * row["accuracy_mean"]), fontsize=7,
+        ax.annotate(row["arch_id"], (float(row[column]) * scale, 100 * row["accuracy_mean"]), fontsize=7,
                     xytext=(4, -9), textcoords="offset points")
-    return save_chart(fig, ax, path, title, "MFLOPs per image (multiply-add = 2)",
-                      "test accuracy (%), mean over seeds")
+    return save_chart(fig, ax, path, title, xlabel, "test accuracy (%), mean over seeds")
 
 
 def save_chart(fig, ax, path: "Path | Location", title: str, xlabel: str, ylabel: str) -> Location:
@@ -105,21 +136,27 @@ def save_chart(fig, ax, path: "Path | Location", title: str, xlabel: str, ylabel
 
 
 def write_report(out: "Path | Location", table: pd.DataFrame, title: str = "") -> list[Location]:
-    """frontier.parquet, frontier.csv and frontier.png under ``out`` (each replaced whole)."""
+    """frontier.parquet, frontier.csv, frontier.png (and frontier_latency.png when the
+    latencies were measured) under ``out`` (each replaced whole)."""
     out = location(out)
     paths = []
     paths.append((out / "frontier.parquet").write(lambda tmp: table.to_parquet(tmp, index=False)))
     paths.append((out / "frontier.csv").write(lambda tmp: table.to_csv(tmp, index=False)))
     paths.append(plot(table, out / "frontier.png", title))
+    if has_latency(table):
+        paths.append(plot(table, out / "frontier_latency.png", title, axis="latency"))
     return paths
 
 
 def format_table(table: pd.DataFrame) -> str:
     """The report as aligned text, one architecture a line, the front marked ``*``."""
-    lines = [f"{'architecture':<13} {'kind':<9} {'MFLOPs':>8} {'params':>8} {'accuracy':>16} front"]
+    latency = has_latency(table)
+    lines = [f"{'architecture':<13} {'kind':<9} {'MFLOPs':>8} {'params':>8} " + ("  ms (b1)" if latency else "")
+             + f"{'accuracy':>16} front"]
     for _, row in table.iterrows():
         std = "" if pd.isna(row["accuracy_std"]) else f" +- {100 * row['accuracy_std']:.2f}"
-        lines.append(f"{row['arch_id']:<13} {row['kind']:<9} {row['flops'] / 1e6:>8.3f} {row['params']:>8} "
+        ms = f"{row['latency_ms']:>9.3f}" if latency else ""
+        lines.append(f"{row['arch_id']:<13} {row['kind']:<9} {row['flops'] / 1e6:>8.3f} {row['params']:>8} {ms}"
                      f"{100 * row['accuracy_mean']:>7.2f}%{std:<9} {'*' if row['on_front'] else ''}")
     return "\n".join(lines)
 

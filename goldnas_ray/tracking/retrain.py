@@ -130,8 +130,8 @@ class RetrainTracker:
         from mlflow.entities import Metric
 
         log_files(self.client, parent_id, out,
-                   ("frontier.parquet", "frontier.csv", "frontier.png", "trials.parquet", "retrain.json",
-                   "comparison.json"))
+                   ("frontier.parquet", "frontier.csv", "frontier.png", "frontier_latency.png", "trials.parquet",
+                    "retrain.json", "comparison.json"))
         if table is not None and len(table):
             self.client.log_table(parent_id, data=table, artifact_file=FRONT_TABLE)
         ts = int(time.time() * 1000)
