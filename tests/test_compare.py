@@ -58,7 +58,9 @@ def test_fronts_against_measured_latency(tmp_path):
     (arch-001 has fewer and is more accurate) but on the front in latency (faster than both)."""
     a = tmp_path / "a"
     table = _retrain(a, 0.0, latency=[6.0, 5.0, 3.0])
-    assert list(table.set_index("arch_id").loc[["arch-000", "arch-001", "random-000"], "on_front"]) == [True, True, False]
+    by_id = table.set_index("arch_id").loc[["arch-000", "arch-001", "random-000"]]
+    assert list(by_id["on_front"]) == [True, True, False]
+    assert list(by_id["on_front_latency"]) == [True, True, True]  # random-000 is the fastest
     assert (a / "frontier_latency.png").read_bytes()[:4] == b"\x89PNG"
     chart, csv = tmp_path / "lat.png", tmp_path / "lat.csv"
     proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), str(a), "--x", "latency",

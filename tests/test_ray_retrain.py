@@ -59,6 +59,8 @@ def test_pipeline_retrains_the_front_concurrently_and_reports_it(pipeline, mlflo
     assert (retrain / "frontier_latency.png").read_bytes()[:4] == b"\x89PNG"
     assert (table["latency_ms"] > 0).all() and (table["latency_ms_batch"] > table["latency_ms"]).all()
     assert table["latency_device"].str.contains("cpu, ").all()
+    comparison = json.loads((retrain / "comparison.json").read_text())
+    assert comparison["latency"]["axis"] == "latency_ms" and "searched" in comparison["latency"]["hypervolume"]
     recorded = {a["id"]: a for a in search["architectures"]} | {
         a["arch_id"]: a for a in manifest["architectures"] if a["kind"] == "random"}
     assert sorted(table["arch_id"]) == sorted(recorded)
@@ -95,7 +97,7 @@ def test_pipeline_retrains_the_front_concurrently_and_reports_it(pipeline, mlflo
         assert client.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
     assert parent.data.tags["goldnas.search_run_id"] == search["mlflow_run_id"]
     assert client.get_run(search["mlflow_run_id"]).info.status == "FINISHED"
-    assert {"frontier.csv", "frontier.parquet", "frontier.png", "trials.parquet"} <= \
+    assert {"frontier.csv", "frontier.parquet", "frontier.png", "frontier_latency.png", "trials.parquet"} <= \
         {a.path for a in client.list_artifacts(parent.info.run_id)}
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")

@@ -252,7 +252,8 @@ class RetrainConfig(Section):
     channels_last: StrictBool = Field(True, description="NHWC tensors, as in the search")
     amp: Literal["off", "bf16"] = Field("off", description="bf16 autocast of the forward and the evaluation")
     latency_repeats: NonNegativeInt = Field(
-        10, description="the report's latency_ms: timed passes per network and batch (0: not measured)")
+        10, description="the report's latency_ms: timed passes per network and batch, on the driver's CPU "
+                        "(0: not measured)")
 
     @model_validator(mode="after")
     def _ordered(self) -> "RetrainConfig":

@@ -359,11 +359,11 @@ def measure_networks(genos: Sequence[Genotype], batch: int, device: torch.device
     times: list[list[float]] = [[] for _ in genos]
     order = list(range(len(genos)))
     shuffle = torch.Generator().manual_seed(1)
-    per_round = max(1, -(-repeats // rounds))
-    for _ in range(rounds):
+    rounds = max(1, min(rounds, repeats))
+    for r in range(rounds):  # ``repeats`` passes in all, spread over the rounds
         order = [order[i] for i in torch.randperm(len(order), generator=shuffle).tolist()]
         for i in order:
-            for _ in range(per_round):
+            for _ in range(repeats // rounds + (1 if r < repeats % rounds else 0)):
                 sync()
                 start = time.perf_counter()
                 nets[i](inputs[i])

@@ -108,7 +108,7 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
                    RetrainCallback(tracker, manifest.mlflow_child_run_ids, epochs, log))
     results = _fit(tuner, tracker, manifest, out, log)
     trials, failed, finished = _collect(results, specs, epochs, out)
-    table, comparison = _write_report(out, trials, manifest)
+    table, comparison = _write_report(out, trials, manifest, log)
     log(f"retrain {'finished' if not failed else 'stopped'} after {time.perf_counter() - started:.0f}s "
         f"here; report in {out / 'frontier.csv'}")
     if not table.empty:
@@ -304,13 +304,15 @@ def _track_report(tracker: RetrainTracker, out: Location, manifest: Manifest, ta
             networks[manifest.mlflow_child_run_ids[key]] = (net, (g.in_channels, g.input_size, g.input_size))
     tracker.log_models(networks)
     summary = report.front_summary(table) | {
-        f"hypervolume_{k}": v["value"] for k, v in (comparison or {}).get("hypervolume", {}).items()}
+        f"hypervolume_{k}": v["value"] for k, v in (comparison or {}).get("hypervolume", {}).items()} | {
+        f"hypervolume_latency_{k}": v["value"]
+        for k, v in (comparison or {}).get("latency", {}).get("hypervolume", {}).items()}
     tracker.log_report(manifest.mlflow_run_id, out, summary, table)
     tracker.end_run(manifest.mlflow_run_id, "FAILED" if failed else "FINISHED")
     log(f"MLflow run {manifest.mlflow_run_id}: open with {how_to_open(tracker.uri)}")
 
 
-def _write_report(out: Location, trials: pd.DataFrame, manifest: Manifest
+def _write_report(out: Location, trials: pd.DataFrame, manifest: Manifest, log: Callable[[str], None] = print
                   ) -> tuple[pd.DataFrame, dict[str, Any] | None]:
     """trials.parquet and the frontier report of the finished trials (an unfinished trial's
     last epoch is not comparable: left out), with the searched-vs-random comparison when both
@@ -323,20 +325,23 @@ def _write_report(out: Location, trials: pd.DataFrame, manifest: Manifest
         return pd.DataFrame(), None
     archs = pd.DataFrame([c.row() for c in manifest.candidates])
     recipe = manifest.config.retrain
-    if recipe.latency_repeats > 0:  # every trained network timed here, one after the other
-        gpu = manifest.resources is not None and manifest.resources.gpus > 0 and torch.cuda.is_available()
+    if recipe.latency_repeats > 0:  # every trained architecture timed here, on this CPU
         trained = {c.arch_id: c.genotype for c in manifest.candidates if c.arch_id in set(done["arch_id"])}
-        archs = archs.merge(report.measured_latency(trained, recipe.batch_size, recipe.latency_repeats,
-                                                    "cuda" if gpu else "cpu", recipe.channels_last),
-                            on="arch_id", how="left")
+        log(f"timing {len(trained)} networks end to end on this CPU (batch 1 and {recipe.batch_size}, "
+            f"{recipe.latency_repeats} passes each; retrain.latency_repeats=0 skips it)")
+        try:
+            archs = archs.merge(report.measured_latency(trained, recipe.batch_size, recipe.latency_repeats,
+                                                        "cpu", recipe.channels_last), on="arch_id", how="left")
+        except (RuntimeError, MemoryError) as exc:  # the report is written without latencies
+            log(f"latency not measured: {exc}")
     table = report.summarise(done, archs)
     report.write_report(out, table, title=f"{out.name}: {len(manifest.seeds)} seed(s), "
                                           f"{manifest.config.retrain.epochs} epochs")
     comparison = None
     if {"searched", "random"} <= set(table["kind"]):
-        comparison = stats.compare_fronts(report.last_epochs(done), archs, seed=manifest.config.seed)
+        last = report.last_epochs(done)
+        comparison = stats.compare_fronts(last, archs, seed=manifest.config.seed)
         if report.has_latency(table):  # the same comparison with measured latency on the axis
-            comparison["latency"] = stats.compare_fronts(report.last_epochs(done), archs, seed=manifest.config.seed,
-                                                         column="latency_ms")
+            comparison["latency"] = stats.compare_fronts(last, archs, seed=manifest.config.seed, column="latency_ms")
         (out / COMPARISON).write_text(json.dumps(comparison, indent=1))
     return table, comparison

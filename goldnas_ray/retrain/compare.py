@@ -59,7 +59,7 @@ def plot_fronts(fronts: list[Front], path: "str | Path | Location", title: str =
 
     column, scale, xlabel = AXES[axis]
     for f in fronts:
-        if column not in f.table or f.table[column].isna().all():
+        if column not in f.table or f.table[column].isna().any():
             raise RetrainError(f"{f.label} has no {column}: "
                                + ("its retrain measured no latency (retrain.latency_repeats=0, or made before it "
                                   "was measured)" if f.kind == "retrain" else "a search records latency only "

@@ -17,28 +17,31 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from goldnas_ray.core.genotype import Genotype
 from goldnas_ray.files.store import Location, location
 
 COLUMNS = ["arch_id", "kind", "flops", "params", "latency_ms", "latency_ms_batch", "latency_device",
-           "accuracy_mean", "accuracy_std", "seeds", "epochs", "on_front", "search_epoch", "search_lambda",
-           "genotype"]
+           "accuracy_mean", "accuracy_std", "seeds", "epochs", "on_front", "on_front_latency", "search_epoch",
+           "search_lambda", "genotype"]
 # what an accuracy chart can put on its x axis: column, scale, label
 AXES = {"flops": ("flops", 1e-6, "MFLOPs per image (multiply-add = 2)"),
         "latency": ("latency_ms", 1.0, "latency (ms, batch 1, measured)")}
 
 
 def has_latency(table: pd.DataFrame) -> bool:
-    return "latency_ms" in table and table["latency_ms"].notna().any()
+    """Every architecture of ``table`` has a measured latency."""
+    return "latency_ms" in table and len(table) > 0 and bool(table["latency_ms"].notna().all())
 
 
 def measured_latency(genotypes: dict[str, Genotype], batch: int, repeats: int, device: str = "cpu",
                      channels_last: bool = True) -> pd.DataFrame:
     """arch_id, latency_ms (batch 1), latency_ms_batch (``batch``), latency_device: every
-    network timed end to end in eval mode, the minimum of ``repeats`` passes taken in
-    interleaved rounds (``core.latency.measure_networks``)."""
+    network built afresh (latency does not depend on the weights' values) and timed end to
+    end in eval mode, float32, the minimum of ``repeats`` passes taken in interleaved rounds
+    (``core.latency.measure_networks``), with this process's torch threads."""
+    import torch
+
     from goldnas_ray.core.latency import device_description, measure_networks
 
     ids = sorted(genotypes)
@@ -83,6 +86,8 @@ def summarise(trials: pd.DataFrame, architectures: pd.DataFrame) -> pd.DataFrame
                                       seeds=("seed", "nunique"), epochs=("epoch", "min"))
     table = architectures.merge(acc, left_on="arch_id", right_index=True, how="inner")
     table["on_front"] = non_dominated(table["flops"], table["accuracy_mean"])
+    if has_latency(table):  # the front in the (latency, accuracy) plane
+        table["on_front_latency"] = non_dominated(table["latency_ms"], table["accuracy_mean"])
     for col in COLUMNS:
         if col not in table:
             table[col] = None
@@ -114,7 +119,7 @@ def plot(table: pd.DataFrame, path: Path, title: str = "", axis: str = "flops") 
         sx, sy = staircase(x, y)
         if sx:  # the kind's own front: a step up at each Pareto point, flat to the right
             ax.step(sx + [x.max()], sy + [sy[-1]], where="post", color=color, ls=line, lw=1.2, alpha=0.8)
-    front = table[non_dominated(table[column].astype(float), table["accuracy_mean"])]
+    front = table[table["on_front" if axis == "flops" else "on_front_latency"].astype(bool)]
     ax.scatter(front[column].astype(float) * scale, 100 * front["accuracy_mean"], s=140, facecolors="none",
                edgecolors="black", label="on the joint front", zorder=4)
     for _, row in table.iterrows():
@@ -152,12 +157,13 @@ def format_table(table: pd.DataFrame) -> str:
     """The report as aligned text, one architecture a line, the front marked ``*``."""
     latency = has_latency(table)
     lines = [f"{'architecture':<13} {'kind':<9} {'MFLOPs':>8} {'params':>8} " + ("  ms (b1)" if latency else "")
-             + f"{'accuracy':>16} front"]
+             + f"{'accuracy':>16} front" + (" (FLOPs, ms)" if latency else "")]
     for _, row in table.iterrows():
         std = "" if pd.isna(row["accuracy_std"]) else f" +- {100 * row['accuracy_std']:.2f}"
         ms = f"{row['latency_ms']:>9.3f}" if latency else ""
+        marks = ("*" if row["on_front"] else " ") + (("  *" if row["on_front_latency"] else "") if latency else "")
         lines.append(f"{row['arch_id']:<13} {row['kind']:<9} {row['flops'] / 1e6:>8.3f} {row['params']:>8} {ms}"
-                     f"{100 * row['accuracy_mean']:>7.2f}%{std:<9} {'*' if row['on_front'] else ''}")
+                     f"{100 * row['accuracy_mean']:>7.2f}%{std:<9} {marks.rstrip()}")
     return "\n".join(lines)
 
 
