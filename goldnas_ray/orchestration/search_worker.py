@@ -53,13 +53,25 @@ def _restored_state(out: Location, resume: bool) -> dict[str, Any] | None:
     registered checkpoint (a worker group restarted, or a run of the same name resumed) and
     ``out``'s own (rank 0 writes it before reporting, so it can be an epoch ahead of Ray's; on
     --resume after a --local run it is the only one)."""
-    found = []
+    found, broken = [], []
+
+    # a copy that cannot be read (torn by a worker killed while it was written, or replaced
+    # while it was read) leaves the other one
+    def load(where: Any) -> None:
+        try:
+            found.append(load_checkpoint(where))
+        except (RuntimeError, OSError, EOFError) as exc:
+            broken.append(f"{where}: {exc}")
+            print(f"checkpoint {where} could not be read ({exc}); using the other copy", file=sys.stderr)
+
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            found.append(load_checkpoint(Path(d) / CHECKPOINT.name))
+            load(Path(d) / CHECKPOINT.name)
     if (resume or checkpoint is not None) and (out / CHECKPOINT).is_file():
-        found.append(load_checkpoint(out / CHECKPOINT))
+        load(out / CHECKPOINT)
+    if broken and not found:
+        raise RuntimeError(f"no checkpoint could be read: {'; '.join(broken)}")
     return max(found, key=lambda state: state["epoch"]) if found else None
 
 
