@@ -213,7 +213,7 @@ for name, steps in (("search", lambda b: search.train_steps(b)),
 
 
 def check_latency(a, tmp: Path) -> dict:
-    data, out = tmp / "data", tmp / "latency.json"
+    data, out = tmp / "latency-data", tmp / "latency.json"  # its own: the search part writes tmp / data
     if not (data / "cifar-10-batches-bin").is_dir():
         write_random_cifar10(data, 256, 64)
     size = (["--set", "space.num_cells=5", "--set", "space.init_channels=4", "--networks", "6", "--repeats", "3",
