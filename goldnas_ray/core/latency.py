@@ -242,16 +242,18 @@ def timer(device: torch.device, warmup: int, repeats: int, statistic: str = "min
     def measure(fn: Callable[[], Any]) -> tuple[float, float]:
         for _ in range(warmup):
             fn()
-        times = []
-        for _ in range(repeats):
-            sync()
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            sync()
-            times.append((time.perf_counter() - start) * 1e3 / calls)
-        return summarise(times, statistic)
+        return summarise([elapsed_ms(fn, sync, calls) for _ in range(repeats)], statistic)
     return measure
+
+
+def elapsed_ms(fn: Callable[[], Any], sync: Callable[[], None], calls: int = 1) -> float:
+    """Milliseconds per call of ``calls`` calls of ``fn``, the device synchronised around them."""
+    sync()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync()
+    return (time.perf_counter() - start) * 1e3 / calls
 
 
 @torch.no_grad()
@@ -364,9 +366,5 @@ def measure_networks(genos: Sequence[Genotype], batch: int, device: torch.device
         order = [order[i] for i in torch.randperm(len(order), generator=shuffle).tolist()]
         for i in order:
             for _ in range(repeats // rounds + (1 if r < repeats % rounds else 0)):
-                sync()
-                start = time.perf_counter()
-                nets[i](inputs[i])
-                sync()
-                times[i].append((time.perf_counter() - start) * 1e3)
+                times[i].append(elapsed_ms(lambda: nets[i](inputs[i]), sync))
     return [summarise(t, statistic) for t in times]
