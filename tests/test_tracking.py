@@ -20,3 +20,23 @@ def test_a_reopened_run_logs_each_epoch_once(tmp_path):
     assert sorted(m.step for m in history) == [1, 2, 3]
     run = again.client.get_run(first.run_id)
     assert run.info.status == "FINISHED" and run.data.params["search.lambda0"] == "0.1"
+
+
+def test_a_checkpointed_epoch_that_never_reached_the_callback_is_logged_at_the_end(tmp_path):
+    """A retrain stopped between a trial's checkpoint of epoch 2 and its result reaching the
+    driver resumes at epoch 3: the report's pass over the checkpoints' histories fills the gap,
+    and logs nothing twice."""
+    from goldnas_ray.tracking.retrain import RetrainTracker
+
+    tracker = RetrainTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _, children = tracker.start("exp", "retrain", {"seeds": 1}, {},
+                                {"a-s0": ("a-s0", {"flops": 1, "params": 2}, {})})
+    run = children["a-s0"]
+    history = [{"epoch": e, "test_acc": e / 10, "train_loss": 1 / e, "lr": 0.1} for e in (1, 2, 3, 4)]
+    for row in (history[0], history[2], history[3]):  # epoch 2's result was lost
+        tracker.log_trial_epoch(run, row)
+    assert tracker.log_history(run, history) == 1
+    assert tracker.log_history(run, history) == 0
+    steps = {m.step: m.value for m in tracker.client.get_metric_history(run, "test_acc")}
+    assert steps == {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4}
+    assert len(tracker.client.get_metric_history(run, "train_loss")) == 4

@@ -118,7 +118,7 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
     for line in described:
         log(line)
     if tracker is not None:
-        _track_report(tracker, out, manifest, table, comparison, finished, failed, log)
+        _track_report(tracker, out, manifest, trials, table, comparison, finished, failed, log)
     if failed:
         raise RetrainError(f"{len(failed)} of {len(specs)} trials did not finish: {', '.join(failed)}; "
                            f"continue with --resume --out {out}")
@@ -290,11 +290,15 @@ def _collect(results, specs: dict[str, TrialSpec], epochs: int, out: Location
     return pd.DataFrame(rows), failed, finished_states
 
 
-def _track_report(tracker: RetrainTracker, out: Location, manifest: Manifest, table: pd.DataFrame,
-                  comparison: dict[str, Any] | None, finished: dict[str, dict[str, Any]],
+def _track_report(tracker: RetrainTracker, out: Location, manifest: Manifest, trials: pd.DataFrame,
+                  table: pd.DataFrame, comparison: dict[str, Any] | None, finished: dict[str, dict[str, Any]],
                   failed: list[str], log: Callable[[str], None]) -> None:
-    """The finished trials' networks as MLflow models, the report on the parent run, and the
-    parent's end."""
+    """Every epoch the checkpoints hold in its child run, the finished trials' networks as
+    MLflow models, the report on the parent run, and the parent's end."""
+    if not trials.empty:
+        for key, rows in trials.groupby("key", sort=False):
+            if key in manifest.mlflow_child_run_ids:
+                tracker.log_history(manifest.mlflow_child_run_ids[key], rows.to_dict("records"))
     networks = {}
     for key, state in finished.items():
         if key in manifest.mlflow_child_run_ids:

@@ -227,10 +227,10 @@ class RetrainCallback(ray.tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         key = trial.config["key"]
+        if self.tracker is not None:  # tracked before printed: a printed epoch is in MLflow
+            self.tracker.log_trial_epoch(self.run_ids[key], result)
         self.log(f"{key:<18} epoch {result['epoch']:>3}/{self.epochs}  test {100 * result['test_acc']:.2f}%  "
                  f"loss {result['train_loss']:.4f}  lr {result['lr']:.4f}  {result['seconds']:.1f}s")
-        if self.tracker is not None:
-            self.tracker.log_trial_epoch(self.run_ids[key], result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if self.tracker is not None:

@@ -106,6 +106,23 @@ class RetrainTracker:
                                                for n in TRIAL_METRICS if n in row])
         self._logged[run_id].add(step)
 
+    def log_history(self, run_id: str, history: list[dict[str, Any]]) -> int:
+        """Log the epochs of ``history`` (a trial's rows, read from its checkpoint) that the run
+        lacks; returns how many. A result can be checkpointed and never reach the callback (the
+        retrain stopped between the two): the resumed trial starts after it, so without this
+        the run would miss that epoch."""
+        from mlflow.entities import Metric
+
+        have = {m.step for m in self.client.get_metric_history(run_id, "test_acc")}
+        missing = [row for row in history if int(row["epoch"]) not in have]
+        ts = int(time.time() * 1000)
+        metrics = [Metric(n, float(row[n]), ts, int(row["epoch"])) for row in missing for n in TRIAL_METRICS
+                   if n in row]
+        for i in range(0, len(metrics), 1000):  # MLflow's limit per batch
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        self._logged.setdefault(run_id, set()).update(int(row["epoch"]) for row in missing)
+        return len(missing)
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         if not self.stopped:
             self.client.set_terminated(run_id, status=status)
