@@ -27,19 +27,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from goldnas_ray.core.config import Config, ConfigError
-from goldnas_ray.core.genotype import GenotypeError
-from goldnas_ray.core.space import SpaceError
-from goldnas_ray.data import DataError
+from goldnas_ray.core.config import Config
+from goldnas_ray.errors import USER_ERRORS
 from goldnas_ray.files.search_files import OutputDirError
-from goldnas_ray.files.store import Location, StorageError, is_uri, location, working_copy_note
-from goldnas_ray.orchestration.cluster import ClusterError
-from goldnas_ray.retrain.plan import RetrainError
+from goldnas_ray.files.store import Location, is_uri, location, working_copy_note
 from goldnas_ray.run.ending import RunStopped
-from goldnas_ray.tracking.common import TrackingError
-
-USER_ERRORS = (ConfigError, SpaceError, GenotypeError, DataError, OutputDirError, ClusterError,
-               TrackingError, RetrainError, StorageError)
 
 
 def output_folder(out: str | Path | None, resume: bool, stage: str) -> Location:
@@ -341,3 +333,28 @@ def run_retrain_on_ray(out: Location, args: argparse.Namespace, *, search_dir: "
                 trial=trial_resources(args), max_failures=args.max_trial_failures, mlflow_uri=args.mlflow_uri,
                 experiment=args.retrain_experiment, tracking=not args.no_mlflow, resume=resume,
                 address=args.address, runtime_env=runtime_env(args))
+
+
+def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:
+    """A sweep (pipelines/sweep.py): new from --config, --smoke-test, --set, --grid, --seeds, or
+    continued with --resume. A sweep that ends with failed searches is an error (status 2)."""
+    from goldnas_ray.orchestration.sweep_driver import run_sweep
+    from goldnas_ray.sweep.plan import SweepError, parse_grid, parse_seeds
+
+    if args.resume:
+        if args.grid or args.overrides or args.config or args.smoke_test:
+            raise OutputDirError("--resume continues the sweep as it was planned: drop --grid, --set, --config "
+                                 "and --smoke-test")
+        sweep = run_sweep(out, resume=True, address=args.address, runtime_env=runtime_env(args),
+                          max_failures=args.max_failures)
+    else:
+        base = Config.from_yaml(args.config) if args.config else Config()
+        base = base.override(_overrides(args, SEARCH_SMOKE, {}))
+        sweep = run_sweep(out, base=base, grid=parse_grid(args.grid), seeds=parse_seeds(args.seeds),
+                          workers=args.workers_per_search, cpus_per_worker=args.cpus_per_worker,
+                          gpus_per_worker=args.gpus_per_worker, mlflow_uri=args.mlflow_uri,
+                          tracking=not args.no_mlflow, experiment=args.experiment, max_failures=args.max_failures,
+                          address=args.address, runtime_env=runtime_env(args))
+    if sweep.failed:
+        raise SweepError(f"{len(sweep.failed)} of {len(sweep.searches)} searches did not finish: "
+                           f"{', '.join(sweep.failed)}; continue with --resume --out {out.uri}")

@@ -13,6 +13,7 @@ different communicators (``goldnas_ray.core.comm``). Pure PyTorch.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Iterable
 
@@ -91,6 +92,10 @@ def check_stop(cfg: Config, input_shape: tuple[int, int, int], num_classes: int)
     if table is not None:
         stop_latency(cfg, table.latency_ms(full))
     return stop_flops(cfg, CostTable.for_space(s, input_shape, num_classes).flops(full))
+
+
+class SearchDiverged(ConfigError):
+    """The training loss became NaN or infinite: a schedule whose learning rates are too high."""
 
 
 class GoldSearch:
@@ -213,6 +218,12 @@ class GoldSearch:
         (identical on every rank). Returns the epoch's history row."""
         comm = comm if comm is not None else LocalComm()
         stats = comm.reduce_stats(self.train_epoch(batches, comm.wrap(self.model), on_step))
+        if not math.isfinite(stats.loss):  # pooled: every rank stops here alike
+            q = self.cfg.search
+            raise SearchDiverged(
+                f"epoch {self.epoch + 1}: the training loss is {stats.loss}; the search diverged and is stopped "
+                f"before it records or prunes anything: lower search.w_lr ({q.w_lr:g}) or search.a_lr "
+                f"({q.a_lr:g})")
         prunes = comm.broadcast(self.decide_prunes() if comm.rank == 0 else None)
         row = self.end_epoch(stats, prunes)
         if prunes:

@@ -30,11 +30,14 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
             gpus_per_worker: float = 0, resume: bool = False, mlflow_uri: str | None = None,
             experiment: str = "goldnas-search", max_failures: int = 2, tracking: bool = True,
             address: str | None = None, verbose: bool = False, runtime_env: dict[str, Any] | None = None,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
+            log: Callable[[str], None] = print, mlflow_run_id: str | None = None,
+            callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Run (or resume) a search on Ray Train; returns the content of records.json.
 
     ``cpus_per_worker`` None: on an embedded local Ray the workers share all its CPUs, on a
-    joined cluster each gets 1. ``runtime_env``: the job's (``cli.ray_runtime_env``)."""
+    joined cluster each gets 1. ``runtime_env``: the job's (``cli.ray_runtime_env``).
+    ``mlflow_run_id``: a new search logs into this run (a sweep's child) instead of a new one;
+    ``callbacks``: Ray Train's (a sweep's trial passes rank 0's reports on to Tune)."""
     out = location(out).resolved()
     if workers < 1:
         raise ClusterError(f"--workers must be >= 1, got {workers}")
@@ -42,7 +45,7 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     if start.finished:
         log(f"search in {out} already finished after epoch {start.epochs}; nothing to do")
         return read_records(out)
-    cfg, run_id = start.config, start.run_id
+    cfg, run_id = start.config, start.run_id or mlflow_run_id
     stream = stream_info(cfg.data)  # bad data fails here, before Ray starts
     data = stream if stream is not None else load_data(cfg)
     check_batches(data.num_train, workers, cfg.data.batch_size, "data.batch_size")
@@ -71,7 +74,8 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
         # checkpoint still ends it (KILLED / FAILED); rank 0 logs into it and ends it FINISHED
         run = search_tracker(uri, experiment, out, workers)(cfg, dataset, run_id)
         job["mlflow_run_id"] = run.run_id
-    trainer = _trainer(job, out, workers, cpus_per_worker, gpus_per_worker, max_failures, verbose, datasets)
+    trainer = _trainer(job, out, workers, cpus_per_worker, gpus_per_worker, max_failures, verbose, datasets,
+                       callbacks)
     log(f"search: {workers} worker(s) x {cpus_per_worker:g} CPU, {gpus_per_worker:g} GPU; output in {out}")
     started = time.perf_counter()
     finish = run.finish if uri else None
@@ -107,7 +111,8 @@ def _worker_cpus(resources: dict[str, float], workers: int, cpus: float | None, 
 
 
 def _trainer(job: dict[str, Any], out: Location, workers: int, cpus_per_worker: float, gpus_per_worker: float,
-             max_failures: int, verbose: bool, datasets: dict[str, Any] | None = None):
+             max_failures: int, verbose: bool, datasets: dict[str, Any] | None = None,
+             callbacks: list[Any] | None = None):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -135,5 +140,6 @@ def _trainer(job: dict[str, Any], out: Location, workers: int, cpus_per_worker: 
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             # INFO logs a line per report and per checkpoint on every epoch; --verbose shows them
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
+            callbacks=callbacks,
         ),
     )

@@ -174,8 +174,9 @@ def draw_records(out: Location, search: GoldSearch, drawn: set[str]) -> None:
 
 def run_local(cfg: Config | None, out: "str | Path | Location", resume: bool = False, *,
               log: Callable[[str], None] = print, device: str = "cpu",
-              tracker: TrackerFactory | None = None) -> GoldSearch:
-    """Run (or resume) a whole search in this process, writing the output files each epoch."""
+              tracker: TrackerFactory | None = None, report: Reporter | None = None) -> GoldSearch:
+    """Run (or resume) a whole search in this process, writing the output files each epoch;
+    ``report(row, checkpoint)`` after each (a sweep's Tune trial passes its progress on)."""
     out = location(out)
     start = search_start(out, resume, cfg)
     state = load_checkpoint(out / CHECKPOINT) if start.resume else None
@@ -198,7 +199,7 @@ def run_local(cfg: Config | None, out: "str | Path | Location", resume: bool = F
     started = time.perf_counter()
     try:
         with ends_tracked_run(run.finish if run is not None else None, log):
-            search_loop(search, data, out, info, tracker=run, log=log)
+            search_loop(search, data, out, info, tracker=run, log=log, report=report)
     except (KeyboardInterrupt, SystemExit) as exc:
         raise RunStopped(f"after epoch {search.epoch} of at most {search.cfg.search.max_epochs}", exc, out) from None
     log(f"search finished after {search.epoch} epochs ({time.perf_counter() - started:.0f}s here); "

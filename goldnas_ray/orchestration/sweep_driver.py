@@ -1,0 +1,267 @@
+"""A sweep of searches on Ray Tune: every (grid point, seed) is one Tune trial that runs an
+ordinary search into ``<sweep>/p<point>-s<seed>``.
+
+A search of one worker runs inside its trial's process (the trial holds its CPUs and GPUs);
+one of N workers is a Ray Train run the trial builds and fits (the pattern of multi-worker
+retrain trials: the trial holds nothing, the run's workers hold the resources). Either way the
+search is the one ``pipelines/search.py`` runs, with its files, checkpoints and MLflow run (a
+child of the sweep's). A trial that is retried (Tune's FailureConfig), and every search of a
+``--resume``, continues from its folder's checkpoint; finished searches are kept as they are.
+
+A search that fails does not stop the others: an error of its input or a diverged schedule is
+reported at once and not retried; any other error is retried ``max_failures`` times, then
+reported. The report (``sweep.report``) is written whatever finished.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Any, Callable
+
+import ray
+import ray.tune
+import torch
+
+from goldnas_ray.core.config import Config
+from goldnas_ray.core.search import check_stop
+from goldnas_ray.core.space import check_spatial
+from goldnas_ray.data.batches import check_batches
+from goldnas_ray.data.stream import stream_info
+from goldnas_ray.errors import USER_ERRORS
+from goldnas_ray.files.search_files import OutputDirError, check_new_out_dir
+from goldnas_ray.files.store import Location, location
+from goldnas_ray.orchestration.cluster import check_fits_on_a_node, connect, interruptible
+from goldnas_ray.orchestration.retrain_driver import DRIVER_MEMORY, concurrent_trials
+from goldnas_ray.retrain.plan import Resources
+from goldnas_ray.run.ending import RunStopped, ends_tracked_run
+from goldnas_ray.run.loop import load_data
+from goldnas_ray.sweep import report
+from goldnas_ray.sweep.plan import Sweep, plan_sweep, search_state
+from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
+
+TUNE_DIR = "ray"
+
+
+def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[str, list[str]] | None = None,
+              seeds: list[int] | None = None, resume: bool = False, workers: int = 1,
+              cpus_per_worker: float | None = None, gpus_per_worker: float = 0.0, mlflow_uri: str | None = None,
+              tracking: bool = True, experiment: str = "goldnas-sweep", max_failures: int = 2,
+              address: str | None = None, runtime_env: dict[str, Any] | None = None,
+              log: Callable[[str], None] = print) -> Sweep:
+    """Run (or, with ``resume``, continue) a sweep into ``out``; returns its manifest, whose
+    ``failed`` names the searches that did not finish and why."""
+    out = location(out).resolved()
+    if resume:
+        sweep = Sweep.read(out)
+        if sweep.mlflow_tracking_uri:
+            check_uri(sweep.mlflow_tracking_uri)
+    else:
+        check_new_out_dir(out, "sweep")
+        if workers < 1:
+            raise OutputDirError(f"--workers-per-search must be >= 1, got {workers}")
+        sweep = Sweep(grid or {}, list(seeds or []), plan_sweep(base or Config(), grid or {}, seeds or []),
+                      workers, cpus_per_worker if cpus_per_worker is not None else 1.0, gpus_per_worker,
+                      experiment)
+        if tracking:
+            sweep.mlflow_tracking_uri = resolve_uri(out, mlflow_uri)
+            check_uri(sweep.mlflow_tracking_uri)
+    states = {s.name: search_state(out / s.name) for s in sweep.searches}
+    todo = [s for s in sweep.searches if states[s.name] != "finished"]
+    _check_searches([s for s in todo if states[s.name] == "new"], sweep.workers)
+    per_search = Resources(sweep.workers, sweep.cpus_per_worker, sweep.gpus_per_worker)
+    streaming = any(Config.from_dict(s.config).data.path == "stream" for s in todo)
+    resources = connect(address, log, runtime_env=runtime_env)
+    check_fits_on_a_node(per_search.cpus, per_search.gpus)
+    at_once = concurrent_trials(resources, per_search, streaming)
+    tracker = None
+    if sweep.mlflow_tracking_uri:
+        from goldnas_ray.tracking.sweep import SweepTracker
+
+        tracker = SweepTracker(sweep.mlflow_tracking_uri)
+    if not resume:
+        out.mkdir()
+        if tracker is not None:
+            tracker.start(experiment, out, sweep)
+    elif tracker is not None:
+        tracker.resumed(sweep)
+    sweep.failed = {}
+    sweep.write(out)
+    log(f"sweep: {len(sweep.points)} grid point(s) x {len(sweep.seeds)} seed(s) = {len(sweep.searches)} searches"
+        f"{f', {len(sweep.searches) - len(todo)} finished before' if resume else ''}; {sweep.workers} worker(s) x "
+        f"{sweep.cpus_per_worker:g} CPU / {sweep.gpus_per_worker:g} GPU per search, up to {at_once} at once; "
+        f"output in {out}")
+    for s in sweep.searches:
+        log(f"  {s.name:<8} {s.label}" + ("  (finished)" if states[s.name] == "finished" else ""))
+    started = time.perf_counter()
+    if todo:
+        jobs = {s.name: _job(s, out, sweep, max_failures) for s in todo}
+        results = _fit(_tuner(out, jobs, per_search, at_once, max_failures, SweepCallback(jobs, log)),
+                       tracker, sweep, out)
+        for result in results:
+            name = result.config["name"]
+            why = (result.metrics or {}).get("failed") or (_error_line(result.error) if result.error else None)
+            if why is None and search_state(out / name) != "finished":
+                why = "stopped before its last epoch"
+            if why:
+                sweep.failed[name] = why
+    sweep.write(out)
+    searches, points = report.write_report(out, sweep)
+    log(f"sweep {'finished' if not sweep.failed else 'ended'} after {time.perf_counter() - started:.0f}s here; "
+        f"{(searches['status'] == 'finished').sum()} of {len(searches)} searches finished")
+    log(report.format_points(points))
+    for name, why in sweep.failed.items():
+        log(f"failed: {name} ({sweep.by_name()[name].label}): {why}")
+    log(f"report: {out / report.POINTS_CSV}, {out / report.SEARCHES_CSV}, {out / report.CHART}, "
+        f"{out / report.UNION}")
+    if tracker is not None:
+        for _, row in searches.iterrows():
+            plan = sweep.by_name()[row["search"]]
+            outcome = row.to_dict() if row["status"] == "finished" else None
+            tracker.end_search(plan.mlflow_run_id, outcome, sweep.failed.get(row["search"]))
+        tracker.log_report(sweep, out, points, failed=bool(sweep.failed))
+        log(f"MLflow run {sweep.mlflow_run_id}: open with {how_to_open(sweep.mlflow_tracking_uri)}")
+    return sweep
+
+
+def _error_line(error: BaseException) -> str:
+    """The last line of a trial's error (Tune wraps the search's own in its traceback)."""
+    text = str(error).strip().splitlines()
+    return (text[-1] if text else type(error).__name__)[:500]
+
+
+def _check_searches(searches: list[Any], workers: int) -> None:
+    """What each new search's driver would check before compute (its batches on ``workers``,
+    its space on the input size, its stop), with each distinct data config read once."""
+    data_of: dict[str, Any] = {}
+    for s in searches:
+        cfg = Config.from_dict(s.config)
+        key = cfg.data.model_dump_json()
+        if key not in data_of:
+            data_of[key] = stream_info(cfg.data) or load_data(cfg)
+        data = data_of[key]
+        try:
+            check_batches(data.num_train, workers, cfg.data.batch_size, "data.batch_size")
+            check_spatial(data.input_shape[1], cfg.space.num_cells, cfg.space.stem)
+            check_stop(cfg, data.input_shape, data.num_classes)
+        except USER_ERRORS as exc:
+            raise type(exc)(f"search {s.name} ({s.label}): {exc}") from None
+
+
+def _job(s: Any, out: Location, sweep: Sweep, max_failures: int) -> dict[str, Any]:
+    return {"name": s.name, "label": s.label, "config": s.config, "out": (out / s.name).uri,
+            "workers": sweep.workers, "cpus_per_worker": sweep.cpus_per_worker,
+            "gpus_per_worker": sweep.gpus_per_worker, "mlflow_uri": sweep.mlflow_tracking_uri,
+            "mlflow_run_id": s.mlflow_run_id, "experiment": sweep.experiment, "max_failures": max_failures,
+            "max_epochs": Config.from_dict(s.config).search.max_epochs}
+
+
+def sweep_trial(config: dict[str, Any], jobs: dict[str, dict[str, Any]]) -> None:
+    """One Tune trial: run (or continue) one search of the sweep. An error of its input (or a
+    diverged schedule) is reported as the search's failure, not retried."""
+    job = jobs[config["name"]]
+    out = location(job["out"])
+    state = search_state(out)
+    if state == "new" and out.exists():  # a try that failed before its first checkpoint: no results
+        _clear(out)
+    cfg = None if state != "new" else Config.from_dict(job["config"])
+    try:
+        if job["workers"] == 1 and Config.from_dict(job["config"]).data.path != "stream":
+            _search_here(job, cfg, out, resume=state != "new")
+        else:
+            from goldnas_ray.orchestration.search_driver import run_ray
+            from ray.tune.integration.ray_train import TuneReportCallback
+
+            run_ray(cfg, out, workers=job["workers"], cpus_per_worker=job["cpus_per_worker"],
+                    gpus_per_worker=job["gpus_per_worker"], resume=state != "new", mlflow_uri=job["mlflow_uri"],
+                    experiment=job["experiment"], max_failures=job["max_failures"],
+                    tracking=bool(job["mlflow_uri"]), log=lambda line: None, mlflow_run_id=job["mlflow_run_id"],
+                    callbacks=[TuneReportCallback()])
+    except USER_ERRORS as exc:
+        ray.tune.report({"failed": f"{type(exc).__name__}: {exc}"})
+
+
+def _clear(out: Location) -> None:
+    if out.local is not None:
+        shutil.rmtree(out.local, ignore_errors=True)
+    else:
+        for rel in out.files():
+            (out / rel).delete()
+
+
+def _search_here(job: dict[str, Any], cfg: Config | None, out: Location, resume: bool) -> None:
+    """A one-worker search in this trial's process, its epochs reported to Tune."""
+    from goldnas_ray.run.loop import run_local
+
+    torch.set_num_threads(max(1, int(job["cpus_per_worker"])))
+    tracker = None
+    if job["mlflow_uri"]:
+        from goldnas_ray.tracking.search import SearchTracker
+
+        run_id = job["mlflow_run_id"]
+        tracker = lambda cfg, dataset, _: SearchTracker(job["mlflow_uri"], job["experiment"], out.name,  # noqa: E731
+                                                        {}, {}, run_id=run_id)
+
+    def report(row: dict[str, Any], checkpoint: bytes | None) -> None:
+        ray.tune.report({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "end_time"})
+
+    run_local(cfg, out, resume=resume, log=lambda line: None, tracker=tracker, report=report,
+              device="cuda" if job["gpus_per_worker"] > 0 else "cpu")
+
+
+class SweepCallback(ray.tune.Callback):
+    """One progress line per search epoch, and one when a search ends or fails."""
+
+    def __init__(self, jobs: dict[str, dict[str, Any]], log: Callable[[str], None] = print):
+        self.jobs, self.log = jobs, log
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune may pickle its callbacks; the log stays behind
+        return self.__dict__ | {"log": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.log = self.log or print
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        job = self.jobs[trial.config["name"]]
+        if "failed" in result:
+            self.log(f"{job['name']:<8} failed: {result['failed']}")
+            return
+        if "epoch" not in result or "flops" not in result:
+            return
+        self.log(f"{job['name']:<8} epoch {int(result['epoch']):>3}/{job['max_epochs']}  "
+                 f"MFLOPs {result['flops'] / 1e6:.3f}  lambda {result.get('lambda', 0):.3g}  "
+                 f"loss {result.get('loss', float('nan')):.4f}  {job['label']}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.log(f"{trial.config['name']:<8} failed: {_error_line(trial.error) if trial.error else 'error'}")
+
+
+def _tuner(out: Location, jobs: dict[str, dict[str, Any]], per_search: Resources, at_once: int, max_failures: int,
+           callback: SweepCallback) -> ray.tune.Tuner:
+    if per_search.workers == 1:
+        bundle = {"CPU": per_search.cpus} | ({"GPU": per_search.gpus} if per_search.gpus else {})
+    else:  # the search's Ray Train workers hold the resources
+        bundle = {"memory": DRIVER_MEMORY}
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(sweep_trial, jobs=jobs),
+                                        ray.tune.PlacementGroupFactory([bundle]))
+    path, fs = (out / TUNE_DIR).arrow()
+    return ray.tune.Tuner(
+        trainable, param_space={"name": ray.tune.grid_search(list(jobs))},
+        tune_config=ray.tune.TuneConfig(trial_name_creator=lambda t: t.config["name"],
+                                        trial_dirname_creator=lambda t: t.config["name"],
+                                        max_concurrent_trials=at_once),
+        run_config=ray.tune.RunConfig(
+            name=time.strftime("sweep-%Y%m%d-%H%M%S"), storage_path=path, storage_filesystem=fs,
+            callbacks=[callback], verbose=0, failure_config=ray.tune.FailureConfig(max_failures=max_failures)))
+
+
+def _fit(tuner: ray.tune.Tuner, tracker: Any, sweep: Sweep, out: Location) -> ray.tune.ResultGrid:
+    """Run the trials; a stop (Ctrl-C, ``ray job stop``) ends the MLflow runs KILLED and
+    becomes RunStopped (how many searches finished)."""
+    finish = (lambda status: tracker.end_unfinished(sweep, status)) if tracker is not None else None
+    try:
+        with ends_tracked_run(finish):
+            return interruptible(tuner.fit)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        done = sum(search_state(out / s.name) == "finished" for s in sweep.searches)
+        raise RunStopped(f"{done} of {len(sweep.searches)} searches finished", exc, out) from None

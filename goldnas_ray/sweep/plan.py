@@ -1,0 +1,164 @@
+"""What a sweep runs, decided and checked before anything runs, and written down.
+
+A sweep is a grid of config values (``--grid search.lambda0=0.001,0.002``, one flag per key)
+crossed with seeds: every (grid point, seed) is one ordinary search with its own output folder
+``<sweep>/p<point>-s<seed>``. :func:`plan_sweep` validates every search's config (a value that
+is no value of its field, or a combination the config refuses, stops the sweep before anything
+runs, naming the point) and returns a :class:`Sweep`; :meth:`Sweep.write` stores it as
+``<sweep>/sweep.json`` and :meth:`Sweep.read` brings it back for ``--resume`` and for the
+retrain of a sweep. Plain data and checks: testable without Ray.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from goldnas_ray.core.config import Config, ConfigError
+from goldnas_ray.files.search_files import CHECKPOINT, OutputDirError, read_records, records_path
+from goldnas_ray.files.store import Location, location
+
+SWEEP_FILE = "sweep.json"
+SWEEP_FORMAT = "goldnas-ray/sweep"
+
+
+class SweepError(RuntimeError):
+    """Some searches of a sweep did not finish; the message says which and how to continue."""
+
+
+def parse_grid(flags: Sequence[str]) -> dict[str, list[str]]:
+    """``["search.lambda0=0.001,0.002", ...]`` -> {key: [values]}, in the order given."""
+    grid: dict[str, list[str]] = {}
+    for flag in flags:
+        key, sep, values = flag.partition("=")
+        key = key.strip()
+        if not sep or not key or "." not in key:
+            raise ConfigError(f"--grid {flag!r}: expected section.key=v1,v2,... (e.g. search.lambda0=0.001,0.002)")
+        items = [v.strip() for v in values.split(",")]
+        if not all(items):
+            raise ConfigError(f"--grid {flag!r}: an empty value")
+        if len(set(items)) != len(items):
+            raise ConfigError(f"--grid {flag!r}: a value is given twice")
+        if key in grid:
+            raise ConfigError(f"--grid {key} is given twice; list its values in one flag")
+        grid[key] = items
+    return grid
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2] (distinct non-negative integers)."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected integers separated by commas, e.g. 0,1,2") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r}: distinct non-negative integers")
+    return seeds
+
+
+@dataclass
+class SearchPlan:
+    """One search of the sweep: its grid point (index and values), seed and folder name."""
+
+    name: str  # the folder under the sweep, and the key of everything per search
+    point: int
+    values: dict[str, str]
+    seed: int
+    config: dict[str, Any]
+    mlflow_run_id: str | None = None
+
+    @property
+    def label(self) -> str:
+        return point_label(self.values) + f" seed={self.seed}"
+
+
+def point_label(values: dict[str, str]) -> str:
+    """``lambda0=0.001 c0=1.5``: the last part of each key, unless two keys share it."""
+    tails = [k.rsplit(".", 1)[-1] for k in values]
+    return " ".join(f"{t if tails.count(t) == 1 else k}={v}" for (k, v), t in zip(values.items(), tails))
+
+
+@dataclass
+class Sweep:
+    """sweep.json: the grid, the seeds, every search's config and MLflow run, the resources."""
+
+    grid: dict[str, list[str]]
+    seeds: list[int]
+    searches: list[SearchPlan]
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    experiment: str = "goldnas-sweep"
+    mlflow_tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
+    failed: dict[str, str] = field(default_factory=dict)  # name -> why, as of the last run
+
+    @property
+    def points(self) -> list[dict[str, str]]:
+        """The grid's points, in order: every combination of one value per key."""
+        return [dict(zip(self.grid, combo)) for combo in itertools.product(*self.grid.values())]
+
+    def by_name(self) -> dict[str, SearchPlan]:
+        return {s.name: s for s in self.searches}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": SWEEP_FORMAT, "version": 1, "grid": self.grid, "seeds": self.seeds,
+                "searches": [asdict(s) for s in self.searches], "workers": self.workers,
+                "cpus_per_worker": self.cpus_per_worker, "gpus_per_worker": self.gpus_per_worker,
+                "experiment": self.experiment, "mlflow_tracking_uri": self.mlflow_tracking_uri,
+                "mlflow_run_id": self.mlflow_run_id, "failed": self.failed}
+
+    def write(self, out: "Path | Location") -> Location:
+        return (location(out) / SWEEP_FILE).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def read(cls, out: "Path | Location") -> "Sweep":
+        path = location(out) / SWEEP_FILE
+        if not path.is_file():
+            raise OutputDirError(f"{location(out)} is not a sweep output folder (no {SWEEP_FILE} inside)")
+        try:
+            raw = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise OutputDirError(f"{path} is not valid JSON: {exc}") from exc
+        if not isinstance(raw, dict) or raw.get("format") != SWEEP_FORMAT:
+            raise OutputDirError(f"{path} is not a goldnas-ray sweep manifest")
+        searches = [SearchPlan(**s) for s in raw["searches"]]
+        return cls(raw["grid"], raw["seeds"], searches, raw["workers"], raw["cpus_per_worker"],
+                   raw["gpus_per_worker"], raw.get("experiment", "goldnas-sweep"), raw.get("mlflow_tracking_uri"),
+                   raw.get("mlflow_run_id"), dict(raw.get("failed") or {}))
+
+
+def is_sweep(folder: "Path | Location") -> bool:
+    return (location(folder) / SWEEP_FILE).is_file()
+
+
+def plan_sweep(base: Config, grid: dict[str, list[str]], seeds: Sequence[int]) -> list[SearchPlan]:
+    """One search per (grid point, seed), each config validated; the first invalid one stops
+    the sweep with an error naming its point."""
+    if not grid:
+        raise ConfigError("a sweep needs at least one --grid key=v1,v2,...")
+    if "seed" in grid:
+        raise ConfigError("give the seeds with --seeds, not --grid seed=...")
+    if not seeds:
+        raise ConfigError("a sweep needs at least one seed")
+    searches = []
+    points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    for i, values in enumerate(points):
+        try:
+            cfg = base.override([f"{k}={v}" for k, v in values.items()])
+        except ConfigError as exc:
+            raise ConfigError(f"grid point {point_label(values)}: {exc}") from None
+        for seed in seeds:
+            searches.append(SearchPlan(f"p{i}-s{seed}", i, values, seed,
+                                       cfg.model_copy(update={"seed": seed}).to_dict()))
+    return searches
+
+
+def search_state(folder: Location) -> str:
+    """finished, started (a checkpoint to continue from) or new (nothing to continue from:
+    never run, or stopped before its first checkpoint)."""
+    if records_path(folder) is not None and read_records(folder).get("finished"):
+        return "finished"
+    return "started" if (folder / str(CHECKPOINT)).is_file() else "new"
