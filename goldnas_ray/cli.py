@@ -332,7 +332,8 @@ def run_retrain_on_ray(out: Location, args: argparse.Namespace, *, search_dir: "
                 overrides=[] if resume else retrain_overrides(args), random_k=args.random,
                 trial=trial_resources(args), max_failures=args.max_trial_failures, mlflow_uri=args.mlflow_uri,
                 experiment=args.retrain_experiment, tracking=not args.no_mlflow, resume=resume,
-                address=args.address, runtime_env=runtime_env(args))
+                address=args.address, runtime_env=runtime_env(args),
+                union_front=getattr(args, "union_front", False))
 
 
 def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:

@@ -4,9 +4,12 @@
     python pipelines/compare.py runs/retrain-a runs/search-b --out cmp.png # a search's records as ticks
     python pipelines/compare.py 3f2c...e1 9ab0...77 --mlflow-uri http://mlflow:5000   # MLflow run ids
     python pipelines/compare.py s3://bucket/runs/r1 s3://bucket/runs/r2
+    python pipelines/compare.py runs/sweep-a                 # a sweep: every search's records
+    python pipelines/compare.py runs/retrain-of-sweep-a      # its retrain: one front per grid point
 
 Each argument is an output folder (or storage URI) of pipelines/retrain.py or
-pipelines/search.py, or the MLflow run id of a retrain's parent run or of a search. Writes the
+pipelines/search.py (a sweep's folder: one source per search; the retrain of a sweep: one per
+grid point), or the MLflow run id of a retrain's parent run or of a search. Writes the
 chart (default compare.png) and prints one row per architecture per source.
 """
 from __future__ import annotations
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def body() -> None:
-        from goldnas_ray.retrain.compare import front_table, looks_like_run_id, plot_fronts, read_front
+        from goldnas_ray.retrain.compare import front_table, looks_like_run_id, plot_fronts, read_front, read_fronts
         from goldnas_ray.retrain.plan import RetrainError
         from goldnas_ray.tracking.retrain import fetch_front_run
 
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                     folder = fetch_front_run(source, uri, Path(tmp) / str(i))
                     fronts.append(read_front(folder, label=source[:8]))
                 else:
-                    fronts.append(read_front(source))
+                    fronts += read_fronts(source)
         labels = [f.label for f in fronts]
         for f, source in zip(fronts, args.sources):
             if labels.count(f.label) > 1:  # e.g. two folders both called retrain/

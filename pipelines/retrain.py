@@ -5,6 +5,7 @@
     python pipelines/retrain.py --search-run <mlflow run id> --mlflow-uri http://mlflow:5000
     python pipelines/retrain.py --search-dir runs/search-X --smoke-test    # about a minute
     python pipelines/retrain.py --resume --out runs/retrain-Y              # continue an interrupted one
+    python pipelines/retrain.py --search-dir runs/sweep-Z --union-front    # a sweep's records, once each
     ray job submit --working-dir . -- python pipelines/retrain.py --search-dir /shared/runs/s1 \\
         --cpus-per-trial 4 --gpus-per-trial 0.5
 
@@ -26,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", help="output folder; must not exist or be empty unless "
                                             "--resume (default: runs/retrain-<date>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the retrain stored in --out")
+    p.add_argument("--union-front", action="store_true",
+                   help="--search-dir is a sweep: train every distinct architecture its searches recorded "
+                        "once (default: every search's records, each its own)")
     cli.add_common_flags(p)
     cli.add_retrain_flags(p)
     cli.add_worker_flags(p)

@@ -41,6 +41,8 @@ from goldnas_ray.retrain.recipe import Retrainer
 from goldnas_ray.run.ending import RunStopped, ends_tracked_run
 from goldnas_ray.retrain.candidates import save_genotypes
 from goldnas_ray.retrain.plan import Manifest, Resources, RetrainError, TrialSpec, plan_retrain
+from goldnas_ray.sweep.plan import Sweep, is_sweep
+from goldnas_ray.sweep.retrain import describe_points, point_hypervolumes
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
 from goldnas_ray.tracking.retrain import RetrainTracker, fetch_search_run
 
@@ -56,8 +58,10 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
                 trial: Resources = Resources(), max_failures: int = 2,
                 mlflow_uri: str | None = None, experiment: str = "goldnas-retrain",
                 tracking: bool = True, resume: bool = False, address: str | None = None,
-                runtime_env: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
+                runtime_env: dict[str, Any] | None = None, log: Callable[[str], None] = print,
+                union_front: bool = False) -> pd.DataFrame:
     """Retrain (or, with ``resume``, continue retraining) and return the report table.
+    ``search_dir`` may be a sweep's folder (``union_front``: its records' union, once each).
     ``trial``: what each trial holds (one worker: the Tune trial trains; more: a Ray Train run
     of that many workers). ``runtime_env``: the Ray job's (``cli.ray_runtime_env``)."""
     out = location(out).resolved()
@@ -80,7 +84,7 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
                 raise OutputDirError(f"--resume: {out / 'ray' / EXPERIMENT_DIR} holds no Ray Tune experiment")
         else:
             manifest = _plan(out, search_dir, search_run, staging, config_file, overrides, random_k,
-                             mlflow_uri, tracking)
+                             mlflow_uri, tracking, union_front)
             manifest.resources = trial
         check_batches(manifest.num_train, trial.workers, manifest.config.retrain.batch_size, "retrain.batch_size")
         resources = connect(address, log, runtime_env=runtime_env)
@@ -113,8 +117,12 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
         f"here; report in {out / 'frontier.csv'}")
     if not table.empty:
         log(report.format_table(table))
-    described = (stats.describe(comparison) + (stats.describe(comparison["latency"]) if "latency" in comparison
-                                               else [])) if comparison else []
+    described = []
+    if comparison and "hypervolume" in comparison:
+        described += stats.describe(comparison) + (stats.describe(comparison["latency"]) if "latency" in comparison
+                                                   else [])
+    if comparison and "sweep" in comparison:
+        described += describe_points(comparison["sweep"])
     for line in described:
         log(line)
     if tracker is not None:
@@ -141,7 +149,7 @@ def _staging(needed: bool):
 
 def _plan(out: Location, search_dir: Location | None, search_run: str | None, staging: Path | None,
           config_file: Path | None, overrides: Sequence[str], random_k: int,
-          mlflow_uri: str | None, tracking: bool) -> Manifest:
+          mlflow_uri: str | None, tracking: bool, union_front: bool = False) -> Manifest:
     """Check everything a new retrain depends on; writes nothing."""
     if (search_dir is None) == (search_run is None):
         raise OutputDirError("give exactly one of --search-dir and --search-run")
@@ -151,11 +159,14 @@ def _plan(out: Location, search_dir: Location | None, search_run: str | None, st
             raise OutputDirError("--search-run needs --mlflow-uri (or MLFLOW_TRACKING_URI)")
         search_dir = fetch_search_run(search_run, mlflow_uri or env_uri, staging)
     elif search_dir.is_remote:
+        if is_sweep(search_dir):
+            raise OutputDirError(f"--search-dir {search_dir} is a sweep in object storage: retrain it from a "
+                                 f"local or shared-filesystem copy of the folder")
         search_dir = _fetch_search_dir(search_dir, staging)
     else:
         search_dir = search_dir.local
     manifest = plan_retrain(out, search_dir, search_run_id=search_run, config_file=config_file,
-                            overrides=overrides, random_k=random_k)
+                            overrides=overrides, random_k=random_k, union_front=union_front)
     if tracking:
         manifest.mlflow_tracking_uri = (mlflow_uri or env_uri or _search_uri(search_dir)
                                         or resolve_uri(out, None))
@@ -164,6 +175,8 @@ def _plan(out: Location, search_dir: Location | None, search_run: str | None, st
 
 
 def _search_uri(search_dir: Path) -> str | None:
+    if is_sweep(search_dir):
+        return Sweep.read(search_dir).mlflow_tracking_uri
     return read_records(search_dir).get("mlflow_tracking_uri")
 
 
@@ -310,7 +323,8 @@ def _track_report(tracker: RetrainTracker, out: Location, manifest: Manifest, tr
     summary = report.front_summary(table) | {
         f"hypervolume_{k}": v["value"] for k, v in (comparison or {}).get("hypervolume", {}).items()} | {
         f"hypervolume_latency_{k}": v["value"]
-        for k, v in (comparison or {}).get("latency", {}).get("hypervolume", {}).items()}
+        for k, v in (comparison or {}).get("latency", {}).get("hypervolume", {}).items()} | {
+        f"hypervolume_point{p['point']}": p["value"] for p in (comparison or {}).get("sweep", {}).get("points", [])}
     tracker.log_report(manifest.mlflow_run_id, out, summary, table)
     tracker.end_run(manifest.mlflow_run_id, "FAILED" if failed else "FINISHED")
     log(f"MLflow run {manifest.mlflow_run_id}: open with {how_to_open(tracker.uri)}")
@@ -347,5 +361,9 @@ def _write_report(out: Location, trials: pd.DataFrame, manifest: Manifest, log: 
         comparison = stats.compare_fronts(last, archs, seed=manifest.config.seed)
         if report.has_latency(table):  # the same comparison with measured latency on the axis
             comparison["latency"] = stats.compare_fronts(last, archs, seed=manifest.config.seed, column="latency_ms")
+    if manifest.sweep:  # which grid point's searches gave the better fronts, over their seeds
+        comparison = (comparison or {}) | {"sweep": point_hypervolumes(report.last_epochs(done), archs, manifest.sweep,
+                                                                       seed=manifest.config.seed)}
+    if comparison:
         (out / COMPARISON).write_text(json.dumps(comparison, indent=1))
     return table, comparison

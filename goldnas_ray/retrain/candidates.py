@@ -8,7 +8,7 @@ path in the message.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class Candidate:
     params: int
     search_epoch: int | None = None
     search_lambda: float | None = None
+    sources: list[str] = field(default_factory=list)  # a sweep's searches that recorded it
 
     @property
     def genotype_path(self) -> str:
@@ -38,12 +39,14 @@ class Candidate:
     def row(self) -> dict[str, Any]:
         return {"arch_id": self.arch_id, "kind": self.kind, "flops": self.flops,
                 "params": self.params, "search_epoch": self.search_epoch,
-                "search_lambda": self.search_lambda, "genotype": self.genotype_path}
+                "search_lambda": self.search_lambda, "genotype": self.genotype_path} | (
+                    {"sources": list(self.sources)} if self.sources else {})
 
     @classmethod
     def from_row(cls, row: dict[str, Any], folder: Path) -> "Candidate":
         return cls(row["arch_id"], row["kind"], load_genotype(location(folder) / row["genotype"]),
-                   row["flops"], row["params"], row.get("search_epoch"), row.get("search_lambda"))
+                   row["flops"], row["params"], row.get("search_epoch"), row.get("search_lambda"),
+                   list(row.get("sources") or []))
 
 
 @dataclass

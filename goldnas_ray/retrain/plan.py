@@ -96,6 +96,8 @@ class Manifest:
     # the training split's metadata when it streams (read from the data, not written down)
     stream: StreamInfo | None = field(default=None, repr=False)
     num_train: int = field(default=0, repr=False)  # training images a trial reads
+    # retraining a sweep: each search's grid point and seed (name -> {point, label, seed})
+    sweep: dict[str, dict[str, Any]] | None = None
 
     @property
     def seeds(self) -> list[int]:
@@ -129,7 +131,8 @@ class Manifest:
                 "architectures": [c.row() for c in self.candidates], "trials": self.trials,
                 "mlflow_tracking_uri": self.mlflow_tracking_uri, "mlflow_run_id": self.mlflow_run_id,
                 "mlflow_child_run_ids": self.mlflow_child_run_ids,
-                "resources": asdict(self.resources) if self.resources is not None else None}
+                "resources": asdict(self.resources) if self.resources is not None else None,
+                "sweep": self.sweep}
 
     def write(self, out: "Path | Location") -> Location:
         return (location(out) / MANIFEST).write_text(json.dumps(self.to_dict(), indent=1))
@@ -153,6 +156,7 @@ class Manifest:
                        dict(raw.get("mlflow_child_run_ids") or {}))
         if raw.get("resources"):
             manifest.resources = Resources(**raw["resources"])
+        manifest.sweep = raw.get("sweep")
         manifest.stream = stream_info(manifest.data())
         manifest.num_train = (manifest.stream or load_data(manifest.data())).num_train
         return manifest
@@ -160,12 +164,24 @@ class Manifest:
 
 def plan_retrain(out: "Path | Location", search_dir: Path, *, search_run_id: str | None = None,
                  config_file: Path | None = None, overrides: Sequence[str] = (),
-                 random_k: int = 0) -> Manifest:
-    """Check everything a new retrain depends on and decide what it trains; writes nothing."""
+                 random_k: int = 0, union_front: bool = False) -> Manifest:
+    """Check everything a new retrain depends on and decide what it trains; writes nothing.
+    ``search_dir`` may be a sweep's folder: every finished search's records are trained (with
+    ``union_front``, every distinct architecture once)."""
+    from goldnas_ray.sweep.plan import is_sweep
+    from goldnas_ray.sweep.retrain import load_sweep
+
     if random_k < 0:
         raise ConfigError(f"--random must be >= 0, got {random_k}")
     check_new_out_dir(out, "retrain")
-    search = load_search(Path(search_dir))
+    sweep = None
+    if is_sweep(search_dir):
+        search, sweep = load_sweep(Path(search_dir), union_front)
+    elif union_front:
+        raise ConfigError("--union-front merges the records of a sweep's searches: --search-dir must be a "
+                          "sweep's folder (pipelines/sweep.py)")
+    else:
+        search = load_search(Path(search_dir))
     cfg = search.config
     if config_file is not None:
         cfg = cfg.merge_yaml(config_file)
@@ -180,4 +196,5 @@ def plan_retrain(out: "Path | Location", search_dir: Path, *, search_run_id: str
                              f"{data.num_classes} classes; the search ran on {shape} and {classes}")
     manifest.dataset, manifest.stream, manifest.num_train = data.name, stream, data.num_train
     manifest.candidates += random_candidates(search, random_k, cfg.seed) if random_k else []
+    manifest.sweep = sweep
     return manifest

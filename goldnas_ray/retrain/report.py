@@ -91,7 +91,8 @@ def summarise(trials: pd.DataFrame, architectures: pd.DataFrame) -> pd.DataFrame
     for col in COLUMNS:
         if col not in table:
             table[col] = None
-    return table[COLUMNS].sort_values(["flops", "arch_id"]).reset_index(drop=True)
+    kept = COLUMNS + (["sources"] if "sources" in table else [])  # a sweep's: the searches that recorded it
+    return table[kept].sort_values(["flops", "arch_id"]).reset_index(drop=True)
 
 
 def staircase(flops: Sequence[float], accuracy: Sequence[float]) -> tuple[list[float], list[float]]:

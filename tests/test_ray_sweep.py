@@ -1,0 +1,147 @@
+"""Sweeps for real: the two-node cluster on 127.0.0.1 and the MLflow server of conftest.py.
+
+One module-wide sweep of 2 x 2 grid points x 2 seeds of smoke searches, where one grid value
+(w_lr=1e30) makes its searches diverge; its report, its MLflow runs, its retrain; and a sweep
+stopped mid-way and resumed, against the first sweep's searches of the same configs."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
+GRID = ["--grid", "search.lambda0=1.0,0.5", "--grid", "search.w_lr=0.05,1e30"]
+DIVERGED = {"p1-s0", "p1-s1", "p3-s0", "p3-s1"}  # w_lr=1e30
+
+
+def _env(ray_cluster):
+    return dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"], PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_cluster, mlflow_server, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "sw"
+    proc = subprocess.run([sys.executable, "pipelines/sweep.py", "--smoke-test", "--out", str(out), *GRID,
+                           "--seeds", "0,1", "--mlflow-uri", mlflow_server, "--experiment", "ci-sweep"],
+                          capture_output=True, text=True, env=_env(ray_cluster), cwd=ROOT, timeout=1200)
+    return out, proc
+
+
+def _records(folder: Path) -> list[tuple]:
+    """What a search recorded: each record's id, epoch, FLOPs and genotype file."""
+    records = json.loads((folder / "records.json").read_text())
+    assert records["finished"]
+    return [(a["id"], a["epoch"], a["flops"], (folder / a["genotype"]).read_text()) for a in records["architectures"]]
+
+
+def test_eight_searches_one_failing_grid_value_the_others_finish_and_the_sweep_says_why(sweep, mlflow_server):
+    out, proc = sweep
+    console = proc.stdout + proc.stderr
+    assert proc.returncode == 2, console[-4000:]
+    assert f"error: 4 of 8 searches did not finish: {', '.join(sorted(DIVERGED))}" in proc.stderr
+    for name in DIVERGED:
+        assert re.search(rf"failed: {name} \(lambda0=\S+ w_lr=1e30 seed=\d\): SearchDiverged: epoch 1: the "
+                         rf"training loss is nan", proc.stdout), console[-4000:]
+    searches = pd.read_csv(out / "sweep_searches.csv")
+    assert len(searches) == 8
+    assert set(searches.loc[searches["status"] == "failed", "search"]) == DIVERGED
+    finished = searches[searches["status"] == "finished"]
+    assert set(finished["search"]) == {"p0-s0", "p0-s1", "p2-s0", "p2-s1"}
+    for _, row in finished.iterrows():
+        records = json.loads((out / row["search"] / "records.json").read_text())
+        assert row["records"] == len(records["architectures"]) >= 1 and row["epochs"] == records["epochs"]
+        assert row["last_record_flops"] == min(a["flops"] for a in records["architectures"])
+    points = pd.read_csv(out / "sweep_points.csv")
+    assert list(points["finished"]) == [2, 0, 2, 0] and list(points["searches"]) == [2, 2, 2, 2]
+    assert (out / "sweep.png").stat().st_size > 10_000
+
+    # the union: one entry per distinct genotype of the finished searches, each search's records in it
+    union = json.loads((out / "union.json").read_text())
+    distinct = {(out / s / a["genotype"]).read_text() for s in finished["search"]
+                for a in json.loads((out / s / "records.json").read_text())["architectures"]}
+    assert len(union) == len({json.dumps({k: v for k, v in json.loads(g).items() if k != "metadata"},
+                                         sort_keys=True) for g in distinct})
+    assert sum(len(u["recorded_by"]) for u in union) == finished["records"].sum()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    manifest = json.loads((out / "sweep.json").read_text())
+    parent = client.get_run(manifest["mlflow_run_id"])
+    assert parent.info.status == "FAILED" and parent.data.params["grid.search.w_lr"] == "0.05,1e30"
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 8
+    by_id = {s["mlflow_run_id"]: s["name"] for s in manifest["searches"]}
+    for child in children:
+        name = by_id[child.info.run_id]
+        assert child.data.params["search.w_lr"] == ("1e+30" if name in DIVERGED else "0.05")
+        if name in DIVERGED:
+            assert child.info.status == "FAILED" and "diverged" in child.data.tags["goldnas.error"]
+        else:
+            assert child.info.status == "FINISHED"
+            epochs = json.loads((out / name / "records.json").read_text())["epochs"]
+            # the search logged its epochs into its child run; the sweep added its outcome
+            assert [m.step for m in client.get_metric_history(child.info.run_id, "flops")] == list(range(1, epochs + 1))
+            assert child.data.metrics["records"] == searches.set_index("search").loc[name, "records"]
+    artifacts = {f.path for f in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep_summary.json", "sweep_points.csv", "sweep.png", "union.json"} <= artifacts
+
+
+def test_a_sweep_retrained_gives_each_grid_points_hypervolume_over_its_seeds(sweep, ray_cluster, tmp_path):
+    out, _ = sweep
+    union = json.loads((out / "union.json").read_text())
+    retrain = tmp_path / "r"
+    proc = subprocess.run([sys.executable, "pipelines/retrain.py", "--search-dir", str(out), "--union-front",
+                           "--smoke-test", "--set", "retrain.epochs=1", "--set", "retrain.latency_repeats=0",
+                           "--no-mlflow", "--out", str(retrain)],
+                          capture_output=True, text=True, env=_env(ray_cluster), cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    manifest = json.loads((retrain / "retrain.json").read_text())
+    assert len(manifest["architectures"]) == len(union)  # each distinct architecture once
+    assert {a["arch_id"] for a in manifest["architectures"]} == {u["id"] for u in union}
+    points = json.loads((retrain / "comparison.json").read_text())["sweep"]["points"]
+    assert [p["point"] for p in points] == [0, 2]  # the grid points whose searches finished
+    for p in points:
+        assert p["seeds"] == 2 and 0 < p["low"] <= p["value"] <= p["high"], p
+        assert f"hypervolume {p['grid_point']}" in proc.stdout
+
+    shown = subprocess.run([sys.executable, "pipelines/compare.py", str(retrain), "--out", str(tmp_path / "c.png")],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "r: lambda0=1.0 w_lr=0.05" in shown.stdout and "r: lambda0=0.5 w_lr=0.05" in shown.stdout
+
+
+def test_a_sweep_stopped_mid_way_and_resumed_records_what_an_uninterrupted_one_does(sweep, ray_cluster, tmp_path):
+    """The same configs as the first sweep's p0 (lambda0=1.0, w_lr=0.05), stopped during epoch
+    2 of a search, resumed: each search records exactly what the uninterrupted sweep's did."""
+    first, _ = sweep
+    out = tmp_path / "sw"
+    run = subprocess.Popen([sys.executable, "pipelines/sweep.py", "--smoke-test", "--out", str(out),
+                            "--grid", "search.lambda0=1.0", "--seeds", "0,1", "--no-mlflow"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(ray_cluster), cwd=ROOT)
+    printed = []
+    for line in run.stdout:
+        printed.append(line)
+        if re.match(r"p0-s\d +epoch +2/3", line):
+            break
+    assert run.poll() is None, "".join(printed)[-3000:]
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, "".join(printed)[-2000:] + err[-3000:]
+    stopped = [line for line in err.splitlines() if line.startswith("stopped:")]
+    assert stopped and stopped[0].endswith(f"resume with: python pipelines/sweep.py --resume --out {out}"), err
+    assert not (out / "sweep_searches.csv").exists()
+
+    proc = subprocess.run([sys.executable, "pipelines/sweep.py", "--resume", "--out", str(out)],
+                          capture_output=True, text=True, env=_env(ray_cluster), cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    for seed in (0, 1):
+        assert _records(out / f"p0-s{seed}") == _records(first / f"p0-s{seed}")
+    assert os.path.exists(out / "sweep.png")

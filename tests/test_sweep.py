@@ -1,0 +1,88 @@
+"""A sweep's plan, report arithmetic and the hypervolume of its retrain, without Ray."""
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from goldnas_ray.core.config import Config, ConfigError
+from goldnas_ray.retrain.stats import hypervolume
+from goldnas_ray.sweep.plan import Sweep, parse_grid, parse_seeds, plan_sweep, point_label
+from goldnas_ray.sweep.report import seed_gap
+from goldnas_ray.sweep.retrain import point_hypervolumes
+
+
+def test_every_grid_point_and_seed_is_one_search_with_its_values_applied():
+    grid = parse_grid(["search.lambda0=0.001,0.002", "search.c0=1.5,2,3"])
+    searches = plan_sweep(Config(), grid, [0, 7])
+    assert [s.name for s in searches[:4]] == ["p0-s0", "p0-s7", "p1-s0", "p1-s7"] and len(searches) == 12
+    last = Config.from_dict(searches[-1].config)
+    assert (last.search.lambda0, last.search.c0, last.seed) == (0.002, 3.0, 7)
+    assert searches[-1].label == "lambda0=0.002 c0=3 seed=7"
+    assert point_label({"search.amp": "off", "retrain.amp": "bf16"}) == "search.amp=off retrain.amp=bf16"
+
+
+@pytest.mark.parametrize("flags, seeds, message", [
+    (["search.lambda0"], "0", "expected section.key=v1,v2"),
+    (["search.lambda0=0.1,,0.2"], "0", "an empty value"),
+    (["search.lambda0=0.1,0.1"], "0", "given twice"),
+    (["search.lambda0=0.1", "search.lambda0=0.2"], "0", "given twice"),
+    (["seed=1,2"], "0", "expected section.key"),
+    (["search.lambda0=0.1"], "0,x", "expected integers"),
+    (["search.lambda0=0.1"], "1,1", "distinct"),
+])
+def test_a_malformed_grid_or_seed_list_is_refused(flags, seeds, message):
+    with pytest.raises(ConfigError, match=message):
+        plan_sweep(Config(), parse_grid(flags), parse_seeds(seeds))
+
+
+def test_an_invalid_point_stops_the_sweep_before_anything_runs_and_is_named():
+    # each value alone is valid; the combination xi_min > xi_max is not
+    grid = parse_grid(["search.xi_min=0.01,0.06", "search.xi_max=0.05,0.1"])
+    with pytest.raises(ConfigError, match=r"grid point xi_min=0.06 xi_max=0.05: .*xi_min"):
+        plan_sweep(Config(), grid, [0])
+    with pytest.raises(ConfigError, match="search.nope"):
+        plan_sweep(Config(), parse_grid(["search.nope=1,2"]), [0])
+
+
+def test_the_manifest_round_trips(tmp_path):
+    grid = parse_grid(["search.lambda0=0.001,0.002"])
+    sweep = Sweep(grid, [0, 1], plan_sweep(Config(), grid, [0, 1]), workers=2, cpus_per_worker=1.5)
+    sweep.failed = {"p1-s0": "SearchDiverged: ..."}
+    sweep.write(tmp_path)
+    back = Sweep.read(tmp_path)
+    assert back.to_dict() == sweep.to_dict()
+    assert back.points == [{"search.lambda0": "0.001"}, {"search.lambda0": "0.002"}]
+    (tmp_path / "sweep.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(Exception, match="not a goldnas-ray sweep"):
+        Sweep.read(tmp_path)
+
+
+def test_the_seed_gap_is_the_median_distance_to_the_other_seeds_nearest_record():
+    assert seed_gap([[100, 50], [100, 50]]) == 0
+    # seed 0's 100 is 10% from seed 1's 90; 50 is 0% from 50; seed 1's 90 -> 100: 10%, 50 -> 50: 0
+    assert seed_gap([[100, 50], [90, 50]]) == pytest.approx(5.0)
+    assert seed_gap([[100, 50]]) is None and seed_gap([[100], []]) is None
+
+
+def test_each_grid_points_front_hypervolume_is_the_mean_over_its_seeds_with_an_interval():
+    archs = pd.DataFrame([
+        {"arch_id": "a", "flops": 1000, "sources": ["p0-s0", "p1-s0"]},
+        {"arch_id": "b", "flops": 100, "sources": ["p0-s1"]},
+        {"arch_id": "c", "flops": 500, "sources": ["p1-s0", "p1-s1"]},
+    ])
+    last = pd.DataFrame([{"arch_id": "a", "seed": 0, "test_acc": 0.9}, {"arch_id": "a", "seed": 1, "test_acc": 0.8},
+                         {"arch_id": "b", "seed": 0, "test_acc": 0.5}, {"arch_id": "c", "seed": 0, "test_acc": 0.7}])
+    searches = {"p0-s0": {"point": 0, "label": "x=1", "seed": 0}, "p0-s1": {"point": 0, "label": "x=1", "seed": 1},
+                "p1-s0": {"point": 1, "label": "x=2", "seed": 0}, "p1-s1": {"point": 1, "label": "x=2", "seed": 1}}
+    stats = point_hypervolumes(last, archs, searches, resamples=200)
+    ref = (1.0, math.log10(1100))
+    assert stats["searches"]["p0-s0"] == pytest.approx(hypervolume([1 - 0.85], [3.0], ref))
+    assert stats["searches"]["p1-s0"] == pytest.approx(hypervolume([0.15, 0.3], [3.0, math.log10(500)], ref))
+    assert stats["searches"]["p1-s1"] == pytest.approx(hypervolume([0.3], [math.log10(500)], ref))
+    p0, p1 = stats["points"]
+    assert p0["value"] == pytest.approx((stats["searches"]["p0-s0"] + stats["searches"]["p0-s1"]) / 2)
+    assert p0["seeds"] == 2 and p0["low"] <= p0["value"] <= p0["high"]
+    assert p0["low"] == pytest.approx(min(stats["searches"]["p0-s0"], stats["searches"]["p0-s1"]), abs=1e-9) \
+        or p0["low"] < p0["value"]
+    assert p1["grid_point"] == "x=2" and p1["high"] <= max(stats["searches"]["p1-s0"], stats["searches"]["p1-s1"])
