@@ -8,7 +8,7 @@
 #
 #   benchmarks/pack_for_device.sh [PEER_FOLDER]    # default ../shared/peers/gold_nas_unofficial
 #
-# Then, on the device, from the checkout's root (DEVELOPERS.md):
+# Then, on the device, from the checkout's root (CONTRIBUTING.md):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/whl/*.whl \
 #     && PYTHONPATH=/tmp/site:$PWD python3 benchmarks/gpu_check.py --peer .device/peer --json $OUT/gpu.json
 set -euo pipefail
@@ -45,4 +45,4 @@ PY
 rm -rf .device/raw
 cp -r "$peer" .device/peer
 du -sh .device/whl/* .device/peer | sed 's/^/  /'
-echo "carry .device (and nothing else is needed); see DEVELOPERS.md for the command"
+echo "carry .device (and nothing else is needed); see CONTRIBUTING.md for the command"

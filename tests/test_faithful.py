@@ -66,7 +66,7 @@ def test_lambda_and_delta_follow_the_same_schedule():
 def test_the_paper_rule_records_in_the_same_epochs():
     """The public code records when an epoch prunes after more than t0 epochs without pruning.
     (It stores the architecture after that epoch's pruning; goldnas-ray stores the one that
-    held still, before it: the same epochs, README "Faithfulness".)"""
+    held still, before it: the same epochs, docs/algorithm.md, "Faithfulness to the public code".)"""
     for case in FIXTURES["recording"]:
         r = ParetoRecorder(t0=case["t0"], rule="paper")
         recorded = []

@@ -98,7 +98,7 @@ def test_layer_of(module, expected):
 
 
 def test_the_fast_selection_starts_no_server():
-    """`pytest -m "not services"` (DEVELOPERS.md) selects no test that uses the session's Ray
+    """`pytest -m "not services"` (CONTRIBUTING.md) selects no test that uses the session's Ray
     cluster, MLflow server or S3 endpoint: the markers follow the fixtures a test uses."""
     import subprocess
     import sys

@@ -106,7 +106,7 @@ def test_a_killed_worker_is_replaced_and_the_search_records_the_same_architectur
     killed = tmp_path / "killed"
     run = subprocess.Popen([sys.executable, script, *KILL_ARGS, "--out", str(killed)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-    # once epoch 3's report has returned, epoch 2's checkpoint is Ray Train's (README)
+    # once epoch 3's report has returned, epoch 2's checkpoint is Ray Train's (docs/search.md)
     victim = kill_rank_after_report(location(killed), 3, run)
     assert victim is not None, "the run ended before a worker could be killed"
     output, _ = run.communicate(timeout=600)

@@ -23,7 +23,7 @@ def test_channels_last_changes_only_rounding():
     """NHWC convolutions add in another order: from the same start the same steps agree to
     float32 rounding. Where a batch-norm output sits within rounding of zero, the ReLU after
     it may switch, so single gradients can differ by more; a whole search drifts apart over
-    hundreds of steps as it does between two CPUs (README, "Performance")."""
+    hundreds of steps as it does between two CPUs (docs/performance.md, "Results and the options")."""
     torch.manual_seed(0)
     x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
     nchw, l1 = _steps(tiny_config(channels_last=False), x, y)
