@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from goldnas_ray.core.config import Config
-from goldnas_ray.errors import USER_ERRORS
+from goldnas_ray.orchestration.errors import USER_ERRORS
 from goldnas_ray.files.search_files import OutputDirError
 from goldnas_ray.files.store import Location, is_uri, location, working_copy_note
 from goldnas_ray.run.ending import RunStopped

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def body() -> None:
-        from goldnas_ray.retrain.compare import front_table, looks_like_run_id, plot_fronts, read_front, read_fronts
+        from goldnas_ray.retrain.compare import front_table, looks_like_run_id, plot_fronts, read_front
+        from goldnas_ray.sweep.report import read_fronts
         from goldnas_ray.retrain.plan import RetrainError
         from goldnas_ray.tracking.retrain import fetch_front_run
 

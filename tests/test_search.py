@@ -231,3 +231,22 @@ def test_a_genotype_file_is_written_once(tmp_path, digits):
     path.write_text(path.read_text() + "\n")  # marked: a rewrite would drop the mark
     write_outputs(tmp_path, search, {})
     assert path.read_text().endswith("}\n")
+
+
+def test_a_diverging_search_stops_before_it_records_prunes_or_writes_anything(tmp_path, digits):
+    """A learning rate that overflows the weights makes the loss NaN in the first epoch: the
+    search stops with an error naming the learning rates, its output folder holds no records
+    and no checkpoint (nothing garbage to retrain or resume from)."""
+    from goldnas_ray.core.search import SearchDiverged
+
+    search = GoldSearch(tiny_config(w_lr=1e30), digits.input_shape, digits.num_classes)
+    alive = len(search.model.alive_ops())
+    batches = iterate_batches(digits.x_train[:256], digits.y_train[:256], 128, 0, 0)
+    with pytest.raises(SearchDiverged, match=r"epoch 1: the training loss is nan.*search.w_lr \(1e\+30\)"):
+        search.run_epoch(batches)
+    assert search.records == [] and len(search.model.alive_ops()) == alive and search.epoch == 0
+
+    out = tmp_path / "s"
+    with pytest.raises(SearchDiverged):
+        run_local(tiny_config(w_lr=1e30, max_epochs=2), out)
+    assert not (out / "records.json").exists() and not (out / "checkpoints").exists()

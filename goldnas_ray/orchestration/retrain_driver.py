@@ -42,7 +42,7 @@ from goldnas_ray.run.ending import RunStopped, ends_tracked_run
 from goldnas_ray.retrain.candidates import save_genotypes
 from goldnas_ray.retrain.plan import Manifest, Resources, RetrainError, TrialSpec, plan_retrain
 from goldnas_ray.sweep.plan import Sweep, is_sweep
-from goldnas_ray.sweep.retrain import describe_points, point_hypervolumes
+from goldnas_ray.sweep.retrain import describe_points, load_sweep, point_hypervolumes
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
 from goldnas_ray.tracking.retrain import RetrainTracker, fetch_search_run
 
@@ -165,8 +165,12 @@ def _plan(out: Location, search_dir: Location | None, search_run: str | None, st
         search_dir = _fetch_search_dir(search_dir, staging)
     else:
         search_dir = search_dir.local
+    sweep = load_sweep(search_dir, union_front) if is_sweep(search_dir) else None
+    if union_front and sweep is None:
+        raise ConfigError("--union-front merges the records of a sweep's searches: --search-dir must be a "
+                          "sweep's folder (pipelines/sweep.py)")
     manifest = plan_retrain(out, search_dir, search_run_id=search_run, config_file=config_file,
-                            overrides=overrides, random_k=random_k, union_front=union_front)
+                            overrides=overrides, random_k=random_k, sweep=sweep)
     if tracking:
         manifest.mlflow_tracking_uri = (mlflow_uri or env_uri or _search_uri(search_dir)
                                         or resolve_uri(out, None))

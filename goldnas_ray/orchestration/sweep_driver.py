@@ -27,7 +27,7 @@ from goldnas_ray.core.search import check_stop
 from goldnas_ray.core.space import check_spatial
 from goldnas_ray.data.batches import check_batches
 from goldnas_ray.data.stream import stream_info
-from goldnas_ray.errors import USER_ERRORS
+from goldnas_ray.orchestration.errors import USER_ERRORS
 from goldnas_ray.files.search_files import OutputDirError, check_new_out_dir
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.orchestration.cluster import check_fits_on_a_node, connect, interruptible

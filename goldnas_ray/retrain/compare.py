@@ -16,7 +16,7 @@ import pandas as pd
 from goldnas_ray.files.search_files import OutputDirError, read_records
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.retrain.plan import RetrainError
-from goldnas_ray.retrain.report import AXES, non_dominated, save_chart, staircase
+from goldnas_ray.retrain.report import AXES, save_chart, staircase
 
 
 @dataclass
@@ -38,39 +38,6 @@ def read_front(where: "str | Path | Location", label: str | None = None) -> Fron
         return Front(label, "search", pd.DataFrame([{"arch_id": a["id"], "kind": "searched", "flops": a["flops"],
                                                      "latency_ms": a.get("latency_ms")} for a in archs]))
     raise OutputDirError(f"{loc} holds neither a retrain's frontier.parquet nor a search's records.json")
-
-
-def read_fronts(where: "str | Path | Location") -> list[Front]:
-    """The fronts a folder holds: a sweep's, one per finished search (its records); a retrain
-    of a sweep's, one per grid point (the retrained architectures its searches recorded, over
-    its seeds); any other, its one front (:func:`read_front`)."""
-    from goldnas_ray.sweep.plan import Sweep, is_sweep, search_state
-
-    loc = location(where)
-    if is_sweep(loc):
-        sweep = Sweep.read(loc)
-        return [read_front(loc / s.name, label=f"{s.name} {s.label}") for s in sweep.searches
-                if search_state(loc / s.name) == "finished"]
-    manifest = loc / "retrain.json"
-    if (loc / "frontier.parquet").is_file() and manifest.is_file():
-        import json
-
-        searches = json.loads(manifest.read_text()).get("sweep")
-        if searches:
-            table = pd.read_parquet((loc / "frontier.parquet").open_buffer())
-            fronts = []
-            for point in sorted({v["point"] for v in searches.values()}):
-                names = {n for n, v in searches.items() if v["point"] == point}
-                mine = table[[bool(names & set(src)) for src in table["sources"]]] if "sources" in table else table[:0]
-                label = next(v["label"] for v in searches.values() if v["point"] == point)
-                if len(mine):  # the grid point's own front
-                    mine = mine.assign(on_front=non_dominated(mine["flops"], mine["accuracy_mean"]))
-                    fronts.append(Front(f"{loc.name}: {label}", "retrain", mine.reset_index(drop=True)))
-            if not fronts:
-                raise OutputDirError(f"{loc} is the retrain of a sweep, and none of its architectures names the "
-                                     f"searches it came from (made before sweeps were retrained?)")
-            return fronts
-    return [read_front(loc)]
 
 
 def front_table(fronts: list[Front]) -> pd.DataFrame:

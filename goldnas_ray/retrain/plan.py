@@ -18,7 +18,7 @@ from goldnas_ray.data.from_config import load_data
 from goldnas_ray.data.stream import StreamInfo, stream_info, streams
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.files.search_files import OutputDirError, check_new_out_dir
-from goldnas_ray.retrain.candidates import Candidate, load_search, random_candidates
+from goldnas_ray.retrain.candidates import Candidate, SearchResult, load_search, random_candidates
 
 MANIFEST = "retrain.json"
 MANIFEST_FORMAT = "goldnas-ray/retrain"
@@ -164,24 +164,15 @@ class Manifest:
 
 def plan_retrain(out: "Path | Location", search_dir: Path, *, search_run_id: str | None = None,
                  config_file: Path | None = None, overrides: Sequence[str] = (),
-                 random_k: int = 0, union_front: bool = False) -> Manifest:
+                 random_k: int = 0, sweep: "tuple[SearchResult, dict[str, dict[str, Any]]] | None" = None
+                 ) -> Manifest:
     """Check everything a new retrain depends on and decide what it trains; writes nothing.
-    ``search_dir`` may be a sweep's folder: every finished search's records are trained (with
-    ``union_front``, every distinct architecture once)."""
-    from goldnas_ray.sweep.plan import is_sweep
-    from goldnas_ray.sweep.retrain import load_sweep
-
+    ``sweep``: a sweep's searches read as one (``sweep.retrain.load_sweep``) and what each
+    search is, instead of the search in ``search_dir``."""
     if random_k < 0:
         raise ConfigError(f"--random must be >= 0, got {random_k}")
     check_new_out_dir(out, "retrain")
-    sweep = None
-    if is_sweep(search_dir):
-        search, sweep = load_sweep(Path(search_dir), union_front)
-    elif union_front:
-        raise ConfigError("--union-front merges the records of a sweep's searches: --search-dir must be a "
-                          "sweep's folder (pipelines/sweep.py)")
-    else:
-        search = load_search(Path(search_dir))
+    search, searches = sweep if sweep is not None else (load_search(Path(search_dir)), None)
     cfg = search.config
     if config_file is not None:
         cfg = cfg.merge_yaml(config_file)
@@ -196,5 +187,5 @@ def plan_retrain(out: "Path | Location", search_dir: Path, *, search_run_id: str
                              f"{data.num_classes} classes; the search ran on {shape} and {classes}")
     manifest.dataset, manifest.stream, manifest.num_train = data.name, stream, data.num_train
     manifest.candidates += random_candidates(search, random_k, cfg.seed) if random_k else []
-    manifest.sweep = sweep
+    manifest.sweep = searches
     return manifest

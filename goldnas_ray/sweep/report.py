@@ -13,19 +13,25 @@
   search, one colour per grid point, one line style per seed;
 - ``union.json``: every architecture any search recorded, duplicates (the same genotype) merged,
   with the searches that recorded it.
+
+:func:`read_fronts` gives ``pipelines/compare.py`` a sweep's fronts (one per search) and those
+of a sweep's retrain (one per grid point).
 """
 from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from goldnas_ray.core.genotype import Genotype
-from goldnas_ray.files.search_files import HISTORY, read_records, records_path
+from goldnas_ray.files.search_files import HISTORY, OutputDirError, read_records, records_path
 from goldnas_ray.files.store import Location, location
-from goldnas_ray.sweep.plan import Sweep, point_label
+from goldnas_ray.retrain.compare import Front, read_front
+from goldnas_ray.retrain.report import non_dominated
+from goldnas_ray.sweep.plan import Sweep, is_sweep, point_label, search_state
 
 SEARCHES_CSV = "sweep_searches.csv"
 POINTS_CSV = "sweep_points.csv"
@@ -177,3 +183,34 @@ def format_points(points: pd.DataFrame) -> str:
                      f"{p['last_record_mflops']:>7.3f}±{p['last_record_mflops_sd']:<6.3f}"
                      f"{p['epochs_mean']:>7.1f} {gap:>9}")
     return "\n".join(lines)
+
+
+def read_fronts(where: "str | Path | Location") -> list[Front]:
+    """The fronts a folder holds: a sweep's, one per finished search (its records); a retrain
+    of a sweep's, one per grid point (the retrained architectures its searches recorded, over
+    its seeds); any other, its one front (:func:`read_front`)."""
+    loc = location(where)
+    if is_sweep(loc):
+        sweep = Sweep.read(loc)
+        return [read_front(loc / s.name, label=f"{s.name} {s.label}") for s in sweep.searches
+                if search_state(loc / s.name) == "finished"]
+    manifest = loc / "retrain.json"
+    if (loc / "frontier.parquet").is_file() and manifest.is_file():
+        import json
+
+        searches = json.loads(manifest.read_text()).get("sweep")
+        if searches:
+            table = pd.read_parquet((loc / "frontier.parquet").open_buffer())
+            fronts = []
+            for point in sorted({v["point"] for v in searches.values()}):
+                names = {n for n, v in searches.items() if v["point"] == point}
+                mine = table[[bool(names & set(src)) for src in table["sources"]]] if "sources" in table else table[:0]
+                label = next(v["label"] for v in searches.values() if v["point"] == point)
+                if len(mine):  # the grid point's own front
+                    mine = mine.assign(on_front=non_dominated(mine["flops"], mine["accuracy_mean"]))
+                    fronts.append(Front(f"{loc.name}: {label}", "retrain", mine.reset_index(drop=True)))
+            if not fronts:
+                raise OutputDirError(f"{loc} is the retrain of a sweep, and none of its architectures names the "
+                                     f"searches it came from (made before sweeps were retrained?)")
+            return fronts
+    return [read_front(loc)]
