@@ -7,12 +7,13 @@ Layers, each importing only those before it:
     files          run files, local or in object storage, each replaced whole
     data           datasets (read through ``files``' storage layer) and each epoch's batches
     retrain        the retraining recipe, random baselines, retrain plans, the front report
+    sweep          a sweep's plan, report and retrain (grid points x seeds)
     run            the search loop shared by both backends, console output, plots
     tracking       MLflow
-    orchestration  Ray Train (search) and Ray Tune (retrain)
+    orchestration  Ray Train (search) and Ray Tune (retrain, sweep)
     cli            what the pipelines/ scripts share
 
-The first five import neither Ray nor MLflow (tests/test_layers.py checks it). The names below
+The first six import neither Ray nor MLflow (tests/test_layers.py checks it). The names below
 are imported when first used, so ``import goldnas_ray`` itself costs nothing.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _EXPORTS = {
     "Config": "core.config", "ConfigError": "core.config", "DataConfig": "core.config",

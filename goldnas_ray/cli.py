@@ -93,8 +93,9 @@ def run_main(body: Callable[[], object], verbose: bool = False) -> int:
 
 # ---- process-wide settings: this process, and the Ray processes of its job ------------------
 # Beside these, two process-wide things are set on purpose, in processes Ray starts for this
-# job alone: a search worker and a retrain trial call torch.set_num_threads with the CPUs Ray
-# gave them (orchestration/search_worker.py, orchestration/retrain_trial.py), and a process
+# job alone: a search worker, a retrain trial and a sweep's trial call torch.set_num_threads
+# with the CPUs Ray gave them (orchestration/search_worker.py, orchestration/retrain_trial.py,
+# orchestration/sweep_driver.py), and a process
 # caches its normalisation constants per device (data/batches.py, _CONSTANTS). The library
 # itself sets nothing else process-wide (tests/test_side_effects.py).
 def configure_process(verbose: bool = False) -> None:
@@ -338,16 +339,21 @@ def run_retrain_on_ray(out: Location, args: argparse.Namespace, *, search_dir: "
 
 def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:
     """A sweep (pipelines/sweep.py): new from --config, --smoke-test, --set, --grid, --seeds, or
-    continued with --resume. A sweep that ends with failed searches is an error (status 2)."""
+    continued with --resume (as it was planned: its grid, seeds, resources and MLflow store).
+    A sweep that ends with failed searches is an error (status 2)."""
+    from goldnas_ray.core.config import ConfigError
+    from goldnas_ray.orchestration.errors import failed_on_input
     from goldnas_ray.orchestration.sweep_driver import run_sweep
     from goldnas_ray.sweep.plan import SweepError, parse_grid, parse_seeds
 
     if args.resume:
         if args.grid or args.overrides or args.config or args.smoke_test:
-            raise OutputDirError("--resume continues the sweep as it was planned: drop --grid, --set, --config "
-                                 "and --smoke-test")
+            raise ConfigError("--resume continues the sweep as it was planned: drop --grid, --set, --config "
+                              "and --smoke-test")
+        print("--resume: the sweep keeps its seeds, resources per search and MLflow store "
+              "(those flags given now are not used)")
         sweep = run_sweep(out, resume=True, address=args.address, runtime_env=runtime_env(args),
-                          max_failures=args.max_failures)
+                          max_failures=args.max_failures, verbose=args.verbose)
     else:
         base = Config.from_yaml(args.config) if args.config else Config()
         base = base.override(_overrides(args, SEARCH_SMOKE, {}))
@@ -355,7 +361,11 @@ def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:
                           workers=args.workers_per_search, cpus_per_worker=args.cpus_per_worker,
                           gpus_per_worker=args.gpus_per_worker, mlflow_uri=args.mlflow_uri,
                           tracking=not args.no_mlflow, experiment=args.experiment, max_failures=args.max_failures,
-                          address=args.address, runtime_env=runtime_env(args))
+                          address=args.address, runtime_env=runtime_env(args), verbose=args.verbose)
     if sweep.failed:
+        inputs = all(failed_on_input(why) for why in sweep.failed.values())
+        advice = ("each failed on its own input: change those grid values" if inputs
+                  else f"continue with --resume --out {out.uri}")
         raise SweepError(f"{len(sweep.failed)} of {len(sweep.searches)} searches did not finish: "
-                           f"{', '.join(sweep.failed)}; continue with --resume --out {out.uri}")
+                         f"{', '.join(sweep.failed)}; {advice}")
+

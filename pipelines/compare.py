@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if len(set(args.sources)) != len(args.sources):
             raise RetrainError("a source is named twice")
-        fronts = []
+        fronts, named = [], []  # each front, and the source it came from
         with tempfile.TemporaryDirectory(prefix="goldnas-compare-") as tmp:
             for i, source in enumerate(args.sources):
                 if looks_like_run_id(source):
@@ -54,13 +54,15 @@ def main(argv: list[str] | None = None) -> int:
                     if not uri:
                         raise RetrainError(f"{source} looks like an MLflow run id: pass --mlflow-uri")
                     folder = fetch_front_run(source, uri, Path(tmp) / str(i))
-                    fronts.append(read_front(folder, label=source[:8]))
+                    found = [read_front(folder, label=source[:8])]
                 else:
-                    fronts += read_fronts(source)
+                    found = read_fronts(source)
+                fronts += found
+                named += [source] * len(found)
         labels = [f.label for f in fronts]
-        for f, source in zip(fronts, args.sources):
+        for f, source in zip(fronts, named):
             if labels.count(f.label) > 1:  # e.g. two folders both called retrain/
-                f.label = str(source)
+                f.label = f"{source}{f.label[f.label.index(':'):] if ':' in f.label else ''}"
         table = front_table(fronts)
         chart = plot_fronts(fronts, args.out, args.title, args.axis)
         if args.csv:

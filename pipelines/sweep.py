@@ -38,7 +38,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries of a search that fails with an error other than its input's (default 2)")
     p.add_argument("--experiment", default="goldnas-sweep", help="MLflow experiment name")
-    cli.add_worker_flags(p)
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs per search worker (default 1); a worker of k CPUs runs k torch threads")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="GPUs per search worker; > 0 trains on CUDA (default 0: CPU)")
     return p.parse_args(argv)
 
 

@@ -44,7 +44,8 @@ def test_eight_searches_one_failing_grid_value_the_others_finish_and_the_sweep_s
     out, proc = sweep
     console = proc.stdout + proc.stderr
     assert proc.returncode == 2, console[-4000:]
-    assert f"error: 4 of 8 searches did not finish: {', '.join(sorted(DIVERGED))}" in proc.stderr
+    assert (f"error: 4 of 8 searches did not finish: {', '.join(sorted(DIVERGED))}; each failed on its own "
+            f"input: change those grid values") in proc.stderr
     for name in DIVERGED:
         assert re.search(rf"failed: {name} \(lambda0=\S+ w_lr=1e30 seed=\d\): SearchDiverged: epoch 1: the "
                          rf"training loss is nan", proc.stdout), console[-4000:]
@@ -138,6 +139,10 @@ def test_a_sweep_stopped_mid_way_and_resumed_records_what_an_uninterrupted_one_d
     stopped = [line for line in err.splitlines() if line.startswith("stopped:")]
     assert stopped and stopped[0].endswith(f"resume with: python pipelines/sweep.py --resume --out {out}"), err
     assert not (out / "sweep_searches.csv").exists()
+    # stopped mid-way: a search has a checkpoint and has not finished
+    states = [json.loads((out / f"p0-s{s}" / "records.json").read_text())["finished"]
+              for s in (0, 1) if (out / f"p0-s{s}" / "checkpoints" / "latest.pt").is_file()]
+    assert False in states, states
 
     proc = subprocess.run([sys.executable, "pipelines/sweep.py", "--resume", "--out", str(out)],
                           capture_output=True, text=True, env=_env(ray_cluster), cwd=ROOT, timeout=900)
@@ -145,3 +150,21 @@ def test_a_sweep_stopped_mid_way_and_resumed_records_what_an_uninterrupted_one_d
     for seed in (0, 1):
         assert _records(out / f"p0-s{seed}") == _records(first / f"p0-s{seed}")
     assert os.path.exists(out / "sweep.png")
+
+
+def test_searches_of_two_workers_each_are_ray_train_runs_and_a_diverging_one_fails_in_one_line(ray_cluster, tmp_path):
+    """--workers-per-search 2: each search a Ray Train run over both one-CPU nodes, driven by its
+    trial; a search that diverges inside the workers is reported with its own message."""
+    out = tmp_path / "sw"
+    proc = subprocess.run([sys.executable, "pipelines/sweep.py", "--smoke-test", "--out", str(out),
+                           "--grid", "search.w_lr=0.05,1e30", "--seeds", "0", "--workers-per-search", "2",
+                           "--max-failures", "0", "--no-mlflow"],
+                          capture_output=True, text=True, env=_env(ray_cluster), cwd=ROOT, timeout=900)
+    assert proc.returncode == 2, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "error: 1 of 2 searches did not finish: p1-s0; each failed on its own input" in proc.stderr
+    assert re.search(r"failed: p1-s0 \(w_lr=1e30 seed=0\): SearchDiverged: epoch 1: the training loss is nan",
+                     proc.stdout), proc.stdout[-3000:]
+    records = json.loads((out / "p0-s0" / "records.json").read_text())
+    assert records["finished"] and records["workers"] == 2 and records["architectures"]
+    ranks = [json.loads((out / "p0-s0" / ".workers" / f"rank-{r}.json").read_text())["node_id"] for r in (0, 1)]
+    assert len(set(ranks)) == 2  # one worker on each node

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from goldnas_ray.core.config import Config, ConfigError
+from goldnas_ray.files.search_files import OutputDirError
 from goldnas_ray.retrain.stats import hypervolume
 from goldnas_ray.sweep.plan import Sweep, parse_grid, parse_seeds, plan_sweep, point_label
 from goldnas_ray.sweep.report import seed_gap
@@ -27,7 +28,7 @@ def test_every_grid_point_and_seed_is_one_search_with_its_values_applied():
     (["search.lambda0=0.1,,0.2"], "0", "an empty value"),
     (["search.lambda0=0.1,0.1"], "0", "given twice"),
     (["search.lambda0=0.1", "search.lambda0=0.2"], "0", "given twice"),
-    (["seed=1,2"], "0", "expected section.key"),
+    (["seed=1,2"], "0", "--seeds 0,1,2"),
     (["search.lambda0=0.1"], "0,x", "expected integers"),
     (["search.lambda0=0.1"], "1,1", "distinct"),
 ])
@@ -54,7 +55,10 @@ def test_the_manifest_round_trips(tmp_path):
     assert back.to_dict() == sweep.to_dict()
     assert back.points == [{"search.lambda0": "0.001"}, {"search.lambda0": "0.002"}]
     (tmp_path / "sweep.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(Exception, match="not a goldnas-ray sweep"):
+    with pytest.raises(OutputDirError, match="not a goldnas-ray sweep"):
+        Sweep.read(tmp_path)
+    (tmp_path / "sweep.json").write_text(json.dumps({"format": "goldnas-ray/sweep", "grid": {}}))
+    with pytest.raises(OutputDirError, match="not a complete sweep manifest"):
         Sweep.read(tmp_path)
 
 
@@ -82,7 +86,13 @@ def test_each_grid_points_front_hypervolume_is_the_mean_over_its_seeds_with_an_i
     assert stats["searches"]["p1-s1"] == pytest.approx(hypervolume([0.3], [math.log10(500)], ref))
     p0, p1 = stats["points"]
     assert p0["value"] == pytest.approx((stats["searches"]["p0-s0"] + stats["searches"]["p0-s1"]) / 2)
-    assert p0["seeds"] == 2 and p0["low"] <= p0["value"] <= p0["high"]
-    assert p0["low"] == pytest.approx(min(stats["searches"]["p0-s0"], stats["searches"]["p0-s1"]), abs=1e-9) \
-        or p0["low"] < p0["value"]
-    assert p1["grid_point"] == "x=2" and p1["high"] <= max(stats["searches"]["p1-s0"], stats["searches"]["p1-s1"])
+    # two seeds: a resample's mean is the lower one, the mean of both, or the higher one, each of
+    # the extremes with probability 1/4, so the 2.5 and 97.5 percentiles are exactly those
+    hvs = sorted([stats["searches"]["p0-s0"], stats["searches"]["p0-s1"]])
+    assert p0["seeds"] == 2 and (p0["low"], p0["high"]) == pytest.approx(hvs)
+    assert p1["grid_point"] == "x=2"
+    # a random architecture (no sources) counts for no search
+    archs.loc[len(archs)] = {"arch_id": "r", "flops": 50, "sources": None}
+    last.loc[len(last)] = {"arch_id": "r", "seed": 0, "test_acc": 0.99}
+    again = point_hypervolumes(last, archs, searches, resamples=200)
+    assert again["searches"] == pytest.approx(stats["searches"])  # the same reference point: r has fewer FLOPs

@@ -15,6 +15,7 @@ from goldnas_ray.core.config import Config
 from goldnas_ray.files.search_files import RECORDS, read_records, records_path
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.orchestration.cluster import ClusterError, check_capacity, connect, interruptible
+from goldnas_ray.orchestration.errors import user_error
 from goldnas_ray.core.search import check_stop, latency_table
 from goldnas_ray.core.space import check_spatial
 from goldnas_ray.data.batches import check_batches
@@ -79,9 +80,16 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     log(f"search: {workers} worker(s) x {cpus_per_worker:g} CPU, {gpus_per_worker:g} GPU; output in {out}")
     started = time.perf_counter()
     finish = run.finish if uri else None
+    import ray.train
+
     try:
         with ends_tracked_run(finish, log):
             interruptible(trainer.fit)  # a worker group that fails more than max_failures raises
+    except ray.train.TrainingFailedError as exc:
+        found = user_error(exc)  # a diverged schedule, bad data: the one line the user needs
+        if found is None:
+            raise
+        raise found from None
     except (KeyboardInterrupt, SystemExit) as exc:
         epochs = read_records(out)["epochs"] if records_path(out) is not None else 0
         raise RunStopped(f"after epoch {epochs} of at most {cfg.search.max_epochs}", exc, out) from None

@@ -9,8 +9,14 @@ child of the sweep's). A trial that is retried (Tune's FailureConfig), and every
 ``--resume``, continues from its folder's checkpoint; finished searches are kept as they are.
 
 A search that fails does not stop the others: an error of its input or a diverged schedule is
-reported at once and not retried; any other error is retried ``max_failures`` times, then
-reported. The report (``sweep.report``) is written whatever finished.
+reported and not retried by Tune (a Ray Train run restarts its worker group ``max_failures``
+times first: it cannot tell such an error from a lost worker); any other error is retried
+``max_failures`` times, then reported. The report (``sweep.report``) is written whatever
+finished.
+
+Each search logs its epochs into its MLflow child run from its own trial's process: on one
+machine a sqlite store takes those writers in turn; a cluster of several nodes needs a
+tracking server (refused otherwise, before anything runs).
 """
 from __future__ import annotations
 
@@ -27,17 +33,17 @@ from goldnas_ray.core.search import check_stop
 from goldnas_ray.core.space import check_spatial
 from goldnas_ray.data.batches import check_batches
 from goldnas_ray.data.stream import stream_info
-from goldnas_ray.orchestration.errors import USER_ERRORS
+from goldnas_ray.orchestration.errors import NOT_RETRIED, USER_ERRORS, user_error
 from goldnas_ray.files.search_files import OutputDirError, check_new_out_dir
 from goldnas_ray.files.store import Location, location
-from goldnas_ray.orchestration.cluster import check_fits_on_a_node, connect, interruptible
+from goldnas_ray.orchestration.cluster import connect, interruptible
 from goldnas_ray.orchestration.retrain_driver import DRIVER_MEMORY, concurrent_trials
 from goldnas_ray.retrain.plan import Resources
 from goldnas_ray.run.ending import RunStopped, ends_tracked_run
 from goldnas_ray.run.loop import load_data
 from goldnas_ray.sweep import report
-from goldnas_ray.sweep.plan import Sweep, plan_sweep, search_state
-from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
+from goldnas_ray.sweep.plan import SearchPlan, Sweep, plan_sweep, search_state
+from goldnas_ray.tracking.common import TrackingError, check_uri, how_to_open, resolve_uri
 
 TUNE_DIR = "ray"
 
@@ -46,7 +52,7 @@ def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[s
               seeds: list[int] | None = None, resume: bool = False, workers: int = 1,
               cpus_per_worker: float | None = None, gpus_per_worker: float = 0.0, mlflow_uri: str | None = None,
               tracking: bool = True, experiment: str = "goldnas-sweep", max_failures: int = 2,
-              address: str | None = None, runtime_env: dict[str, Any] | None = None,
+              address: str | None = None, runtime_env: dict[str, Any] | None = None, verbose: bool = False,
               log: Callable[[str], None] = print) -> Sweep:
     """Run (or, with ``resume``, continue) a sweep into ``out``; returns its manifest, whose
     ``failed`` names the searches that did not finish and why."""
@@ -67,12 +73,11 @@ def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[s
             check_uri(sweep.mlflow_tracking_uri)
     states = {s.name: search_state(out / s.name) for s in sweep.searches}
     todo = [s for s in sweep.searches if states[s.name] != "finished"]
-    _check_searches([s for s in todo if states[s.name] == "new"], sweep.workers)
+    streams = _check_searches(todo, {s.name for s in todo if states[s.name] == "new"}, sweep.workers)
     per_search = Resources(sweep.workers, sweep.cpus_per_worker, sweep.gpus_per_worker)
-    streaming = any(Config.from_dict(s.config).data.path == "stream" for s in todo)
     resources = connect(address, log, runtime_env=runtime_env)
-    check_fits_on_a_node(per_search.cpus, per_search.gpus)
-    at_once = concurrent_trials(resources, per_search, streaming)
+    at_once = concurrent_trials(resources, per_search, any(streams.values()))
+    _check_store(sweep.mlflow_tracking_uri)
     tracker = None
     if sweep.mlflow_tracking_uri:
         from goldnas_ray.tracking.sweep import SweepTracker
@@ -93,33 +98,38 @@ def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[s
     for s in sweep.searches:
         log(f"  {s.name:<8} {s.label}" + ("  (finished)" if states[s.name] == "finished" else ""))
     started = time.perf_counter()
+    finish = (lambda status: tracker.end_unfinished(sweep, status)) if tracker is not None else None
     if todo:
-        jobs = {s.name: _job(s, out, sweep, max_failures) for s in todo}
+        jobs = {s.name: _job(s, out, sweep, max_failures, streams[s.name], verbose) for s in todo}
         results = _fit(_tuner(out, jobs, per_search, at_once, max_failures, SweepCallback(jobs, log)),
-                       tracker, sweep, out)
+                       finish, sweep, out, log)
         for result in results:
             name = result.config["name"]
             why = (result.metrics or {}).get("failed") or (_error_line(result.error) if result.error else None)
             if why is None and search_state(out / name) != "finished":
-                why = "stopped before its last epoch"
+                why = (f"its trial ended, but {out / name} holds no finished search here: on a cluster of "
+                       f"several nodes --out must be storage they all share")
             if why:
                 sweep.failed[name] = why
-    sweep.write(out)
-    searches, points = report.write_report(out, sweep)
-    log(f"sweep {'finished' if not sweep.failed else 'ended'} after {time.perf_counter() - started:.0f}s here; "
-        f"{(searches['status'] == 'finished').sum()} of {len(searches)} searches finished")
-    log(report.format_points(points))
-    for name, why in sweep.failed.items():
-        log(f"failed: {name} ({sweep.by_name()[name].label}): {why}")
-    log(f"report: {out / report.POINTS_CSV}, {out / report.SEARCHES_CSV}, {out / report.CHART}, "
-        f"{out / report.UNION}")
-    if tracker is not None:
-        for _, row in searches.iterrows():
-            plan = sweep.by_name()[row["search"]]
-            outcome = row.to_dict() if row["status"] == "finished" else None
-            tracker.end_search(plan.mlflow_run_id, outcome, sweep.failed.get(row["search"]))
-        tracker.log_report(sweep, out, points, failed=bool(sweep.failed))
-        log(f"MLflow run {sweep.mlflow_run_id}: open with {how_to_open(sweep.mlflow_tracking_uri)}")
+    with ends_tracked_run(finish, log):  # the report's own failure still ends the runs
+        sweep.write(out)
+        searches, points = report.write_report(out, sweep)
+        log(f"sweep {'finished' if not sweep.failed else 'ended'} after {time.perf_counter() - started:.0f}s "
+            f"here; {(searches['status'] == 'finished').sum()} of {len(searches)} searches finished")
+        log(report.format_points(points))
+        for name, why in sweep.failed.items():
+            log(f"failed: {name} ({sweep.by_name()[name].label}): {why}")
+        log(f"report: {out / report.POINTS_CSV}, {out / report.SEARCHES_CSV}, {out / report.CHART}, "
+            f"{out / report.UNION}")
+        if tracker is not None:
+            for _, row in searches.iterrows():
+                if states[row["search"]] == "finished":  # its outcome was logged when it finished
+                    continue
+                plan = sweep.by_name()[row["search"]]
+                outcome = row.to_dict() if row["status"] == "finished" else None
+                tracker.end_search(plan.mlflow_run_id, outcome, sweep.failed.get(row["search"]))
+            tracker.log_report(sweep, out, points, failed=bool(sweep.failed))
+            log(f"MLflow run {sweep.mlflow_run_id}: open with {how_to_open(sweep.mlflow_tracking_uri)}")
     return sweep
 
 
@@ -129,30 +139,54 @@ def _error_line(error: BaseException) -> str:
     return (text[-1] if text else type(error).__name__)[:500]
 
 
-def _check_searches(searches: list[Any], workers: int) -> None:
-    """What each new search's driver would check before compute (its batches on ``workers``,
-    its space on the input size, its stop), with each distinct data config read once."""
-    data_of: dict[str, Any] = {}
+def _check_searches(searches: list[SearchPlan], new: set[str], workers: int) -> dict[str, bool]:
+    """Whether each search's data streams; and for the ``new`` ones, what a search's driver
+    checks before compute (its batches on ``workers``, its space on the input size, its stop).
+    Each distinct data config is read once."""
+    data_of: dict[str, tuple[Any, bool]] = {}
+    streams = {}
     for s in searches:
         cfg = Config.from_dict(s.config)
         key = cfg.data.model_dump_json()
         if key not in data_of:
-            data_of[key] = stream_info(cfg.data) or load_data(cfg)
-        data = data_of[key]
+            info = stream_info(cfg.data)  # metadata only for a streamed set
+            data_of[key] = (info, True) if info is not None else (None, False)
+        info, streams[s.name] = data_of[key]
+        if s.name not in new:
+            continue
+        if info is None:  # an in-memory set: read once, for its shape
+            info = load_data(cfg)
+            data_of[key] = (info, False)
         try:
-            check_batches(data.num_train, workers, cfg.data.batch_size, "data.batch_size")
-            check_spatial(data.input_shape[1], cfg.space.num_cells, cfg.space.stem)
-            check_stop(cfg, data.input_shape, data.num_classes)
+            check_batches(info.num_train, workers, cfg.data.batch_size, "data.batch_size")
+            check_spatial(info.input_shape[1], cfg.space.num_cells, cfg.space.stem)
+            check_stop(cfg, info.input_shape, info.num_classes)
         except USER_ERRORS as exc:
             raise type(exc)(f"search {s.name} ({s.label}): {exc}") from None
+    return streams
 
 
-def _job(s: Any, out: Location, sweep: Sweep, max_failures: int) -> dict[str, Any]:
+def _check_store(uri: str | None) -> None:
+    """Searches on several nodes cannot share a sqlite file: they need a tracking server."""
+    if not uri or not uri.startswith("sqlite:"):
+        return
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1:
+        raise TrackingError(f"the sweep's searches log to MLflow from every node of this cluster ({len(nodes)} "
+                            f"nodes), and cannot share the sqlite store {uri}: pass --mlflow-uri with a "
+                            f"tracking server (http://...), or --no-mlflow")
+
+
+def _job(s: SearchPlan, out: Location, sweep: Sweep, max_failures: int, streams: bool,
+         verbose: bool) -> dict[str, Any]:
     return {"name": s.name, "label": s.label, "config": s.config, "out": (out / s.name).uri,
+            # a search of one worker runs in its trial's process, unless its data streams
+            # (Ray Data reaches a search through Ray Train)
+            "runs_train": sweep.workers > 1 or streams,
             "workers": sweep.workers, "cpus_per_worker": sweep.cpus_per_worker,
             "gpus_per_worker": sweep.gpus_per_worker, "mlflow_uri": sweep.mlflow_tracking_uri,
             "mlflow_run_id": s.mlflow_run_id, "experiment": sweep.experiment, "max_failures": max_failures,
-            "max_epochs": Config.from_dict(s.config).search.max_epochs}
+            "max_epochs": Config.from_dict(s.config).search.max_epochs, "verbose": verbose}
 
 
 def sweep_trial(config: dict[str, Any], jobs: dict[str, dict[str, Any]]) -> None:
@@ -165,7 +199,7 @@ def sweep_trial(config: dict[str, Any], jobs: dict[str, dict[str, Any]]) -> None
         _clear(out)
     cfg = None if state != "new" else Config.from_dict(job["config"])
     try:
-        if job["workers"] == 1 and Config.from_dict(job["config"]).data.path != "stream":
+        if not job["runs_train"]:
             _search_here(job, cfg, out, resume=state != "new")
         else:
             from goldnas_ray.orchestration.search_driver import run_ray
@@ -174,10 +208,13 @@ def sweep_trial(config: dict[str, Any], jobs: dict[str, dict[str, Any]]) -> None
             run_ray(cfg, out, workers=job["workers"], cpus_per_worker=job["cpus_per_worker"],
                     gpus_per_worker=job["gpus_per_worker"], resume=state != "new", mlflow_uri=job["mlflow_uri"],
                     experiment=job["experiment"], max_failures=job["max_failures"],
-                    tracking=bool(job["mlflow_uri"]), log=lambda line: None, mlflow_run_id=job["mlflow_run_id"],
-                    callbacks=[TuneReportCallback()])
-    except USER_ERRORS as exc:
-        ray.tune.report({"failed": f"{type(exc).__name__}: {exc}"})
+                    tracking=bool(job["mlflow_uri"]), verbose=job["verbose"], log=lambda line: None,
+                    mlflow_run_id=job["mlflow_run_id"], callbacks=[TuneReportCallback()])
+    except Exception as exc:  # noqa: BLE001 - sorted: the search's own input, or retried by Tune
+        found = user_error(exc, NOT_RETRIED)
+        if found is None:
+            raise
+        ray.tune.report({"failed": f"{type(found).__name__}: {found}"})
 
 
 def _clear(out: Location) -> None:
@@ -195,11 +232,11 @@ def _search_here(job: dict[str, Any], cfg: Config | None, out: Location, resume:
     torch.set_num_threads(max(1, int(job["cpus_per_worker"])))
     tracker = None
     if job["mlflow_uri"]:
-        from goldnas_ray.tracking.search import SearchTracker
+        from goldnas_ray.tracking.search import search_tracker
 
-        run_id = job["mlflow_run_id"]
-        tracker = lambda cfg, dataset, _: SearchTracker(job["mlflow_uri"], job["experiment"], out.name,  # noqa: E731
-                                                        {}, {}, run_id=run_id)
+        make = search_tracker(job["mlflow_uri"], job["experiment"], out, 1)
+        # a new search logs into its child run (made by the sweep), a resumed one into its own
+        tracker = lambda cfg, dataset, run_id: make(cfg, dataset, run_id or job["mlflow_run_id"])  # noqa: E731
 
     def report(row: dict[str, Any], checkpoint: bytes | None) -> None:
         ray.tune.report({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "end_time"})
@@ -238,12 +275,16 @@ class SweepCallback(ray.tune.Callback):
 
 def _tuner(out: Location, jobs: dict[str, dict[str, Any]], per_search: Resources, at_once: int, max_failures: int,
            callback: SweepCallback) -> ray.tune.Tuner:
-    if per_search.workers == 1:
-        bundle = {"CPU": per_search.cpus} | ({"GPU": per_search.gpus} if per_search.gpus else {})
-    else:  # the search's Ray Train workers hold the resources
-        bundle = {"memory": DRIVER_MEMORY}
-    trainable = ray.tune.with_resources(ray.tune.with_parameters(sweep_trial, jobs=jobs),
-                                        ray.tune.PlacementGroupFactory([bundle]))
+    own = ray.tune.PlacementGroupFactory([{"CPU": per_search.cpus} | ({"GPU": per_search.gpus}
+                                                                     if per_search.gpus else {})])
+    driving = ray.tune.PlacementGroupFactory([{"memory": DRIVER_MEMORY}])  # its Ray Train workers hold them
+
+    def resources(config: dict[str, Any]) -> Any:
+        return driving if jobs[config["name"]]["runs_train"] else own
+
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(sweep_trial, jobs=jobs), resources)
+    # a search on Ray Train restarts its own worker group: Tune trying it again would multiply that
+    tune_failures = 0 if any(job["runs_train"] for job in jobs.values()) else max_failures
     path, fs = (out / TUNE_DIR).arrow()
     return ray.tune.Tuner(
         trainable, param_space={"name": ray.tune.grid_search(list(jobs))},
@@ -252,15 +293,15 @@ def _tuner(out: Location, jobs: dict[str, dict[str, Any]], per_search: Resources
                                         max_concurrent_trials=at_once),
         run_config=ray.tune.RunConfig(
             name=time.strftime("sweep-%Y%m%d-%H%M%S"), storage_path=path, storage_filesystem=fs,
-            callbacks=[callback], verbose=0, failure_config=ray.tune.FailureConfig(max_failures=max_failures)))
+            callbacks=[callback], verbose=0, failure_config=ray.tune.FailureConfig(max_failures=tune_failures)))
 
 
-def _fit(tuner: ray.tune.Tuner, tracker: Any, sweep: Sweep, out: Location) -> ray.tune.ResultGrid:
+def _fit(tuner: ray.tune.Tuner, finish: Any, sweep: Sweep, out: Location,
+         log: Callable[[str], None]) -> ray.tune.ResultGrid:
     """Run the trials; a stop (Ctrl-C, ``ray job stop``) ends the MLflow runs KILLED and
     becomes RunStopped (how many searches finished)."""
-    finish = (lambda status: tracker.end_unfinished(sweep, status)) if tracker is not None else None
     try:
-        with ends_tracked_run(finish):
+        with ends_tracked_run(finish, log):
             return interruptible(tuner.fit)
     except (KeyboardInterrupt, SystemExit) as exc:
         done = sum(search_state(out / s.name) == "finished" for s in sweep.searches)

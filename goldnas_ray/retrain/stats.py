@@ -30,7 +30,7 @@ def hypervolume(errors, log_flops, reference: tuple[float, float]) -> float:
     return area
 
 
-def _interval(samples: np.ndarray) -> tuple[float, float]:
+def interval95(samples: np.ndarray) -> tuple[float, float]:
     return float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))
 
 
@@ -61,11 +61,11 @@ def compare_fronts(last: pd.DataFrame, architectures: pd.DataFrame, resamples: i
         if not any(kinds[a] == kind for a in ids):
             continue
         boot[kind] = np.array([hv(kind, lambda a, b=b: draws[a][b]) for b in range(resamples)])
-        low, high = _interval(boot[kind])
+        low, high = interval95(boot[kind])
         out["hypervolume"][kind] = {"value": hv(kind, means.get), "low": low, "high": high}
     if len(boot) == 2:
         diff = boot["searched"] - boot["random"]
-        low, high = _interval(diff)
+        low, high = interval95(diff)
         value = out["hypervolume"]["searched"]["value"] - out["hypervolume"]["random"]["value"]
         out["hypervolume"]["difference"] = {"value": value, "low": low, "high": high}
     randoms = [a for a in ids if kinds[a] == "random"]
@@ -75,7 +75,7 @@ def compare_fronts(last: pd.DataFrame, architectures: pd.DataFrame, resamples: i
             break
         r = min(randoms, key=lambda x: (abs(logf[x] - logf[a]), x))
         diff = draws[a] - draws[r]
-        low, high = _interval(diff)
+        low, high = interval95(diff)
         matched.append({"arch_id": a, "random_id": r, column: float(archs.loc[a, column]),
                         f"random_{column}": float(archs.loc[r, column]), "difference": means[a] - means[r],
                         "low": low, "high": high})

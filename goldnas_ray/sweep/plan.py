@@ -34,6 +34,8 @@ def parse_grid(flags: Sequence[str]) -> dict[str, list[str]]:
     for flag in flags:
         key, sep, values = flag.partition("=")
         key = key.strip()
+        if sep and key == "seed":
+            raise ConfigError("give the seeds with --seeds 0,1,2, not --grid seed=...")
         if not sep or not key or "." not in key:
             raise ConfigError(f"--grid {flag!r}: expected section.key=v1,v2,... (e.g. search.lambda0=0.001,0.002)")
         items = [v.strip() for v in values.split(",")]
@@ -124,10 +126,13 @@ class Sweep:
             raise OutputDirError(f"{path} is not valid JSON: {exc}") from exc
         if not isinstance(raw, dict) or raw.get("format") != SWEEP_FORMAT:
             raise OutputDirError(f"{path} is not a goldnas-ray sweep manifest")
-        searches = [SearchPlan(**s) for s in raw["searches"]]
-        return cls(raw["grid"], raw["seeds"], searches, raw["workers"], raw["cpus_per_worker"],
-                   raw["gpus_per_worker"], raw.get("experiment", "goldnas-sweep"), raw.get("mlflow_tracking_uri"),
-                   raw.get("mlflow_run_id"), dict(raw.get("failed") or {}))
+        try:
+            searches = [SearchPlan(**s) for s in raw["searches"]]
+            return cls(raw["grid"], raw["seeds"], searches, raw["workers"], raw["cpus_per_worker"],
+                       raw["gpus_per_worker"], raw.get("experiment", "goldnas-sweep"),
+                       raw.get("mlflow_tracking_uri"), raw.get("mlflow_run_id"), dict(raw.get("failed") or {}))
+        except (KeyError, TypeError) as exc:
+            raise OutputDirError(f"{path} is not a complete sweep manifest ({type(exc).__name__}: {exc})") from None
 
 
 def is_sweep(folder: "Path | Location") -> bool:
@@ -139,8 +144,6 @@ def plan_sweep(base: Config, grid: dict[str, list[str]], seeds: Sequence[int]) -
     the sweep with an error naming its point."""
     if not grid:
         raise ConfigError("a sweep needs at least one --grid key=v1,v2,...")
-    if "seed" in grid:
-        raise ConfigError("give the seeds with --seeds, not --grid seed=...")
     if not seeds:
         raise ConfigError("a sweep needs at least one seed")
     searches = []

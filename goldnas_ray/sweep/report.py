@@ -187,30 +187,34 @@ def format_points(points: pd.DataFrame) -> str:
 
 def read_fronts(where: "str | Path | Location") -> list[Front]:
     """The fronts a folder holds: a sweep's, one per finished search (its records); a retrain
-    of a sweep's, one per grid point (the retrained architectures its searches recorded, over
-    its seeds); any other, its one front (:func:`read_front`)."""
+    of a sweep's, one per grid point (the retrained searched architectures its searches
+    recorded, over its seeds); any other, its one front (:func:`read_front`). A sweep's fronts
+    are labelled with the folder's name first, so that two sweeps can share a chart."""
+    from goldnas_ray.retrain.plan import MANIFEST
+    from goldnas_ray.sweep.retrain import sources
+
     loc = location(where)
     if is_sweep(loc):
         sweep = Sweep.read(loc)
-        return [read_front(loc / s.name, label=f"{s.name} {s.label}") for s in sweep.searches
-                if search_state(loc / s.name) == "finished"]
-    manifest = loc / "retrain.json"
-    if (loc / "frontier.parquet").is_file() and manifest.is_file():
-        import json
-
-        searches = json.loads(manifest.read_text()).get("sweep")
-        if searches:
-            table = pd.read_parquet((loc / "frontier.parquet").open_buffer())
-            fronts = []
-            for point in sorted({v["point"] for v in searches.values()}):
-                names = {n for n, v in searches.items() if v["point"] == point}
-                mine = table[[bool(names & set(src)) for src in table["sources"]]] if "sources" in table else table[:0]
-                label = next(v["label"] for v in searches.values() if v["point"] == point)
-                if len(mine):  # the grid point's own front
-                    mine = mine.assign(on_front=non_dominated(mine["flops"], mine["accuracy_mean"]))
-                    fronts.append(Front(f"{loc.name}: {label}", "retrain", mine.reset_index(drop=True)))
-            if not fronts:
-                raise OutputDirError(f"{loc} is the retrain of a sweep, and none of its architectures names the "
-                                     f"searches it came from (made before sweeps were retrained?)")
-            return fronts
-    return [read_front(loc)]
+        fronts = [read_front(loc / s.name, label=f"{loc.name}: {s.name} {s.label}") for s in sweep.searches
+                  if search_state(loc / s.name) == "finished"]
+        if not fronts:
+            raise OutputDirError(f"sweep {loc}: no search has finished yet; nothing to draw")
+        return fronts
+    searches = json.loads((loc / MANIFEST).read_text()).get("sweep") if (loc / MANIFEST).is_file() else None
+    if not searches or not (loc / "frontier.parquet").is_file():
+        return [read_front(loc)]
+    table = pd.read_parquet((loc / "frontier.parquet").open_buffer())
+    table = table[table["kind"] == "searched"]
+    fronts = []
+    for point in sorted({v["point"] for v in searches.values()}):
+        names = {n for n, v in searches.items() if v["point"] == point}
+        mine = table[[bool(names & set(sources(src))) for src in table.get("sources", [None] * len(table))]]
+        label = next(v["label"] for v in searches.values() if v["point"] == point)
+        if len(mine):  # the grid point's own front
+            mine = mine.assign(on_front=non_dominated(mine["flops"], mine["accuracy_mean"]))
+            fronts.append(Front(f"{loc.name}: {label}", "retrain", mine.reset_index(drop=True)))
+    if not fronts:
+        raise OutputDirError(f"{loc} is the retrain of a sweep, and none of its architectures names the "
+                             f"searches it came from")
+    return fronts

@@ -2,7 +2,8 @@
 
 ``pipelines/retrain.py --search-dir <sweep>`` retrains every finished search's records, each
 named ``<search>.<arch id>`` (``--union-front``: every distinct architecture once, duplicates
-by genotype merged, whichever searches recorded it). Each candidate knows the searches it
+by genotype merged, whichever searches recorded it). The searches must agree on their data
+(but what only a search reads: its batch size, cutout and subset) and their recipe. Each candidate knows the searches it
 came from, so the report can rebuild each search's front from the retrained accuracies: its
 hypervolume in (test error, log10 FLOPs), against one reference point for the whole sweep,
 and per grid point the mean over its seeds with a bootstrap interval (the seeds' hypervolumes
@@ -20,19 +21,27 @@ import pandas as pd
 from goldnas_ray.core.config import Config
 from goldnas_ray.files.search_files import OutputDirError
 from goldnas_ray.retrain.candidates import Candidate, SearchResult, load_search
-from goldnas_ray.retrain.stats import hypervolume
+from goldnas_ray.retrain.stats import interval95, hypervolume
 from goldnas_ray.sweep.plan import Sweep, point_label, search_state
-from goldnas_ray.sweep.report import genotype_key
+from goldnas_ray.sweep.report import union
 from goldnas_ray.files.store import location
 
-# config sections that must agree across a sweep's searches for their networks to be retrained
-# and compared under one recipe on one dataset
-SHARED = ("data", "retrain")
+# config that must agree across a sweep's searches for their networks to be retrained and
+# compared under one recipe on one dataset: the data (but what only the search reads) and the recipe
+SEARCH_ONLY_DATA = {"batch_size", "cutout", "subset"}
+
+
+def _differences(mine: Config, theirs: Config) -> list[str]:
+    found = [f"data.{k}" for k in type(mine.data).model_fields
+             if k not in SEARCH_ONLY_DATA and getattr(mine.data, k) != getattr(theirs.data, k)]
+    return found + [f"retrain.{k}" for k in type(mine.retrain).model_fields
+                    if getattr(mine.retrain, k) != getattr(theirs.retrain, k)]
 
 
 def load_sweep(folder: Path, union_front: bool = False) -> tuple[SearchResult, dict[str, dict[str, Any]]]:
     """The finished searches of the sweep in ``folder`` as one search result (every record, or
-    the union), and what each search is: name -> {point, label, seed}."""
+    with ``union_front`` the union, ``sweep.report.union``), and what each search is: name ->
+    {point, label, seed}."""
     sweep = Sweep.read(folder)
     done = [s for s in sweep.searches if search_state(location(folder) / s.name) == "finished"]
     if not done:
@@ -40,33 +49,35 @@ def load_sweep(folder: Path, union_front: bool = False) -> tuple[SearchResult, d
     results = {s.name: load_search(Path(folder) / s.name) for s in done}
     first = results[done[0].name]
     for s in done[1:]:
-        for section in SHARED:
-            mine, theirs = getattr(results[s.name].config, section), getattr(first.config, section)
-            if mine != theirs:
-                differ = [k for k in type(mine).model_fields if getattr(mine, k) != getattr(theirs, k)]
-                raise OutputDirError(f"sweep {folder}: {s.name} and {done[0].name} differ in "
-                                     f"{', '.join(f'{section}.{k}' for k in differ)}; a sweep is retrained "
-                                     f"under one recipe on one dataset")
+        differ = _differences(results[s.name].config, first.config)
+        if differ:
+            raise OutputDirError(f"sweep {folder}: {s.name} and {done[0].name} differ in {', '.join(differ)}; a "
+                                 f"sweep is retrained under one recipe on one dataset")
         if results[s.name].records["input_shape"] != first.records["input_shape"]:
             raise OutputDirError(f"sweep {folder}: {s.name} searched another input shape than {done[0].name}")
-    candidates: list[Candidate] = []
-    seen: dict[str, Candidate] = {}
-    for s in done:
-        for c in results[s.name].searched:
-            key = genotype_key(c.genotype)
-            if union_front and key in seen:
-                seen[key].sources.append(s.name)
-                continue
-            merged = Candidate(f"{s.name}.{c.arch_id}", c.kind, c.genotype, c.flops, c.params, c.search_epoch,
-                               c.search_lambda, sources=[s.name])
-            seen.setdefault(key, merged)
-            candidates.append(merged)
+    of = {(s.name, c.arch_id): c for s in done for c in results[s.name].searched}
+    if union_front:  # one candidate per genotype, named after the first search that recorded it
+        groups = [[(r["search"], r["arch_id"]) for r in entry["recorded_by"]]
+                  for entry in union(location(folder), sweep, [s.name for s in done])]
+    else:
+        groups = [[(s.name, c.arch_id)] for s in done for c in results[s.name].searched]
+    candidates = []
+    for group in groups:
+        name, arch = group[0]
+        c = of[(name, arch)]
+        candidates.append(Candidate(f"{name}.{arch}", c.kind, c.genotype, c.flops, c.params, c.search_epoch,
+                                    c.search_lambda, sources=[n for n, _ in group]))
     records = dict(first.records) | {"mlflow_run_id": sweep.mlflow_run_id,
                                      "mlflow_tracking_uri": sweep.mlflow_tracking_uri}
-    # the union's config: the first search's (data and recipe are shared; the schedule is not)
-    result = SearchResult(Path(folder), records, Config.from_dict(first.records["config"]), first.table, candidates)
+    # the first search's config: data and recipe are shared; the schedule is not
+    result = SearchResult(Path(folder), records, first.config, first.table, candidates)
     info = {s.name: {"point": s.point, "label": point_label(s.values), "seed": s.seed} for s in done}
     return result, info
+
+
+def sources(value: Any) -> list[str]:
+    """A candidate's searches as a list, whatever a table made of them (None for a random one)."""
+    return [str(v) for v in value] if isinstance(value, (list, tuple, np.ndarray)) else []
 
 
 def point_hypervolumes(last: pd.DataFrame, architectures: pd.DataFrame, searches: dict[str, dict[str, Any]],
@@ -82,7 +93,7 @@ def point_hypervolumes(last: pd.DataFrame, architectures: pd.DataFrame, searches
     reference = (1.0, math.log10(1.1 * float(archs.loc[ids, "flops"].max())))
     per_search = {}
     for name in searches:
-        mine = [a for a in ids if name in (archs.loc[a, "sources"] or [])]
+        mine = [a for a in ids if name in sources(archs.loc[a, "sources"])]
         if mine:
             per_search[name] = hypervolume([1 - acc[a] for a in mine],
                                            [math.log10(float(archs.loc[a, "flops"])) for a in mine], reference)
@@ -93,10 +104,9 @@ def point_hypervolumes(last: pd.DataFrame, architectures: pd.DataFrame, searches
         if not names:
             continue
         values = np.array([per_search[n] for n in names])
-        boot = values[rng.integers(0, len(values), (resamples, len(values)))].mean(1)
+        low, high = interval95(values[rng.integers(0, len(values), (resamples, len(values)))].mean(1))
         points.append({"point": point, "grid_point": searches[names[0]]["label"], "seeds": len(names),
-                       "value": float(values.mean()), "low": float(np.percentile(boot, 2.5)),
-                       "high": float(np.percentile(boot, 97.5))})
+                       "value": float(values.mean()), "low": low, "high": high})
     return {"reference": {"error": reference[0], "log10_flops": reference[1]}, "resamples": resamples,
             "searches": per_search, "points": points}
 

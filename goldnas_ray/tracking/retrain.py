@@ -111,13 +111,17 @@ class RetrainTracker:
         lacks; returns how many. A result can be checkpointed and never reach the callback (the
         retrain stopped between the two): the resumed trial starts after it, so without this
         the run would miss that epoch."""
+        import math
+
         from mlflow.entities import Metric
 
+        if self.stopped:
+            return 0
         have = {m.step for m in self.client.get_metric_history(run_id, "test_acc")}
         missing = [row for row in history if int(row["epoch"]) not in have]
         ts = int(time.time() * 1000)
         metrics = [Metric(n, float(row[n]), ts, int(row["epoch"])) for row in missing for n in TRIAL_METRICS
-                   if n in row]
+                   if row.get(n) is not None and not math.isnan(float(row[n]))]
         for i in range(0, len(metrics), 1000):  # MLflow's limit per batch
             self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
         self._logged.setdefault(run_id, set()).update(int(row["epoch"]) for row in missing)
