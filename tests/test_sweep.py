@@ -96,3 +96,40 @@ def test_each_grid_points_front_hypervolume_is_the_mean_over_its_seeds_with_an_i
     last.loc[len(last)] = {"arch_id": "r", "seed": 0, "test_acc": 0.99}
     again = point_hypervolumes(last, archs, searches, resamples=200)
     assert again["searches"] == pytest.approx(stats["searches"])  # the same reference point: r has fewer FLOPs
+
+
+def test_the_report_union_and_retrain_plan_of_two_searches_that_record_the_same(tmp_path):
+    """Two searches whose configs differ only in a field a FLOPs search never reads record the
+    same architectures: the report counts both, the union holds each genotype once with both
+    searches, --union-front trains each once and the plain plan twice."""
+    from conftest import tiny_config
+    from goldnas_ray.run.loop import run_local
+    from goldnas_ray.sweep.report import read_fronts, write_report
+    from goldnas_ray.sweep.retrain import load_sweep
+
+    base = tiny_config(lambda0=0.3, xi_max=0.5, t0=0, max_epochs=2, record_gap=0.02, record_min_gap=0.0)
+    grid = parse_grid(["search.latency_batch=1,2"])
+    sweep = Sweep(grid, [0], plan_sweep(base, grid, [0]))
+    for s in sweep.searches:
+        run_local(Config.from_dict(s.config), tmp_path / s.name, log=lambda line: None)
+    sweep.write(tmp_path)
+    searches, points = write_report(tmp_path, sweep)
+    records = json.loads((tmp_path / "p0-s0" / "records.json").read_text())["architectures"]
+    assert list(searches["status"]) == ["finished", "finished"] and list(searches["records"]) == [len(records)] * 2
+    assert list(searches["last_record_flops"]) == [min(a["flops"] for a in records)] * 2
+    assert list(points["finished"]) == [1, 1] and points["seed_gap_pct"].isna().all()  # one seed each
+    union = json.loads((tmp_path / "union.json").read_text())
+    assert sorted(u["flops"] for u in union) == sorted(a["flops"] for a in records)
+    assert all([r["search"] for r in u["recorded_by"]] == ["p0-s0", "p1-s0"] for u in union)
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+    merged, info = load_sweep(tmp_path, union_front=True)
+    assert len(merged.searched) == len(records) and all(c.sources == ["p0-s0", "p1-s0"] for c in merged.searched)
+    every, _ = load_sweep(tmp_path)
+    assert len(every.searched) == 2 * len(records) and {c.arch_id.split(".")[0] for c in every.searched} == {
+        "p0-s0", "p1-s0"}
+    assert info == {"p0-s0": {"point": 0, "label": "latency_batch=1", "seed": 0},
+                    "p1-s0": {"point": 1, "label": "latency_batch=2", "seed": 0}}
+    fronts = read_fronts(tmp_path)
+    assert [f.label for f in fronts] == [f"{tmp_path.name}: p0-s0 latency_batch=1 seed=0",
+                                         f"{tmp_path.name}: p1-s0 latency_batch=2 seed=0"]
