@@ -350,8 +350,12 @@ def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:
         if args.grid or args.overrides or args.config or args.smoke_test:
             raise ConfigError("--resume continues the sweep as it was planned: drop --grid, --set, --config "
                               "and --smoke-test")
-        print("--resume: the sweep keeps its seeds, resources per search and MLflow store "
-              "(those flags given now are not used)")
+        given = [f for f, default in (("seeds", "0"), ("workers_per_search", 1), ("cpus_per_worker", None),
+                                      ("gpus_per_worker", 0.0), ("mlflow_uri", None), ("no_mlflow", False),
+                                      ("experiment", "goldnas-sweep")) if getattr(args, f) != default]
+        if given:
+            print(f"--resume: the sweep keeps the seeds, resources per search and MLflow store it was planned "
+                  f"with; not used: {', '.join('--' + f.replace('_', '-') for f in given)}")
         sweep = run_sweep(out, resume=True, address=args.address, runtime_env=runtime_env(args),
                           max_failures=args.max_failures, verbose=args.verbose)
     else:
@@ -363,9 +367,12 @@ def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:
                           tracking=not args.no_mlflow, experiment=args.experiment, max_failures=args.max_failures,
                           address=args.address, runtime_env=runtime_env(args), verbose=args.verbose)
     if sweep.failed:
-        inputs = all(failed_on_input(why) for why in sweep.failed.values())
-        advice = ("each failed on its own input: change those grid values" if inputs
-                  else f"continue with --resume --out {out.uri}")
-        raise SweepError(f"{len(sweep.failed)} of {len(sweep.searches)} searches did not finish: "
-                         f"{', '.join(sweep.failed)}; {advice}")
-
+        inputs = [name for name, why in sweep.failed.items() if failed_on_input(why)]
+        others = [name for name in sweep.failed if name not in inputs]
+        message = f"{len(sweep.failed)} of {len(sweep.searches)} searches did not finish: {', '.join(sweep.failed)}"
+        if inputs:
+            message += f"; failed on their own input: {', '.join(inputs)} (change those grid values: --resume " \
+                       f"fails them again)"
+        if others:
+            message += f"; continue {', '.join(others)} with --resume --out {out.uri}"
+        raise SweepError(message)

@@ -4,7 +4,7 @@
     python pipelines/sweep.py --out runs/sw --grid search.lambda0=0.001,0.002 --grid search.c0=1.5,2 \\
         --seeds 0,1 --smoke-test
     ray job submit --working-dir . -- python pipelines/sweep.py --out /shared/runs/sw \\
-        --grid search.lambda0=0.001,0.002 --seeds 0,1,2 --workers-per-search 2
+        --grid search.lambda0=0.001,0.002 --seeds 0,1,2 --workers-per-search 2 --mlflow-uri http://mlflow:5000
     python pipelines/sweep.py --resume --out runs/sw       # finished searches kept, the rest continued
     python pipelines/retrain.py --search-dir runs/sw       # retrain every search's records
     python pipelines/compare.py runs/sw                    # every search's records on one chart

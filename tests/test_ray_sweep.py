@@ -44,8 +44,9 @@ def test_eight_searches_one_failing_grid_value_the_others_finish_and_the_sweep_s
     out, proc = sweep
     console = proc.stdout + proc.stderr
     assert proc.returncode == 2, console[-4000:]
-    assert (f"error: 4 of 8 searches did not finish: {', '.join(sorted(DIVERGED))}; each failed on its own "
-            f"input: change those grid values") in proc.stderr
+    failed = ", ".join(sorted(DIVERGED))
+    assert (f"error: 4 of 8 searches did not finish: {failed}; failed on their own input: {failed} (change those "
+            f"grid values: --resume fails them again)") in proc.stderr
     for name in DIVERGED:
         assert re.search(rf"failed: {name} \(lambda0=\S+ w_lr=1e30 seed=\d\): SearchDiverged: epoch 1: the "
                          rf"training loss is nan", proc.stdout), console[-4000:]
@@ -139,10 +140,8 @@ def test_a_sweep_stopped_mid_way_and_resumed_records_what_an_uninterrupted_one_d
     stopped = [line for line in err.splitlines() if line.startswith("stopped:")]
     assert stopped and stopped[0].endswith(f"resume with: python pipelines/sweep.py --resume --out {out}"), err
     assert not (out / "sweep_searches.csv").exists()
-    # stopped mid-way: a search has a checkpoint and has not finished
-    states = [json.loads((out / f"p0-s{s}" / "records.json").read_text())["finished"]
-              for s in (0, 1) if (out / f"p0-s{s}" / "checkpoints" / "latest.pt").is_file()]
-    assert False in states, states
+    done = int(re.match(r"stopped: (\d) of 2 searches finished", stopped[0]).group(1))
+    assert done < 2, stopped  # stopped mid-way: --resume has a search to continue or start
 
     proc = subprocess.run([sys.executable, "pipelines/sweep.py", "--resume", "--out", str(out)],
                           capture_output=True, text=True, env=_env(ray_cluster), cwd=ROOT, timeout=900)
@@ -158,10 +157,10 @@ def test_searches_of_two_workers_each_are_ray_train_runs_and_a_diverging_one_fai
     out = tmp_path / "sw"
     proc = subprocess.run([sys.executable, "pipelines/sweep.py", "--smoke-test", "--out", str(out),
                            "--grid", "search.w_lr=0.05,1e30", "--seeds", "0", "--workers-per-search", "2",
-                           "--max-failures", "0", "--no-mlflow"],
+                           "--no-mlflow"],
                           capture_output=True, text=True, env=_env(ray_cluster), cwd=ROOT, timeout=900)
     assert proc.returncode == 2, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "error: 1 of 2 searches did not finish: p1-s0; each failed on its own input" in proc.stderr
+    assert "error: 1 of 2 searches did not finish: p1-s0; failed on their own input: p1-s0" in proc.stderr
     assert re.search(r"failed: p1-s0 \(w_lr=1e30 seed=0\): SearchDiverged: epoch 1: the training loss is nan",
                      proc.stdout), proc.stdout[-3000:]
     records = json.loads((out / "p0-s0" / "records.json").read_text())

@@ -7,6 +7,7 @@ import pytest
 
 from goldnas_ray.core.config import Config, ConfigError
 from goldnas_ray.files.search_files import OutputDirError
+from goldnas_ray.files.store import location
 from goldnas_ray.retrain.stats import hypervolume
 from goldnas_ray.sweep.plan import Sweep, parse_grid, parse_seeds, plan_sweep, point_label
 from goldnas_ray.sweep.report import seed_gap
@@ -91,11 +92,11 @@ def test_each_grid_points_front_hypervolume_is_the_mean_over_its_seeds_with_an_i
     hvs = sorted([stats["searches"]["p0-s0"], stats["searches"]["p0-s1"]])
     assert p0["seeds"] == 2 and (p0["low"], p0["high"]) == pytest.approx(hvs)
     assert p1["grid_point"] == "x=2"
-    # a random architecture (no sources) counts for no search
-    archs.loc[len(archs)] = {"arch_id": "r", "flops": 50, "sources": None}
+    # a random architecture (no sources) counts for no search and moves no reference point
+    archs.loc[len(archs)] = {"arch_id": "r", "flops": 5000, "sources": None}
     last.loc[len(last)] = {"arch_id": "r", "seed": 0, "test_acc": 0.99}
     again = point_hypervolumes(last, archs, searches, resamples=200)
-    assert again["searches"] == pytest.approx(stats["searches"])  # the same reference point: r has fewer FLOPs
+    assert again["reference"] == stats["reference"] and again["searches"] == pytest.approx(stats["searches"])
 
 
 def test_the_report_union_and_retrain_plan_of_two_searches_that_record_the_same(tmp_path):
@@ -133,3 +134,65 @@ def test_the_report_union_and_retrain_plan_of_two_searches_that_record_the_same(
     fronts = read_fronts(tmp_path)
     assert [f.label for f in fronts] == [f"{tmp_path.name}: p0-s0 latency_batch=1 seed=0",
                                          f"{tmp_path.name}: p1-s0 latency_batch=2 seed=0"]
+
+
+def test_an_input_error_is_found_inside_ray_trains_wrapper_after_a_round_trip():
+    """A search's input error raised on a Ray Train worker reaches the driver inside a
+    WorkerGroupError (pickled across processes): the sweep finds it and does not retry it; a
+    lost worker is not an input error."""
+    import ray.cloudpickle as pickle
+    from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
+
+    from goldnas_ray.core.search import SearchDiverged
+    from goldnas_ray.orchestration.errors import NOT_RETRIED, failed_on_input, user_error
+
+    wrapped = pickle.loads(pickle.dumps(WorkerGroupError("rank 1 failed", {0: RuntimeError("lost"),
+                                                                          1: SearchDiverged("epoch 3: nan")})))
+    found = user_error(wrapped, NOT_RETRIED)
+    assert isinstance(found, SearchDiverged) and str(found) == "epoch 3: nan"
+    assert isinstance(user_error(pickle.loads(pickle.dumps(ControllerError(SearchDiverged("x")))), NOT_RETRIED),
+                      SearchDiverged)
+    assert user_error(WorkerGroupError("lost", {0: RuntimeError("node died")}), NOT_RETRIED) is None
+    assert failed_on_input("SearchDiverged: epoch 1: ...") and failed_on_input("DataError: no such file")
+    assert not failed_on_input("RuntimeError: node died") and not failed_on_input("StorageError: timed out")
+
+
+def test_a_search_outcome_is_logged_once_and_a_resumed_success_clears_the_earlier_error(tmp_path):
+    from goldnas_ray.tracking.sweep import SweepTracker
+
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    grid = parse_grid(["search.lambda0=0.001"])
+    sweep = Sweep(grid, [0], plan_sweep(Config(), grid, [0]))
+    tracker.start("exp", location(tmp_path), sweep)
+    run = sweep.searches[0].mlflow_run_id
+    assert tracker.client.get_run(run).info.status == "SCHEDULED"
+    tracker.end_search(run, None, "RuntimeError: node died")
+    assert tracker.client.get_run(run).info.status == "FAILED"
+    outcome = {"records": 3, "first_record_flops": 9e5, "last_record_flops": 4e5, "flops_at_stop": 4e5,
+               "epochs": 12, "seconds": float("nan")}
+    tracker.end_search(run, outcome, None)
+    tracker.end_search(run, outcome | {"records": 99}, None)  # a later run of the sweep sees it finished too
+    after = tracker.client.get_run(run)
+    assert after.info.status == "FINISHED" and "goldnas.error" not in after.data.tags
+    assert [m.value for m in tracker.client.get_metric_history(run, "records")] == [3]
+    assert "seconds" not in after.data.metrics  # NaN is not an outcome
+
+
+def test_a_sweep_retrain_accepts_different_search_only_data_and_refuses_a_different_recipe():
+    from goldnas_ray.sweep.retrain import _differences
+
+    base = Config()
+    assert _differences(base.override(["data.batch_size=32", "data.cutout=8"]), base) == []
+    assert _differences(base.override(["retrain.epochs=7", "data.flip=false"]), base) == ["data.flip", "retrain.epochs"]
+
+
+def test_a_file_store_is_refused_for_a_sweep_on_a_joined_cluster():
+    from goldnas_ray.orchestration.sweep_driver import _check_store
+    from goldnas_ray.tracking.common import TrackingError
+
+    _check_store("sqlite:///runs/sw/mlflow.db", joined=False, resume=False)  # an embedded local Ray
+    _check_store("http://mlflow:5000", joined=True, resume=False)
+    with pytest.raises(TrackingError, match="cannot share the file store .*--mlflow-uri"):
+        _check_store("sqlite:///runs/sw/mlflow.db", joined=True, resume=False)
+    with pytest.raises(TrackingError, match="resume it on an embedded local Ray"):
+        _check_store("file:///runs/sw/mlruns", joined=True, resume=True)

@@ -39,7 +39,7 @@ def user_error(exc: BaseException, kinds: tuple[type, ...] = USER_ERRORS) -> Bas
         if isinstance(e, kinds):
             return e
         todo += list(getattr(e, "worker_failures", {}).values())
-        todo += [e.__cause__, getattr(e, "cause", None)]
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None), getattr(e, "controller_failure", None)]
     return None
 
 

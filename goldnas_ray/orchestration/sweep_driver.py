@@ -2,24 +2,27 @@
 ordinary search into ``<sweep>/p<point>-s<seed>``.
 
 A search of one worker runs inside its trial's process (the trial holds its CPUs and GPUs);
-one of N workers is a Ray Train run the trial builds and fits (the pattern of multi-worker
-retrain trials: the trial holds nothing, the run's workers hold the resources). Either way the
+one of N workers, or one whose data streams, is a Ray Train run the trial builds and fits (the
+pattern of multi-worker retrain trials: the trial holds nothing, the run's workers hold the
+resources). Either way the
 search is the one ``pipelines/search.py`` runs, with its files, checkpoints and MLflow run (a
 child of the sweep's). A trial that is retried (Tune's FailureConfig), and every search of a
 ``--resume``, continues from its folder's checkpoint; finished searches are kept as they are.
 
 A search that fails does not stop the others: an error of its input or a diverged schedule is
-reported and not retried by Tune (a Ray Train run restarts its worker group ``max_failures``
-times first: it cannot tell such an error from a lost worker); any other error is retried
-``max_failures`` times, then reported. The report (``sweep.report``) is written whatever
-finished.
+reported and not retried; any other error (a lost worker or node, a storage outage) is retried
+``max_failures`` times by Tune, each try continuing from the search's checkpoint (a search on
+Ray Train does not restart its worker group itself: one layer retries). The report
+(``sweep.report``) is written whatever finished.
 
-Each search logs its epochs into its MLflow child run from its own trial's process: on one
-machine a sqlite store takes those writers in turn; a cluster of several nodes needs a
-tracking server (refused otherwise, before anything runs).
+Each search logs its epochs into its MLflow child run from its own trial's process: on an
+embedded local Ray a sqlite store takes those writers in turn; on a joined cluster (where
+nodes may come and go) the sweep needs a tracking server, refused otherwise before anything
+runs.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from typing import Any, Callable
@@ -75,9 +78,9 @@ def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[s
     todo = [s for s in sweep.searches if states[s.name] != "finished"]
     streams = _check_searches(todo, {s.name for s in todo if states[s.name] == "new"}, sweep.workers)
     per_search = Resources(sweep.workers, sweep.cpus_per_worker, sweep.gpus_per_worker)
+    _check_store(sweep.mlflow_tracking_uri, joined=bool(address or os.environ.get("RAY_ADDRESS")), resume=resume)
     resources = connect(address, log, runtime_env=runtime_env)
     at_once = concurrent_trials(resources, per_search, any(streams.values()))
-    _check_store(sweep.mlflow_tracking_uri)
     tracker = None
     if sweep.mlflow_tracking_uri:
         from goldnas_ray.tracking.sweep import SweepTracker
@@ -122,9 +125,7 @@ def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[s
         log(f"report: {out / report.POINTS_CSV}, {out / report.SEARCHES_CSV}, {out / report.CHART}, "
             f"{out / report.UNION}")
         if tracker is not None:
-            for _, row in searches.iterrows():
-                if states[row["search"]] == "finished":  # its outcome was logged when it finished
-                    continue
+            for _, row in searches.iterrows():  # each outcome once, whichever run saw it finish
                 plan = sweep.by_name()[row["search"]]
                 outcome = row.to_dict() if row["status"] == "finished" else None
                 tracker.end_search(plan.mlflow_run_id, outcome, sweep.failed.get(row["search"]))
@@ -148,16 +149,16 @@ def _check_searches(searches: list[SearchPlan], new: set[str], workers: int) -> 
     for s in searches:
         cfg = Config.from_dict(s.config)
         key = cfg.data.model_dump_json()
-        if key not in data_of:
-            info = stream_info(cfg.data)  # metadata only for a streamed set
-            data_of[key] = (info, True) if info is not None else (None, False)
-        info, streams[s.name] = data_of[key]
-        if s.name not in new:
-            continue
-        if info is None:  # an in-memory set: read once, for its shape
-            info = load_data(cfg)
-            data_of[key] = (info, False)
         try:
+            if key not in data_of:
+                info = stream_info(cfg.data)  # metadata only for a streamed set
+                data_of[key] = (info, info is not None)
+            info, streams[s.name] = data_of[key]
+            if s.name not in new:
+                continue
+            if info is None:  # an in-memory set: read once, for its shape
+                info = load_data(cfg)
+                data_of[key] = (info, False)
             check_batches(info.num_train, workers, cfg.data.batch_size, "data.batch_size")
             check_spatial(info.input_shape[1], cfg.space.num_cells, cfg.space.stem)
             check_stop(cfg, info.input_shape, info.num_classes)
@@ -166,15 +167,16 @@ def _check_searches(searches: list[SearchPlan], new: set[str], workers: int) -> 
     return streams
 
 
-def _check_store(uri: str | None) -> None:
-    """Searches on several nodes cannot share a sqlite file: they need a tracking server."""
-    if not uri or not uri.startswith("sqlite:"):
+def _check_store(uri: str | None, joined: bool, resume: bool) -> None:
+    """On a joined cluster the searches log to MLflow from whichever node runs them (nodes may
+    join later): a file store (sqlite, or a folder) cannot be shared by them, a server can."""
+    if not uri or not joined or uri.startswith(("http://", "https://", "databricks")):
         return
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1:
-        raise TrackingError(f"the sweep's searches log to MLflow from every node of this cluster ({len(nodes)} "
-                            f"nodes), and cannot share the sqlite store {uri}: pass --mlflow-uri with a "
-                            f"tracking server (http://...), or --no-mlflow")
+    fix = ("this sweep was planned with it: resume it on an embedded local Ray (without --address or "
+           "RAY_ADDRESS), or start a new sweep with --mlflow-uri" if resume else
+           "pass --mlflow-uri with a tracking server (http://...), or --no-mlflow")
+    raise TrackingError(f"a sweep on a Ray cluster logs to MLflow from every node that runs a search, and they "
+                        f"cannot share the file store {uri}: {fix}")
 
 
 def _job(s: SearchPlan, out: Location, sweep: Sweep, max_failures: int, streams: bool,
@@ -207,7 +209,7 @@ def sweep_trial(config: dict[str, Any], jobs: dict[str, dict[str, Any]]) -> None
 
             run_ray(cfg, out, workers=job["workers"], cpus_per_worker=job["cpus_per_worker"],
                     gpus_per_worker=job["gpus_per_worker"], resume=state != "new", mlflow_uri=job["mlflow_uri"],
-                    experiment=job["experiment"], max_failures=job["max_failures"],
+                    experiment=job["experiment"], max_failures=0,  # Tune retries the trial
                     tracking=bool(job["mlflow_uri"]), verbose=job["verbose"], log=lambda line: None,
                     mlflow_run_id=job["mlflow_run_id"], callbacks=[TuneReportCallback()])
     except Exception as exc:  # noqa: BLE001 - sorted: the search's own input, or retried by Tune
@@ -283,8 +285,6 @@ def _tuner(out: Location, jobs: dict[str, dict[str, Any]], per_search: Resources
         return driving if jobs[config["name"]]["runs_train"] else own
 
     trainable = ray.tune.with_resources(ray.tune.with_parameters(sweep_trial, jobs=jobs), resources)
-    # a search on Ray Train restarts its own worker group: Tune trying it again would multiply that
-    tune_failures = 0 if any(job["runs_train"] for job in jobs.values()) else max_failures
     path, fs = (out / TUNE_DIR).arrow()
     return ray.tune.Tuner(
         trainable, param_space={"name": ray.tune.grid_search(list(jobs))},
@@ -293,7 +293,7 @@ def _tuner(out: Location, jobs: dict[str, dict[str, Any]], per_search: Resources
                                         max_concurrent_trials=at_once),
         run_config=ray.tune.RunConfig(
             name=time.strftime("sweep-%Y%m%d-%H%M%S"), storage_path=path, storage_filesystem=fs,
-            callbacks=[callback], verbose=0, failure_config=ray.tune.FailureConfig(max_failures=tune_failures)))
+            callbacks=[callback], verbose=0, failure_config=ray.tune.FailureConfig(max_failures=max_failures)))
 
 
 def _fit(tuner: ray.tune.Tuner, finish: Any, sweep: Sweep, out: Location,

@@ -204,8 +204,8 @@ def read_fronts(where: "str | Path | Location") -> list[Front]:
     searches = json.loads((loc / MANIFEST).read_text()).get("sweep") if (loc / MANIFEST).is_file() else None
     if not searches or not (loc / "frontier.parquet").is_file():
         return [read_front(loc)]
-    table = pd.read_parquet((loc / "frontier.parquet").open_buffer())
-    table = table[table["kind"] == "searched"]
+    everything = pd.read_parquet((loc / "frontier.parquet").open_buffer())
+    table = everything[everything["kind"] == "searched"]
     fronts = []
     for point in sorted({v["point"] for v in searches.values()}):
         names = {n for n, v in searches.items() if v["point"] == point}
@@ -217,4 +217,7 @@ def read_fronts(where: "str | Path | Location") -> list[Front]:
     if not fronts:
         raise OutputDirError(f"{loc} is the retrain of a sweep, and none of its architectures names the "
                              f"searches it came from")
+    randoms = everything[everything["kind"] == "random"]
+    if len(randoms):  # the baseline of every grid point
+        fronts.append(Front(f"{loc.name}: random", "retrain", randoms.reset_index(drop=True)))
     return fronts

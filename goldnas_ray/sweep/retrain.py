@@ -87,7 +87,8 @@ def point_hypervolumes(last: pd.DataFrame, architectures: pd.DataFrame, searches
     grid point their mean over seeds with a bootstrap interval."""
     archs = architectures.set_index("arch_id")
     acc = last.groupby("arch_id")["test_acc"].mean()
-    ids = [a for a in acc.index if a in archs.index]
+    # the searches' architectures (random ones, with no sources, move no reference point)
+    ids = [a for a in acc.index if a in archs.index and sources(archs.loc[a, "sources"])]
     if not ids:
         return {"reference": None, "searches": {}, "points": []}
     reference = (1.0, math.log10(1.1 * float(archs.loc[ids, "flops"].max())))

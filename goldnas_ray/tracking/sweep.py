@@ -66,9 +66,10 @@ class SweepTracker:
 
         run = self.client.get_run(run_id)
         if outcome is not None:
-            ts = int(time.time() * 1000)
-            self.client.log_batch(run_id, metrics=[Metric(k, float(outcome[k]), ts, 0) for k in OUTCOME
-                                                   if outcome.get(k) is not None and pd.notna(outcome[k])])
+            if "records" not in run.data.metrics:  # once, whichever run of the sweep saw it finish
+                ts = int(time.time() * 1000)
+                self.client.log_batch(run_id, metrics=[Metric(k, float(outcome[k]), ts, 0) for k in OUTCOME
+                                                       if outcome.get(k) is not None and pd.notna(outcome[k])])
             if "goldnas.error" in run.data.tags:
                 self.client.delete_tag(run_id, "goldnas.error")
             if run.info.status != "FINISHED":
