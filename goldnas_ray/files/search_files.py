@@ -124,19 +124,25 @@ def records_path(out: Where) -> Location | None:
     return None
 
 
+def read_manifest(path: Location, formats: tuple[str, ...], what: str) -> dict[str, Any]:
+    """A run's JSON file whose ``format`` is one of ``formats``: its content, or an error naming
+    the file (``what``: what it should have been, "a goldnas-ray sweep manifest")."""
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OutputDirError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(content, dict) or content.get("format") not in formats:
+        found = content.get("format") if isinstance(content, dict) else type(content).__name__
+        raise OutputDirError(f"{path} is not {what} (format {found!r})")
+    return content
+
+
 def read_records(out: Where) -> dict[str, Any]:
     """The content of a search's records.json, format checked."""
     path = records_path(out)
     if path is None:
         raise OutputDirError(f"{location(out)} holds no {RECORDS}; is it a search output folder?")
-    try:
-        content = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OutputDirError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(content, dict) or content.get("format") not in (RECORDS_FORMAT, LEGACY_FORMAT):
-        found = content.get("format") if isinstance(content, dict) else type(content).__name__
-        raise OutputDirError(f"{path} is not a goldnas-ray search record (format {found!r})")
-    return content
+    return read_manifest(path, (RECORDS_FORMAT, LEGACY_FORMAT), "a goldnas-ray search record")
 
 
 def read_run_id(out: Where) -> str | None:

@@ -17,7 +17,7 @@ from goldnas_ray.core.config import Config, ConfigError, DataConfig
 from goldnas_ray.data.from_config import load_data
 from goldnas_ray.data.stream import StreamInfo, stream_info, streams
 from goldnas_ray.files.store import Location, location
-from goldnas_ray.files.search_files import OutputDirError, check_new_out_dir
+from goldnas_ray.files.search_files import OutputDirError, check_new_out_dir, read_manifest
 from goldnas_ray.retrain.candidates import Candidate, SearchResult, load_search, random_candidates
 
 MANIFEST = "retrain.json"
@@ -143,12 +143,7 @@ class Manifest:
         path = location(out) / MANIFEST
         if not path.is_file():
             raise OutputDirError(f"--resume: {out} is not a retrain output folder (no {MANIFEST} inside)")
-        try:
-            raw = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise OutputDirError(f"{path} is not valid JSON: {exc}") from exc
-        if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
-            raise OutputDirError(f"{path} is not a goldnas-ray retrain manifest")
+        raw = read_manifest(path, (MANIFEST_FORMAT,), "a goldnas-ray retrain manifest")
         manifest = cls(raw["search_dir"], raw.get("search_run_id"), raw["dataset"],
                        Config.from_dict(raw["config"]),
                        [Candidate.from_row(row, out) for row in raw["architectures"]],

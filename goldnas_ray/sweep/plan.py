@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from goldnas_ray.core.config import Config, ConfigError
-from goldnas_ray.files.search_files import CHECKPOINT, OutputDirError, read_records, records_path
+from goldnas_ray.files.search_files import CHECKPOINT, OutputDirError, read_manifest, read_records, records_path
 from goldnas_ray.files.store import Location, location
 
 SWEEP_FILE = "sweep.json"
@@ -120,12 +120,7 @@ class Sweep:
         path = location(out) / SWEEP_FILE
         if not path.is_file():
             raise OutputDirError(f"{location(out)} is not a sweep output folder (no {SWEEP_FILE} inside)")
-        try:
-            raw = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise OutputDirError(f"{path} is not valid JSON: {exc}") from exc
-        if not isinstance(raw, dict) or raw.get("format") != SWEEP_FORMAT:
-            raise OutputDirError(f"{path} is not a goldnas-ray sweep manifest")
+        raw = read_manifest(path, (SWEEP_FORMAT,), "a goldnas-ray sweep manifest")
         try:
             searches = [SearchPlan(**s) for s in raw["searches"]]
             return cls(raw["grid"], raw["seeds"], searches, raw["workers"], raw["cpus_per_worker"],
