@@ -127,7 +127,8 @@ def ray_cluster(readme_shell):
     stopped = readme_shell.run("cluster-stop", timeout=180)  # the nodes' processes, by their mark
     shutil.rmtree(node2, ignore_errors=True)
     assert stopped.returncode == 0, stopped.stderr[-2000:]
-    assert ray_nodes.marked(readme_shell.env[ray_nodes.MARKER]) == []
+    left = ray_nodes.marked(readme_shell.env[ray_nodes.MARKER])
+    assert left == [], ray_nodes.describe(left)
 
 
 def run_mlflow_server(root: Path, artifacts: str, env=None):

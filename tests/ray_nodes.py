@@ -34,7 +34,10 @@ def marked(value: str) -> list[int]:
         pid = int(entry)
         try:
             with open(f"/proc/{pid}/stat") as f:
-                parents[pid] = int(f.read().rsplit(") ", 1)[1].split()[1])
+                state, parent = f.read().rsplit(") ", 1)[1].split()[:2]
+            if state == "Z":  # exited, waiting for its parent to reap it: nothing left to stop
+                continue
+            parents[pid] = int(parent)
             with open(f"/proc/{pid}/environ", "rb") as f:
                 if needle in f.read().split(b"\0"):
                     roots.add(pid)
@@ -51,24 +54,42 @@ def marked(value: str) -> list[int]:
     return sorted(found - mine)
 
 
-def stop(value: str, timeout: float = 10.0) -> int:
-    """SIGTERM every marked process, then SIGKILL what is left after ``timeout``; returns how
-    many were marked."""
-    pids = marked(value)
-    left = pids
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in left:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + (timeout if sig == signal.SIGTERM else 5)
-        while time.time() < deadline and any(_alive(p) for p in left):
-            time.sleep(0.2)
-        left = [p for p in left if _alive(p)]
+def stop(value: str, timeout: float = 10.0, rounds: int = 3) -> int:
+    """SIGTERM every marked process, then SIGKILL what is left after ``timeout``; again, up to
+    ``rounds`` times, for what a dying process started meanwhile (a raylet restarting a worker,
+    an agent's helper). Returns how many were marked."""
+    seen: set[int] = set()
+    for _ in range(rounds):
+        left = marked(value)
         if not left:
             break
-    return len(pids)
+        seen.update(left)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in left:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.time() + (timeout if sig == signal.SIGTERM else 5)
+            while time.time() < deadline and any(_alive(p) for p in left):
+                time.sleep(0.2)
+            left = [p for p in left if _alive(p)]
+            if not left:
+                break
+    return len(seen)
+
+
+def describe(pids: list[int]) -> list[str]:
+    """``pid: command line`` of each of ``pids`` (for a test's message)."""
+    found = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{pid}: {command[:200]}")
+        except OSError:
+            found.append(f"{pid}: (gone)")
+    return found
 
 
 def _ancestry() -> set[int]:
