@@ -1,7 +1,14 @@
-"""What the MLflow trackers share: the tracking URI, parameters in batches, file artifacts.
+"""What the MLflow trackers share: the tracking URI, where artifacts go, parameters in
+batches, file artifacts.
 
 Every write goes through ``MlflowClient`` (no global fluent state), from one process only:
 rank 0 of a search, the driver of a retrain.
+
+Where a run's artifacts go is one rule (:func:`artifact_root`, applied when an experiment is
+created by :func:`experiment_id`, which every tracker uses): beside a sqlite store
+(``DIR/mlflow.db``: ``DIR/mlartifacts``, so the default store keeps them inside ``--out``),
+inside a file store, in a tracking server's own artifact store. Never relative to the folder a
+run starts in: a Ray job starts in a temporary copy of its working directory.
 """
 from __future__ import annotations
 
@@ -10,7 +17,8 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+from urllib.parse import urlparse
 
 from goldnas_ray.files.store import Location, location
 
@@ -81,10 +89,75 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def experiment_id(client, name: str) -> str:
+# the database schemes MLflow's SQL store takes without a server: it has no artifact store of
+# its own, and MLflow's default for one is ./mlruns, relative to wherever the process runs
+SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment of store ``uri`` keeps its runs' artifacts: ``DIR/mlartifacts``
+    (an absolute file:// URI) for a sqlite file ``DIR/...``; None where the store itself
+    decides (a tracking server: its artifact store; a file store: inside itself). Another
+    database without a server has nowhere to put them: a TrackingError."""
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme not in SQL_SCHEMES:
+        return None
+    database = _sqlite_file(uri) if scheme == "sqlite" else None
+    if database is None:
+        raise TrackingError(f"MLflow store {uri} has no folder to keep the runs' artifacts beside: use a sqlite "
+                            f"file (sqlite:///DIR/mlflow.db keeps them in DIR/mlartifacts) or a tracking "
+                            f"server (mlflow server --backend-store-uri {uri} --artifacts-destination ...)")
+    return (database.parent / "mlartifacts").as_uri()
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The file of a sqlite URI (``sqlite:///a.db``: ``a.db``, ``sqlite:////abs/a.db``), made
+    absolute; None for an in-memory database."""
+    path = uri.split("://", 1)[1][1:].split("?")[0]
+    return Path(path).resolve() if path and not path.startswith(":memory:") else None
+
+
+def _store_dir(uri: str) -> Path | None:
+    """The local folder of a sqlite or file store, None for any other."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        database = _sqlite_file(uri)
+        return database.parent if database else None
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path if parsed.scheme else uri).resolve()
+    return None
+
+
+def fragile_location(location: str, uri: str) -> str | None:
+    """Why an experiment's artifact ``location`` may be lost, or None: a relative folder (it
+    follows whatever folder a run starts in), one inside a Ray job's temporary copy of its
+    working directory, or one in the temp folder while store ``uri`` is not."""
+    parsed = urlparse(location)
+    if parsed.scheme not in ("", "file"):
+        return None  # a server's store, a bucket
+    path = parsed.path if parsed.scheme else location
+    if not os.path.isabs(path):
+        return "a relative folder, resolved against wherever a run starts"
+    if "runtime_resources" in Path(path).parts:
+        return "inside a Ray job's temporary copy of its working directory, removed with the job"
+    tmp, store = Path(tempfile.gettempdir()).resolve(), _store_dir(uri)
+    if Path(path).resolve().is_relative_to(tmp) and not (store and store.is_relative_to(tmp)):
+        return "a temporary folder"
+    return None
+
+
+def experiment_id(client, name: str, log: Callable[[str], None] = print) -> str:
+    """The id of experiment ``name``, created with its artifacts where :func:`artifact_root`
+    puts them. An existing one keeps the location it was created with (MLflow cannot move it):
+    one whose location may be lost gets a one-line warning."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        return client.create_experiment(name, tags=EXPERIMENT_KIND)
+        return client.create_experiment(name, artifact_location=artifact_root(client.tracking_uri),
+                                        tags=EXPERIMENT_KIND)
+    why = fragile_location(exp.artifact_location, client.tracking_uri)
+    if why:
+        log(f"warning: MLflow experiment {name!r} keeps its runs' artifacts in {exp.artifact_location}, {why}; "
+            f"a new --experiment name puts them beside the store")
     if "mlflow.experimentKind" not in exp.tags:
         client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
     return exp.experiment_id
