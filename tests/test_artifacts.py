@@ -5,10 +5,13 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config
 
+from goldnas_ray.run.loop import run_local
 from goldnas_ray.tracking.common import TrackingError, artifact_root, experiment_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,3 +76,42 @@ def test_an_existing_experiment_in_a_place_that_may_vanish_is_named_in_one_line(
         else:
             assert len(printed) == 1 and printed[0].startswith(f"warning: MLflow experiment '{name}' keeps")
             assert (str(job_copy.as_uri()) if name == "in-a-job" else "mlruns/2") in printed[0]
+
+
+def test_a_retrain_whose_report_fails_after_the_trials_ends_every_run_failed(ray_cluster, tmp_path):
+    """The trials finish, then the report cannot be written (trials.parquet is a folder, made
+    while the trials run): the parent and every child end FAILED, none RUNNING; with the fault
+    gone, --resume writes the report and ends them FINISHED."""
+    search, out = tmp_path / "search", tmp_path / "retrain"
+    run_local(tiny_config(max_epochs=1, lambda0=1.0, xi_max=0.5, t0=0, record_gap=0.02, record_min_gap=0.0),
+              search, log=lambda _: None)
+    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
+    run = subprocess.Popen([sys.executable, "pipelines/retrain.py", "--search-dir", str(search), "--epochs", "1",
+                            "--set", "retrain.batch_size=128", "--set", "retrain.latency_repeats=0",
+                            "--out", str(out)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    while run.poll() is None and not (out / "retrain.json").is_file():
+        time.sleep(0.05)
+    assert (out / "retrain.json").is_file(), run.communicate()[0][-3000:]
+    (out / "trials.parquet").mkdir()  # the trials run for seconds more: the report is not written yet
+    console, _ = run.communicate(timeout=600)
+    assert run.returncode != 0 and "IsADirectoryError" in console, console[-3000:]
+    assert "trials.parquet" in console and not (out / "frontier.csv").exists()
+    manifest = json.loads((out / "retrain.json").read_text())
+    client = _client(f"sqlite:///{out / 'mlflow.db'}")  # a search tracked nowhere: the retrain's own store
+    parent = client.get_run(manifest["mlflow_run_id"])
+    assert client.get_experiment(parent.info.experiment_id).artifact_location == (out / "mlartifacts").as_uri()
+    children = manifest["mlflow_child_run_ids"].values()
+    assert parent.info.status == "FAILED"
+    assert [client.get_run(c).info.status for c in children] == ["FAILED"] * len(children)
+
+    (out / "trials.parquet").rmdir()
+    proc = subprocess.run([sys.executable, "pipelines/retrain.py", "--resume", "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "frontier.csv").is_file()
+    assert client.get_run(manifest["mlflow_run_id"]).info.status == "FINISHED"
+    for child in children:
+        assert client.get_run(child).info.status == "FINISHED"
+        assert "model/MLmodel" in _artifact_files(client, child)
+        assert (out / "mlartifacts" / child / "artifacts" / "model" / "MLmodel").is_file()

@@ -36,6 +36,7 @@ from goldnas_ray.data.batches import check_batches
 from goldnas_ray.orchestration.cluster import (ClusterError, check_capacity, check_fits_on_a_node, connect,
                                                interruptible)
 from goldnas_ray.orchestration.retrain_trial import TRIALS_LOG, RetrainCallback, last_state, retrain_trial
+from goldnas_ray.orchestration.streaming import DECODE_CPUS
 from goldnas_ray.retrain import report, stats
 from goldnas_ray.retrain.recipe import Retrainer
 from goldnas_ray.run.ending import RunStopped, ends_tracked_run
@@ -47,7 +48,6 @@ from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
 from goldnas_ray.tracking.retrain import RetrainTracker, fetch_search_run
 
 EXPERIMENT_DIR = "retrain"
-DECODE_CPUS = 1  # kept beside the trials for Ray Data when the data streams
 DRIVER_MEMORY = 64 * 2**20  # what the Tune trial driving a multi-worker trial's Ray Train run holds
 COMPARISON = "comparison.json"  # searched against random (retrain/stats.py)
 
@@ -92,41 +92,43 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
         if not resume:
             _start(out, manifest, staging, experiment)
     tracker = RetrainTracker(manifest.mlflow_tracking_uri) if manifest.mlflow_run_id else None
-    if tracker is not None and resume:
-        tracker.client.update_run(manifest.mlflow_run_id, status="RUNNING")
-    specs = manifest.specs(out, trial, max_failures)
-    epochs = manifest.config.retrain.epochs
-    shape = f"{trial.workers} worker(s) x " if trial.workers > 1 else ""
-    log(f"retraining {len(manifest.candidates)} architectures x {len(manifest.seeds)} seed(s) = "
-        f"{len(specs)} trials of {epochs} epochs; {shape}{trial.cpus:g} CPU / {trial.gpus:g} GPU per trial, "
-        + (f"up to {at_once} at once" if not resume else "as many at once as when it started (Tune keeps that)")
-        + f"; output in {out}")
-    if manifest.stream is not None:
-        test = "streamed" if next(iter(specs.values())).eval_stream else "held in memory"
-        log(f"data: streaming {manifest.stream.num_train} training images of {manifest.stream.name} through "
-            f"Ray Data (test split {test})")
-    for c in manifest.candidates:
-        log(f"  {c.arch_id:<12} {c.kind:<9} {c.flops / 1e6:7.3f} MFLOPs {c.params:>9} params")
-    started = time.perf_counter()
-    tuner = _tuner(out, manifest, specs, trial, at_once, max_failures, resume,
-                   RetrainCallback(tracker, manifest.mlflow_child_run_ids, epochs, log))
-    results = _fit(tuner, tracker, manifest, out, log)
-    trials, failed, finished = _collect(results, specs, epochs, out)
-    table, comparison = _write_report(out, trials, manifest, log)
-    log(f"retrain {'finished' if not failed else 'stopped'} after {time.perf_counter() - started:.0f}s "
-        f"here; report in {out / 'frontier.csv'}")
-    if not table.empty:
-        log(report.format_table(table))
-    described = []
-    if comparison and "hypervolume" in comparison:
-        described += stats.describe(comparison) + (stats.describe(comparison["latency"]) if "latency" in comparison
-                                                   else [])
-    if comparison and "sweep" in comparison:
-        described += describe_points(comparison["sweep"])
-    for line in described:
-        log(line)
-    if tracker is not None:
-        _track_report(tracker, out, manifest, trials, table, comparison, finished, failed, log)
+    with _ending(tracker, manifest, out, log, "trials"):
+        if tracker is not None and resume:
+            tracker.client.update_run(manifest.mlflow_run_id, status="RUNNING")
+        specs = manifest.specs(out, trial)
+        epochs = manifest.config.retrain.epochs
+        shape = f"{trial.workers} worker(s) x " if trial.workers > 1 else ""
+        log(f"retraining {len(manifest.candidates)} architectures x {len(manifest.seeds)} seed(s) = "
+            f"{len(specs)} trials of {epochs} epochs; {shape}{trial.cpus:g} CPU / {trial.gpus:g} GPU per trial, "
+            + (f"up to {at_once} at once" if not resume else "as many at once as when it started (Tune keeps that)")
+            + f"; output in {out}")
+        if manifest.stream is not None:
+            test = "streamed" if next(iter(specs.values())).eval_stream else "held in memory"
+            log(f"data: streaming {manifest.stream.num_train} training images of {manifest.stream.name} through "
+                f"Ray Data (test split {test})")
+        for c in manifest.candidates:
+            log(f"  {c.arch_id:<12} {c.kind:<9} {c.flops / 1e6:7.3f} MFLOPs {c.params:>9} params")
+        started = time.perf_counter()
+        tuner = _tuner(out, manifest, specs, trial, at_once, max_failures, resume,
+                       RetrainCallback(tracker, manifest.mlflow_child_run_ids, epochs, log))
+        results = interruptible(tuner.fit)
+    with _ending(tracker, manifest, out, log, "report"):
+        trials, failed, finished = _collect(results, specs, epochs, out)
+        table, comparison = _write_report(out, trials, manifest, log)
+        log(f"retrain {'finished' if not failed else 'stopped'} after {time.perf_counter() - started:.0f}s "
+            f"here; report in {out / 'frontier.csv'}")
+        if not table.empty:
+            log(report.format_table(table))
+        described = []
+        if comparison and "hypervolume" in comparison:
+            described += stats.describe(comparison) + (stats.describe(comparison["latency"])
+                                                       if "latency" in comparison else [])
+        if comparison and "sweep" in comparison:
+            described += describe_points(comparison["sweep"])
+        for line in described:
+            log(line)
+        if tracker is not None:
+            _track_report(tracker, out, manifest, trials, table, comparison, finished, failed, log)
     if failed:
         raise RetrainError(f"{len(failed)} of {len(specs)} trials did not finish: {', '.join(failed)}; "
                            f"continue with --resume --out {out}")
@@ -205,17 +207,22 @@ def _start(out: Location, manifest: Manifest, staging: Path | None, experiment: 
         (out / "search").upload(staging)
         manifest.search_dir = (out / "search").uri
     save_genotypes(out, manifest.candidates)
-    if manifest.mlflow_tracking_uri:
-        RetrainTracker(manifest.mlflow_tracking_uri).start_retrain(experiment, out, manifest)
-    manifest.write(out)
+    if not manifest.mlflow_tracking_uri:
+        manifest.write(out)
+        return
+    tracker = RetrainTracker(manifest.mlflow_tracking_uri)
+    tracker.start_retrain(experiment, out, manifest)
+    # without retrain.json nothing can resume these runs: a failure to write it ends them all
+    with ends_tracked_run(lambda status: tracker.end_retrain(manifest.mlflow_run_id, status, "start")):
+        manifest.write(out)
 
 
 def concurrent_trials(resources: dict[str, float], trial: Resources, streaming: bool) -> int:
     """How many trials the cluster can place at once (Tune's max_concurrent_trials), checked
     before anything starts: every worker of a trial must fit on some node and the cluster must
-    hold one whole trial; a streamed set keeps a CPU beside the trials for Ray Data to decode
-    on (with every CPU held by a trial's workers, none would ever run, and the trials would
-    wait forever)."""
+    hold one whole trial; a streamed trial keeps DECODE_CPUS beside its workers for Ray Data to
+    decode on, each trial its own (with every CPU held by a trial's workers, none would ever
+    run, and the trials would wait forever)."""
     check_fits_on_a_node(trial.cpus, trial.gpus)
     check_capacity(resources, trial.workers, trial.cpus, trial.gpus)
     return trials_at_once(resources, trial, streaming)
@@ -224,14 +231,14 @@ def concurrent_trials(resources: dict[str, float], trial: Resources, streaming: 
 def trials_at_once(resources: dict[str, float], trial: Resources, streaming: bool) -> int:
     """The arithmetic of :func:`concurrent_trials`, from the cluster's totals."""
     spare = DECODE_CPUS if streaming else 0
-    cpus, gpus = resources.get("CPU", 0) - spare, resources.get("GPU", 0)
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
     need_cpu, need_gpu = trial.workers * trial.cpus, trial.workers * trial.gpus
-    if need_cpu > cpus:
+    if need_cpu + spare > cpus:
         raise ClusterError(f"streaming needs {spare:g} CPU beside a trial's workers for Ray Data to decode on; "
-                           f"a trial's {trial.workers} x {trial.cpus:g} CPUs leave {resources.get('CPU', 0) - need_cpu:g} "
-                           f"of the cluster's {resources.get('CPU', 0):g}: lower --cpus-per-worker "
+                           f"a trial's {trial.workers} x {trial.cpus:g} CPUs leave {cpus - need_cpu:g} "
+                           f"of the cluster's {cpus:g}: lower --cpus-per-worker "
                            f"(--cpus-per-trial with one worker), or add a node")
-    at_once = int(cpus // need_cpu)
+    at_once = int(cpus // (need_cpu + spare))
     if need_gpu > 0:
         at_once = min(at_once, int(gpus // need_gpu))
     return max(1, at_once)
@@ -261,17 +268,21 @@ def _tuner(out: Location, manifest: Manifest, specs: dict[str, TrialSpec], trial
         run_config=run_config)
 
 
-def _fit(tuner: ray.tune.Tuner, tracker: RetrainTracker | None, manifest: Manifest, out: Location,
-         log: Callable[[str], None]) -> ray.tune.ResultGrid:
-    """Run the trials; if the job is stopped or Tune breaks, end the MLflow runs saying so. A
-    stop (Ctrl-C, ``ray job stop``) becomes RunStopped: how many trials finished."""
-    finish = (lambda status: tracker.end_retrain(manifest.mlflow_run_id, status)) if tracker else None
+@contextlib.contextmanager
+def _ending(tracker: RetrainTracker | None, manifest: Manifest, out: Location, log: Callable[[str], None],
+            stage: str):
+    """Run the block (``stage``: "trials", up to the end of Tune's fit; "report", what follows
+    it); when it raises, end the retrain's MLflow runs KILLED or FAILED
+    (``RetrainTracker.end_retrain`` at that stage), so none stays RUNNING. A stop (Ctrl-C,
+    ``ray job stop``) becomes RunStopped: how many trials finished."""
+    finish = (lambda status: tracker.end_retrain(manifest.mlflow_run_id, status, stage)) if tracker else None
     try:
         with ends_tracked_run(finish, log):
-            return interruptible(tuner.fit)
+            yield
     except (KeyboardInterrupt, SystemExit) as exc:
         done = finished_trials(out)
-        raise RunStopped(f"{len(done)} of {len(manifest.trials)} trials finished", exc, out) from None
+        unwritten = "; the report was not written" if stage == "report" else ""
+        raise RunStopped(f"{len(done)} of {len(manifest.trials)} trials finished{unwritten}", exc, out) from None
 
 
 def finished_trials(out: Location) -> set[str]:

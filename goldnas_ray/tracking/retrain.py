@@ -1,4 +1,9 @@
-"""MLflow tracking of a retrain: a parent run, one nested child per (architecture, seed)."""
+"""MLflow tracking of a retrain: a parent run, one nested child per (architecture, seed).
+
+Every run it starts ends FINISHED, FAILED or KILLED, whatever fails (``end_retrain``, called by
+the driver at the stage that failed: the start, the trials, or the report after them). Its
+artifacts go where ``tracking.common.artifact_root`` puts the experiment's.
+"""
 from __future__ import annotations
 
 import tempfile
@@ -9,6 +14,7 @@ from typing import Any
 from goldnas_ray.retrain.plan import Manifest, trial_key
 from goldnas_ray.files.search_files import LEGACY_RECORDS, RECORDS, OutputDirError
 from goldnas_ray.files.store import Location, location
+from goldnas_ray.run.ending import ends_tracked_run
 from goldnas_ray.tracking.common import check_uri, experiment_id, log_files, log_params
 
 TRIAL_METRICS = ("test_acc", "train_loss", "train_acc", "lr", "drop_path", "seconds", "images_per_second")
@@ -28,6 +34,7 @@ class RetrainTracker:
         self._client = None
         self._logged: dict[str, set[int]] = {}
         self.stopped = False  # end_retrain ran: nothing changes a run any more (not pickled)
+        self.exported: set[str] = set()  # child runs whose network log_models logged
 
     @property
     def client(self):
@@ -38,16 +45,22 @@ class RetrainTracker:
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:  # Tune may pickle its callbacks
-        return {"uri": self.uri, "_client": None, "_logged": {}, "stopped": False}
+        return {"uri": self.uri, "_client": None, "_logged": {}, "stopped": False, "exported": set()}
 
     def start(self, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str],
               children: dict[str, tuple[str, dict[str, Any], dict[str, str]]]) -> tuple[str, dict[str, str]]:
         """Create the parent run and one child per entry of ``children`` (key -> (name,
-        params, tags)); returns (parent id, key -> child id)."""
-        from mlflow.entities import Metric
-
+        params, tags)); returns (parent id, key -> child id). When that fails half way, the
+        runs made so far end FAILED."""
         exp_id = experiment_id(self.client, experiment)
         parent = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+        with ends_tracked_run(lambda status: self.end_retrain(parent, status, "start")):
+            return parent, self._children(exp_id, parent, params, children)
+
+    def _children(self, exp_id: str, parent: str, params: dict[str, Any],
+                  children: dict[str, tuple[str, dict[str, Any], dict[str, str]]]) -> dict[str, str]:
+        from mlflow.entities import Metric
+
         log_params(self.client, parent, params)
         child_ids = {}
         for key, (name, child_params, child_tags) in children.items():
@@ -60,7 +73,7 @@ class RetrainTracker:
             self.client.log_batch(run.info.run_id, metrics=[
                 Metric(n, float(child_params[n]), ts, 0) for n in ("flops", "params")])
             self.client.update_run(run.info.run_id, status="SCHEDULED")
-        return parent, child_ids
+        return child_ids
 
     def start_retrain(self, experiment: str, out: "Path | Location", manifest: "Manifest") -> None:
         """The parent run of a new retrain and one SCHEDULED child per trial; their ids are
@@ -131,15 +144,21 @@ class RetrainTracker:
         if not self.stopped:
             self.client.set_terminated(run_id, status=status)
 
-    def end_retrain(self, parent_id: str, status: str) -> None:
-        """End the parent and every child still RUNNING with ``status`` (KILLED when the job was
-        stopped, FAILED after an error); children never started stay SCHEDULED. --resume sets
-        them running again. From then on the trials' callbacks (Tune goes on in its thread until
-        the process exits) change no run."""
+    # the children's statuses end_retrain ends, by the stage that failed: at the "start" nothing
+    # can resume them (no retrain.json); during the "trials" those not started stay SCHEDULED
+    # for --resume; at the "report" after the trials, a finished trial's run whose network is
+    # not logged yet has not got what it should hold
+    ENDED = {"start": ("RUNNING", "SCHEDULED"), "trials": ("RUNNING",), "report": ("RUNNING", "FINISHED")}
+
+    def end_retrain(self, parent_id: str, status: str, stage: str = "trials") -> None:
+        """End the parent and the children ``stage`` says (:data:`ENDED`) with ``status`` (KILLED
+        when the job was stopped, FAILED after an error). --resume sets them running again,
+        and a finished trial's run FINISHED once its network is logged. From then on the
+        trials' callbacks (Tune goes on in its thread until the process exits) change no run."""
         self.stopped = True
         exp = self.client.get_run(parent_id).info.experiment_id
         for run in self.client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}'"):
-            if run.info.status == "RUNNING":
+            if run.info.status in self.ENDED[stage] and run.info.run_id not in self.exported:
                 self.client.set_terminated(run.info.run_id, status=status)
         self.client.set_terminated(parent_id, status=status)
 
@@ -164,7 +183,8 @@ class RetrainTracker:
         MLflow model in its child run's ``model`` folder: torch.export's pt2 format (no pickle:
         loading runs no code of ours), a signature and an input example of the network's image
         shape; ``mlflow.pytorch.load_model(f"runs:/{child}/model")`` brings it back. Saved to a
-        local folder and uploaded through the client: no active run, no global MLflow state."""
+        local folder and uploaded through the client: no active run, no global MLflow state.
+        A child left FAILED by an earlier report that failed ends FINISHED once it holds its model."""
         import mlflow.pytorch
         import numpy as np
         import torch
@@ -180,6 +200,9 @@ class RetrainTracker:
                                           signature=infer_signature(example, logits),
                                           pip_requirements=[requirement], serialization_format="pt2")
                 self.client.log_artifacts(run_id, f"{tmp}/model", "model")
+            self.exported.add(run_id)
+            if self.client.get_run(run_id).info.status != "FINISHED":
+                self.client.set_terminated(run_id, status="FINISHED")
 
 
 FRONT_TABLE = "front.json"

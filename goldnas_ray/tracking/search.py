@@ -1,6 +1,7 @@
 """MLflow tracking of a search: one run, config as params, per-epoch metrics, artifacts.
 
-Written by rank 0 only. Default store: ``sqlite:///<out>/mlflow.db``, unless --mlflow-uri or
+Written by rank 0 only. Default store: ``sqlite:///<out>/mlflow.db``, its artifacts in
+``<out>/mlartifacts`` (``tracking.common.artifact_root``), unless --mlflow-uri or
 MLFLOW_TRACKING_URI.
 """
 from __future__ import annotations
