@@ -1,6 +1,7 @@
 """A sweep's plan, report arithmetic and the hypervolume of its retrain, without Ray."""
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -186,13 +187,42 @@ def test_a_sweep_retrain_accepts_different_search_only_data_and_refuses_a_differ
     assert _differences(base.override(["retrain.epochs=7", "data.flip=false"]), base) == ["data.flip", "retrain.epochs"]
 
 
-def test_a_file_store_is_refused_for_a_sweep_on_a_joined_cluster():
-    from goldnas_ray.orchestration.sweep_driver import _check_store
-    from goldnas_ray.tracking.common import TrackingError
+def test_on_a_file_store_the_driver_logs_what_a_searchs_trial_reports_each_epoch_once(tmp_path):
+    """A sweep on sqlite: the trial's tracker writes nothing and names the child run; the rows
+    it reports are logged by the driver (a row reported twice, after a restart, once); an
+    epoch whose report never arrived comes from history.parquet; the files when it ends."""
+    from conftest import tiny_config
+    from goldnas_ray.run.loop import run_local
+    from goldnas_ray.tracking.sweep import ReportedRun, SweepTracker
 
-    _check_store("sqlite:///runs/sw/mlflow.db", joined=False, resume=False)  # an embedded local Ray
-    _check_store("http://mlflow:5000", joined=True, resume=False)
-    with pytest.raises(TrackingError, match="cannot share the file store .*--mlflow-uri"):
-        _check_store("sqlite:///runs/sw/mlflow.db", joined=True, resume=False)
-    with pytest.raises(TrackingError, match="resume it on an embedded local Ray"):
-        _check_store("file:///runs/sw/mlruns", joined=True, resume=True)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    driver = SweepTracker(uri)
+    assert driver.relays and not SweepTracker('http://127.0.0.1:1').relays
+    grid = parse_grid(["search.lambda0=0.3"])
+    sweep = Sweep(grid, [0], plan_sweep(tiny_config(xi_max=0.5, t0=0, max_epochs=3, record_gap=0.02, record_min_gap=0.0), grid, [0]))
+    driver.start("exp", location(tmp_path), sweep)
+    run_id, out = sweep.searches[0].mlflow_run_id, tmp_path / "p0-s0"
+    driver.search_running(run_id)
+    reported = []
+    run_local(Config.from_dict(sweep.searches[0].config), out, log=lambda line: None,
+              tracker=lambda cfg, dataset, found: ReportedRun(uri, found or run_id),
+              report=lambda row, checkpoint: reported.append(dict(row)))
+    assert [r["epoch"] for r in reported] == [1, 2, 3]
+    assert json.loads((out / "records.json").read_text())["mlflow_run_id"] == run_id
+    assert driver.client.get_metric_history(run_id, "flops") == []  # the trial logged nothing
+    for row in (reported[0], reported[2], reported[0]):  # epoch 2's report lost, epoch 1's repeated
+        driver.search_epoch(run_id, row)
+    assert [m.step for m in driver.client.get_metric_history(run_id, "flops")] == [1, 3]
+    driver.search_history(run_id, location(out))
+    history = pd.read_parquet(out / "history.parquet")
+    logged = sorted((m.step, m.value) for m in driver.client.get_metric_history(run_id, "flops"))
+    assert logged == [(int(e), float(f)) for e, f in zip(history["epoch"], history["flops"])]
+    outcome = {"records": 1, "first_record_flops": 1.0, "last_record_flops": 1.0, "flops_at_stop": 1.0,
+               "epochs": 3, "seconds": 1.0}
+    driver.end_search(run_id, outcome, None, location(out))
+    driver.end_search(run_id, outcome, None, location(out))  # a later run of the sweep: files not logged twice
+    artifacts = {f.path for f in driver.client.list_artifacts(run_id)}
+    assert {"records.json", "history.parquet", "front.json", "genotypes"} <= artifacts
+    front = json.loads(Path(driver.client.download_artifacts(run_id, "front.json", str(tmp_path / "dl"))).read_text())
+    assert len(front["data"]) == len(json.loads((out / "records.json").read_text())["architectures"])
+    assert driver.client.get_run(run_id).info.status == "FINISHED"

@@ -15,14 +15,16 @@ reported and not retried; any other error (a lost worker or node, a storage outa
 Ray Train does not restart its worker group itself: one layer retries). The report
 (``sweep.report``) is written whatever finished.
 
-Each search logs its epochs into its MLflow child run from its own trial's process: on an
-embedded local Ray a sqlite store takes those writers in turn; on a joined cluster (where
-nodes may come and go) the sweep needs a tracking server, refused otherwise before anything
-runs.
+Each search has an MLflow child run. With a tracking server, each search logs its epochs into
+it from the process that runs it. A file store (sqlite, a folder) has one writer, this
+driver: a trial logs nothing, its Tune results (each epoch's history row) reach
+:class:`SweepCallback` here, which logs them; the epochs a stopped trial never reported and the
+searches' files are logged from their folders when the sweep ends (``tracking.sweep``). From
+the parent's creation on, whatever fails (the trials, the report, a stop) still ends every
+run the sweep started: FINISHED, FAILED or KILLED.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from typing import Any, Callable
@@ -36,17 +38,19 @@ from goldnas_ray.core.search import check_stop
 from goldnas_ray.core.space import check_spatial
 from goldnas_ray.data.batches import check_batches
 from goldnas_ray.data.stream import stream_info
-from goldnas_ray.orchestration.errors import NOT_RETRIED, USER_ERRORS, user_error
+from goldnas_ray.orchestration.errors import USER_ERRORS, error_kind, user_error
 from goldnas_ray.files.search_files import OutputDirError, check_new_out_dir
-from goldnas_ray.files.store import Location, location
+from goldnas_ray.files.store import INPUT, Location, location
 from goldnas_ray.orchestration.cluster import connect, interruptible
 from goldnas_ray.orchestration.retrain_driver import DRIVER_MEMORY, concurrent_trials
+from goldnas_ray.orchestration.retrain_trial import RETRIES_INSIDE_A_TRIAL
 from goldnas_ray.retrain.plan import Resources
 from goldnas_ray.run.ending import RunStopped, ends_tracked_run
 from goldnas_ray.run.loop import load_data
 from goldnas_ray.sweep import report
 from goldnas_ray.sweep.plan import SearchPlan, Sweep, plan_sweep, search_state
-from goldnas_ray.tracking.common import TrackingError, check_uri, how_to_open, resolve_uri
+from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
+from goldnas_ray.tracking.sweep import ReportedRun, SweepTracker, driver_writes
 
 TUNE_DIR = "ray"
 
@@ -78,60 +82,70 @@ def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[s
     todo = [s for s in sweep.searches if states[s.name] != "finished"]
     streams = _check_searches(todo, {s.name for s in todo if states[s.name] == "new"}, sweep.workers)
     per_search = Resources(sweep.workers, sweep.cpus_per_worker, sweep.gpus_per_worker)
-    _check_store(sweep.mlflow_tracking_uri, joined=bool(address or os.environ.get("RAY_ADDRESS")), resume=resume)
     resources = connect(address, log, runtime_env=runtime_env)
     at_once = concurrent_trials(resources, per_search, any(streams.values()))
     tracker = None
     if sweep.mlflow_tracking_uri:
-        from goldnas_ray.tracking.sweep import SweepTracker
-
         tracker = SweepTracker(sweep.mlflow_tracking_uri)
     if not resume:
         out.mkdir()
-        if tracker is not None:
-            tracker.start(experiment, out, sweep)
-    elif tracker is not None:
-        tracker.resumed(sweep)
-    sweep.failed = {}
-    sweep.write(out)
-    log(f"sweep: {len(sweep.points)} grid point(s) x {len(sweep.seeds)} seed(s) = {len(sweep.searches)} searches"
-        f"{f', {len(sweep.searches) - len(todo)} finished before' if resume else ''}; {sweep.workers} worker(s) x "
-        f"{sweep.cpus_per_worker:g} CPU / {sweep.gpus_per_worker:g} GPU per search, up to {at_once} at once; "
-        f"output in {out}")
-    for s in sweep.searches:
-        log(f"  {s.name:<8} {s.label}" + ("  (finished)" if states[s.name] == "finished" else ""))
-    started = time.perf_counter()
     finish = (lambda status: tracker.end_unfinished(sweep, status)) if tracker is not None else None
-    if todo:
-        jobs = {s.name: _job(s, out, sweep, max_failures, streams[s.name], verbose) for s in todo}
-        results = _fit(_tuner(out, jobs, per_search, at_once, max_failures, SweepCallback(jobs, log)),
-                       finish, sweep, out, log)
-        for result in results:
-            name = result.config["name"]
-            why = (result.metrics or {}).get("failed") or (_error_line(result.error) if result.error else None)
-            if why is None and search_state(out / name) != "finished":
-                why = (f"its trial ended, but {out / name} holds no finished search here: on a cluster of "
-                       f"several nodes --out must be storage they all share")
-            if why:
-                sweep.failed[name] = why
-    with ends_tracked_run(finish, log):  # the report's own failure still ends the runs
-        sweep.write(out)
-        searches, points = report.write_report(out, sweep)
-        log(f"sweep {'finished' if not sweep.failed else 'ended'} after {time.perf_counter() - started:.0f}s "
-            f"here; {(searches['status'] == 'finished').sum()} of {len(searches)} searches finished")
-        log(report.format_points(points))
-        for name, why in sweep.failed.items():
-            log(f"failed: {name} ({sweep.by_name()[name].label}): {why}")
-        log(f"report: {out / report.POINTS_CSV}, {out / report.SEARCHES_CSV}, {out / report.CHART}, "
-            f"{out / report.UNION}")
-        if tracker is not None:
-            for _, row in searches.iterrows():  # each outcome once, whichever run saw it finish
-                plan = sweep.by_name()[row["search"]]
-                outcome = row.to_dict() if row["status"] == "finished" else None
-                tracker.end_search(plan.mlflow_run_id, outcome, sweep.failed.get(row["search"]))
-            tracker.log_report(sweep, out, points, failed=bool(sweep.failed))
-            log(f"MLflow run {sweep.mlflow_run_id}: open with {how_to_open(sweep.mlflow_tracking_uri)}")
+    try:
+        with ends_tracked_run(finish, log):  # from the parent's creation on, every run ends
+            if tracker is not None and not resume:
+                tracker.start(experiment, out, sweep)
+            elif tracker is not None:
+                tracker.resumed(sweep)
+            sweep.failed, sweep.failed_kinds = {}, {}
+            sweep.write(out)
+            log(f"sweep: {len(sweep.points)} grid point(s) x {len(sweep.seeds)} seed(s) = {len(sweep.searches)} "
+                f"searches{f', {len(sweep.searches) - len(todo)} finished before' if resume else ''}; "
+                f"{sweep.workers} worker(s) x {sweep.cpus_per_worker:g} CPU / {sweep.gpus_per_worker:g} GPU per "
+                f"search, up to {at_once} at once; output in {out}")
+            for s in sweep.searches:
+                log(f"  {s.name:<8} {s.label}" + ("  (finished)" if states[s.name] == "finished" else ""))
+            started = time.perf_counter()
+            if todo:
+                jobs = {s.name: _job(s, out, sweep, max_failures, streams[s.name], verbose) for s in todo}
+                relay = tracker if tracker is not None and tracker.relays else None
+                tuner = _tuner(out, jobs, per_search, at_once, max_failures, SweepCallback(jobs, log, relay))
+                for result in interruptible(tuner.fit):
+                    name = result.config["name"]
+                    why = (result.metrics or {}).get("failed") or (_error_line(result.error) if result.error else None)
+                    if why is None and search_state(out / name) != "finished":
+                        why = (f"its trial ended, but {out / name} holds no finished search here: on a cluster of "
+                               f"several nodes --out must be storage they all share")
+                    if why:  # the trial's own report of an input error, or what Tune gave up retrying
+                        sweep.fail(name, why, (result.metrics or {}).get("failed_kind")
+                                   or (error_kind(result.error) if result.error else None))
+            _report(out, sweep, tracker, started, log)
+    except (KeyboardInterrupt, SystemExit) as exc:  # the runs ended KILLED
+        done = sum(search_state(out / s.name) == "finished" for s in sweep.searches)
+        raise RunStopped(f"{done} of {len(sweep.searches)} searches finished", exc, out) from None
     return sweep
+
+
+def _report(out: Location, sweep: Sweep, tracker: Any, started: float, log: Callable[[str], None]) -> None:
+    """The report, on the console and in MLflow (each search's outcome, the parent's files)."""
+    sweep.write(out)
+    if tracker is not None and tracker.relays:  # the epochs whose report never reached this driver
+        for s in sweep.searches:
+            tracker.search_history(s.mlflow_run_id, out / s.name)
+    searches, points = report.write_report(out, sweep)
+    log(f"sweep {'finished' if not sweep.failed else 'ended'} after {time.perf_counter() - started:.0f}s "
+        f"here; {(searches['status'] == 'finished').sum()} of {len(searches)} searches finished")
+    log(report.format_points(points))
+    for name, why in sweep.failed.items():
+        log(f"failed: {name} ({sweep.by_name()[name].label}): {why}")
+    log(f"report: {out / report.POINTS_CSV}, {out / report.SEARCHES_CSV}, {out / report.CHART}, "
+        f"{out / report.UNION}")
+    if tracker is not None:
+        for _, row in searches.iterrows():  # each outcome once, whichever run saw it finish
+            plan = sweep.by_name()[row["search"]]
+            outcome = row.to_dict() if row["status"] == "finished" else None
+            tracker.end_search(plan.mlflow_run_id, outcome, sweep.failed.get(row["search"]), out / plan.name)
+        tracker.log_report(sweep, out, points, failed=bool(sweep.failed))
+        log(f"MLflow run {sweep.mlflow_run_id}: open with {how_to_open(sweep.mlflow_tracking_uri)}")
 
 
 def _error_line(error: BaseException) -> str:
@@ -167,18 +181,6 @@ def _check_searches(searches: list[SearchPlan], new: set[str], workers: int) -> 
     return streams
 
 
-def _check_store(uri: str | None, joined: bool, resume: bool) -> None:
-    """On a joined cluster the searches log to MLflow from whichever node runs them (nodes may
-    join later): a file store (sqlite, or a folder) cannot be shared by them, a server can."""
-    if not uri or not joined or uri.startswith(("http://", "https://", "databricks")):
-        return
-    fix = ("this sweep was planned with it: resume it on an embedded local Ray (without --address or "
-           "RAY_ADDRESS), or start a new sweep with --mlflow-uri" if resume else
-           "pass --mlflow-uri with a tracking server (http://...), or --no-mlflow")
-    raise TrackingError(f"a sweep on a Ray cluster logs to MLflow from every node that runs a search, and they "
-                        f"cannot share the file store {uri}: {fix}")
-
-
 def _job(s: SearchPlan, out: Location, sweep: Sweep, max_failures: int, streams: bool,
          verbose: bool) -> dict[str, Any]:
     return {"name": s.name, "label": s.label, "config": s.config, "out": (out / s.name).uri,
@@ -187,6 +189,8 @@ def _job(s: SearchPlan, out: Location, sweep: Sweep, max_failures: int, streams:
             "runs_train": sweep.workers > 1 or streams,
             "workers": sweep.workers, "cpus_per_worker": sweep.cpus_per_worker,
             "gpus_per_worker": sweep.gpus_per_worker, "mlflow_uri": sweep.mlflow_tracking_uri,
+            # a file store is written by the driver only: the trial reports, the driver logs
+            "driver_logs": bool(sweep.mlflow_tracking_uri) and driver_writes(sweep.mlflow_tracking_uri),
             "mlflow_run_id": s.mlflow_run_id, "experiment": sweep.experiment, "max_failures": max_failures,
             "max_epochs": Config.from_dict(s.config).search.max_epochs, "verbose": verbose}
 
@@ -209,14 +213,15 @@ def sweep_trial(config: dict[str, Any], jobs: dict[str, dict[str, Any]]) -> None
 
             run_ray(cfg, out, workers=job["workers"], cpus_per_worker=job["cpus_per_worker"],
                     gpus_per_worker=job["gpus_per_worker"], resume=state != "new", mlflow_uri=job["mlflow_uri"],
-                    experiment=job["experiment"], max_failures=0,  # Tune retries the trial
-                    tracking=bool(job["mlflow_uri"]), verbose=job["verbose"], log=lambda line: None,
+                    experiment=job["experiment"], max_failures=RETRIES_INSIDE_A_TRIAL,
+                    tracking=bool(job["mlflow_uri"]) and not job["driver_logs"], verbose=job["verbose"],
+                    log=lambda line: None,
                     mlflow_run_id=job["mlflow_run_id"], callbacks=[TuneReportCallback()])
     except Exception as exc:  # noqa: BLE001 - sorted: the search's own input, or retried by Tune
-        found = user_error(exc, NOT_RETRIED)
-        if found is None:
+        if error_kind(exc) != INPUT:
             raise
-        ray.tune.report({"failed": f"{type(found).__name__}: {found}"})
+        found = user_error(exc)
+        ray.tune.report({"failed": f"{type(found).__name__}: {found}", "failed_kind": INPUT})
 
 
 def _clear(out: Location) -> None:
@@ -233,7 +238,9 @@ def _search_here(job: dict[str, Any], cfg: Config | None, out: Location, resume:
 
     torch.set_num_threads(max(1, int(job["cpus_per_worker"])))
     tracker = None
-    if job["mlflow_uri"]:
+    if job["driver_logs"]:  # its rows go to the driver in its Tune results
+        tracker = lambda cfg, dataset, run_id: ReportedRun(job["mlflow_uri"], run_id or job["mlflow_run_id"])  # noqa: E731
+    elif job["mlflow_uri"]:
         from goldnas_ray.tracking.search import search_tracker
 
         make = search_tracker(job["mlflow_uri"], job["experiment"], out, 1)
@@ -248,17 +255,23 @@ def _search_here(job: dict[str, Any], cfg: Config | None, out: Location, resume:
 
 
 class SweepCallback(ray.tune.Callback):
-    """One progress line per search epoch, and one when a search ends or fails."""
+    """One progress line per search epoch, and one when a search ends or fails. With a
+    ``tracker`` (a file store's, ``SweepTracker.relays``), each epoch a trial reports is
+    logged into its search's child run here, in the driver."""
 
-    def __init__(self, jobs: dict[str, dict[str, Any]], log: Callable[[str], None] = print):
-        self.jobs, self.log = jobs, log
+    def __init__(self, jobs: dict[str, dict[str, Any]], log: Callable[[str], None] = print, tracker: Any = None):
+        self.jobs, self.log, self.tracker = jobs, log, tracker
 
-    def __getstate__(self) -> dict[str, Any]:  # Tune may pickle its callbacks; the log stays behind
-        return self.__dict__ | {"log": None}
+    def __getstate__(self) -> dict[str, Any]:  # Tune may pickle its callbacks; log and tracker stay behind
+        return self.__dict__ | {"log": None, "tracker": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.log = self.log or print
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if self.tracker is not None:
+            self.tracker.search_running(self.jobs[trial.config["name"]]["mlflow_run_id"])
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         job = self.jobs[trial.config["name"]]
@@ -267,6 +280,8 @@ class SweepCallback(ray.tune.Callback):
             return
         if "epoch" not in result or "flops" not in result:
             return
+        if self.tracker is not None:
+            self.tracker.search_epoch(job["mlflow_run_id"], result)
         self.log(f"{job['name']:<8} epoch {int(result['epoch']):>3}/{job['max_epochs']}  "
                  f"MFLOPs {result['flops'] / 1e6:.3f}  lambda {result.get('lambda', 0):.3g}  "
                  f"loss {result.get('loss', float('nan')):.4f}  {job['label']}")
@@ -294,15 +309,3 @@ def _tuner(out: Location, jobs: dict[str, dict[str, Any]], per_search: Resources
         run_config=ray.tune.RunConfig(
             name=time.strftime("sweep-%Y%m%d-%H%M%S"), storage_path=path, storage_filesystem=fs,
             callbacks=[callback], verbose=0, failure_config=ray.tune.FailureConfig(max_failures=max_failures)))
-
-
-def _fit(tuner: ray.tune.Tuner, finish: Any, sweep: Sweep, out: Location,
-         log: Callable[[str], None]) -> ray.tune.ResultGrid:
-    """Run the trials; a stop (Ctrl-C, ``ray job stop``) ends the MLflow runs KILLED and
-    becomes RunStopped (how many searches finished)."""
-    try:
-        with ends_tracked_run(finish, log):
-            return interruptible(tuner.fit)
-    except (KeyboardInterrupt, SystemExit) as exc:
-        done = sum(search_state(out / s.name) == "finished" for s in sweep.searches)
-        raise RunStopped(f"{done} of {len(sweep.searches)} searches finished", exc, out) from None

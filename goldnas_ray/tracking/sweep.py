@@ -1,39 +1,104 @@
 """MLflow tracking of a sweep: a parent run, one nested child per search.
 
 The driver creates every child up front (status SCHEDULED) with the search's whole config as
-params and its grid point as tags; each search then logs its epochs into its child as an
-ordinary search does (``tracking.search.SearchTracker`` with the child's id), so the UI's
-compare view and parallel-coordinates chart put schedule (params) against outcome. When the
-sweep ends, the driver adds each search's outcome as metrics (records, FLOPs at the stop,
-epochs, seconds), marks the searches that failed, and logs the summary table and the report
-on the parent.
+params and its grid point as tags, so the UI's compare view and parallel-coordinates chart put
+schedule (params) against outcome. Who writes a child's epochs depends on the store:
+
+- a tracking server (or a database server) takes writes from everywhere: each search logs its
+  epochs and files into its child as an ordinary search does (``tracking.search.SearchTracker``
+  with the child's id), from the process that runs it;
+- a file store (sqlite, a folder) takes one writer, the sweep's driver: a trial logs nothing
+  (:class:`ReportedRun`), the epoch rows it reports to Tune reach the driver, which logs them
+  (:meth:`SweepTracker.search_epoch`, each step once whatever restarts), adds any epoch of the
+  search's history.parquet whose report never arrived, and logs the search's files from its
+  folder when the sweep ends.
+
+When the sweep ends, the driver adds each search's outcome as metrics (records, FLOPs at the
+stop, epochs, seconds), marks the searches that failed, and logs the summary table and the
+report on the parent.
 """
 from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import urlparse
 
 import pandas as pd
 
+from goldnas_ray.files.search_files import HISTORY
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.sweep.plan import SWEEP_FILE, Sweep
 from goldnas_ray.sweep.report import CHART, POINTS_CSV, SEARCHES_CSV, UNION
 from goldnas_ray.tracking.common import experiment_id, log_files, log_params
-from goldnas_ray.tracking.search import run_tags
+from goldnas_ray.tracking.search import METRICS, SearchTracker, run_tags
 
 SUMMARY_TABLE = "sweep_summary.json"
 OUTCOME = ("records", "first_record_flops", "last_record_flops", "flops_at_stop", "epochs", "seconds")
 
 
+def driver_writes(uri: str) -> bool:
+    """Whether ``uri`` is a file store (sqlite, a folder), which only the sweep's driver writes;
+    a tracking server or a database server takes writes from every process."""
+    return urlparse(uri).scheme in ("", "file", "sqlite")
+
+
+class ReportedRun:
+    """A search's tracker in a trial of a sweep on a file store: it writes nothing (the store
+    takes one writer, the driver), and names the child run in records.json. The trial's Tune
+    results carry each epoch's row to the driver; its files stay in its folder."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id = uri, run_id
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        """Nothing: the row goes to the driver in the trial's Tune result."""
+
+    def log_outputs(self, out: Location) -> None:
+        """Nothing: the driver logs the search's files from its folder when the sweep ends."""
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Nothing: the driver ends the child run."""
+
+
+class _ChildRun(SearchTracker):
+    """A search's child run written by the sweep's driver, through the driver's one client."""
+
+    def __init__(self, client: Any, uri: str, run_id: str):  # the run exists: neither created nor reopened
+        self.client, self.uri, self.run_id = client, uri, run_id
+        self.logged_steps = {m.step for m in client.get_metric_history(run_id, METRICS["flops"])}
+
+
 class SweepTracker:
     """A sweep in MLflow, written by its driver: the parent, the children's creation and their
-    outcome (the searches log their epochs themselves)."""
+    outcome; on a file store (``relays``) also what the searches log."""
 
     def __init__(self, uri: str):
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
+        self.relays = driver_writes(uri)
+        self._children: dict[str, _ChildRun] = {}
+
+    def _child(self, run_id: str) -> _ChildRun:
+        if run_id not in self._children:
+            self._children[run_id] = _ChildRun(self.client, self.uri, run_id)
+        return self._children[run_id]
+
+    def search_running(self, run_id: str) -> None:
+        """A trial started (or restarted) the search of ``run_id``."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    def search_epoch(self, run_id: str, row: dict[str, Any]) -> None:
+        """One epoch's row a trial reported; a step already in the run is not logged again."""
+        self._child(run_id).log_epoch(row)
+
+    def search_history(self, run_id: str, out: Location) -> None:
+        """The epochs of ``out``'s history.parquet not in the run yet: one whose trial was
+        stopped between its checkpoint and its report continues after it, never reporting it."""
+        if (out / HISTORY).is_file():
+            for row in pd.read_parquet((out / HISTORY).open_buffer()).to_dict("records"):
+                self.search_epoch(run_id, row)
 
     def start(self, experiment: str, out: Location, sweep: Sweep) -> None:
         """The parent run and one SCHEDULED child per search; ids stored in ``sweep``."""
@@ -59,14 +124,18 @@ class SweepTracker:
     def resumed(self, sweep: Sweep) -> None:
         self.client.update_run(sweep.mlflow_run_id, status="RUNNING")
 
-    def end_search(self, run_id: str, outcome: dict[str, Any] | None, error: str | None) -> None:
-        """A finished search's outcome as metrics (an error of an earlier try removed), or a
-        failed one's error as the tag ``goldnas.error`` and status FAILED."""
+    def end_search(self, run_id: str, outcome: dict[str, Any] | None, error: str | None,
+                   out: Location | None = None) -> None:
+        """A finished search's outcome as metrics (an error of an earlier try removed), with
+        its files from ``out`` on a file store, or a failed one's error as the tag
+        ``goldnas.error`` and status FAILED."""
         from mlflow.entities import Metric
 
         run = self.client.get_run(run_id)
         if outcome is not None:
             if "records" not in run.data.metrics:  # once, whichever run of the sweep saw it finish
+                if self.relays and out is not None:
+                    self._child(run_id).log_outputs(out)
                 ts = int(time.time() * 1000)
                 self.client.log_batch(run_id, metrics=[Metric(k, float(outcome[k]), ts, 0) for k in OUTCOME
                                                        if outcome.get(k) is not None and pd.notna(outcome[k])])
