@@ -260,7 +260,10 @@ def add_retrain_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-trial", type=float, default=0.0,
                    help="GPUs of a one-worker trial, fractions allowed (0.5: two trials share a GPU)")
     p.add_argument("--max-trial-failures", type=int, default=2,
-                   help="retries of a failed trial, from its last checkpoint (default 2)")
+                   help="how many times Ray Tune retries a failed trial, from its last checkpoint (default 2: "
+                        "at most 3 attempts). One failure: any error that ends an attempt, whether its "
+                        "process or any worker of its --workers-per-trial run dies or training raises; a "
+                        "multi-worker trial's Ray Train run does not restart its workers itself")
     p.add_argument("--retrain-experiment", default="goldnas-retrain",
                    help="MLflow experiment of the retrain runs (default goldnas-retrain)")
 

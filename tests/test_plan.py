@@ -35,8 +35,8 @@ def test_plan_trials_specs_and_manifest_round_trip(search_dir, tmp_path):
     assert (spec.seed, spec.threads, spec.use_gpu, spec.recipe["epochs"]) == (1, 2, True, 3)
     assert (spec.workers, spec.stream, spec.eval_stream) == (1, None, False)  # digits: in memory
     assert spec.genotype == manifest.candidates[-1].genotype.to_dict()
-    wide = manifest.specs(out, Resources(2, 0.5, 0), max_failures=3)[manifest.trials[0]]
-    assert (wide.workers, wide.cpus_per_worker, wide.threads, wide.use_gpu, wide.max_failures) == (2, 0.5, 1, False, 3)
+    wide = manifest.specs(out, Resources(2, 0.5, 0))[manifest.trials[0]]
+    assert (wide.workers, wide.cpus_per_worker, wide.threads, wide.use_gpu) == (2, 0.5, 1, False)
 
     from goldnas_ray.retrain.candidates import save_genotypes
 
@@ -72,6 +72,7 @@ def test_plan_refuses_bad_input_before_writing(search_dir, tmp_path):
     ({"CPU": 2}, Resources(1, 1, 0), False, 2),  # two one-CPU trials on the 2-CPU test cluster
     ({"CPU": 2}, Resources(1, 1, 0), True, 1),  # a CPU stays beside the trials for Ray Data
     ({"CPU": 2}, Resources(2, 0.5, 0), True, 1),  # 2 workers of half a CPU, and the decoding CPU
+    ({"CPU": 8}, Resources(1, 1, 0), True, 4),  # each streamed trial keeps its own decoding CPU: 8 / (1 + 1)
     ({"CPU": 8, "GPU": 2}, Resources(1, 1, 0.5), False, 4),  # the GPUs bound it: 2 / 0.5
     ({"CPU": 16, "GPU": 8}, Resources(2, 4, 1), False, 2),  # 2 x 4 CPUs each: 16 / 8
 ])

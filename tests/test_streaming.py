@@ -1,6 +1,7 @@
-"""The Ray Data path on the session's two-node cluster: every rank's share of an epoch is
-disjoint from the others', together they cover the set, an epoch read again gives the same
-batches, and a smoke search streams with 2 workers."""
+"""The Ray Data path on the session's two-node cluster: Ray Train splits the training stream
+(each rank's part disjoint from the others', together the training rows, each image decoded
+once an epoch), an epoch read again gives the same batches, held-out rows never reach a
+consumer, and the ImageNet path streams end to end with 2 workers."""
 import json
 import subprocess
 import sys
@@ -12,95 +13,115 @@ from datafiles import write_imagefolder, write_parquet
 
 pytestmark = [pytest.mark.ray]
 
-SHARDS = r"""
-import hashlib, json, sys
-import ray
-from goldnas_ray.core.config import DataConfig
-from goldnas_ray.data.stream import StreamSource, inspect
-from goldnas_ray.orchestration.streaming import train_dataset
-
-ray.init(address=sys.argv[2])
-d = DataConfig(dataset="parquet", root=sys.argv[1], path="stream")
-info = inspect(d)
-source = StreamSource(train_dataset(d, info), info, buffer_batches=2)
-out = {"num_train": info.num_train, "shape": list(info.input_shape)}
-for epoch in (0, 1):
-    for rank in (0, 1):
-        for attempt in (0, 1):
-            out[f"{epoch}-{rank}-{attempt}"] = [
-                [hashlib.sha256(x.numpy().tobytes()).hexdigest()[:12] for x in xb] + [yb.tolist()]
-                for xb, yb in source.train_batches(8, 0, epoch, rank, 2)]
-print("RESULT " + json.dumps(out))
-"""
-
-
-def test_stream_shares_are_disjoint_complete_and_repeatable(ray_cluster, tmp_path):
-    data = write_parquet(tmp_path / "train.parquet", n=100, size=(16, 16))
-    proc = subprocess.run([sys.executable, "-c", SHARDS, str(data), ray_cluster["address"]], cwd=ROOT,
-                          env=ray_cluster["env"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    found = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
-    # one table without splits: every 10th row is the test split's, 90 rows train
-    assert found["num_train"] == 90 and found["shape"] == [3, 16, 16]
-    for epoch in (0, 1):
-        images = {}
-        for rank in (0, 1):
-            first, again = found[f"{epoch}-{rank}-0"], found[f"{epoch}-{rank}-1"]
-            assert first == again  # the same epoch read again: the same batches, in order
-            assert len(first) == 45 // 8  # 45 images per rank, whole batches of 8
-            images[rank] = {h for batch in first for h in batch[:-1]}
-        assert not images[0] & images[1]  # disjoint shares
-        assert len(images[0]) == len(images[1]) == 40
-    assert found["0-0-0"] != found["1-0-0"]  # a new epoch, a new order
-
-
-ORDER = r"""
+SPLIT = r"""
 import json, sys
 from pathlib import Path
 import ray, ray.train
 from ray.train.torch import TorchTrainer
 from goldnas_ray.core.config import DataConfig
-from goldnas_ray.data.stream import inspect
-from goldnas_ray.orchestration.streaming import train_data_config, train_dataset
+from goldnas_ray.data.stream import Decode, StreamSource, inspect
+from goldnas_ray.orchestration import streaming
 
 ray.init(address=sys.argv[2])
-d = DataConfig(dataset="parquet", root=sys.argv[1], path="stream")
-ds = train_dataset(d, inspect(d))
 out = Path(sys.argv[3])
 
-def loop(config):
-    labels = []
-    for batch in ray.train.get_dataset_shard("train").iter_batches(batch_size=16, batch_format="numpy"):
-        labels += batch["label"].tolist()
-    rank = ray.train.get_context().get_world_rank()
-    (out / f"rank-{rank}.json").write_text(json.dumps(labels))
 
-TorchTrainer(loop, datasets={"train": ds}, dataset_config=train_data_config(),
-             scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
-             run_config=ray.train.RunConfig(storage_path=str(out / "ray"), name="order")).fit()
+@ray.remote(num_cpus=0)
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def add(self, k):
+        self.n += k
+
+    def get(self):
+        return self.n
+
+
+counter = Counter.options(name="decoded").remote()
+
+
+class CountingDecode(Decode):  # every image the pipeline decodes, counted where it is decoded
+    def __call__(self, batch):
+        ray.get(ray.get_actor("decoded").add.remote(len(batch["label"])))
+        return super().__call__(batch)
+
+
+streaming.Decode = CountingDecode
+d = DataConfig(dataset="parquet", root=sys.argv[1], path="stream")
+info = inspect(d)
+
+
+def loop(config):
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    source = StreamSource(ray.train.get_dataset_shard("train"), info, buffer_batches=2)
+    found = {"rows": [int(v) for _, y in source.rows(world) for v in y]}
+    for name, epoch in (("epoch0", 0), ("epoch1", 1), ("epoch0-again", 0)):
+        found[name] = [yb.tolist() for _, yb in source.train_batches(8, 3, epoch, rank, world)]
+    (out / f"rank-{rank}.json").write_text(json.dumps(found))
+
+
+TorchTrainer(loop, datasets={"train": streaming.train_dataset(d, info)}, dataset_config=streaming.train_data_config(),
+             scaling_config=ray.train.ScalingConfig(num_workers=int(sys.argv[4]), resources_per_worker={"CPU": 0.5}),
+             run_config=ray.train.RunConfig(storage_path=str(out / "ray"), name="split")).fit()
+print("RESULT " + json.dumps({"decoded": ray.get(counter.get.remote()), "num_train": info.num_train}))
 """
 
 
-def test_every_train_worker_receives_the_whole_stream_in_file_order(ray_cluster, tmp_path):
-    """What the shares rest on, through Ray Train itself (which sets a dataset's execution
-    options when it hands it to the workers): 8 Parquet files, row i labelled i, and every
-    worker reads rows 0..199 in that order."""
+def _indexed_table(root, files=4, rows=25, group=10):
+    """Parquet files of rows labelled with their index in the stream (0 .. files x rows - 1),
+    ``group`` rows to a row group."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
     from datafiles import image_bytes
 
-    root = tmp_path / "pq"
     root.mkdir()
     blob = image_bytes(np.zeros((8, 8, 3), np.uint8), "PNG")
-    for f in range(8):
-        pq.write_table(pa.table({"image": [blob] * 25, "label": list(range(25 * f, 25 * f + 25))}),
-                       root / f"part-{f}.parquet")
-    proc = subprocess.run([sys.executable, "-c", ORDER, str(root), ray_cluster["address"], str(tmp_path)],
+    for f in range(files):
+        pq.write_table(pa.table({"image": [blob] * rows, "label": list(range(rows * f, rows * f + rows))}),
+                       root / f"part-{f}.parquet", row_group_size=group)
+    return root
+
+
+def _split_run(ray_cluster, root, out, workers):
+    out.mkdir()
+    proc = subprocess.run([sys.executable, "-c", SPLIT, str(root), ray_cluster["address"], str(out), str(workers)],
                           cwd=ROOT, env=ray_cluster["env"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for rank in (0, 1):
-        assert json.loads((tmp_path / f"rank-{rank}.json").read_text()) == list(range(200)), rank
+    found = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    return found, [json.loads((out / f"rank-{r}.json").read_text()) for r in range(workers)]
+
+
+def test_two_workers_split_the_stream_and_each_image_is_decoded_once_an_epoch(ray_cluster, tmp_path):
+    """A Ray Train run of 2 workers reading a stream of 100 rows (4 files, row groups of 10; a
+    table without splits, so rows 9, 19, .., 99 are the test split's): each worker receives 45
+    training rows in file order, the two parts are disjoint and together the 90 training rows,
+    and Ray Data decodes 90 images an epoch (counted in the decoding itself), not 2 x 100. Each
+    worker's part is the same every epoch; the batches of an epoch read again are the same, and
+    a new epoch shuffles them anew."""
+    root = _indexed_table(tmp_path / "pq")
+    found, ranks = _split_run(ray_cluster, root, tmp_path / "two", 2)
+    training = set(range(100)) - set(range(9, 100, 10))
+    assert found["num_train"] == 90
+    assert found["decoded"] == 4 * 90  # four epochs read, each image decoded once in each
+    parts = [r["rows"] for r in ranks]
+    assert [len(p) for p in parts] == [45, 45] and all(p == sorted(p) for p in parts)  # file order
+    assert not set(parts[0]) & set(parts[1]) and set(parts[0]) | set(parts[1]) == training
+    for part, r in zip(parts, ranks):
+        batches = r["epoch0"]
+        assert len(batches) == 45 // 8 and {v for b in batches for v in b} <= set(part)
+        assert r["epoch0-again"] == batches and r["epoch1"] != batches
+        assert {v for b in r["epoch1"] for v in b} <= set(part)  # the same part, another order
+
+
+def test_one_worker_reads_the_whole_training_stream_in_file_order(ray_cluster, tmp_path):
+    """The same stream through a Ray Train run of 1 worker (as a one-worker trial reads it):
+    every training row once, in file order, each decoded once an epoch."""
+    found, (only,) = _split_run(ray_cluster, _indexed_table(tmp_path / "pq"), tmp_path / "one", 1)
+    assert only["rows"] == sorted(set(range(100)) - set(range(9, 100, 10)))
+    assert found["decoded"] == 4 * 90
 
 
 def test_the_imagenet_path_end_to_end_streamed_with_two_workers_per_trial(ray_cluster, tmp_path):
@@ -156,9 +177,8 @@ d = DataConfig(dataset=sys.argv[3], root=sys.argv[1], path="stream")
 info = inspect(d)
 source = StreamSource(train_dataset(d, info), info, buffer_batches=2)
 seen = []
-for rank in (0, 1):
-    for px, _ in source.rows(0, 0, rank, 2):
-        seen += [hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest()[:16] for im in px]
+for px, _ in source.rows():
+    seen += [hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest()[:16] for im in px]
 print("RESULT " + json.dumps({"num_train": info.num_train, "seen": seen}))
 """
 
@@ -190,5 +210,5 @@ def test_a_stream_from_the_bucket_never_trains_on_a_val_image(ray_cluster, s3, t
     memory = load_data(DataConfig(dataset=dataset, root=str(local)))
     train, val = pixel_digests(memory.x_train), pixel_digests(memory.x_test)
     assert found["num_train"] == len(memory.y_train)
-    assert len(found["seen"]) == 2 * (len(memory.y_train) // 2) == len(set(found["seen"]))
+    assert len(found["seen"]) == len(memory.y_train) == len(set(found["seen"]))
     assert set(found["seen"]) <= train and not set(found["seen"]) & val

@@ -5,14 +5,22 @@ statistics); :class:`StreamSource` turns a stream of decoded rows (a Ray Data da
 iterator, built by ``goldnas_ray.orchestration.streaming``) into the batches the search
 and the retrain consume. Splits are found as the in-memory loaders find them
 (``datasets.parquet_splits``, ``datasets.folder_split``), through the storage layer: a table
-without train/ and val/ streams its rows whole and every consumer skips the held-out ones, so
-no test row is ever trained on, on either path. Every consumer receives the whole training
-stream in file order and keeps the rows of its own share: the same (seed, epoch)-permutation
-shares the in-memory path uses, so every rank trains the same number of batches. Inside its
-share a consumer shuffles through a bounded buffer with a generator of (seed, epoch, rank):
-the batches of an epoch depend on nothing else, and a run resumed at an epoch boundary sees the
-same ones. No consumer holds more than the buffer; each reads (and discards most of) the
-whole set, the price of that determinism. Pure: no Ray here.
+without train/ and val/ streams its rows whole, and the rows a split's consumers do not get
+(``StreamInfo.kept``: held-out rows, images data.subset leaves out) are dropped where they are
+read (:class:`ReadRows`, or the folder's file list), before any is decoded, so no test row is
+ever trained on, on either path, and none is decoded for nothing.
+
+With W workers, Ray Train splits the training stream (``streaming_split(W, equal=True)``): each
+worker receives, and Ray Data decodes, only its own part, ``num_train // W`` images; the
+stream's last ``num_train % W`` are nobody's. Ray Data deals the stream's blocks in file order
+to the worker that has received the fewest rows so far, and with ``preserve_order`` (which the
+pipelines ask for) that deal depends only on the data's layout and W: a worker gets the same
+images every epoch, and a run resumed at an epoch boundary sees the same batches. Inside its
+part a consumer shuffles through a bounded buffer with a generator of (seed, epoch, rank). One
+consumer (a one-worker trial, W = 1) gets the whole training part, exactly as before. What the
+in-memory path does differently: its shares are a new (seed, epoch) permutation every epoch
+(``batches.shard_indices``); a streamed worker's share is fixed and only its order changes
+with the epoch. No consumer holds more than the buffer. Pure: no Ray here.
 """
 from __future__ import annotations
 
@@ -25,7 +33,7 @@ import numpy as np
 import torch
 
 from goldnas_ray.core.config import DATASETS, DataConfig
-from goldnas_ray.data.batches import Augment, epoch_generator, eval_batches, prepare, shard_indices
+from goldnas_ray.data.batches import Augment, epoch_generator, eval_batches, prepare
 from goldnas_ray.data.datasets import (DataError, channel_stats, check_labels, decode_image,
                                        folder_split, held_out, image_bytes_of, parquet_splits, read_parquet_table,
                                        subset_indices)
@@ -93,6 +101,15 @@ class StreamInfo:
         index = np.cumsum(kept) - 1
         index[~kept] = -1
         return index
+
+    def kept(self, split: str, start: int, n: int, train_index: np.ndarray | None = None) -> np.ndarray:
+        """Which of rows start .. start + n - 1 of ``split``'s stream its consumers get: the
+        training images kept (train; ``train_index``: :meth:`train_rows`, when the caller holds
+        it), or the test images (val)."""
+        if split != "train":
+            return self.test_rows(start, n)
+        index = self.train_rows() if train_index is None else train_index
+        return index[start:start + n] >= 0
 
     def test_rows(self, start: int, n: int) -> np.ndarray:
         """Which of the test stream's rows start .. start + n - 1 are test images: the held-out
@@ -205,10 +222,41 @@ class Decode:
         return self.__dict__ | {"_root": None}
 
 
+class ReadRows:
+    """map_batches over the row groups of a Parquet stream (items ``path``, ``group``: its
+    index in the file, ``first``: its first row's index in the stream): the rows of ``split``
+    its consumers get (:meth:`StreamInfo.kept`), read in order, the others dropped before
+    anything is decoded. ``fs``: the files' pyarrow filesystem."""
+
+    def __init__(self, info: StreamInfo, split: str, columns: Sequence[str], fs: Any, read_batch: int = 256):
+        self.info, self.split, self.columns, self.fs, self.read_batch = info, split, list(columns), fs, read_batch
+        self._index: np.ndarray | None = None
+
+    def __call__(self, items: dict[str, np.ndarray]) -> Iterator[Any]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.split == "train" and self._index is None:
+            self._index = self.info.train_rows()
+        for path, group, first in zip(items["path"], items["group"], items["first"]):
+            start = int(first)
+            with self.fs.open_input_file(str(path)) as f:
+                for part in pq.ParquetFile(f).iter_batches(batch_size=self.read_batch, row_groups=[int(group)],
+                                                           columns=self.columns):
+                    keep = self.info.kept(self.split, start, part.num_rows, self._index)
+                    start += part.num_rows
+                    if keep.any():
+                        yield pa.Table.from_batches([part]).filter(pa.array(keep))
+
+    def __getstate__(self) -> dict[str, Any]:  # the index is rebuilt where it runs
+        return self.__dict__ | {"_index": None}
+
+
 class StreamSource:
     """A consumer's view of a streamed set: the same interface as an in-memory Dataset where the
     search loop and the retrain use it (input_shape, num_classes, num_train, mean, std,
-    train_batches, eval_batches)."""
+    train_batches, eval_batches). ``shard``: the whole training stream (one consumer) or this
+    worker's split of it (Ray Train's ``get_dataset_shard``)."""
 
     def __init__(self, shard: Any, info: StreamInfo, buffer_batches: int = 16, read_batch: int = 256,
                  eval_data: "Any | EvalSplit | None" = None):
@@ -217,24 +265,19 @@ class StreamSource:
         self.input_shape, self.mean, self.std = info.input_shape, info.mean, info.std
         self.buffer_batches, self.read_batch = buffer_batches, read_batch
 
-    def rows(self, seed: int, epoch: int, rank: int, world_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(pixels, labels) chunks of this rank's share, in stream order."""
-        mine = np.zeros(self.num_train, dtype=bool)
-        mine[shard_indices(self.num_train, seed, epoch, rank, world_size).numpy()] = True
-        train_index = self.info.train_rows()
-        seen = 0
+    def rows(self, world_size: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(pixels, labels) chunks of this consumer's share, in stream order: every row of its
+        shard, which must hold ``num_train // world_size`` (so every rank takes the same steps)."""
+        expected, seen = self.num_train // world_size, 0
         for batch in self.shard.iter_batches(batch_size=self.read_batch, batch_format="numpy", prefetch_batches=2):
-            n = len(batch["label"])
-            if seen + n > len(train_index):
-                raise DataError(f"the stream holds more than the {len(train_index)} rows its metadata counts")
-            index = train_index[seen:seen + n]
-            keep = (index >= 0) & mine[np.maximum(index, 0)]
-            seen += n
-            if keep.any():
-                yield batch["pixels"][keep], batch["label"][keep]
-        if seen != len(train_index):  # every rank must take the same steps: a short stream is an error
-            raise DataError(f"the stream held {seen} rows, its metadata counts {len(train_index)}: "
-                            f"the data changed since the run started")
+            seen += len(batch["label"])
+            if seen > expected:
+                raise DataError(f"a worker's share of the stream holds more than the {expected} images its "
+                                f"metadata counts ({self.num_train} over {world_size} worker(s))")
+            yield batch["pixels"], batch["label"]
+        if seen != expected:  # every rank must take the same steps: a short stream is an error
+            raise DataError(f"a worker's share of the stream held {seen} images, its metadata counts {expected} "
+                            f"({self.num_train} over {world_size} worker(s)): the data changed since the run started")
 
     def train_batches(self, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
                       augment: Augment | None = None, device: torch.device | str | None = None
@@ -255,7 +298,7 @@ class StreamSource:
             rest = order[emit_n:]
             return out, x[rest], y[rest]
 
-        for px, lab in self.rows(seed, epoch, rank, world_size):
+        for px, lab in self.rows(world_size):
             xs.append(px)
             ys.append(lab)
             held += len(lab)
@@ -280,13 +323,11 @@ class StreamSource:
             yield from eval_batches(self.eval_data.x[rank::world_size], self.eval_data.y[rank::world_size],
                                     batch_size, augment, self.mean, self.std, device)
             return
-        seen, image = 0, 0
+        image = 0  # the stream holds the test images only (StreamInfo.kept)
         for batch in self.eval_data.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
             n = len(batch["label"])
-            test = self.info.test_rows(seen, n)
-            seen += n
-            mine = test & (((np.cumsum(test) - 1 + image) % world_size) == rank)
-            image += int(test.sum())
+            mine = (np.arange(image, image + n) % world_size) == rank
+            image += n
             if mine.any():
                 x = prepare(torch.from_numpy(np.ascontiguousarray(batch["pixels"][mine])), augment or Augment(),
                             None, False, self.mean, self.std, device)

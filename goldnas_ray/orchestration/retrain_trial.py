@@ -4,13 +4,18 @@ driver prints progress and feeds MLflow.
 A trial trains one :class:`~goldnas_ray.retrain.plan.TrialSpec` (an architecture and a seed)
 from scratch, or from its last checkpoint. With one worker the Tune trial trains it itself;
 with N (``--workers-per-trial``) the trial is a Ray Train run: the trial function builds a
-TorchTrainer of N workers and fits it (Ray Train's pattern for Train inside Tune), DDP
-averages the gradients, each worker trains on its (seed, epoch) share, and Ray Train restarts
-the worker group from the last checkpoint when a worker dies (its FailureConfig; Tune's own
-retries the whole trial, which finds the Train run's checkpoints again by its name). Either
-way one function runs the epochs (:func:`run_trial`, the recipe's ``train_epoch`` with a
-no-op or torch.distributed communicator), rank 0 reports a checkpoint every epoch, and the
-data comes from memory or, for a streamed set, through Ray Data.
+TorchTrainer of N workers and fits it (Ray Train's pattern for Train inside Tune), DDP averages
+the gradients and each worker trains on its share of the data (in memory: its (seed, epoch)
+share; streamed: its part of Ray Data's split, ``goldnas_ray.data.stream``). Either way one function runs the epochs
+(:func:`run_trial`, the recipe's ``train_epoch`` with a no-op or torch.distributed
+communicator), rank 0 reports a checkpoint every epoch, and the data comes from memory or, for
+a streamed set, through Ray Data.
+
+One layer retries (:data:`RETRIES_INSIDE_A_TRIAL`): a failed trial (any error that ends an
+attempt: its process, or any worker of its Ray Train run, dying, or an error raised while it
+trains) is retried by Tune (``--max-trial-failures``), from its last checkpoint: Tune's own
+for one worker, else the Ray Train run's, which the retried trial's new run finds by its name.
+The Ray Train run does not restart its worker group itself.
 
 For people debugging a run, rank 0 appends who ran a trial (every rank's pid and node) and from
 which epoch to ``<out>/.trials/<key>.jsonl``, and a line when the trial finishes.
@@ -46,6 +51,11 @@ from goldnas_ray.tracking.retrain import RetrainTracker
 STATE_FILE = "trial.pt"
 TRIALS_LOG = ".trials"
 TRAIN_RUNS = "trials"  # <out>/ray/trials/<key>: the Ray Train run of a multi-worker trial
+# A Ray Train run inside a Tune trial (a multi-worker retrain trial, a sweep's search) does not
+# restart its worker group: Tune retries the whole trial, max_failures times, from its
+# checkpoint. Two layers would multiply the attempts ((1 + k)^2 at k each) and hide that from
+# --max-trial-failures; Tune's alone also retries a one-worker trial, which has no Ray Train run.
+RETRIES_INSIDE_A_TRIAL = 0
 
 
 def retrain_trial(config: dict[str, Any], specs: dict[str, TrialSpec]) -> None:
@@ -54,7 +64,9 @@ def retrain_trial(config: dict[str, Any], specs: dict[str, TrialSpec]) -> None:
     if spec.workers == 1:
         run_trial(spec, TuneSide(spec))
     else:
-        _train_run(spec).fit()
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        _train_run(spec, [TuneReportCallback()]).fit()  # the run's reports become the trial's
 
 
 # ---- where a trial's epochs run: a Tune trial, or each worker of a Ray Train run -------------
@@ -99,8 +111,8 @@ class TrainSide:
         return ray.train.get_checkpoint()
 
     def stream(self, split: str):
-        """This worker's view of the trial's Ray Data pipeline of ``split`` (whole: each
-        worker keeps its own share)."""
+        """This worker's view of the trial's Ray Data pipeline of ``split``: its part of the
+        training stream, or the whole test stream (it evaluates every W-th image)."""
         return ray.train.get_dataset_shard(split)
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
@@ -161,11 +173,11 @@ def _append(path: Location, entry: dict[str, Any]) -> None:
     path.append_line(json.dumps(entry))
 
 
-def _train_run(spec: TrialSpec):
+def _train_run(spec: TrialSpec, callbacks: list[Any]):
     """The TorchTrainer of a multi-worker trial: N workers, DDP, a checkpoint every epoch, its
-    worker group restarted from the last one after a failure, its results passed on to Tune."""
+    results passed on to Tune; a failure ends it (Tune retries the trial, which continues from
+    the last checkpoint)."""
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     storage_path, storage_fs = (location(spec.out) / "ray" / TRAIN_RUNS).arrow()
     per_worker = {"CPU": spec.cpus_per_worker} | ({"GPU": spec.gpus_per_worker} if spec.use_gpu else {})
@@ -177,7 +189,7 @@ def _train_run(spec: TrialSpec):
         trial_worker,
         train_loop_config={"spec": asdict(spec)},
         datasets=datasets,
-        # a streamed set reaches every worker whole: each keeps its own (seed, epoch) share
+        # a streamed training set is split among the workers: each decodes only its own part
         dataset_config=train_data_config() if datasets else None,
         scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
                                                resources_per_worker=per_worker),
@@ -185,9 +197,9 @@ def _train_run(spec: TrialSpec):
         run_config=ray.train.RunConfig(
             name=spec.key,  # one name per trial: a retried or resumed trial finds its checkpoints
             storage_path=storage_path, storage_filesystem=storage_fs,
-            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=RETRIES_INSIDE_A_TRIAL),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=[TuneReportCallback()],
+            callbacks=callbacks,
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )

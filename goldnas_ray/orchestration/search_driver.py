@@ -20,7 +20,7 @@ from goldnas_ray.core.search import check_stop, latency_table
 from goldnas_ray.core.space import check_spatial
 from goldnas_ray.data.batches import check_batches
 from goldnas_ray.data.stream import stream_info
-from goldnas_ray.orchestration.streaming import train_data_config, train_dataset
+from goldnas_ray.orchestration.streaming import DECODE_CPUS, train_data_config, train_dataset
 from goldnas_ray.run.ending import RunStopped, ends_tracked_run
 from goldnas_ray.run.loop import load_data, search_start
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
@@ -106,13 +106,13 @@ def _worker_cpus(resources: dict[str, float], workers: int, cpus: float | None, 
     """CPUs per worker, checked against the cluster: ``cpus``, or when None all of an embedded
     Ray's CPUs shared by the workers (1 each on a joined cluster), a CPU kept for Ray Data's
     decoding when the data streams."""
-    spare = 1 if streaming else 0
+    spare = DECODE_CPUS if streaming else 0
     if cpus is None:
         cpus = max(1.0, (resources.get("CPU", 1) - spare) // workers) if embedded else 1.0
     check_capacity(resources, workers, cpus, gpus)
-    if streaming and resources.get("CPU", 0) - workers * cpus < 1:
+    if streaming and resources.get("CPU", 0) - workers * cpus < spare:
         # Ray Data decodes in tasks of their own: with every CPU held by a worker, none run
-        raise ClusterError(f"streaming needs at least 1 CPU beside the workers' for Ray Data to decode "
+        raise ClusterError(f"streaming needs at least {spare:g} CPU beside the workers' for Ray Data to decode "
                            f"on; {workers} x {cpus:g} CPUs take all {resources.get('CPU', 0):g}: "
                            f"lower --cpus-per-worker")
     return cpus
@@ -132,7 +132,7 @@ def _trainer(job: dict[str, Any], out: Location, workers: int, cpus_per_worker: 
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job,
-        # a streamed set reaches every worker whole: each keeps its own (seed, epoch) share
+        # a streamed training set is split among the workers: each decodes only its own part
         datasets=datasets,
         dataset_config=train_data_config() if datasets else None,
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,

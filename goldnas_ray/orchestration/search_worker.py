@@ -1,8 +1,9 @@
 """The per-worker function of a search on Ray Train: the shared search loop, distributed.
 
-Each worker trains on its own 1/N of every epoch (order from (seed, epoch, rank)) through
-``run.loop.search_loop`` with a ``DistributedComm`` (DDP, prunes decided on rank 0 and
-broadcast). Rank 0 writes the output files, logs to MLflow and reports the whole search
+Each worker trains on its own 1/N of every epoch (in memory: its (seed, epoch) share; streamed:
+its part of Ray Data's split of the training stream, the only part decoded for it,
+``goldnas_ray.data.stream``) through ``run.loop.search_loop`` with a ``DistributedComm`` (DDP,
+prunes decided on rank 0 and broadcast). Rank 0 writes the output files, logs to MLflow and reports the whole search
 state as a Ray Train checkpoint every epoch, so FailureConfig restarts continue from the
 last epoch. The Ray calls of a search live here and nowhere else.
 

@@ -66,7 +66,6 @@ class TrialSpec:
     workers: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
-    max_failures: int = 2
     stream: dict[str, Any] | None = None  # StreamInfo of a streamed training split
     eval_stream: bool = False  # the test split streamed too (else decoded into memory)
 
@@ -112,7 +111,7 @@ class Manifest:
         images (the whole split by default; the search may have used data.subset of it)."""
         return self.config.data.model_copy(update={"subset": self.config.retrain.subset})
 
-    def specs(self, out: "Path | Location", resources: Resources, max_failures: int = 2) -> dict[str, TrialSpec]:
+    def specs(self, out: "Path | Location", resources: Resources) -> dict[str, TrialSpec]:
         """One spec per (architecture, seed). A streamed training split (``stream``) reaches the
         trials through Ray Data; the test split streams too when the same rule says so."""
         data, stream = self.data(), self.stream
@@ -120,7 +119,7 @@ class Manifest:
         eval_stream = stream is not None and streams(data, stream.test_gb)
         return {trial_key(c.arch_id, s): TrialSpec(
             trial_key(c.arch_id, s), c.arch_id, s, c.genotype.to_dict(), self.config.retrain.model_dump(),
-            data.model_dump(), location(out).uri, resources.workers, resources.cpus, resources.gpus, max_failures,
+            data.model_dump(), location(out).uri, resources.workers, resources.cpus, resources.gpus,
             stream_dict, eval_stream)
             for c in self.candidates for s in self.seeds}
 
