@@ -123,7 +123,8 @@ def ray_cluster(readme_shell):
                    check=True, capture_output=True, env=env, timeout=180)
     dashboard = f"http://127.0.0.1:{readme_shell.dashboard_port}"
     wait_http(dashboard)
-    yield {"address": address, "dashboard": dashboard, "env": env, "local_run": local_run}
+    yield {"address": address, "dashboard": dashboard, "env": env, "local_run": local_run,
+           "temp_dirs": [Path(env["RAY_TMPDIR"]), Path(node2)]}  # each node's Ray files
     stopped = readme_shell.run("cluster-stop", timeout=180)  # the nodes' processes, by their mark
     shutil.rmtree(node2, ignore_errors=True)
     assert stopped.returncode == 0, stopped.stderr[-2000:]

@@ -45,6 +45,7 @@ def test_search_then_retrain_as_jobs(ray_cluster, readme_shell):
     retrain = readme_shell.run("job-retrain")
     assert retrain.returncode == 0, retrain.stdout[-4000:] + retrain.stderr[-4000:]
     assert (run / "retrain" / "frontier.csv").is_file() and (run / "retrain" / "retrain.json").is_file()
+    _every_artifact_lies_beside_the_store(run / "search", ray_cluster["temp_dirs"], readme_shell.runs.parent)
 
     # the MLflow UI command of the README answers on /health and shows the search's store
     server = readme_shell.start("mlflow-ui")
@@ -60,6 +61,41 @@ def test_search_then_retrain_as_jobs(ray_cluster, readme_shell):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _every_artifact_lies_beside_the_store(store, temp_dirs, scratch):
+    """The jobs ran in Ray's temporary copies of the working directory (one per node): those
+    received no MLflow files, and every artifact of every run in ``store``/mlflow.db lies in
+    ``store``/mlartifacts, read back through MLflow's client with the copies gone."""
+    import mlflow.artifacts
+    from mlflow.tracking import MlflowClient
+
+    copies = [c for d in temp_dirs for c in d.glob("**/runtime_resources/working_dir_files")]
+    assert copies, f"no job working directory under {temp_dirs}"
+    assert [p for c in copies for p in c.glob("*/ml*")] == []  # no mlruns/, mlartifacts/ or mlflow.db
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [e for e in client.search_experiments() if e.name != "Default"]
+    assert {e.name for e in experiments} == {"goldnas-search", "goldnas-retrain"}
+    assert {e.artifact_location for e in experiments} == {(store / "mlartifacts").as_uri()}
+    runs = client.search_runs([e.experiment_id for e in experiments])
+    assert len(runs) >= 3  # the search, the retrain's parent and its children
+    for c in copies:
+        c.rename(c.with_name("working_dir_files.gone"))  # as when Ray removes them
+    try:
+        for r in runs:
+            got = Path(mlflow.artifacts.download_artifacts(run_id=r.info.run_id, dst_path=str(scratch / r.info.run_id),
+                                                           tracking_uri=uri))
+            kept = store / "mlartifacts" / r.info.run_id / "artifacts"
+            files = sorted(str(p.relative_to(got)) for p in got.rglob("*") if p.is_file())
+            assert files and files == sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file())
+            tags = r.data.tags
+            wanted = ("model/MLmodel" if "mlflow.parentRunId" in tags
+                      else "frontier.csv" if tags.get("goldnas.stage") == "retrain" else "records.json")
+            assert wanted in files, (r.info.run_name, files)
+    finally:
+        for c in copies:
+            c.with_name("working_dir_files.gone").rename(c)
 
 
 def test_the_dashboard_token_is_the_clusters(ray_cluster, readme_shell):
