@@ -213,7 +213,8 @@ RETRAIN_SMOKE = ["retrain.epochs=2", "retrain.batch_size=128"]
 
 def add_common_flags(p: argparse.ArgumentParser) -> None:
     """Config, Ray address, MLflow and console flags of every pipeline."""
-    p.add_argument("--config", type=Path, help="YAML file with space/data/search/retrain sections")
+    p.add_argument("--config", help="YAML file with space/data/search/retrain sections (a path or a storage "
+                                    "URI, s3://...)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. search.lambda0=0.02 (repeatable)")
     p.add_argument("--smoke-test", action="store_true", help="a tiny run of seconds to minutes")
@@ -279,7 +280,7 @@ def _overrides(args: argparse.Namespace, smoke: list[str], flags: dict[str, str]
 
 def search_config(args: argparse.Namespace) -> Config:
     """The config of a new search: --config, then --smoke-test, --set, --seed, --max-epochs."""
-    cfg = Config.from_yaml(args.config) if args.config else Config()
+    cfg = Config.from_yaml(location(args.config)) if args.config else Config()
     return cfg.override(_overrides(args, SEARCH_SMOKE, {"seed": "seed", "max_epochs": "search.max_epochs"}))
 
 
@@ -328,11 +329,12 @@ def trial_resources(args: argparse.Namespace):
 
 
 def run_retrain_on_ray(out: Location, args: argparse.Namespace, *, search_dir: "str | Location | None" = None,
-                       search_run: str | None = None, config_file: Path | None = None,
+                       search_run: str | None = None, config_file: "str | Path | None" = None,
                        resume: bool = False) -> None:
     from goldnas_ray.orchestration.retrain_driver import run_retrain
 
-    run_retrain(out, search_dir=search_dir, search_run=search_run, config_file=config_file,
+    run_retrain(out, search_dir=search_dir, search_run=search_run,
+                config_file=location(config_file) if config_file is not None else None,  # through storage
                 overrides=[] if resume else retrain_overrides(args), random_k=args.random,
                 trial=trial_resources(args), max_failures=args.max_trial_failures, mlflow_uri=args.mlflow_uri,
                 experiment=args.retrain_experiment, tracking=not args.no_mlflow, resume=resume,
@@ -345,7 +347,6 @@ def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:
     continued with --resume (as it was planned: its grid, seeds, resources and MLflow store).
     A sweep that ends with failed searches is an error (status 2)."""
     from goldnas_ray.core.config import ConfigError
-    from goldnas_ray.orchestration.errors import failed_on_input
     from goldnas_ray.orchestration.sweep_driver import run_sweep
     from goldnas_ray.sweep.plan import SweepError, parse_grid, parse_seeds
 
@@ -362,7 +363,7 @@ def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:
         sweep = run_sweep(out, resume=True, address=args.address, runtime_env=runtime_env(args),
                           max_failures=args.max_failures, verbose=args.verbose)
     else:
-        base = Config.from_yaml(args.config) if args.config else Config()
+        base = Config.from_yaml(location(args.config)) if args.config else Config()
         base = base.override(_overrides(args, SEARCH_SMOKE, {}))
         sweep = run_sweep(out, base=base, grid=parse_grid(args.grid), seeds=parse_seeds(args.seeds),
                           workers=args.workers_per_search, cpus_per_worker=args.cpus_per_worker,
@@ -370,7 +371,7 @@ def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:
                           tracking=not args.no_mlflow, experiment=args.experiment, max_failures=args.max_failures,
                           address=args.address, runtime_env=runtime_env(args), verbose=args.verbose)
     if sweep.failed:
-        inputs = [name for name, why in sweep.failed.items() if failed_on_input(why)]
+        inputs = sweep.failed_on_input()  # the kind each failure was recorded with
         others = [name for name in sweep.failed if name not in inputs]
         message = f"{len(sweep.failed)} of {len(sweep.searches)} searches did not finish: {', '.join(sweep.failed)}"
         if inputs:

@@ -10,9 +10,15 @@ from conftest import ROOT, tiny_config
 
 from goldnas_ray.core.config import Config, ConfigError
 from goldnas_ray.core.genotype import Genotype
-from goldnas_ray.core.latency import LatencyTable, LatencyTableError, load_table, measure, part_name, table_key
+from goldnas_ray.core.latency import LatencyTable, LatencyTableError, measure, part_name, table_key
 from goldnas_ray.core.search import GoldSearch
 from goldnas_ray.core.supernet import SuperNet
+from goldnas_ray.run.loop import read_latency
+
+
+def load_table(path):
+    """The table a cost=latency search on ``path`` reads (through the storage layer)."""
+    return read_latency(tiny_config(cost="latency", latency_table=str(path)))
 
 SHAPE = (1, 8, 8)
 
@@ -65,7 +71,8 @@ def test_a_table_made_for_another_space_input_or_batch_is_refused(tiny_table, ch
     search_cfg = Config.from_dict(cfg.to_dict() | {"space": space.model_dump()} | {"search": {
         "cost": "latency", "latency_table": str(path), "latency_batch": change.get("batch", 1)}})
     with pytest.raises(ConfigError, match=message):
-        GoldSearch(search_cfg, change.get("input_shape", SHAPE), change.get("num_classes", 10))
+        GoldSearch(search_cfg, change.get("input_shape", SHAPE), change.get("num_classes", 10),
+                   latency=read_latency(search_cfg))
 
 
 def test_a_missing_or_foreign_table_file_is_named(tmp_path):
@@ -135,7 +142,7 @@ def test_a_search_carries_its_table_in_its_checkpoint(tiny_table, tmp_path):
     copy = tmp_path / "t.json"
     copy.write_text(path.read_text())
     cfg = tiny_config(cost="latency", latency_table=str(copy))
-    search = GoldSearch(cfg, SHAPE, 10)
+    search = GoldSearch(cfg, SHAPE, 10, latency=read_latency(cfg))
     state = search.state_dict()
     copy.unlink()
     again = GoldSearch.from_state_dict(state)

@@ -387,7 +387,9 @@ def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any] | None:
-    path = Path(path)
+    """A YAML file's mapping: ``path`` a local path, or anything with ``is_file`` and
+    ``read_text`` (a storage location: the pipelines read --config through the storage layer)."""
+    path = path if hasattr(path, "read_text") else Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:

@@ -29,8 +29,10 @@ measurement to the next, while the minimum does not.
 
 A table is keyed by what its shapes depend on: the space (cells, nodes, channels, stem,
 operators), the input shape, the number of classes and the batch. :meth:`LatencyTable.check`
-refuses a table made for anything else, naming the difference. Pure PyTorch; the JSON is
-written and read by the callers (``pipelines/profile_latency.py``, the search's start).
+refuses a table made for anything else, naming the difference. Pure PyTorch: the callers
+read and write the file, through the storage layer (``pipelines/profile_latency.py`` writes it,
+a search's driver reads it, ``run.loop.read_latency``, and hands the table on by value to its
+workers and trials); :func:`parse_table` makes the table of its content.
 """
 from __future__ import annotations
 
@@ -39,7 +41,6 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
 import torch
@@ -60,15 +61,13 @@ class LatencyTableError(ConfigError):
     """A table that cannot serve the search or network it is asked about."""
 
 
-def load_table(path: "str | Path") -> "LatencyTable":
-    """The table in the JSON file ``path``; LatencyTableError naming the file when it is missing
-    or not a table."""
-    where = f"latency table {path}"
+def parse_table(content: "str | bytes", where: str) -> "LatencyTable":
+    """The table in ``content``, the JSON of the file ``where`` (read by the caller);
+    LatencyTableError naming the file when it is not a table."""
+    where = f"latency table {where}"
     try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise LatencyTableError(f"{where} does not exist (make one with pipelines/profile_latency.py)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = json.loads(content)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LatencyTableError(f"{where} is not readable JSON: {exc}") from None
     return LatencyTable.from_dict(raw, where)
 

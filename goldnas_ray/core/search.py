@@ -25,7 +25,7 @@ from goldnas_ray.core.comm import Communicator, EpochStats, LocalComm
 from goldnas_ray.core.config import Config, ConfigError
 from goldnas_ray.core.costs import CostTable
 from goldnas_ray.core.genotype import Genotype
-from goldnas_ray.core.latency import LatencyTable, load_table, table_key
+from goldnas_ray.core.latency import LatencyTable, table_key
 from goldnas_ray.core.network import seeded
 from goldnas_ray.core.records import ArchRecord
 from goldnas_ray.core.schedule import LambdaSchedule, ParetoRecorder, select_prunes
@@ -66,13 +66,15 @@ def stop_latency(cfg: Config, full_ms: float) -> float:
 
 def latency_table(cfg: Config, input_shape: tuple[int, int, int], num_classes: int,
                   table: LatencyTable | None = None) -> LatencyTable | None:
-    """The search's latency table (cost=latency): ``table`` (the driver's, or a checkpoint's),
-    else read from search.latency_table; checked against its space, data and batch, and that
-    it has an entry for every part of the space's network."""
+    """The search's latency table (cost=latency): ``table`` (read from search.latency_table by
+    the caller, ``run.loop.read_latency``, or a checkpoint's), checked against its space, data
+    and batch, and that it has an entry for every part of the space's network."""
     q = cfg.search
     if q.cost != "latency":
         return None
-    table = table if table is not None else load_table(q.latency_table)
+    if table is None:
+        raise ValueError(f"a cost=latency search needs its table, read from {q.latency_table} by the caller "
+                         f"(run.loop.read_latency)")
     s = cfg.space
     table.check(table_key(s, input_shape, num_classes, q.latency_batch), f"search.latency_table {q.latency_table}")
     full = Genotype.full(s.num_cells, s.num_nodes, s.operators, s.init_channels, s.stem_multiplier, input_shape[1],
@@ -81,14 +83,15 @@ def latency_table(cfg: Config, input_shape: tuple[int, int, int], num_classes: i
     return table
 
 
-def check_stop(cfg: Config, input_shape: tuple[int, int, int], num_classes: int) -> float:
-    """:func:`stop_flops` (and the latency table with its stop) for a search not built yet (a
-    driver checks it before any worker starts): the supernet's FLOPs are the full
-    architecture's, counted on its network."""
+def check_stop(cfg: Config, input_shape: tuple[int, int, int], num_classes: int,
+               table: LatencyTable | None = None) -> float:
+    """:func:`stop_flops` (and the latency ``table`` with its stop, for cost=latency) for a
+    search not built yet (a driver checks it before any worker starts): the supernet's FLOPs
+    are the full architecture's, counted on its network."""
     s = cfg.space
     full = Genotype.full(s.num_cells, s.num_nodes, s.operators, s.init_channels, s.stem_multiplier, input_shape[1],
                          input_shape[0], num_classes, s.stem)
-    table = latency_table(cfg, input_shape, num_classes)
+    table = latency_table(cfg, input_shape, num_classes, table)
     if table is not None:
         stop_latency(cfg, table.latency_ms(full))
     return stop_flops(cfg, CostTable.for_space(s, input_shape, num_classes).flops(full))

@@ -21,7 +21,10 @@ converted, augmented and normalised on the training device (``data.batches``). W
 ``data.image_size`` set, decoded images are resized (shorter side to size x 256/224) and
 centre-cropped to a common square, from which training crops are taken. ``data.subset`` keeps
 a fixed per-class fraction of the training set (seeded), as searches on ImageNet keep 10% or
-2.5%. Every problem is reported with the file it is in, before training.
+2.5%. Every problem is reported with the file it is in, before training: a DataError for
+data that is missing, unreadable or malformed (a fault of the input), while a store that
+keeps failing after the storage layer's retries (a timeout, an HTTP 5xx) raises its own
+StorageError of kind infrastructure, so that a sweep tries the search again.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ import torch
 
 from goldnas_ray.core.config import DATASETS as SPECS
 from goldnas_ray.data.batches import Augment, eval_batches, iterate_batches
-from goldnas_ray.files.store import Location, StorageError, location
+from goldnas_ray.files.store import Location, StorageError, location, outage, retrying
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"
@@ -50,7 +53,10 @@ HELD_OUT_EVERY = 10  # a table without splits: rows 9, 19, 29, ... are the test 
 
 
 class DataError(ValueError):
-    """A dataset is missing or malformed; the message names the file."""
+    """A dataset is missing or malformed; the message names the file. A fault of the input:
+    reading it again fails the same way (a storage outage is a StorageError instead)."""
+
+    kind = "input"
 
 
 @dataclass
@@ -114,6 +120,8 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, *
     try:
         data = LOADERS[name](root=root, download=download, **options)
     except StorageError as exc:
+        if outage(exc):  # the store kept failing: the data may be fine
+            raise
         raise DataError(f"cannot read {name} data at {root}: {exc}") from exc
     if len(data.y_train) == 0 or len(data.y_test) == 0:
         raise DataError(f"dataset {name} at {root} has an empty training or test split")
@@ -369,16 +377,22 @@ def read_parquet_table(source: Location, columns: list[str] | None = None, head:
     that reads no more row groups than it needs), through the storage layer."""
     import pyarrow.dataset as pads
 
-    try:
-        paths, fs = parquet_files(source)
-        parts = pads.dataset(paths, filesystem=fs, format="parquet")
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise DataError(f"cannot read Parquet data at {source}: {exc}") from exc
+    paths, fs = parquet_files(source)
+    parts = _parquet_read(source, lambda: pads.dataset(paths, filesystem=fs, format="parquet"))
     check_columns(parts.schema.names, source, columns or ())  # from the schema, before any row
+    return _parquet_read(source, lambda: parts.head(head, columns=columns) if head is not None
+                         else parts.to_table(columns=columns))
+
+
+def _parquet_read(source: Location, call: Callable[[], object]):
+    """``call()`` through the storage layer's retries: a store that keeps failing raises its
+    StorageError, any other failure (pyarrow's ArrowInvalid is a ValueError) a DataError."""
     try:
-        return parts.head(head, columns=columns) if head is not None else parts.to_table(columns=columns)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read Parquet data at {source}: {exc}") from exc
+        return retrying(call, f"Parquet data at {source}")
+    except StorageError as exc:
+        if outage(exc):
+            raise
+        raise DataError(f"cannot read {exc}") from exc
 
 
 def check_columns(names: Sequence[str], source: Location, columns: Sequence[str]) -> None:

@@ -10,24 +10,54 @@ Credentials come from where pyarrow looks for them (``AWS_ACCESS_KEY_ID`` /
 A reader never sees half a file: a local file is written beside its place and renamed over
 it; an object is uploaded whole in one request (S3 and GCS make an object visible only when
 its upload completes, and a replaced object is swapped whole).
+
+Faults of the infrastructure are retried, faults of the input are not. Every call to a store
+(a listing, a read, a write, a delete) that fails for a reason that may pass (:func:`transient`:
+a timeout, a refused or reset connection, an HTTP 5xx, throttling) is tried again with
+exponential backoff (1 s, 2 s, 4 s, ... at most 30 s apart) for up to ``GOLDNAS_STORAGE_RETRY_S``
+seconds (default 120); one line on stderr says when an object starts being retried, and a
+StorageError of kind :data:`INFRASTRUCTURE` naming the object when it gives up. Anything else
+(a missing bucket, denied access, bad credentials, an unknown option) is a StorageError of
+kind :data:`INPUT` at once; a failure of the store it does not recognise is not retried here
+but is of kind :data:`INFRASTRUCTURE` (a sweep tries its search again). An S3 location waits ``connect_timeout`` seconds (default 10) for a
+connection and gives up a request that transfers nothing for ``request_timeout`` seconds
+(default 30), so that an endpoint that hangs becomes a retried fault too; both are options of
+the query string (``s3://bucket/run?request_timeout=60``), beside pyarrow's own.
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
+import re
+import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from goldnas_ray.files.atomic import atomic_write
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 
+# what a user error is a fault of (``kind``): trying again fails the same way, or may succeed
+INPUT, INFRASTRUCTURE = "input", "infrastructure"
+RETRY_BUDGET_ENV = "GOLDNAS_STORAGE_RETRY_S"
+DEFAULT_RETRY_BUDGET_S = 120.0
+# our options of an S3 URI's query string (pyarrow's URI parser does not take them), seconds
+S3_TIMEOUTS = {"connect_timeout": 10.0, "request_timeout": 30.0}
+
 
 class StorageError(ValueError):
-    """An output or input location that cannot be used; nothing was written."""
+    """An output or input location that cannot be used; nothing was written. ``kind``:
+    :data:`INPUT` (the location, bucket or credentials given are wrong) or
+    :data:`INFRASTRUCTURE` (the store kept failing for a reason that may pass)."""
+
+    def __init__(self, message: str, kind: str = INPUT):
+        super().__init__(message)
+        self.kind = kind
 
 
 class Location:
@@ -130,8 +160,15 @@ class Location:
             return self.local.read_bytes()
         if not self.is_file():
             raise FileNotFoundError(f"{self} does not exist")
-        with self._guard(lambda: self.fs.open_input_stream(self.path)) as f:
+        return self._guard(self._get)
+
+    def _get(self) -> bytes:
+        with self.fs.open_input_stream(self.path) as f:
             return f.read()
+
+    def _put(self, data: bytes) -> None:
+        with self.fs.open_output_stream(self.path) as f:  # the upload completes as it closes
+            f.write(data)
 
     def read_text(self) -> str:
         return self.read_bytes().decode()
@@ -153,8 +190,7 @@ class Location:
         if self.local is not None:
             atomic_write(self.local, lambda tmp: tmp.write_bytes(data))
             return self
-        with self._guard(lambda: self.fs.open_output_stream(self.path)) as f:
-            f.write(data)
+        self._guard(lambda: self._put(data))  # tried again whole: the object is replaced whole
         return self
 
     def write_text(self, text: str) -> "Location":
@@ -225,10 +261,86 @@ class Location:
         probe.delete()
 
     def _guard(self, call: Callable[[], Any]) -> Any:
+        return retrying(call, str(self))
+
+
+def retry_budget() -> float:
+    """Seconds a call to a store is retried for (``GOLDNAS_STORAGE_RETRY_S``, default 120)."""
+    raw = os.environ.get(RETRY_BUDGET_ENV)
+    try:
+        return max(0.0, float(raw)) if raw else DEFAULT_RETRY_BUDGET_S
+    except ValueError:
+        raise StorageError(f"{RETRY_BUDGET_ENV}={raw!r}: expected a number of seconds") from None
+
+
+# what pyarrow's stores (AWS SDK over curl, GCS, HDFS) say about faults that may pass
+_TRANSIENT = re.compile(
+    r"timed? ?out|timeout was reached|curlcode: (7|28|52|55|56)\b|could not connect|connection (refused|reset|"
+    r"aborted|closed)|broken pipe|http status (5\d\d|429)|slow ?down|throttl|too many requests|"
+    r"service ?unavailable|internal ?error|request ?timeout|temporar", re.IGNORECASE)
+_TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
+                     errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EAGAIN}
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (raised by a store) may pass if the call is tried again: a timeout, a
+    refused, reset or broken connection, an HTTP 5xx or 429, throttling. A missing object or
+    bucket, denied access, bad credentials, a malformed option or file are not."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)) or getattr(exc, "errno", None) in _TRANSIENT_ERRNOS:
+        return True
+    if not isinstance(exc, OSError):  # pyarrow's ArrowInvalid (a ValueError): a malformed request
+        return False
+    text = str(exc)
+    return "could not resolve" not in text.lower() and bool(_TRANSIENT.search(text))
+
+
+def outage(exc: BaseException) -> bool:
+    """Whether ``exc`` is the storage layer giving up on a fault that may pass (a StorageError
+    raised from a :func:`transient` one): a reader of data passes it on as it is, where any
+    other failure to read makes the data unreadable."""
+    return isinstance(exc, StorageError) and exc.__cause__ is not None and transient(exc.__cause__)
+
+
+_INPUT = re.compile(r"no_such_bucket|bucket does not exist|access_?denied|forbidden|credential|invalidaccesskeyid|"
+                    r"signature|invalidbucketname|invalid bucket|http status 4\d\d", re.IGNORECASE)
+
+
+def _of_input(exc: BaseException) -> bool:
+    """Whether a failure that is not :func:`transient` is the fault of what was asked (a
+    missing object or bucket, denied access, bad credentials, a malformed URI or option);
+    anything else a store says is taken for its own fault."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return True
+    return not isinstance(exc, OSError) or bool(_INPUT.search(str(exc)))
+
+
+def retrying(call: Callable[[], Any], what: str, sleep: Callable[[float], None] = time.sleep,
+             clock: Callable[[], float] = time.monotonic) -> Any:
+    """``call()``, tried again while it fails :func:`transient` ly, for up to
+    :func:`retry_budget` seconds with exponential backoff; any other failure, and the last
+    transient one, as a StorageError naming ``what`` (the object or folder)."""
+    started, tries, delay = clock(), 0, 1.0
+    while True:
         try:
             return call()
+        except StorageError:  # a call made through this layer already: retried, classified
+            raise
         except (OSError, ValueError) as exc:
-            raise StorageError(f"{self}: {_explain(exc)}") from exc
+            tries += 1
+            if not transient(exc):
+                raise StorageError(f"{what}: {_explain(exc)}", INPUT if _of_input(exc) else INFRASTRUCTURE) from exc
+            budget = retry_budget()
+            waited = clock() - started
+            if waited + delay > budget:
+                raise StorageError(f"{what}: {_explain(exc)} (gave up after {tries} tries in {waited:.0f}s; "
+                                   f"{RETRY_BUDGET_ENV} sets how long)", INFRASTRUCTURE) from exc
+            if tries == 1:
+                print(f"storage: {what}: {_explain(exc)}; retrying for up to {budget:.0f}s", file=sys.stderr,
+                      flush=True)
+            sleep(delay)
+            delay = min(2 * delay, 30.0)
 
 
 def _explain(exc: Exception) -> str:
@@ -261,12 +373,31 @@ def location(where: "str | Path | Location") -> Location:
     if not parts.netloc:
         raise StorageError(f"{text}: no bucket named (expected {scheme}://BUCKET/PREFIX)")
     import pyarrow.fs as pafs
-    try:
-        fs, path = pafs.FileSystem.from_uri(text)
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"{text}: {_explain(exc)}") from exc
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    ours = {k: options.pop(k) for k in S3_TIMEOUTS if k in options}
+    if ours and scheme != "s3":
+        raise StorageError(f"{text}: {', '.join(ours)} is an option of s3:// locations only")
     base = f"{scheme}://{parts.netloc}{parts.path}".rstrip("/")
+    query = urlencode(options)
+    fs, path = retrying(lambda: pafs.FileSystem.from_uri(base + (f"?{query}" if query else "")), text)
+    if scheme == "s3":
+        fs = _with_timeouts(fs, ours, text)
     return Location(fs, path.rstrip("/"), base, parts.query, None)
+
+
+def _with_timeouts(fs: Any, given: dict[str, str], text: str) -> Any:
+    """The S3 file system ``fs`` with our connection and request timeouts (``S3_TIMEOUTS``, or
+    the URI's): made again from the options it pickles with."""
+    seconds = dict(S3_TIMEOUTS)
+    for name, raw in given.items():
+        try:
+            seconds[name] = float(raw)
+        except ValueError:
+            raise StorageError(f"{text}: {name}={raw!r} is not a number of seconds") from None
+        if seconds[name] <= 0:
+            raise StorageError(f"{text}: {name} must be positive, got {raw}")
+    rebuild, (options,) = fs.__reduce__()
+    return rebuild(options | seconds)
 
 
 def is_uri(where: "str | Path") -> bool:

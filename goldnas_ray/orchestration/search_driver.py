@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from goldnas_ray.core.config import Config
+from goldnas_ray.core.latency import LatencyTable
 from goldnas_ray.files.search_files import RECORDS, read_records, records_path
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.orchestration.cluster import ClusterError, check_capacity, connect, interruptible
@@ -22,7 +23,7 @@ from goldnas_ray.data.batches import check_batches
 from goldnas_ray.data.stream import stream_info
 from goldnas_ray.orchestration.streaming import DECODE_CPUS, train_data_config, train_dataset
 from goldnas_ray.run.ending import RunStopped, ends_tracked_run
-from goldnas_ray.run.loop import load_data, search_start
+from goldnas_ray.run.loop import load_data, read_latency, search_start
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
 from goldnas_ray.tracking.search import search_tracker
 
@@ -32,13 +33,15 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
             experiment: str = "goldnas-search", max_failures: int = 2, tracking: bool = True,
             address: str | None = None, verbose: bool = False, runtime_env: dict[str, Any] | None = None,
             log: Callable[[str], None] = print, mlflow_run_id: str | None = None,
-            callbacks: list[Any] | None = None) -> dict[str, Any]:
+            callbacks: list[Any] | None = None, latency: LatencyTable | None = None) -> dict[str, Any]:
     """Run (or resume) a search on Ray Train; returns the content of records.json.
 
     ``cpus_per_worker`` None: on an embedded local Ray the workers share all its CPUs, on a
     joined cluster each gets 1. ``runtime_env``: the job's (``cli.ray_runtime_env``).
     ``mlflow_run_id``: a new search logs into this run (a sweep's child) instead of a new one;
-    ``callbacks``: Ray Train's (a sweep's trial passes rank 0's reports on to Tune)."""
+    ``callbacks``: Ray Train's (a sweep's trial passes rank 0's reports on to Tune).
+    ``latency``: a cost=latency search's table as the caller read it (a sweep's driver), else
+    read here, through the storage layer; the workers get it by value."""
     out = location(out).resolved()
     if workers < 1:
         raise ClusterError(f"--workers must be >= 1, got {workers}")
@@ -51,8 +54,9 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     data = stream if stream is not None else load_data(cfg)
     check_batches(data.num_train, workers, cfg.data.batch_size, "data.batch_size")
     check_spatial(data.input_shape[1], cfg.space.num_cells, cfg.space.stem)
-    check_stop(cfg, data.input_shape, data.num_classes)
-    table = latency_table(cfg, data.input_shape, data.num_classes)  # read here, sent to the workers
+    table = latency_table(cfg, data.input_shape, data.num_classes,  # read here, sent to the workers
+                          latency if latency is not None else read_latency(cfg))
+    check_stop(cfg, data.input_shape, data.num_classes, table)
     dataset = data.name
     uri = resolve_uri(out, mlflow_uri) if tracking else None
     if uri:

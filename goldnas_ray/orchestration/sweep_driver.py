@@ -34,6 +34,7 @@ import ray.tune
 import torch
 
 from goldnas_ray.core.config import Config
+from goldnas_ray.core.latency import LatencyTable
 from goldnas_ray.core.search import check_stop
 from goldnas_ray.core.space import check_spatial
 from goldnas_ray.data.batches import check_batches
@@ -46,7 +47,7 @@ from goldnas_ray.orchestration.retrain_driver import DRIVER_MEMORY, concurrent_t
 from goldnas_ray.orchestration.retrain_trial import RETRIES_INSIDE_A_TRIAL
 from goldnas_ray.retrain.plan import Resources
 from goldnas_ray.run.ending import RunStopped, ends_tracked_run
-from goldnas_ray.run.loop import load_data
+from goldnas_ray.run.loop import load_data, read_latency
 from goldnas_ray.sweep import report
 from goldnas_ray.sweep.plan import SearchPlan, Sweep, plan_sweep, search_state
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
@@ -80,7 +81,8 @@ def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[s
             check_uri(sweep.mlflow_tracking_uri)
     states = {s.name: search_state(out / s.name) for s in sweep.searches}
     todo = [s for s in sweep.searches if states[s.name] != "finished"]
-    streams = _check_searches(todo, {s.name for s in todo if states[s.name] == "new"}, sweep.workers)
+    tables = _latency_tables(todo)
+    streams = _check_searches(todo, {s.name for s in todo if states[s.name] == "new"}, sweep.workers, tables)
     per_search = Resources(sweep.workers, sweep.cpus_per_worker, sweep.gpus_per_worker)
     resources = connect(address, log, runtime_env=runtime_env)
     at_once = concurrent_trials(resources, per_search, any(streams.values()))
@@ -106,7 +108,8 @@ def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[s
                 log(f"  {s.name:<8} {s.label}" + ("  (finished)" if states[s.name] == "finished" else ""))
             started = time.perf_counter()
             if todo:
-                jobs = {s.name: _job(s, out, sweep, max_failures, streams[s.name], verbose) for s in todo}
+                jobs = {s.name: _job(s, out, sweep, max_failures, streams[s.name], verbose, tables[s.name])
+                        for s in todo}
                 relay = tracker if tracker is not None and tracker.relays else None
                 tuner = _tuner(out, jobs, per_search, at_once, max_failures, SweepCallback(jobs, log, relay))
                 for result in interruptible(tuner.fit):
@@ -154,10 +157,25 @@ def _error_line(error: BaseException) -> str:
     return (text[-1] if text else type(error).__name__)[:500]
 
 
-def _check_searches(searches: list[SearchPlan], new: set[str], workers: int) -> dict[str, bool]:
+def _latency_tables(searches: list[SearchPlan]) -> dict[str, LatencyTable | None]:
+    """Each cost=latency search's table, read here (through the storage layer) once per file:
+    the trials get it by value, wherever they run."""
+    read: dict[str, LatencyTable | None] = {}
+    tables = {}
+    for s in searches:
+        cfg = Config.from_dict(s.config)
+        path = cfg.search.latency_table if cfg.search.cost == "latency" else None
+        if path not in read:
+            read[path] = read_latency(cfg)
+        tables[s.name] = read[path]
+    return tables
+
+
+def _check_searches(searches: list[SearchPlan], new: set[str], workers: int,
+                    tables: dict[str, LatencyTable | None]) -> dict[str, bool]:
     """Whether each search's data streams; and for the ``new`` ones, what a search's driver
-    checks before compute (its batches on ``workers``, its space on the input size, its stop).
-    Each distinct data config is read once."""
+    checks before compute (its batches on ``workers``, its space on the input size, its stop
+    with its latency table of ``tables``). Each distinct data config is read once."""
     data_of: dict[str, tuple[Any, bool]] = {}
     streams = {}
     for s in searches:
@@ -175,15 +193,16 @@ def _check_searches(searches: list[SearchPlan], new: set[str], workers: int) -> 
                 data_of[key] = (info, False)
             check_batches(info.num_train, workers, cfg.data.batch_size, "data.batch_size")
             check_spatial(info.input_shape[1], cfg.space.num_cells, cfg.space.stem)
-            check_stop(cfg, info.input_shape, info.num_classes)
+            check_stop(cfg, info.input_shape, info.num_classes, tables[s.name])
         except USER_ERRORS as exc:
             raise type(exc)(f"search {s.name} ({s.label}): {exc}") from None
     return streams
 
 
 def _job(s: SearchPlan, out: Location, sweep: Sweep, max_failures: int, streams: bool,
-         verbose: bool) -> dict[str, Any]:
+         verbose: bool, latency: LatencyTable | None = None) -> dict[str, Any]:
     return {"name": s.name, "label": s.label, "config": s.config, "out": (out / s.name).uri,
+            "latency": latency.to_dict() if latency is not None else None,  # read once, by the driver
             # a search of one worker runs in its trial's process, unless its data streams
             # (Ray Data reaches a search through Ray Train)
             "runs_train": sweep.workers > 1 or streams,
@@ -204,9 +223,10 @@ def sweep_trial(config: dict[str, Any], jobs: dict[str, dict[str, Any]]) -> None
     if state == "new" and out.exists():  # a try that failed before its first checkpoint: no results
         _clear(out)
     cfg = None if state != "new" else Config.from_dict(job["config"])
+    latency = LatencyTable.from_dict(job["latency"]) if job.get("latency") else None
     try:
         if not job["runs_train"]:
-            _search_here(job, cfg, out, resume=state != "new")
+            _search_here(job, cfg, out, resume=state != "new", latency=latency)
         else:
             from goldnas_ray.orchestration.search_driver import run_ray
             from ray.tune.integration.ray_train import TuneReportCallback
@@ -216,7 +236,7 @@ def sweep_trial(config: dict[str, Any], jobs: dict[str, dict[str, Any]]) -> None
                     experiment=job["experiment"], max_failures=RETRIES_INSIDE_A_TRIAL,
                     tracking=bool(job["mlflow_uri"]) and not job["driver_logs"], verbose=job["verbose"],
                     log=lambda line: None,
-                    mlflow_run_id=job["mlflow_run_id"], callbacks=[TuneReportCallback()])
+                    mlflow_run_id=job["mlflow_run_id"], callbacks=[TuneReportCallback()], latency=latency)
     except Exception as exc:  # noqa: BLE001 - sorted: the search's own input, or retried by Tune
         if error_kind(exc) != INPUT:
             raise
@@ -232,7 +252,8 @@ def _clear(out: Location) -> None:
             (out / rel).delete()
 
 
-def _search_here(job: dict[str, Any], cfg: Config | None, out: Location, resume: bool) -> None:
+def _search_here(job: dict[str, Any], cfg: Config | None, out: Location, resume: bool,
+                 latency: LatencyTable | None = None) -> None:
     """A one-worker search in this trial's process, its epochs reported to Tune."""
     from goldnas_ray.run.loop import run_local
 
@@ -251,7 +272,7 @@ def _search_here(job: dict[str, Any], cfg: Config | None, out: Location, resume:
         ray.tune.report({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "end_time"})
 
     run_local(cfg, out, resume=resume, log=lambda line: None, tracker=tracker, report=report,
-              device="cuda" if job["gpus_per_worker"] > 0 else "cpu")
+              device="cuda" if job["gpus_per_worker"] > 0 else "cpu", latency=latency)
 
 
 class SweepCallback(ray.tune.Callback):

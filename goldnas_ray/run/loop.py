@@ -7,7 +7,9 @@ The in-process path (:func:`run_local`) passes the no-op communicator; the Ray T
 (``goldnas_ray.orchestration.search_worker``) passes a torch.distributed one and a ``report``
 hook that hands the checkpoint to Ray Train. :func:`search_start` decides once, for both,
 whether a search is new, resumed or already finished; :func:`load_or_create` builds it.
-Trackers (MLflow) are injected: nothing here imports Ray or MLflow.
+:func:`read_latency` reads a cost=latency search's table through the storage layer (a path or
+a storage URI), once, in the process that starts the search: the workers and a sweep's trials
+get it by value. Trackers (MLflow) are injected: nothing here imports Ray or MLflow.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 
 from goldnas_ray.core.comm import Communicator, LocalComm
 from goldnas_ray.core.config import Config, ConfigError
-from goldnas_ray.core.latency import LatencyTable
+from goldnas_ray.core.latency import LatencyTable, LatencyTableError, parse_table
 from goldnas_ray.core.search import GoldSearch
 from goldnas_ray.data import Dataset
 from goldnas_ray.data.batches import check_batches
@@ -103,15 +105,33 @@ def load_or_create(cfg: Config | None, device: torch.device | str,
     --resume, or the one Ray Train hands a restarted worker group), else new from ``cfg``.
     ``data_for(config)`` gives the data (default: loaded into memory; a worker that streams
     passes its stream, which has the same interface). ``latency``: a cost=latency search's
-    table as the driver read it (else read from the config's path)."""
+    table as the driver read it (else read here, :func:`read_latency`)."""
     data_for = data_for or load_data
     if state is not None:
         search = GoldSearch.from_state_dict(state, device)
         return search, data_for(search.cfg)
     if cfg is None:
         raise ValueError("a new search needs a config")
+    latency = latency if latency is not None else read_latency(cfg)
     data = data_for(cfg)
     return GoldSearch(cfg, data.input_shape, data.num_classes, device, latency), data
+
+
+def read_latency(cfg: Config) -> LatencyTable | None:
+    """A cost=latency search's table, read from search.latency_table (a path or a storage URI)
+    through the storage layer; None for another cost. LatencyTableError (a config error) when
+    the file is missing or not a table; a store that keeps failing raises its StorageError."""
+    if cfg.search.cost != "latency":
+        return None
+    where = location(cfg.search.latency_table)
+    try:
+        content = where.read_bytes()
+    except FileNotFoundError:
+        raise LatencyTableError(f"latency table {where} does not exist (make one with "
+                                f"pipelines/profile_latency.py)") from None
+    except OSError as exc:  # a local folder, no permission
+        raise LatencyTableError(f"latency table {where} is not readable: {exc}") from None
+    return parse_table(content, str(where))
 
 
 def load_data(cfg: Config) -> Dataset:
@@ -174,9 +194,11 @@ def draw_records(out: Location, search: GoldSearch, drawn: set[str]) -> None:
 
 def run_local(cfg: Config | None, out: "str | Path | Location", resume: bool = False, *,
               log: Callable[[str], None] = print, device: str = "cpu",
-              tracker: TrackerFactory | None = None, report: Reporter | None = None) -> GoldSearch:
+              tracker: TrackerFactory | None = None, report: Reporter | None = None,
+              latency: LatencyTable | None = None) -> GoldSearch:
     """Run (or resume) a whole search in this process, writing the output files each epoch;
-    ``report(row, checkpoint)`` after each (a sweep's Tune trial passes its progress on)."""
+    ``report(row, checkpoint)`` after each (a sweep's Tune trial passes its progress on).
+    ``latency``: a new cost=latency search's table as its caller read it (else read here)."""
     out = location(out)
     start = search_start(out, resume, cfg)
     state = load_checkpoint(out / CHECKPOINT) if start.resume else None
@@ -185,7 +207,7 @@ def run_local(cfg: Config | None, out: "str | Path | Location", resume: bool = F
         return GoldSearch.from_state_dict(state, device)
     if start.config.data.path == "stream":
         raise ConfigError("data.path=stream streams through Ray Data: run without --local")
-    search, data = load_or_create(start.config, device, state)
+    search, data = load_or_create(start.config, device, state, latency=latency)
     check_batches(data.num_train, 1, search.cfg.data.batch_size, "data.batch_size")
     if start.resume:
         log(f"resuming {out} after epoch {search.epoch}")

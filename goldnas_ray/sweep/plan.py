@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from goldnas_ray.core.config import Config, ConfigError
 from goldnas_ray.files.search_files import CHECKPOINT, OutputDirError, read_manifest, read_records, records_path
-from goldnas_ray.files.store import Location, location
+from goldnas_ray.files.store import INPUT, Location, location
 
 SWEEP_FILE = "sweep.json"
 SWEEP_FORMAT = "goldnas-ray/sweep"
@@ -96,6 +96,9 @@ class Sweep:
     mlflow_tracking_uri: str | None = None
     mlflow_run_id: str | None = None
     failed: dict[str, str] = field(default_factory=dict)  # name -> why, as of the last run
+    # name -> what the failure was a fault of ("input": not retried, --resume fails it again;
+    # "infrastructure"); absent for an unclassified error, and in files written before it was kept
+    failed_kinds: dict[str, str] = field(default_factory=dict)
 
     @property
     def points(self) -> list[dict[str, str]]:
@@ -105,12 +108,24 @@ class Sweep:
     def by_name(self) -> dict[str, SearchPlan]:
         return {s.name: s for s in self.searches}
 
+    def fail(self, name: str, why: str, kind: str | None) -> None:
+        """Record that search ``name`` did not finish, why, and the kind of its error."""
+        self.failed[name] = why
+        if kind:
+            self.failed_kinds[name] = kind
+        else:
+            self.failed_kinds.pop(name, None)
+
+    def failed_on_input(self) -> list[str]:
+        """The failed searches whose own input failed them: trying them again fails the same way."""
+        return [name for name in self.failed if self.failed_kinds.get(name) == INPUT]
+
     def to_dict(self) -> dict[str, Any]:
         return {"format": SWEEP_FORMAT, "version": 1, "grid": self.grid, "seeds": self.seeds,
                 "searches": [asdict(s) for s in self.searches], "workers": self.workers,
                 "cpus_per_worker": self.cpus_per_worker, "gpus_per_worker": self.gpus_per_worker,
                 "experiment": self.experiment, "mlflow_tracking_uri": self.mlflow_tracking_uri,
-                "mlflow_run_id": self.mlflow_run_id, "failed": self.failed}
+                "mlflow_run_id": self.mlflow_run_id, "failed": self.failed, "failed_kinds": self.failed_kinds}
 
     def write(self, out: "Path | Location") -> Location:
         return (location(out) / SWEEP_FILE).write_text(json.dumps(self.to_dict(), indent=1))
@@ -125,7 +140,8 @@ class Sweep:
             searches = [SearchPlan(**s) for s in raw["searches"]]
             return cls(raw["grid"], raw["seeds"], searches, raw["workers"], raw["cpus_per_worker"],
                        raw["gpus_per_worker"], raw.get("experiment", "goldnas-sweep"),
-                       raw.get("mlflow_tracking_uri"), raw.get("mlflow_run_id"), dict(raw.get("failed") or {}))
+                       raw.get("mlflow_tracking_uri"), raw.get("mlflow_run_id"), dict(raw.get("failed") or {}),
+                       dict(raw.get("failed_kinds") or {}))
         except (KeyError, TypeError) as exc:
             raise OutputDirError(f"{path} is not a complete sweep manifest ({type(exc).__name__}: {exc})") from None
 
