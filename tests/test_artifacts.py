@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_config
 
 from goldnas_ray.run.loop import run_local
-from goldnas_ray.tracking.common import TrackingError, artifact_root, experiment_id
+from goldnas_ray.tracking.common import TrackingError, artifact_root, experiment_id, resolve_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,6 +56,19 @@ def test_the_rule_puts_artifacts_beside_the_store(tmp_path):
     assert artifact_root(f"file://{tmp_path}/store") is None  # inside the file store, MLflow's own default
     with pytest.raises(TrackingError, match="no folder to keep the runs' artifacts beside"):
         artifact_root("postgresql://user@db.example/mlflow")
+
+
+def test_a_store_in_a_jobs_working_copy_is_refused(tmp_path, monkeypatch):
+    """What `ray job submit --working-dir` sets in its entrypoint: a store named relative to the
+    copy would vanish with it, its artifacts too."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_1"}}))
+    for uri in ("sqlite:///mlflow.db", "mlruns", f"file://{tmp_path}/mlruns"):
+        with pytest.raises(TrackingError, match="temporary copy of its working directory"):
+            resolve_uri(tmp_path / "out", uri)
+    elsewhere = tmp_path.parent / "kept.db"
+    assert resolve_uri(tmp_path / "out", f"sqlite:///{elsewhere}") == f"sqlite:///{elsewhere}"
+    assert resolve_uri(tmp_path / "out", "http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
 def test_an_existing_experiment_in_a_place_that_may_vanish_is_named_in_one_line(tmp_path, capsys):

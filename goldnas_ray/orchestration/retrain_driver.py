@@ -174,8 +174,7 @@ def _plan(out: Location, search_dir: Location | None, search_run: str | None, st
     manifest = plan_retrain(out, search_dir, search_run_id=search_run, config_file=config_file,
                             overrides=overrides, random_k=random_k, sweep=sweep)
     if tracking:
-        manifest.mlflow_tracking_uri = (mlflow_uri or env_uri or _search_uri(search_dir)
-                                        or resolve_uri(out, None))
+        manifest.mlflow_tracking_uri = resolve_uri(out, mlflow_uri or env_uri or _search_uri(search_dir))
         check_uri(manifest.mlflow_tracking_uri)
     return manifest
 

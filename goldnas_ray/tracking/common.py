@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
-from goldnas_ray.files.store import Location, location
+from goldnas_ray.files.store import Location, location, working_copy_note
 
 
 class TrackingError(ValueError):
@@ -28,9 +28,15 @@ class TrackingError(ValueError):
 
 
 def resolve_uri(out: "Path | Location", uri: str | None) -> str:
-    """``uri``, else MLFLOW_TRACKING_URI, else a sqlite file inside a local ``out``."""
+    """``uri``, else MLFLOW_TRACKING_URI, else a sqlite file inside a local ``out``. A sqlite
+    or file store inside a job's temporary copy of its working directory is refused."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
+        store, copy = _store_dir(uri), working_copy_note()
+        if store is not None and copy and store.is_relative_to(Path(copy).resolve()):
+            raise TrackingError(f"MLflow store {uri} lies in this job's temporary copy of its working directory "
+                                f"({copy}), deleted when the job ends: give an absolute path on storage every "
+                                f"node shares, or a tracking server")
         return uri
     out = location(out)
     if out.is_remote:
@@ -120,6 +126,8 @@ def _sqlite_file(uri: str) -> Path | None:
 def _store_dir(uri: str) -> Path | None:
     """The local folder of a sqlite or file store, None for any other."""
     parsed = urlparse(uri)
+    if uri == "databricks":  # MLflow's one store named without a scheme
+        return None
     if parsed.scheme == "sqlite":
         database = _sqlite_file(uri)
         return database.parent if database else None
