@@ -233,6 +233,24 @@ def test_a_latency_search_reads_its_table_from_the_bucket(moto, table_in_bucket,
 
 
 @pytest.mark.s3
+@pytest.mark.services
+def test_a_config_file_is_read_from_the_bucket(moto):
+    import argparse
+
+    from goldnas_ray import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_common_flags(parser)
+    cli.add_search_flags(parser)
+    uri = moto["uri"]("configs/small.yaml")
+    location(uri).write_text("space:\n  num_cells: 3\nsearch:\n  lambda0: 0.5\n")
+    cfg = cli.search_config(parser.parse_args(["--config", uri, "--set", "seed=4"]))
+    assert (cfg.space.num_cells, cfg.search.lambda0, cfg.seed) == (3, 0.5, 4)
+    with pytest.raises(ConfigError, match=rf"config file s3://{BUCKET}/configs/none.yaml does not exist"):
+        cli.search_config(parser.parse_args(["--config", moto["uri"]("configs/none.yaml")]))
+
+
+@pytest.mark.s3
 @pytest.mark.ray
 @pytest.mark.services
 def test_a_sweeps_trials_get_the_table_the_driver_read_from_the_bucket(moto, table_in_bucket, tmp_path):
