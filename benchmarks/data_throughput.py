@@ -8,8 +8,12 @@ median of --repeats runs:
   normalisation on the device (the CIFAR path);
 - decode: PNG bytes -> PIL -> uint8 array, one process (what loading an image folder or
   Parquet data into memory costs per core);
-- stream: Ray Data read_parquet -> map_batches decode (CPU workers of an embedded Ray) ->
-  one consumer's share -> augmented batches (the streaming path, world size 1);
+- stream: Ray Data (Parquet row groups read, map_batches decode, CPU workers of an embedded
+  Ray) -> one consumer -> augmented batches (the streaming path, world size 1);
+- split: a Ray Train run streaming the same Parquet set for --epochs epochs with 1 and 2
+  workers (half a CPU each): images Ray Data decodes per epoch (counted where they are decoded)
+  and the epoch's wall time, medians over epochs; and, for comparison, 2 workers that each read
+  the whole stream (how streamed runs read before the split: every worker decoded every image);
 - step: images/s of one search step (forward, backward, both optimizers) of the supernet at
   the same image size, with --cells / --channels (defaults: a small 8-cell, 16-channel
   supernet; the paper's is 14 and 36).
@@ -65,7 +69,8 @@ def main() -> None:
     p.add_argument("--cells", type=int, default=8)
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--no-stream", action="store_true", help="skip the Ray Data path")
+    p.add_argument("--no-stream", action="store_true", help="skip the Ray Data paths")
+    p.add_argument("--epochs", type=int, default=5, help="epochs of each split run (default 5)")
     args = p.parse_args()
     n, size, device = args.images, args.size, torch.device(args.device)
     rows = []
@@ -85,8 +90,10 @@ def main() -> None:
     blobs = png_blobs(min(n, 512), size)
     rows.append(("decode (PNG, 1 process)", len(blobs) / timed(lambda: [decode_image(b, "x", None) for b in blobs],
                                                                 args.repeats)))
+    split = None
     if not args.no_stream:
         rows.append(("stream (Ray Data)", stream_rate(blobs, size, args)))
+        split = split_runs(blobs, args)
 
     cfg = Config().override([f"space.num_cells={args.cells}", f"space.init_channels={args.channels}"])
     search = GoldSearch(cfg, (3, size, size), 10, device)
@@ -107,11 +114,14 @@ def main() -> None:
     data_rate = min(rate for name, rate in rows if not name.startswith("search"))
     print(f"slowest data path / search step: {data_rate / rows[-1][1]:.1f}x "
           f"({'data keeps up' if data_rate > rows[-1][1] else 'data is the bottleneck'})")
+    if split:
+        print(f"\nstreamed Ray Train run, {split[0][2]} training images, medians of {args.epochs} epochs")
+        print(f"{'workers':<30}{'decoded/epoch':>14}{'epoch s':>10}{'images/s':>10}")
+        for name, decoded, images, seconds in split:
+            print(f"{name:<30}{decoded:>14.0f}{seconds:>10.2f}{images / seconds:>10.0f}")
 
 
 def stream_rate(blobs: list[bytes], size: int, args) -> float:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     import ray
 
     from goldnas_ray.orchestration.cluster import connect
@@ -119,11 +129,8 @@ def stream_rate(blobs: list[bytes], size: int, args) -> float:
     from goldnas_ray.orchestration.streaming import train_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "train.parquet"
-        reps = max(1, args.images // len(blobs))
-        pq.write_table(pa.table({"image": blobs * reps, "label": [i % 10 for i in range(len(blobs) * reps)]}), path)
         connect(log=lambda _: None)
-        d = DataConfig(dataset="parquet", root=str(path), path="stream")
+        d = DataConfig(dataset="parquet", root=str(_parquet(blobs, args.images, tmp)), path="stream")
         info = inspect(d)
         source = StreamSource(train_dataset(d, info), info)
         aug = Augment(crop_padding=4, flip=True, cutout=16)
@@ -134,6 +141,95 @@ def stream_rate(blobs: list[bytes], size: int, args) -> float:
         rate = info.num_train / timed(run, args.repeats)
         ray.shutdown()
     return rate
+
+
+def _parquet(blobs: list[bytes], images: int, tmp: str) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(tmp) / "train.parquet"
+    reps = max(1, images // len(blobs))
+    pq.write_table(pa.table({"image": blobs * reps, "label": [i % 10 for i in range(len(blobs) * reps)]}), path,
+                   row_group_size=256)
+    return path
+
+
+def split_runs(blobs: list[bytes], args) -> list[tuple[str, float, int, float]]:
+    """(name, images decoded per epoch, training images, median epoch seconds) of a Ray Train
+    run of 1 and of 2 workers streaming the set (split), and of 2 that each read it whole."""
+    import json
+
+    import ray
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train.torch import TorchTrainer
+
+    from goldnas_ray.data.stream import Decode, StreamSource, inspect
+    from goldnas_ray.orchestration import streaming
+    from goldnas_ray.orchestration.cluster import connect
+
+    @ray.remote(num_cpus=0)
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def add(self, k):
+            self.n += k
+
+        def get(self):
+            return self.n
+
+    class CountingDecode(Decode):  # each image decoded, counted where it is decoded
+        def __call__(self, batch):
+            ray.get(ray.get_actor("goldnas-decoded").add.remote(len(batch["label"])))
+            return super().__call__(batch)
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        d = DataConfig(dataset="parquet", root=str(_parquet(blobs, args.images, tmp)), path="stream")
+        info = inspect(d)
+        connect(log=lambda _: None)
+        saved, streaming.Decode = streaming.Decode, CountingDecode
+        try:
+            for name, workers, split in (("1 worker (split)", 1, True), ("2 workers (split)", 2, True),
+                                         ("2 workers (each reads all)", 2, False)):
+                counter = Counter.options(name="goldnas-decoded").remote()
+                times = Path(tmp) / name.replace(" ", "_")
+                times.mkdir()
+
+                def loop(config, times=times, split=split):
+                    ctx = ray.train.get_context()
+                    shard = ray.train.get_dataset_shard("train")
+                    source = StreamSource(shard, info)
+                    seconds = []
+                    for _ in range(config["epochs"]):
+                        start = time.perf_counter()
+                        if split:
+                            for _ in source.rows(ctx.get_world_size()):
+                                pass
+                        else:  # the stream whole, as every worker read it before the split
+                            for _ in shard.iter_batches(batch_size=256, batch_format="numpy"):
+                                pass
+                        seconds.append(time.perf_counter() - start)
+                    (times / f"{ctx.get_world_rank()}.json").write_text(json.dumps(seconds))
+
+                config = streaming.train_data_config() if split else ray.train.DataConfig(
+                    datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True))
+                TorchTrainer(loop, train_loop_config={"epochs": args.epochs},
+                             datasets={"train": streaming.train_dataset(d, info)}, dataset_config=config,
+                             scaling_config=ray.train.ScalingConfig(num_workers=workers,
+                                                                    resources_per_worker={"CPU": 0.5}),
+                             run_config=ray.train.RunConfig(storage_path=str(Path(tmp) / "ray"), name=times.name)
+                             ).fit()
+                ranks = [json.loads(f.read_text()) for f in sorted(times.glob("*.json"))]
+                epoch_seconds = [max(r[e] for r in ranks) for e in range(args.epochs)]  # the slowest worker's
+                decoded = ray.get(counter.get.remote()) / args.epochs
+                out.append((name, decoded, info.num_train, statistics.median(epoch_seconds)))
+                ray.kill(counter)
+        finally:
+            streaming.Decode = saved
+            ray.shutdown()
+    return out
 
 
 if __name__ == "__main__":
