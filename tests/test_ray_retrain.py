@@ -224,9 +224,10 @@ def test_ctrl_c_stops_a_retrain_in_one_line_and_resume_finishes_it(pipeline, ray
 
 def test_a_two_worker_trial_spans_both_nodes_and_survives_a_killed_worker(pipeline, ray_cluster, tmp_path):
     """One architecture retrained by a trial of 2 workers (DDP, 1 CPU each): one on each node of
-    the two-node cluster. Rank 1 killed after epoch 2's report: Ray Train restarts the group
-    from the last checkpoint and the trial ends with exactly the rows an uninterrupted 2-worker
-    trial gives (computed here on 2 gloo processes)."""
+    the two-node cluster. Rank 1 killed after epoch 2's report: the trial's Ray Train run fails
+    (it does not restart its workers itself), Tune retries the trial (one retry layer), its new
+    run continues from the last checkpoint, and the trial ends with exactly the rows an
+    uninterrupted 2-worker trial gives (computed here on 2 gloo processes)."""
     search = tmp_path / "search"
     shutil.copytree(pipeline[0] / "search", search, ignore=shutil.ignore_patterns("checkpoints", "ray", "mlflow.db"))
     records = json.loads((search / "records.json").read_text())
@@ -249,8 +250,9 @@ def test_a_two_worker_trial_spans_both_nodes_and_survives_a_killed_worker(pipeli
 
     log = [json.loads(line) for line in (out / ".trials" / f"{key}.jsonl").read_text().splitlines()]
     starts = [entry for entry in log if "start_epoch" in entry]
-    # the worker group restarted once, from a checkpoint of epoch 2 or later, with a new rank 1
+    # the trial retried once, from a checkpoint of epoch 2 or later, with a new rank 1
     assert [s["start_epoch"] for s in starts][0] == 0 and len(starts) == 2 and starts[1]["start_epoch"] >= 2
+    assert (out / "ray" / "retrain" / key / "error.txt").is_file()  # by Tune: it saw the trial fail
     assert starts[1]["ranks"][1]["pid"] != start["ranks"][1]["pid"]
     trials = pd.read_parquet(out / "trials.parquet")
     assert list(trials["epoch"]) == [1, 2, 3, 4, 5]
