@@ -154,19 +154,13 @@ def _parquet(blobs: list[bytes], images: int, tmp: str) -> Path:
     return path
 
 
-def split_runs(blobs: list[bytes], args) -> list[tuple[str, float, int, float]]:
-    """(name, images decoded per epoch, training images, median epoch seconds) of a Ray Train
-    run of 1 and of 2 workers streaming the set (split), and of 2 that each read it whole."""
-    import json
-
+def counting_decode(name: str):
+    """A Ray actor named ``name`` that counts images (``get``), and a subclass of the pipelines'
+    Decode that adds to it every batch it decodes: set as ``streaming.Decode``, each image Ray
+    Data decodes is counted where it is decoded (tests/test_streaming.py uses it too)."""
     import ray
-    import ray.train
-    from ray.data import ExecutionOptions
-    from ray.train.torch import TorchTrainer
 
-    from goldnas_ray.data.stream import Decode, StreamSource, inspect
-    from goldnas_ray.orchestration import streaming
-    from goldnas_ray.orchestration.cluster import connect
+    from goldnas_ray.data.stream import Decode
 
     @ray.remote(num_cpus=0)
     class Counter:
@@ -179,21 +173,38 @@ def split_runs(blobs: list[bytes], args) -> list[tuple[str, float, int, float]]:
         def get(self):
             return self.n
 
-    class CountingDecode(Decode):  # each image decoded, counted where it is decoded
+    class CountingDecode(Decode):
         def __call__(self, batch):
-            ray.get(ray.get_actor("goldnas-decoded").add.remote(len(batch["label"])))
+            ray.get(ray.get_actor(name).add.remote(len(batch["label"])))
             return super().__call__(batch)
+
+    return Counter.options(name=name).remote(), CountingDecode
+
+
+def split_runs(blobs: list[bytes], args) -> list[tuple[str, float, int, float]]:
+    """(name, images decoded per epoch, training images, median epoch seconds) of a Ray Train
+    run of 1 and of 2 workers streaming the set (split), and of 2 that each read it whole."""
+    import json
+
+    import ray
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train.torch import TorchTrainer
+
+    from goldnas_ray.data.stream import StreamSource, inspect
+    from goldnas_ray.orchestration import streaming
+    from goldnas_ray.orchestration.cluster import connect
 
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         d = DataConfig(dataset="parquet", root=str(_parquet(blobs, args.images, tmp)), path="stream")
         info = inspect(d)
         connect(log=lambda _: None)
-        saved, streaming.Decode = streaming.Decode, CountingDecode
+        saved = streaming.Decode
         try:
             for name, workers, split in (("1 worker (split)", 1, True), ("2 workers (split)", 2, True),
                                          ("2 workers (each reads all)", 2, False)):
-                counter = Counter.options(name="goldnas-decoded").remote()
+                counter, streaming.Decode = counting_decode("goldnas-decoded")
                 times = Path(tmp) / name.replace(" ", "_")
                 times.mkdir()
 

@@ -19,35 +19,13 @@ from pathlib import Path
 import ray, ray.train
 from ray.train.torch import TorchTrainer
 from goldnas_ray.core.config import DataConfig
-from goldnas_ray.data.stream import Decode, StreamSource, inspect
+from benchmarks.data_throughput import counting_decode
+from goldnas_ray.data.stream import StreamSource, inspect
 from goldnas_ray.orchestration import streaming
 
 ray.init(address=sys.argv[2])
 out = Path(sys.argv[3])
-
-
-@ray.remote(num_cpus=0)
-class Counter:
-    def __init__(self):
-        self.n = 0
-
-    def add(self, k):
-        self.n += k
-
-    def get(self):
-        return self.n
-
-
-counter = Counter.options(name="decoded").remote()
-
-
-class CountingDecode(Decode):  # every image the pipeline decodes, counted where it is decoded
-    def __call__(self, batch):
-        ray.get(ray.get_actor("decoded").add.remote(len(batch["label"])))
-        return super().__call__(batch)
-
-
-streaming.Decode = CountingDecode
+counter, streaming.Decode = counting_decode("decoded")  # each image counted where it is decoded
 d = DataConfig(dataset="parquet", root=sys.argv[1], path="stream")
 info = inspect(d)
 
