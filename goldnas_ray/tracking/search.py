@@ -1,6 +1,8 @@
 """MLflow tracking of a search: one run, config as params, per-epoch metrics, artifacts.
 
-Written by rank 0 only. Default store: ``sqlite:///<out>/mlflow.db``, its artifacts in
+Written by rank 0 only, through ``tracking.buffer.BufferedClient``: an outage of a tracking
+server after a good start is buffered in ``<out>/.mlflow-buffer`` and replayed, never raised
+into the search. Default store: ``sqlite:///<out>/mlflow.db``, its artifacts in
 ``<out>/mlartifacts`` (``tracking.common.artifact_root``), unless --mlflow-uri or
 MLFLOW_TRACKING_URI.
 """
@@ -14,6 +16,7 @@ from goldnas_ray.core.config import Config
 from goldnas_ray.core.space import log10_space_size
 from goldnas_ray.files.search_files import CONFIG, HISTORY, LATENCY, RECORDS, read_records
 from goldnas_ray.files.store import Location, location
+from goldnas_ray.tracking.buffer import BufferedClient
 from goldnas_ray.tracking.common import experiment_id, log_files, log_params
 
 METRICS = {  # history column -> MLflow metric name
@@ -47,10 +50,8 @@ def _where(out: "Path | Location") -> str:
 
 class SearchTracker:
     def __init__(self, uri: str, experiment: str, run_name: str, config: dict[str, Any],
-                 tags: dict[str, str], run_id: str | None = None):
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=uri)
+                 tags: dict[str, str], run_id: str | None = None, out: "Path | Location | None" = None):
+        self.client = BufferedClient(uri, out)
         self.uri = uri
         if run_id is None:
             run = self.client.create_run(experiment_id(self.client, experiment), run_name=run_name,
@@ -71,6 +72,7 @@ class SearchTracker:
         step = int(row["epoch"])
         if step in self.logged_steps:
             return
+        self.client.moment = f"epoch {step}"
         ts = int(time.time() * 1000)
         metrics = [Metric(name, float(row[col]), ts, step) for col, name in METRICS.items()
                    if col in row or col not in OPTIONAL]
@@ -93,6 +95,7 @@ class SearchTracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+        self.client.close()  # says how many writes still wait for the server
 
 
 
@@ -102,6 +105,6 @@ def search_tracker(uri: str, experiment: str, out: Path, workers: int):
     the one a resumed search already has."""
     def make(cfg: Config, dataset: str, run_id: str | None) -> SearchTracker:
         return SearchTracker(uri, experiment, location(out).name, cfg.to_dict(),
-                             run_tags(cfg.space, dataset, workers, out), run_id=run_id)
+                             run_tags(cfg.space, dataset, workers, out), run_id=run_id, out=out)
 
     return make

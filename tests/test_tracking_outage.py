@@ -1,0 +1,118 @@
+"""An MLflow tracking server that goes away after a good start never stops a run: its writes
+are buffered in the run's output and replayed (tracking/buffer.py, tracking/replay.py).
+
+Each test starts its own server (the session's shared one is not stopped), on a free port it
+keeps across a restart, with MLflow's retry budget shortened through its environment variables."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import BIN, free_port, tiny_config, wait_http
+
+from goldnas_ray.run.loop import run_local
+from goldnas_ray.tracking import buffer
+from goldnas_ray.tracking.search import METRICS, search_tracker
+
+pytestmark = [pytest.mark.mlflow, pytest.mark.services]
+EPOCHS = 8
+
+
+class Server:
+    """An MLflow server on one port and one store, stopped and started again by the test."""
+
+    def __init__(self, root: Path):
+        self.root, self.port, self.proc = root, free_port(), None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
+            stdout=open(self.root / "server.log", "a"), stderr=subprocess.STDOUT)
+        wait_http(self.uri + "/health", timeout=120)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    monkeypatch.setattr(buffer, "PROBE_EVERY", 0.0)  # probe at every write: no waiting here
+    (tmp_path / "mlflow").mkdir()
+    srv = Server(tmp_path / "mlflow")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _search(out: Path, uri: str | None, on_epoch=lambda n: None) -> list[str]:
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if line.lstrip().startswith("epoch"):
+            on_epoch(int(line.split()[1].split("/")[0]))
+
+    tracker = search_tracker(uri, "outage", out, workers=1) if uri else None
+    run_local(tiny_config(max_epochs=EPOCHS), out, tracker=tracker, log=log)
+    return lines
+
+
+def _records(out: Path) -> list[dict]:
+    return [{k: a[k] for k in ("id", "epoch", "flops")} for a in json.loads((out / "records.json").read_text())["architectures"]]
+
+
+def _check_run(uri: str, out: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    run_id = json.loads((out / "records.json").read_text())["mlflow_run_id"]
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for name in ("flops", "train_loss"):
+        steps = [m.step for m in client.get_metric_history(run_id, METRICS[name] if name in METRICS else name)]
+        assert sorted(steps) == list(range(1, EPOCHS + 1)), (name, steps)  # every epoch, each once
+    assert "records.json" in {a.path for a in client.list_artifacts(run_id)}
+    assert not (out / buffer.BUFFER).exists()
+
+
+def test_an_outage_in_the_middle_of_a_search_is_buffered_and_replayed(server, tmp_path, capsys):
+    def on_epoch(n: int) -> None:
+        if n == 2:
+            server.stop()
+        elif n == 5:
+            server.start()
+
+    lines = _search(tmp_path / "tracked", server.uri, on_epoch)
+    said = capsys.readouterr().out + "\n".join(lines)
+    assert said.count("unreachable since epoch 3") == 1, said
+    assert said.count("replayed") == 1, said
+    _check_run(server.uri, tmp_path / "tracked")
+    _search(tmp_path / "untracked", None)
+    assert _records(tmp_path / "tracked") == _records(tmp_path / "untracked")
+
+
+def test_a_search_that_ends_while_the_server_is_down_is_completed_by_the_replay(server, tmp_path, capsys):
+    out = tmp_path / "search"
+    _search(out, server.uri, lambda n: server.stop() if n == 2 else None)
+    said = capsys.readouterr().out
+    assert "items wait" in said and "goldnas_ray.tracking.replay" in said, said
+    assert (out / "records.json").is_file() and buffer.Buffer(out).pending() > 0
+    down = subprocess.run([sys.executable, "-m", "goldnas_ray.tracking.replay", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert down.returncode == 1 and "unreachable" in down.stderr, down.stderr
+    server.start()
+    done = subprocess.run([sys.executable, "-m", "goldnas_ray.tracking.replay", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    _check_run(server.uri, out)
