@@ -22,7 +22,10 @@ kind :data:`INPUT` at once; a failure of the store it does not recognise is not 
 but is of kind :data:`INFRASTRUCTURE` (a sweep tries its search again). An S3 location waits ``connect_timeout`` seconds (default 10) for a
 connection and gives up a request that transfers nothing for ``request_timeout`` seconds
 (default 30), so that an endpoint that hangs becomes a retried fault too; both are options of
-the query string (``s3://bucket/run?request_timeout=60``), beside pyarrow's own.
+the query string (``s3://bucket/run?request_timeout=60``), beside pyarrow's own. Readers and
+writers handed the file system itself (:meth:`Location.arrow`: Ray Train's and Tune's
+checkpoints, Ray Data) get those timeouts and pyarrow's own retries; a reader may wrap its
+calls in :func:`retrying` (``data.datasets`` does for Parquet).
 """
 from __future__ import annotations
 
