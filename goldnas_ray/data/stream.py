@@ -37,7 +37,7 @@ from goldnas_ray.data.batches import Augment, epoch_generator, eval_batches, pre
 from goldnas_ray.data.datasets import (DataError, channel_stats, check_labels, decode_image,
                                        folder_split, held_out, image_bytes_of, parquet_splits, read_parquet_table,
                                        subset_indices)
-from goldnas_ray.files.store import Location, location
+from goldnas_ray.files.store import Location, location, retrying
 
 
 def stream_info(d: DataConfig) -> "StreamInfo | None":
@@ -225,8 +225,8 @@ class Decode:
 class ReadRows:
     """map_batches over the row groups of a Parquet stream (items ``path``, ``group``: its
     index in the file, ``first``: its first row's index in the stream): the rows of ``split``
-    its consumers get (:meth:`StreamInfo.kept`), read in order, the others dropped before
-    anything is decoded. ``fs``: the files' pyarrow filesystem."""
+    its consumers get (:meth:`StreamInfo.kept`), read in order a row group at a time, the
+    others dropped before anything is decoded. ``fs``: the files' pyarrow filesystem."""
 
     def __init__(self, info: StreamInfo, split: str, columns: Sequence[str], fs: Any, read_batch: int = 256):
         self.info, self.split, self.columns, self.fs, self.read_batch = info, split, list(columns), fs, read_batch
@@ -239,14 +239,17 @@ class ReadRows:
         if self.split == "train" and self._index is None:
             self._index = self.info.train_rows()
         for path, group, first in zip(items["path"], items["group"], items["first"]):
-            start = int(first)
-            with self.fs.open_input_file(str(path)) as f:
-                for part in pq.ParquetFile(f).iter_batches(batch_size=self.read_batch, row_groups=[int(group)],
-                                                           columns=self.columns):
-                    keep = self.info.kept(self.split, start, part.num_rows, self._index)
-                    start += part.num_rows
-                    if keep.any():
-                        yield pa.Table.from_batches([part]).filter(pa.array(keep))
+            def read(path=str(path), group=int(group)):
+                with self.fs.open_input_file(path) as f:
+                    return pq.ParquetFile(f).read_row_group(group, columns=self.columns)
+
+            # a store's transient faults retried, as every read through the storage layer
+            table, start = retrying(read, f"{path} (row group {group})"), int(first)
+            for part in table.to_batches(max_chunksize=self.read_batch):
+                keep = self.info.kept(self.split, start, part.num_rows, self._index)
+                start += part.num_rows
+                if keep.any():
+                    yield pa.Table.from_batches([part]).filter(pa.array(keep))
 
     def __getstate__(self) -> dict[str, Any]:  # the index is rebuilt where it runs
         return self.__dict__ | {"_index": None}

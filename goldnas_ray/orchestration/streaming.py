@@ -15,7 +15,7 @@ import contextlib
 from goldnas_ray.core.config import DataConfig
 from goldnas_ray.data.datasets import parquet_files, parquet_splits
 from goldnas_ray.data.stream import Decode, ReadRows, StreamInfo, folder_items
-from goldnas_ray.files.store import location
+from goldnas_ray.files.store import location, retrying
 
 DECODE_CPUS = 1  # kept beside the workers of every streamed run (a search, a trial) for Ray Data
 
@@ -70,10 +70,13 @@ def row_groups(paths: list[str], fs) -> list[dict]:
     and its first row's index in the stream (from the files' footers)."""
     import pyarrow.parquet as pq
 
+    def footer(path: str):
+        with fs.open_input_file(path) as f:
+            return pq.ParquetFile(f).metadata
+
     items, first = [], 0
     for path in paths:
-        with fs.open_input_file(path) as f:
-            meta = pq.ParquetFile(f).metadata
+        meta = retrying(lambda path=path: footer(path), path)  # a store's transient faults retried
         for group in range(meta.num_row_groups):
             items.append({"path": path, "group": group, "first": first})
             first += meta.row_group(group).num_rows
