@@ -6,6 +6,7 @@ keeps across a restart, with MLflow's retry budget shortened through its environ
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,16 +44,17 @@ class Server:
             self.proc = None
 
 
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    monkeypatch.setattr(buffer, "PROBE_EVERY", 0.0)  # probe at every write: no waiting here
-    (tmp_path / "mlflow").mkdir()
-    srv = Server(tmp_path / "mlflow")
-    srv.start()
-    yield srv
-    srv.stop()
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server for this module's tests (each leaves it running)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        patch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        patch.setattr(buffer, "PROBE_EVERY", 0.0)  # probe at every write: no waiting here
+        srv = Server(tmp_path_factory.mktemp("mlflow"))
+        srv.start()
+        yield srv
+        srv.stop()
 
 
 def _search(out: Path, uri: str | None, on_epoch=lambda n: None) -> list[str]:
@@ -116,3 +118,41 @@ def test_a_search_that_ends_while_the_server_is_down_is_completed_by_the_replay(
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     _check_run(server.uri, out)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_retrain_whose_server_goes_down_finishes_and_the_replay_completes_its_runs(server, tmp_path):
+    """The server stops after the first trial epoch and stays down: every trial finishes, the
+    report is written, exit 0; the replay then ends the parent and every child FINISHED with
+    each epoch once."""
+    from mlflow.tracking import MlflowClient
+
+    _search(tmp_path / "search", None)
+    out = tmp_path / "retrain"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONUNBUFFERED": "1"}  # own Ray
+    run = subprocess.Popen([sys.executable, "pipelines/retrain.py", "--search-dir", str(tmp_path / "search"),
+                            "--mlflow-uri", server.uri, "--epochs", "2", "--set", "retrain.batch_size=128",
+                            "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=env, cwd=ROOT)
+    printed = []
+    for line in run.stdout:
+        printed.append(line)
+        if " epoch " in line and "1/2" in line and server.proc is not None:
+            server.stop()
+    console = "".join(printed)
+    assert run.wait(timeout=60) == 0, console[-4000:]
+    assert "unreachable since" in console and "items wait" in console, console[-4000:]
+    assert (out / "frontier.csv").is_file()
+    server.start()
+    done = subprocess.run([sys.executable, "-m", "goldnas_ray.tracking.replay", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "retrain.json").read_text())
+    client = MlflowClient(tracking_uri=server.uri)
+    assert client.get_run(manifest["mlflow_run_id"]).info.status == "FINISHED"
+    for child in manifest["mlflow_child_run_ids"].values():
+        assert client.get_run(child).info.status == "FINISHED"
+        assert sorted(m.step for m in client.get_metric_history(child, "test_acc")) == [1, 2]
+    assert not (out / buffer.BUFFER).exists()

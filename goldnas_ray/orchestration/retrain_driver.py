@@ -91,7 +91,7 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
         at_once = concurrent_trials(resources, trial, streaming=manifest.stream is not None)
         if not resume:
             _start(out, manifest, staging, experiment)
-    tracker = RetrainTracker(manifest.mlflow_tracking_uri) if manifest.mlflow_run_id else None
+    tracker = RetrainTracker(manifest.mlflow_tracking_uri, out) if manifest.mlflow_run_id else None
     with _ending(tracker, manifest, out, log, "trials"):
         if tracker is not None and resume:
             tracker.client.update_run(manifest.mlflow_run_id, status="RUNNING")
@@ -209,7 +209,7 @@ def _start(out: Location, manifest: Manifest, staging: Path | None, experiment: 
     if not manifest.mlflow_tracking_uri:
         manifest.write(out)
         return
-    tracker = RetrainTracker(manifest.mlflow_tracking_uri)
+    tracker = RetrainTracker(manifest.mlflow_tracking_uri, out)
     tracker.start_retrain(experiment, out, manifest)
     # without retrain.json nothing can resume these runs: a failure to write it ends them all
     with ends_tracked_run(lambda status: tracker.end_retrain(manifest.mlflow_run_id, status, "start")):
@@ -341,6 +341,7 @@ def _track_report(tracker: RetrainTracker, out: Location, manifest: Manifest, tr
         f"hypervolume_point{p['point']}": p["value"] for p in (comparison or {}).get("sweep", {}).get("points", [])}
     tracker.log_report(manifest.mlflow_run_id, out, summary, table)
     tracker.end_run(manifest.mlflow_run_id, "FAILED" if failed else "FINISHED")
+    tracker.client.close()  # says how many writes still wait for an unreachable server
     log(f"MLflow run {manifest.mlflow_run_id}: open with {how_to_open(tracker.uri)}")
 
 

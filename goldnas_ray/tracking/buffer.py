@@ -199,6 +199,9 @@ class BufferedClient:
         return lambda *args, **kwargs: self._write(name, args, kwargs)
 
     def _write(self, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        # another client of this output (a copy of a retrain's callback) may be buffering:
+        # nothing goes ahead of its lines
+        self.buffering = self.buffering or (self.buffer.dir / "calls.jsonl").is_file()
         if self.buffering and time.monotonic() - self.probed >= PROBE_EVERY:
             self._try_replay()
         if not self.buffering:

@@ -2,7 +2,10 @@
 
 Every run it starts ends FINISHED, FAILED or KILLED, whatever fails (``end_retrain``, called by
 the driver at the stage that failed: the start, the trials, or the report after them). Its
-artifacts go where ``tracking.common.artifact_root`` puts the experiment's.
+artifacts go where ``tracking.common.artifact_root`` puts the experiment's. Its writes go
+through ``tracking.buffer.BufferedClient`` with the retrain's output: a tracking server that goes
+away after a good start is buffered and replayed, never raised into the trials (while it is
+away, the epochs a run holds are those this process logged).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from goldnas_ray.retrain.plan import Manifest, trial_key
 from goldnas_ray.files.search_files import LEGACY_RECORDS, RECORDS, OutputDirError
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.run.ending import ends_tracked_run
+from goldnas_ray.tracking.buffer import BufferedClient, is_outage
 from goldnas_ray.tracking.common import check_uri, experiment_id, log_files, log_params
 
 TRIAL_METRICS = ("test_acc", "train_loss", "train_acc", "lr", "drop_path", "seconds", "images_per_second")
@@ -29,23 +33,34 @@ class RetrainTracker:
     restored after a failure or a ``--resume`` logs into its own run, each epoch once.
     """
 
-    def __init__(self, uri: str):
-        self.uri = uri
+    def __init__(self, uri: str, out: "Path | Location | None" = None):
+        self.uri, self.out = uri, out
         self._client = None
         self._logged: dict[str, set[int]] = {}
         self.stopped = False  # end_retrain ran: nothing changes a run any more (not pickled)
         self.exported: set[str] = set()  # child runs whose network log_models logged
+        self.ended: set[str] = set()  # runs end_run ended
 
     @property
     def client(self):
         if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.uri)
+            self._client = BufferedClient(self.uri, self.out)
         return self._client
 
+    def _steps(self, run_id: str) -> set[int]:
+        """The epochs run ``run_id`` holds: asked of the server, or none while it is away."""
+        if self.client.buffering:
+            return set()
+        try:
+            return {m.step for m in self.client.get_metric_history(run_id, "test_acc")}
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return set()
+
     def __getstate__(self) -> dict[str, Any]:  # Tune may pickle its callbacks
-        return {"uri": self.uri, "_client": None, "_logged": {}, "stopped": False, "exported": set()}
+        return {"uri": self.uri, "out": self.out, "_client": None, "_logged": {}, "stopped": False,
+                "exported": set(), "ended": set()}
 
     def start(self, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str],
               children: dict[str, tuple[str, dict[str, Any], dict[str, str]]]) -> tuple[str, dict[str, str]]:
@@ -101,8 +116,7 @@ class RetrainTracker:
             return
         self.client.update_run(run_id, status="RUNNING")
         if run_id not in self._logged:
-            history = self.client.get_metric_history(run_id, "test_acc")
-            self._logged[run_id] = {m.step for m in history}
+            self._logged[run_id] = self._steps(run_id)
 
     def log_trial_epoch(self, run_id: str, row: dict[str, Any]) -> None:
         from mlflow.entities import Metric
@@ -114,6 +128,7 @@ class RetrainTracker:
         step = int(row["epoch"])
         if step in self._logged[run_id]:
             return
+        self.client.moment = f"epoch {step} of run {run_id}"
         ts = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(n, float(row[n]), ts, step)
                                                for n in TRIAL_METRICS if n in row])
@@ -130,7 +145,7 @@ class RetrainTracker:
 
         if self.stopped:
             return 0
-        have = {m.step for m in self.client.get_metric_history(run_id, "test_acc")}
+        have = self._steps(run_id) | self._logged.get(run_id, set())
         missing = [row for row in history if int(row["epoch"]) not in have]
         ts = int(time.time() * 1000)
         metrics = [Metric(n, float(row[n]), ts, int(row["epoch"])) for row in missing for n in TRIAL_METRICS
@@ -143,6 +158,7 @@ class RetrainTracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         if not self.stopped:
             self.client.set_terminated(run_id, status=status)
+            self.ended.add(run_id)
 
     # the children's statuses end_retrain ends, by the stage that failed: at the "start" nothing
     # can resume them (no retrain.json); during the "trials" those not started stay SCHEDULED
@@ -156,6 +172,11 @@ class RetrainTracker:
         and a finished trial's run FINISHED once its network is logged. From then on the
         trials' callbacks (Tune goes on in its thread until the process exits) change no run."""
         self.stopped = True
+        if self.client.buffering:  # the server cannot say which run: those this process started
+            for run_id in set(self._logged) - self.exported - self.ended:
+                self.client.set_terminated(run_id, status=status)
+            self.client.set_terminated(parent_id, status=status)
+            return
         exp = self.client.get_run(parent_id).info.experiment_id
         for run in self.client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}'"):
             if run.info.status in self.ENDED[stage] and run.info.run_id not in self.exported:
@@ -201,7 +222,7 @@ class RetrainTracker:
                                           pip_requirements=[requirement], serialization_format="pt2")
                 self.client.log_artifacts(run_id, f"{tmp}/model", "model")
             self.exported.add(run_id)
-            if self.client.get_run(run_id).info.status != "FINISHED":
+            if self.client.buffering or self.client.get_run(run_id).info.status != "FINISHED":
                 self.client.set_terminated(run_id, status="FINISHED")
 
 
