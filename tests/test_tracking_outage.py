@@ -156,3 +156,33 @@ def test_a_retrain_whose_server_goes_down_finishes_and_the_replay_completes_its_
         assert client.get_run(child).info.status == "FINISHED"
         assert sorted(m.step for m in client.get_metric_history(child, "test_acc")) == [1, 2]
     assert not (out / buffer.BUFFER).exists()
+
+
+def test_a_sweeps_parent_ends_while_the_server_is_down_and_the_replay_completes_it(server, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from goldnas_ray.core.config import Config
+    from goldnas_ray.files.store import location
+    from goldnas_ray.sweep.plan import Sweep, parse_grid, plan_sweep
+    from goldnas_ray.tracking.sweep import SweepTracker
+
+    tracker = SweepTracker(server.uri, location(tmp_path))
+    grid = parse_grid(["search.lambda0=0.001"])
+    sweep = Sweep(grid, [0], plan_sweep(Config(), grid, [0]))
+    tracker.start("outage-sweep", location(tmp_path), sweep)
+    sweep.write(location(tmp_path))
+    child = sweep.searches[0].mlflow_run_id
+    server.stop()
+    tracker.end_search(child, {"records": 3, "epochs": 12}, None)
+    tracker.log_report(sweep, location(tmp_path), None, failed=False)
+    said = capsys.readouterr().out
+    assert said.count("unreachable since") == 1 and "items wait" in said, said
+    server.start()
+    done = subprocess.run([sys.executable, "-m", "goldnas_ray.tracking.replay", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(tracking_uri=server.uri)
+    assert client.get_run(sweep.mlflow_run_id).info.status == "FINISHED"
+    assert "sweep.json" in {a.path for a in client.list_artifacts(sweep.mlflow_run_id)}
+    ended = client.get_run(child)
+    assert ended.info.status == "FINISHED" and ended.data.metrics["records"] == 3

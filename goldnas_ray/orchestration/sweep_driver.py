@@ -88,7 +88,7 @@ def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[s
     at_once = concurrent_trials(resources, per_search, any(streams.values()))
     tracker = None
     if sweep.mlflow_tracking_uri:
-        tracker = SweepTracker(sweep.mlflow_tracking_uri)
+        tracker = SweepTracker(sweep.mlflow_tracking_uri, out)
     if not resume:
         out.mkdir()
     finish = (lambda status: tracker.end_unfinished(sweep, status)) if tracker is not None else None

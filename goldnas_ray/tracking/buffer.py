@@ -198,6 +198,17 @@ class BufferedClient:
             return attr
         return lambda *args, **kwargs: self._write(name, args, kwargs)
 
+    def ask(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """A read (``get_run``, ``get_metric_history``...), or None while the server is away."""
+        if self.buffering:
+            return None
+        try:
+            return getattr(self.client, name)(*args, **kwargs)
+        except Exception as exc:
+            if self.buffer is None or not is_outage(exc):
+                raise
+            return None
+
     def _write(self, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
         # another client of this output (a copy of a retrain's callback) may be buffering:
         # nothing goes ahead of its lines

@@ -18,7 +18,7 @@ from goldnas_ray.retrain.plan import Manifest, trial_key
 from goldnas_ray.files.search_files import LEGACY_RECORDS, RECORDS, OutputDirError
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.run.ending import ends_tracked_run
-from goldnas_ray.tracking.buffer import BufferedClient, is_outage
+from goldnas_ray.tracking.buffer import BufferedClient
 from goldnas_ray.tracking.common import check_uri, experiment_id, log_files, log_params
 
 TRIAL_METRICS = ("test_acc", "train_loss", "train_acc", "lr", "drop_path", "seconds", "images_per_second")
@@ -49,14 +49,7 @@ class RetrainTracker:
 
     def _steps(self, run_id: str) -> set[int]:
         """The epochs run ``run_id`` holds: asked of the server, or none while it is away."""
-        if self.client.buffering:
-            return set()
-        try:
-            return {m.step for m in self.client.get_metric_history(run_id, "test_acc")}
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
-            return set()
+        return {m.step for m in self.client.ask("get_metric_history", run_id, "test_acc") or []}
 
     def __getstate__(self) -> dict[str, Any]:  # Tune may pickle its callbacks
         return {"uri": self.uri, "out": self.out, "_client": None, "_logged": {}, "stopped": False,

@@ -13,7 +13,10 @@ schedule (params) against outcome. Who writes a child's epochs depends on the st
   search's history.parquet whose report never arrived, and logs the search's files from its
   folder when the sweep ends.
 
-When the sweep ends, the driver adds each search's outcome as metrics (records, FLOPs at the
+The parent's writes go through ``tracking.buffer.BufferedClient`` with the sweep's output: a
+tracking server that goes away after a good start is buffered and replayed (while it is away,
+a search's outcome is logged without asking what its run holds, and a stopped sweep ends the
+parent only). When the sweep ends, the driver adds each search's outcome as metrics (records, FLOPs at the
 stop, epochs, seconds), marks the searches that failed, and logs the summary table and the
 report on the parent.
 """
@@ -29,6 +32,7 @@ from goldnas_ray.files.search_files import HISTORY
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.sweep.plan import SWEEP_FILE, Sweep
 from goldnas_ray.sweep.report import CHART, POINTS_CSV, SEARCHES_CSV, UNION
+from goldnas_ray.tracking.buffer import BufferedClient
 from goldnas_ray.tracking.common import experiment_id, log_files, log_params
 from goldnas_ray.tracking.search import METRICS, SearchTracker, run_tags
 
@@ -72,11 +76,9 @@ class SweepTracker:
     """A sweep in MLflow, written by its driver: the parent, the children's creation and their
     outcome; on a file store (``relays``) also what the searches log."""
 
-    def __init__(self, uri: str):
-        from mlflow.tracking import MlflowClient
-
+    def __init__(self, uri: str, out: Location | None = None):
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = BufferedClient(uri, out)
         self.relays = driver_writes(uri)
         self._children: dict[str, _ChildRun] = {}
 
@@ -131,33 +133,38 @@ class SweepTracker:
         ``goldnas.error`` and status FAILED."""
         from mlflow.entities import Metric
 
-        run = self.client.get_run(run_id)
+        run = self.client.ask("get_run", run_id)  # None while a tracking server is away: write all
+        metrics, tags = (run.data.metrics, run.data.tags) if run is not None else ({}, {})
+        status = run.info.status if run is not None else None
         if outcome is not None:
-            if "records" not in run.data.metrics:  # once, whichever run of the sweep saw it finish
+            if "records" not in metrics:  # once, whichever run of the sweep saw it finish
                 if self.relays and out is not None:
                     self._child(run_id).log_outputs(out)
                 ts = int(time.time() * 1000)
                 self.client.log_batch(run_id, metrics=[Metric(k, float(outcome[k]), ts, 0) for k in OUTCOME
                                                        if outcome.get(k) is not None and pd.notna(outcome[k])])
-            if "goldnas.error" in run.data.tags:
+            if "goldnas.error" in tags:
                 self.client.delete_tag(run_id, "goldnas.error")
-            if run.info.status != "FINISHED":
+            if status != "FINISHED":
                 self.client.set_terminated(run_id, status="FINISHED")
         elif error is not None:
             self.client.set_tag(run_id, "goldnas.error", error[:5000])
-            if run.info.status != "FAILED":
+            if status != "FAILED":
                 self.client.set_terminated(run_id, status="FAILED")
 
     def end_unfinished(self, sweep: Sweep, status: str) -> None:
         """A stopped or broken sweep: its RUNNING children and the parent end with ``status``
         (children never started stay SCHEDULED; --resume runs them)."""
-        for s in sweep.searches:
-            if s.mlflow_run_id and self.client.get_run(s.mlflow_run_id).info.status == "RUNNING":
+        for s in sweep.searches:  # while a tracking server is away, the running ones are not known
+            run = self.client.ask("get_run", s.mlflow_run_id) if s.mlflow_run_id else None
+            if run is not None and run.info.status == "RUNNING":
                 self.client.set_terminated(s.mlflow_run_id, status=status)
         self.client.set_terminated(sweep.mlflow_run_id, status=status)
+        self.client.close()
 
     def log_report(self, sweep: Sweep, out: Location, table: pd.DataFrame, failed: bool) -> None:
         log_files(self.client, sweep.mlflow_run_id, out, (SWEEP_FILE, SEARCHES_CSV, POINTS_CSV, CHART, UNION))
         if table is not None and len(table):
             self.client.log_table(sweep.mlflow_run_id, data=table, artifact_file=SUMMARY_TABLE)
         self.client.set_terminated(sweep.mlflow_run_id, status="FAILED" if failed else "FINISHED")
+        self.client.close()  # says how many writes still wait for an unreachable server
