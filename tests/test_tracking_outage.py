@@ -18,7 +18,12 @@ from goldnas_ray.run.loop import run_local
 from goldnas_ray.tracking import buffer
 from goldnas_ray.tracking.search import METRICS, search_tracker
 
-pytestmark = [pytest.mark.mlflow, pytest.mark.services]
+
+
+def served(test):
+    """A test on this module's own MLflow server (marked as the conftest fixture's users are)."""
+    return pytest.mark.services(pytest.mark.mlflow(test))
+
 EPOCHS = 8
 
 
@@ -88,6 +93,7 @@ def _check_run(uri: str, out: Path) -> None:
     assert not (out / buffer.BUFFER).exists()
 
 
+@served
 def test_an_outage_in_the_middle_of_a_search_is_buffered_and_replayed(server, tmp_path, capsys):
     def on_epoch(n: int) -> None:
         if n == 2:
@@ -104,6 +110,7 @@ def test_an_outage_in_the_middle_of_a_search_is_buffered_and_replayed(server, tm
     assert _records(tmp_path / "tracked") == _records(tmp_path / "untracked")
 
 
+@served
 def test_a_search_that_ends_while_the_server_is_down_is_completed_by_the_replay(server, tmp_path, capsys):
     out = tmp_path / "search"
     _search(out, server.uri, lambda n: server.stop() if n == 2 else None)
@@ -123,6 +130,7 @@ def test_a_search_that_ends_while_the_server_is_down_is_completed_by_the_replay(
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@served
 def test_a_retrain_whose_server_goes_down_finishes_and_the_replay_completes_its_runs(server, tmp_path):
     """The server stops after the first trial epoch and stays down: every trial finishes, the
     report is written, exit 0; the replay then ends the parent and every child FINISHED with
@@ -158,6 +166,7 @@ def test_a_retrain_whose_server_goes_down_finishes_and_the_replay_completes_its_
     assert not (out / buffer.BUFFER).exists()
 
 
+@served
 def test_a_sweeps_parent_ends_while_the_server_is_down_and_the_replay_completes_it(server, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
@@ -186,3 +195,47 @@ def test_a_sweeps_parent_ends_while_the_server_is_down_and_the_replay_completes_
     assert "sweep.json" in {a.path for a in client.list_artifacts(sweep.mlflow_run_id)}
     ended = client.get_run(child)
     assert ended.info.status == "FINISHED" and ended.data.metrics["records"] == 3
+
+
+def test_a_replay_that_stops_half_way_goes_on_after_what_it_sent(tmp_path):
+    """Buffered lines (metrics with their steps and timestamps, a file, a table, the end) sent to
+    a real sqlite store: a replay the store fails half way counts what it sent, and the next one
+    sends the rest, each line once."""
+    import pandas as pd
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("replay", (tmp_path / "art").as_uri())).info.run_id
+    out, note = tmp_path / "out", tmp_path / "note.txt"
+    note.write_text("kept")
+    lines = buffer.Buffer(out)
+    for step in (1, 2, 3):
+        lines.add("http://x", "log_batch", (run,), {"metrics": [Metric("loss", 1.0 / step, 1000 + step, step)]})
+    lines.add("http://x", "log_artifact", (run, str(note), None), {})
+    note.unlink()  # the buffer holds its own copy
+    lines.add("http://x", "log_table", (run,), {"data": pd.DataFrame({"id": ["a"], "flops": [3]}),
+                                                "artifact_file": "front.json"})
+    lines.add("http://x", "set_terminated", (run,), {"status": "FINISHED"})
+
+    class FailsAtThird:  # the store answers two calls, then goes away
+        calls = 0
+
+        def __getattr__(self, name):
+            def call(*args, **kwargs):
+                FailsAtThird.calls += 1
+                if FailsAtThird.calls == 3:
+                    raise MlflowException("API request failed: Connection refused")  # INTERNAL_ERROR: 500
+                return getattr(client, name)(*args, **kwargs)
+            return call
+
+    with pytest.raises(MlflowException):
+        lines.replay(FailsAtThird())
+    assert lines.sent() == 2 and lines.pending() == 4
+    assert lines.replay(client) == 4 and not (out / buffer.BUFFER).exists()
+    history = client.get_metric_history(run, "loss")
+    assert sorted((m.step, m.timestamp) for m in history) == [(1, 1001), (2, 1002), (3, 1003)]
+    assert client.get_run(run).info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(run)} == {"note.txt", "front.json"}
+    assert (tmp_path / "art").is_dir()
