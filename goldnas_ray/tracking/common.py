@@ -1,7 +1,8 @@
 """What the MLflow trackers share: the tracking URI, where artifacts go, parameters in
 batches, file artifacts.
 
-Every write goes through ``MlflowClient`` (no global fluent state), from one process only:
+Every write goes through ``MlflowClient`` (wrapped by ``buffer.BufferedClient``, which buffers a
+tracking server's outage; no global fluent state), from one process only:
 rank 0 of a search, the driver of a retrain.
 
 Where a run's artifacts go is one rule (:func:`artifact_root`, applied when an experiment is
