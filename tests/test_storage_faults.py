@@ -134,8 +134,27 @@ def test_a_storage_outage_is_not_bad_data_but_an_unreadable_store_is(monkeypatch
         datasets.load_dataset("digits")
     assert caught.value.kind == INFRASTRUCTURE and not isinstance(caught.value, DataError)
     monkeypatch.setitem(datasets.LOADERS, "digits", denied)
-    with pytest.raises(DataError, match="cannot read digits data at data: s3://b/data: writing is not allowed"):
+    with pytest.raises(DataError, match="cannot read digits data at data: s3://b/data: access denied"):
         datasets.load_dataset("digits")
+    # a failure of the store it does not recognise: infrastructure in store.py, so not bad data here
+    unknown = OSError("When reading information for key 'd/x.parquet': AWS Error UNKNOWN (HTTP status 0)")
+    with pytest.raises(StorageError) as caught:
+        datasets._parquet_read(location("s3://b/d?endpoint_override=127.0.0.1:1"), lambda: (_ for _ in ()).throw(unknown))
+    assert caught.value.kind == INFRASTRUCTURE and not isinstance(caught.value, DataError)
+
+
+def test_a_corrupt_parquet_file_is_bad_data(tmp_path):
+    """pyarrow raises OSError for a Parquet file whose footer it cannot read: input, not an outage."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from goldnas_ray.data.datasets import read_parquet_table
+
+    pq.write_table(pa.table({"image": [b"x" * 64] * 50, "label": list(range(50))}), tmp_path / "t.parquet")
+    raw = (tmp_path / "t.parquet").read_bytes()
+    (tmp_path / "t.parquet").write_bytes(raw[:len(raw) // 2] + raw[-8:])  # cut: the footer points past the end
+    with pytest.raises(DataError, match=r"cannot read Parquet data at .*t.parquet"):
+        read_parquet_table(location(tmp_path / "t.parquet"))
 
 
 def test_a_sweep_records_the_kind_of_each_failure_and_reads_files_without_it(tmp_path):
@@ -157,10 +176,20 @@ def test_a_sweep_records_the_kind_of_each_failure_and_reads_files_without_it(tmp
 
 
 def test_s3_timeouts_are_options_of_the_uri():
+    import pickle
+
     loc = location("s3://b/run?endpoint_override=127.0.0.1:1&scheme=http&request_timeout=3")
-    options = loc.fs.__reduce__()[1][0]
-    assert options["request_timeout"] == 3.0 and options["connect_timeout"] == 10.0  # the default
-    assert "request_timeout=3" in loc.uri and str(loc) == "s3://b/run"  # a worker rebuilds it the same
+    again = pickle.loads(pickle.dumps(loc / "x.json"))  # as a worker or a trial gets it
+    for fs in (loc.fs, again.fs):
+        options = fs.__reduce__()[1][0]  # (only to read them back: pyarrow has no other accessor)
+        assert options["request_timeout"] == 3.0 and options["connect_timeout"] == 10.0  # the default
+        assert (options["endpoint_override"], options["scheme"]) == ("127.0.0.1:1", "http")
+    assert again.uri == loc.uri.replace("/run?", "/run/x.json?") and again.path == "b/run/x.json"
+    assert "request_timeout=3" in loc.uri and str(loc) == "s3://b/run"
+    with pytest.raises(StorageError, match="unknown option allow_bucket_creation='maybe'"):
+        location("s3://b/run?endpoint_override=127.0.0.1:1&allow_bucket_creation=maybe")
+    with pytest.raises(StorageError, match="credentials are never taken from the URI"):
+        location("s3://key:secret@b/run?endpoint_override=127.0.0.1:1")
     with pytest.raises(StorageError, match="request_timeout='soon' is not a number"):
         location("s3://b/run?endpoint_override=127.0.0.1:1&request_timeout=soon")
     with pytest.raises(StorageError, match="connect_timeout is an option of s3:// locations only"):

@@ -22,9 +22,10 @@ converted, augmented and normalised on the training device (``data.batches``). W
 centre-cropped to a common square, from which training crops are taken. ``data.subset`` keeps
 a fixed per-class fraction of the training set (seeded), as searches on ImageNet keep 10% or
 2.5%. Every problem is reported with the file it is in, before training: a DataError for
-data that is missing, unreadable or malformed (a fault of the input), while a store that
-keeps failing after the storage layer's retries (a timeout, an HTTP 5xx) raises its own
-StorageError of kind infrastructure, so that a sweep tries the search again.
+data that is missing, unreadable or malformed (a fault of the input), while a StorageError the
+storage layer gives kind infrastructure (a store that kept failing after its retries, or a
+failure of the store it does not recognise) is passed on as it is, so that a sweep tries the
+search again: ``files.store`` alone decides which is which.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ import torch
 
 from goldnas_ray.core.config import DATASETS as SPECS
 from goldnas_ray.data.batches import Augment, eval_batches, iterate_batches
-from goldnas_ray.files.store import Location, StorageError, location, outage, retrying
+from goldnas_ray.files.store import INFRASTRUCTURE, Location, StorageError, location, retrying
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"
@@ -120,7 +121,7 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, *
     try:
         data = LOADERS[name](root=root, download=download, **options)
     except StorageError as exc:
-        if outage(exc):  # the store kept failing: the data may be fine
+        if exc.kind == INFRASTRUCTURE:  # the store's fault (store.py decides): the data may be fine
             raise
         raise DataError(f"cannot read {name} data at {root}: {exc}") from exc
     if len(data.y_train) == 0 or len(data.y_test) == 0:
@@ -385,12 +386,13 @@ def read_parquet_table(source: Location, columns: list[str] | None = None, head:
 
 
 def _parquet_read(source: Location, call: Callable[[], object]):
-    """``call()`` through the storage layer's retries: a store that keeps failing raises its
-    StorageError, any other failure (pyarrow's ArrowInvalid is a ValueError) a DataError."""
+    """``call()`` through the storage layer's retries: a StorageError of kind infrastructure
+    (the store's fault) is raised as it is, one of kind input (a missing or corrupt file,
+    pyarrow's ArrowInvalid) becomes a DataError."""
     try:
         return retrying(call, f"Parquet data at {source}")
     except StorageError as exc:
-        if outage(exc):
+        if exc.kind == INFRASTRUCTURE:
             raise
         raise DataError(f"cannot read {exc}") from exc
 

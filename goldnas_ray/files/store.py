@@ -14,18 +14,31 @@ its upload completes, and a replaced object is swapped whole).
 Faults of the infrastructure are retried, faults of the input are not. Every call to a store
 (a listing, a read, a write, a delete) that fails for a reason that may pass (:func:`transient`:
 a timeout, a refused or reset connection, an HTTP 5xx, throttling) is tried again with
-exponential backoff (1 s, 2 s, 4 s, ... at most 30 s apart) for up to ``GOLDNAS_STORAGE_RETRY_S``
-seconds (default 120); one line on stderr says when an object starts being retried, and a
-StorageError of kind :data:`INFRASTRUCTURE` naming the object when it gives up. Anything else
-(a missing bucket, denied access, bad credentials, an unknown option) is a StorageError of
-kind :data:`INPUT` at once; a failure of the store it does not recognise is not retried here
-but is of kind :data:`INFRASTRUCTURE` (a sweep tries its search again). An S3 location waits ``connect_timeout`` seconds (default 10) for a
-connection and gives up a request that transfers nothing for ``request_timeout`` seconds
-(default 30), so that an endpoint that hangs becomes a retried fault too; both are options of
-the query string (``s3://bucket/run?request_timeout=60``), beside pyarrow's own. Readers and
-writers handed the file system itself (:meth:`Location.arrow`: Ray Train's and Tune's
-checkpoints, Ray Data) get those timeouts and pyarrow's own retries; a reader may wrap its
-calls in :func:`retrying` (``data.datasets`` does for Parquet).
+exponential backoff (1 s, 2 s, 4 s, ... at most 30 s apart); no new try starts once
+``GOLDNAS_STORAGE_RETRY_S`` seconds (default 120) would have passed before it. One line on
+stderr says when an object starts being retried, and a StorageError of kind
+:data:`INFRASTRUCTURE` naming the object when it gives up. Anything else is not retried here:
+a missing object or bucket, denied access, bad credentials, an unknown option or a corrupt
+file (pyarrow cannot read its Parquet footer or schema) is a StorageError of kind
+:data:`INPUT`; a failure of the store it does not recognise is of kind :data:`INFRASTRUCTURE`
+(a sweep tries its search again). That kind is the one answer to "outage or bad input": a
+reader of data (``data.datasets``) passes on an infrastructure StorageError as it is and makes
+an input one a DataError.
+
+An S3 location is one retry layer: its pyarrow file system makes one attempt per request
+(``AwsStandardS3RetryStrategy(max_attempts=1)``), waits ``connect_timeout`` seconds (default
+10) for a connection and gives up a request that transfers nothing for ``request_timeout``
+seconds (default 30), so that an endpoint that hangs becomes a retried fault too; both are
+options of the query string (``s3://bucket/run?request_timeout=60``), beside pyarrow's own
+(``region``, ``scheme``, ``endpoint_override``, ``allow_bucket_creation``,
+``allow_bucket_deletion``, ``tls_ca_file_path``). A call through a Location therefore ends at
+most one try's time (up to ``connect_timeout + request_timeout`` per request it makes, longer
+for a transfer that keeps moving) after the budget. A Location sent to another process (a
+worker, a trial) is rebuilt there from these options, with the same single attempt. Readers
+and writers handed the raw file system (:meth:`Location.arrow`: Ray Train's and Tune's
+checkpoints, Ray Data's readers, ``data.stream``'s row groups) keep the timeouts, but pyarrow
+pickles an S3 file system without its retry strategy, so in another process each request
+there is tried up to 3 times (pyarrow's default) within each of our tries.
 """
 from __future__ import annotations
 
@@ -66,8 +79,16 @@ class StorageError(ValueError):
 class Location:
     """A folder (or a file in one): a local path, or a path in a pyarrow file system."""
 
-    def __init__(self, fs: Any | None, path: str, uri_base: str, query: str, local: Path | None):
+    def __init__(self, fs: Any | None, path: str, uri_base: str, query: str, local: Path | None,
+                 s3: dict[str, Any] | None = None):
         self._fs, self.path, self._uri_base, self._query, self.local = fs, path, uri_base, query, local
+        self._s3 = s3  # the S3 file system's options, to build it again elsewhere (see __reduce__)
+
+    def __reduce__(self):
+        # pyarrow pickles an S3 file system without its retry strategy: built again from ours
+        if self._s3 is not None:
+            return _s3_location, (self._s3, self.path, self._uri_base, self._query)
+        return Location, (self._fs, self.path, self._uri_base, self._query, self.local)
 
     # ---- naming ------------------------------------------------------------------------
     @property
@@ -78,7 +99,7 @@ class Location:
         rel = str(rel).strip("/")
         if self.local is not None:
             return Location(None, "", "", "", self.local / rel)
-        return Location(self._fs, f"{self.path}/{rel}", f"{self._uri_base}/{rel}", self._query, None)
+        return Location(self._fs, f"{self.path}/{rel}", f"{self._uri_base}/{rel}", self._query, None, self._s3)
 
     @property
     def name(self) -> str:
@@ -210,10 +231,16 @@ class Location:
         self.write_text(old + line.rstrip("\n") + "\n")
 
     def delete(self) -> None:
+        """Remove the file; one that is gone already is not an error (a retried delete whose
+        first answer was lost finds nothing)."""
         if self.local is not None:
             self.local.unlink(missing_ok=True)
-        else:
+            return
+        try:
             self._guard(lambda: self.fs.delete_file(self.path))
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, FileNotFoundError):
+                raise
 
     def resolved(self) -> "Location":
         """The same place with a local path made absolute (a job's workers do not share the
@@ -299,20 +326,15 @@ def transient(exc: BaseException) -> bool:
     return "could not resolve" not in text.lower() and bool(_TRANSIENT.search(text))
 
 
-def outage(exc: BaseException) -> bool:
-    """Whether ``exc`` is the storage layer giving up on a fault that may pass (a StorageError
-    raised from a :func:`transient` one): a reader of data passes it on as it is, where any
-    other failure to read makes the data unreadable."""
-    return isinstance(exc, StorageError) and exc.__cause__ is not None and transient(exc.__cause__)
-
-
 _INPUT = re.compile(r"no_such_bucket|bucket does not exist|access_?denied|forbidden|credential|invalidaccesskeyid|"
-                    r"signature|invalidbucketname|invalid bucket|http status 4\d\d", re.IGNORECASE)
+                    r"signature|invalidbucketname|invalid bucket|http status 4\d\d|"
+                    # a corrupt file: pyarrow raises OSError for a Parquet footer or schema it cannot read
+                    r"could not open parquet|is this a '?parquet'? file|thrift|magic bytes|corrupt", re.IGNORECASE)
 
 
 def _of_input(exc: BaseException) -> bool:
     """Whether a failure that is not :func:`transient` is the fault of what was asked (a
-    missing object or bucket, denied access, bad credentials, a malformed URI or option);
+    missing object or bucket, denied access, bad credentials, a malformed URI, option or file);
     anything else a store says is taken for its own fault."""
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return True
@@ -352,7 +374,7 @@ def _explain(exc: Exception) -> str:
     if "no_such_bucket" in lowered or "bucket does not exist" in lowered or "not found" in lowered and "bucket" in lowered:
         return f"the bucket does not exist ({text.splitlines()[0]})"
     if "access_denied" in lowered or "accessdenied" in lowered or "forbidden" in lowered:
-        return f"writing is not allowed there ({text.splitlines()[0]})"
+        return f"access denied ({text.splitlines()[0]})"
     if "credential" in lowered or "invalidaccesskeyid" in lowered or "signature" in lowered:
         return f"no usable credentials ({text.splitlines()[0]})"
     return text.splitlines()[0] if text else type(exc).__name__
@@ -377,30 +399,56 @@ def location(where: "str | Path | Location") -> Location:
         raise StorageError(f"{text}: no bucket named (expected {scheme}://BUCKET/PREFIX)")
     import pyarrow.fs as pafs
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
-    ours = {k: options.pop(k) for k in S3_TIMEOUTS if k in options}
-    if ours and scheme != "s3":
-        raise StorageError(f"{text}: {', '.join(ours)} is an option of s3:// locations only")
     base = f"{scheme}://{parts.netloc}{parts.path}".rstrip("/")
-    query = urlencode(options)
-    fs, path = retrying(lambda: pafs.FileSystem.from_uri(base + (f"?{query}" if query else "")), text)
     if scheme == "s3":
-        fs = _with_timeouts(fs, ours, text)
+        s3 = _s3_options(parts.netloc, options, text)
+        return _s3_location(s3, f"{parts.netloc}{parts.path}".rstrip("/"), base, parts.query)
+    if any(k in options for k in S3_TIMEOUTS):
+        raise StorageError(f"{text}: {', '.join(k for k in S3_TIMEOUTS if k in options)} is an option of s3:// "
+                           f"locations only")
+    fs, path = retrying(lambda: pafs.FileSystem.from_uri(text), text)
     return Location(fs, path.rstrip("/"), base, parts.query, None)
 
 
-def _with_timeouts(fs: Any, given: dict[str, str], text: str) -> Any:
-    """The S3 file system ``fs`` with our connection and request timeouts (``S3_TIMEOUTS``, or
-    the URI's): made again from the options it pickles with."""
-    seconds = dict(S3_TIMEOUTS)
+# the options of an S3 URI's query string pyarrow's URI parser takes, as S3FileSystem arguments
+_S3_TEXT, _S3_FLAGS = ("region", "scheme", "endpoint_override", "tls_ca_file_path"), \
+    ("allow_bucket_creation", "allow_bucket_deletion")
+
+
+def _s3_options(bucket: str, given: dict[str, str], text: str) -> dict[str, Any]:
+    """The arguments of ``pyarrow.fs.S3FileSystem`` for an ``s3://`` URI's query ``given``:
+    pyarrow's options, our timeouts (``S3_TIMEOUTS`` or the URI's) and, as pyarrow's URI parser
+    does, the bucket's region asked of AWS when neither a region nor an endpoint is given."""
+    if "@" in bucket:
+        raise StorageError(f"{text}: credentials are never taken from the URI (see AWS_ACCESS_KEY_ID)")
+    args: dict[str, Any] = dict(S3_TIMEOUTS)
     for name, raw in given.items():
-        try:
-            seconds[name] = float(raw)
-        except ValueError:
-            raise StorageError(f"{text}: {name}={raw!r} is not a number of seconds") from None
-        if seconds[name] <= 0:
-            raise StorageError(f"{text}: {name} must be positive, got {raw}")
-    rebuild, (options,) = fs.__reduce__()
-    return rebuild(options | seconds)
+        if name in S3_TIMEOUTS:
+            try:
+                args[name] = float(raw)
+            except ValueError:
+                raise StorageError(f"{text}: {name}={raw!r} is not a number of seconds") from None
+            if args[name] <= 0:
+                raise StorageError(f"{text}: {name} must be positive, got {raw}")
+        elif name in _S3_TEXT:
+            args[name] = raw
+        elif name in _S3_FLAGS and raw.lower() in ("true", "false", "1", "0"):
+            args[name] = raw.lower() in ("true", "1")
+        else:
+            raise StorageError(f"{text}: unknown option {name}={raw!r} of an s3:// location (known: "
+                               f"{', '.join((*_S3_TEXT, *_S3_FLAGS, *S3_TIMEOUTS))}; flags take true or false)")
+    if "region" not in args and "endpoint_override" not in args:
+        import pyarrow.fs as pafs
+        args["region"] = retrying(lambda: pafs.resolve_s3_region(bucket), text)
+    return args
+
+
+def _s3_location(args: dict[str, Any], path: str, base: str, query: str) -> Location:
+    """An S3 Location whose file system makes one attempt per request (the storage layer's
+    retries are the only layer)."""
+    import pyarrow.fs as pafs
+    fs = pafs.S3FileSystem(**args, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
+    return Location(fs, path, base, query, None, args)
 
 
 def is_uri(where: "str | Path") -> bool:
