@@ -98,6 +98,54 @@ def test_a_missing_or_malformed_latency_table_is_a_config_error(tmp_path):
     assert read_latency(tiny_config()) is None  # a FLOPs search reads no table
 
 
+def test_a_resumed_search_reads_no_table_and_a_sweeps_errors_name_the_search(tmp_path, monkeypatch, digits):
+    """Only a new search reads its table: a --resume (local, or on Ray: its driver reaches the
+    cluster without reading it) takes it from the checkpoint, so a table gone since the start
+    changes nothing; a sweep's pre-flight reads the new searches' tables only and names the
+    search whose table is missing, keeping the kind of a store's outage."""
+    from goldnas_ray.orchestration import search_driver, sweep_driver
+    from goldnas_ray.run.loop import run_local
+    from goldnas_ray.sweep.plan import parse_grid, plan_sweep
+
+    table = measure(tiny_config().space, SHAPE, 10, batch=1, warmup=1, repeats=3)
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(table.to_dict()))
+    cfg = tiny_config(lambda0=0.3, t0=1, max_epochs=1, cost="latency", latency_table=str(path),
+                      latency_min_ratio=0.05)
+    run_local(cfg, tmp_path / "s", log=lambda _: None)
+    path.unlink()
+    records = json.loads((tmp_path / "s" / "records.json").read_text())
+    records["finished"], records["config"]["search"]["max_epochs"] = False, 2  # one more epoch to go
+    (tmp_path / "s" / "records.json").write_text(json.dumps(records))
+
+    class ReachedTheCluster(Exception):
+        pass
+
+    def connect(*_, **__):
+        raise ReachedTheCluster
+    monkeypatch.setattr(search_driver, "connect", connect)
+    with pytest.raises(ReachedTheCluster):
+        search_driver.run_ray(None, tmp_path / "s", resume=True, tracking=False, log=lambda _: None)
+    with pytest.raises(LatencyTableError, match="t.json does not exist"):  # a new search reads it
+        search_driver.run_ray(cfg, tmp_path / "new", tracking=False, log=lambda _: None)
+    resumed = run_local(None, tmp_path / "s", resume=True, log=lambda _: None)
+    assert resumed.latency.to_dict() == table.to_dict()  # from the checkpoint
+
+    grid = parse_grid(["search.lambda0=0.001,0.002"])
+    searches = plan_sweep(cfg, grid, [0])
+    tables = sweep_driver._latency_tables(searches, {searches[0].name} - {searches[0].name})
+    assert tables == {s.name: None for s in searches}  # begun before: nothing read
+    with pytest.raises(LatencyTableError, match=rf"^search {searches[1].name} \(.*\): latency table .*t.json does "
+                                                r"not exist") as caught:
+        sweep_driver._latency_tables(searches, {searches[1].name})
+    assert caught.value.kind == INPUT
+    monkeypatch.setattr(sweep_driver, "read_latency",
+                        lambda cfg: (_ for _ in ()).throw(StorageError("s3://b/t.json: timed out", INFRASTRUCTURE)))
+    with pytest.raises(StorageError, match=rf"^search {searches[0].name} ") as caught:
+        sweep_driver._latency_tables(searches, {searches[0].name})
+    assert caught.value.kind == INFRASTRUCTURE
+
+
 def test_an_input_error_handled_earlier_does_not_reclassify_a_later_one():
     from goldnas_ray.orchestration.errors import error_kind, user_error
 

@@ -40,8 +40,9 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     joined cluster each gets 1. ``runtime_env``: the job's (``cli.ray_runtime_env``).
     ``mlflow_run_id``: a new search logs into this run (a sweep's child) instead of a new one;
     ``callbacks``: Ray Train's (a sweep's trial passes rank 0's reports on to Tune).
-    ``latency``: a cost=latency search's table as the caller read it (a sweep's driver), else
-    read here, through the storage layer; the workers get it by value."""
+    ``latency``: a new cost=latency search's table as the caller read it (a sweep's driver),
+    else read here, through the storage layer; the workers get it by value. A resumed search
+    reads no table: its checkpoint holds it (``GoldSearch.state_dict``)."""
     out = location(out).resolved()
     if workers < 1:
         raise ClusterError(f"--workers must be >= 1, got {workers}")
@@ -54,9 +55,11 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     data = stream if stream is not None else load_data(cfg)
     check_batches(data.num_train, workers, cfg.data.batch_size, "data.batch_size")
     check_spatial(data.input_shape[1], cfg.space.num_cells, cfg.space.stem)
-    table = latency_table(cfg, data.input_shape, data.num_classes,  # read here, sent to the workers
-                          latency if latency is not None else read_latency(cfg))
-    check_stop(cfg, data.input_shape, data.num_classes, table)
+    table = None  # a resumed search's table is in its checkpoint: the file is not read again
+    if not start.resume:
+        table = latency_table(cfg, data.input_shape, data.num_classes,  # read here, sent to the workers
+                              latency if latency is not None else read_latency(cfg))
+        check_stop(cfg, data.input_shape, data.num_classes, table)
     dataset = data.name
     uri = resolve_uri(out, mlflow_uri) if tracking else None
     if uri:
@@ -68,7 +71,7 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     out.mkdir()
     job = {"config": cfg.to_dict(), "out": out.uri, "resume": start.resume,
            "threads_per_worker": max(1, int(cpus_per_worker)), "mlflow_uri": uri,
-           "mlflow_run_id": run_id, "experiment": experiment,
+           "mlflow_run_id": run_id, "experiment": experiment, "reported_to": None if tracking else mlflow_uri,
            "stream": asdict(stream) if stream is not None else None,
            "latency": table.to_dict() if table is not None else None}
     datasets = {"train": train_dataset(cfg.data, stream)} if stream is not None else None

@@ -81,7 +81,7 @@ def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[s
             check_uri(sweep.mlflow_tracking_uri)
     states = {s.name: search_state(out / s.name) for s in sweep.searches}
     todo = [s for s in sweep.searches if states[s.name] != "finished"]
-    tables = _latency_tables(todo)
+    tables = _latency_tables(todo, {s.name for s in todo if states[s.name] == "new"})
     streams = _check_searches(todo, {s.name for s in todo if states[s.name] == "new"}, sweep.workers, tables)
     per_search = Resources(sweep.workers, sweep.cpus_per_worker, sweep.gpus_per_worker)
     resources = connect(address, log, runtime_env=runtime_env)
@@ -157,16 +157,22 @@ def _error_line(error: BaseException) -> str:
     return (text[-1] if text else type(error).__name__)[:500]
 
 
-def _latency_tables(searches: list[SearchPlan]) -> dict[str, LatencyTable | None]:
-    """Each cost=latency search's table, read here (through the storage layer) once per file:
-    the trials get it by value, wherever they run."""
+def _latency_tables(searches: list[SearchPlan], new: set[str]) -> dict[str, LatencyTable | None]:
+    """Each ``new`` cost=latency search's table, read here (through the storage layer) once per
+    file: the trials get it by value, wherever they run. A resumed search's table is in its
+    checkpoint (None here: the file is not read again). An error names the search."""
     read: dict[str, LatencyTable | None] = {}
     tables = {}
     for s in searches:
         cfg = Config.from_dict(s.config)
-        path = cfg.search.latency_table if cfg.search.cost == "latency" else None
-        if path not in read:
-            read[path] = read_latency(cfg)
+        path = cfg.search.latency_table if cfg.search.cost == "latency" and s.name in new else None
+        try:
+            if path not in read:
+                read[path] = read_latency(cfg) if path is not None else None
+        except USER_ERRORS as exc:
+            named = type(exc)(f"search {s.name} ({s.label}): {exc}")
+            named.kind = error_kind(exc)  # a store's outage stays one
+            raise named from exc
         tables[s.name] = read[path]
     return tables
 

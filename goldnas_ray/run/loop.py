@@ -8,8 +8,8 @@ The in-process path (:func:`run_local`) passes the no-op communicator; the Ray T
 hook that hands the checkpoint to Ray Train. :func:`search_start` decides once, for both,
 whether a search is new, resumed or already finished; :func:`load_or_create` builds it.
 :func:`read_latency` reads a cost=latency search's table through the storage layer (a path or
-a storage URI), once, in the process that starts the search: the workers and a sweep's trials
-get it by value. Trackers (MLflow) are injected: nothing here imports Ray or MLflow.
+a storage URI), once, in the process that starts a new search: the workers and a sweep's
+trials get it by value, and a resumed search takes it from its checkpoint. Trackers (MLflow) are injected: nothing here imports Ray or MLflow.
 """
 from __future__ import annotations
 
@@ -104,8 +104,9 @@ def load_or_create(cfg: Config | None, device: torch.device | str,
     """The search to run and its data: restored from ``state`` (a checkpoint: ``out``'s on
     --resume, or the one Ray Train hands a restarted worker group), else new from ``cfg``.
     ``data_for(config)`` gives the data (default: loaded into memory; a worker that streams
-    passes its stream, which has the same interface). ``latency``: a cost=latency search's
-    table as the driver read it (else read here, :func:`read_latency`)."""
+    passes its stream, which has the same interface). ``latency``: a new cost=latency search's
+    table as the driver read it (else read here, :func:`read_latency`); a restored search's is
+    in ``state``, and no file is read."""
     data_for = data_for or load_data
     if state is not None:
         search = GoldSearch.from_state_dict(state, device)
