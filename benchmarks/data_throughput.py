@@ -154,33 +154,6 @@ def _parquet(blobs: list[bytes], images: int, tmp: str) -> Path:
     return path
 
 
-def counting_decode(name: str):
-    """A Ray actor named ``name`` that counts images (``get``), and a subclass of the pipelines'
-    Decode that adds to it every batch it decodes: set as ``streaming.Decode``, each image Ray
-    Data decodes is counted where it is decoded (tests/test_streaming.py uses it too)."""
-    import ray
-
-    from goldnas_ray.data.stream import Decode
-
-    @ray.remote(num_cpus=0)
-    class Counter:
-        def __init__(self):
-            self.n = 0
-
-        def add(self, k):
-            self.n += k
-
-        def get(self):
-            return self.n
-
-    class CountingDecode(Decode):
-        def __call__(self, batch):
-            ray.get(ray.get_actor(name).add.remote(len(batch["label"])))
-            return super().__call__(batch)
-
-    return Counter.options(name=name).remote(), CountingDecode
-
-
 def split_runs(blobs: list[bytes], args) -> list[tuple[str, float, int, float]]:
     """(name, images decoded per epoch, training images, median epoch seconds) of a Ray Train
     run of 1 and of 2 workers streaming the set (split), and of 2 that each read it whole."""
@@ -200,11 +173,9 @@ def split_runs(blobs: list[bytes], args) -> list[tuple[str, float, int, float]]:
         d = DataConfig(dataset="parquet", root=str(_parquet(blobs, args.images, tmp)), path="stream")
         info = inspect(d)
         connect(log=lambda _: None)
-        saved = streaming.Decode
         try:
             for name, workers, split in (("1 worker (split)", 1, True), ("2 workers (split)", 2, True),
                                          ("2 workers (each reads all)", 2, False)):
-                counter, streaming.Decode = counting_decode("goldnas-decoded")
                 times = Path(tmp) / name.replace(" ", "_")
                 times.mkdir()
 
@@ -226,19 +197,18 @@ def split_runs(blobs: list[bytes], args) -> list[tuple[str, float, int, float]]:
 
                 config = streaming.train_data_config() if split else ray.train.DataConfig(
                     datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True))
-                TorchTrainer(loop, train_loop_config={"epochs": args.epochs},
-                             datasets={"train": streaming.train_dataset(d, info)}, dataset_config=config,
-                             scaling_config=ray.train.ScalingConfig(num_workers=workers,
-                                                                    resources_per_worker={"CPU": 0.5}),
-                             run_config=ray.train.RunConfig(storage_path=str(Path(tmp) / "ray"), name=times.name)
-                             ).fit()
+                with streaming.counted_decodes() as decoded:  # counted where they are decoded
+                    TorchTrainer(loop, train_loop_config={"epochs": args.epochs},
+                                 datasets={"train": streaming.train_dataset(d, info)}, dataset_config=config,
+                                 scaling_config=ray.train.ScalingConfig(num_workers=workers,
+                                                                        resources_per_worker={"CPU": 0.5}),
+                                 run_config=ray.train.RunConfig(storage_path=str(Path(tmp) / "ray"),
+                                                                name=times.name)).fit()
+                    per_epoch = sum(decoded().values()) / args.epochs
                 ranks = [json.loads(f.read_text()) for f in sorted(times.glob("*.json"))]
                 epoch_seconds = [max(r[e] for r in ranks) for e in range(args.epochs)]  # the slowest worker's
-                decoded = ray.get(counter.get.remote()) / args.epochs
-                out.append((name, decoded, info.num_train, statistics.median(epoch_seconds)))
-                ray.kill(counter)
+                out.append((name, per_epoch, info.num_train, statistics.median(epoch_seconds)))
         finally:
-            streaming.Decode = saved
             ray.shutdown()
     return out
 

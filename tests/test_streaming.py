@@ -1,6 +1,7 @@
 """The Ray Data path on the session's two-node cluster: Ray Train splits the training stream
 (each rank's part disjoint from the others', together the training rows, each image decoded
-once an epoch), an epoch read again gives the same batches, held-out rows never reach a
+once an epoch) and the test stream (each test image evaluated, and decoded, once an
+evaluation), an epoch read again gives the same batches, held-out rows never reach a
 consumer, and the ImageNet path streams end to end with 2 workers."""
 import json
 import subprocess
@@ -19,13 +20,11 @@ from pathlib import Path
 import ray, ray.train
 from ray.train.torch import TorchTrainer
 from goldnas_ray.core.config import DataConfig
-from benchmarks.data_throughput import counting_decode
 from goldnas_ray.data.stream import StreamSource, inspect
 from goldnas_ray.orchestration import streaming
 
 ray.init(address=sys.argv[2])
 out = Path(sys.argv[3])
-counter, streaming.Decode = counting_decode("decoded")  # each image counted where it is decoded
 d = DataConfig(dataset="parquet", root=sys.argv[1], path="stream")
 info = inspect(d)
 
@@ -33,17 +32,22 @@ info = inspect(d)
 def loop(config):
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    source = StreamSource(ray.train.get_dataset_shard("train"), info, buffer_batches=2)
+    source = StreamSource(ray.train.get_dataset_shard("train"), info, buffer_batches=2,
+                          eval_data=ray.train.get_dataset_shard("val"))
     found = {"rows": [int(v) for _, y in source.rows(world) for v in y]}
     for name, epoch in (("epoch0", 0), ("epoch1", 1), ("epoch0-again", 0)):
         found[name] = [yb.tolist() for _, yb in source.train_batches(8, 3, epoch, rank, world)]
+    found["tested"] = [[int(v) for _, y in source.eval_batches(4, rank=rank, world_size=world) for v in y]
+                       for _ in range(2)]  # two evaluations
     (out / f"rank-{rank}.json").write_text(json.dumps(found))
 
 
-TorchTrainer(loop, datasets={"train": streaming.train_dataset(d, info)}, dataset_config=streaming.train_data_config(),
-             scaling_config=ray.train.ScalingConfig(num_workers=int(sys.argv[4]), resources_per_worker={"CPU": 0.5}),
-             run_config=ray.train.RunConfig(storage_path=str(out / "ray"), name="split")).fit()
-print("RESULT " + json.dumps({"decoded": ray.get(counter.get.remote()), "num_train": info.num_train}))
+with streaming.counted_decodes() as decoded:  # each image counted where it is decoded
+    TorchTrainer(loop, datasets={"train": streaming.train_dataset(d, info), "val": streaming.dataset(d, info, "val")},
+                 dataset_config=streaming.train_data_config(),
+                 scaling_config=ray.train.ScalingConfig(num_workers=int(sys.argv[4]), resources_per_worker={"CPU": 0.5}),
+                 run_config=ray.train.RunConfig(storage_path=str(out / "ray"), name="split")).fit()
+    print("RESULT " + json.dumps({"decoded": decoded(), "num_train": info.num_train}))
 """
 
 
@@ -72,21 +76,35 @@ def _split_run(ray_cluster, root, out, workers):
     return found, [json.loads((out / f"rank-{r}.json").read_text()) for r in range(workers)]
 
 
+TEST = set(range(9, 100, 10))  # the held-out rows of _indexed_table's table without splits
+TRAINING = set(range(100)) - TEST
+
+
+def _decodes(found) -> dict[int, int]:
+    """Times each image (by its label: its row) was decoded in the run."""
+    return {int(label): n for label, n in found["decoded"].items()}
+
+
 def test_two_workers_split_the_stream_and_each_image_is_decoded_once_an_epoch(ray_cluster, tmp_path):
     """A Ray Train run of 2 workers reading a stream of 100 rows (4 files, row groups of 10; a
     table without splits, so rows 9, 19, .., 99 are the test split's): each worker receives 45
     training rows in file order, the two parts are disjoint and together the 90 training rows,
-    and Ray Data decodes 90 images an epoch (counted in the decoding itself), not 2 x 100. Each
-    worker's part is the same every epoch; the batches of an epoch read again are the same, and
-    a new epoch shuffles them anew."""
+    and Ray Data decodes each training image once an epoch (counted in the decoding itself), not
+    twice. Each worker's part is the same every epoch; the batches of an epoch read again are the
+    same, and a new epoch shuffles them anew. The test stream is split too: at each of two
+    evaluations the workers' parts are disjoint and together every test image, and each test
+    image is decoded once an evaluation, not once per worker."""
     root = _indexed_table(tmp_path / "pq")
     found, ranks = _split_run(ray_cluster, root, tmp_path / "two", 2)
-    training = set(range(100)) - set(range(9, 100, 10))
     assert found["num_train"] == 90
-    assert found["decoded"] == 4 * 90  # four epochs read, each image decoded once in each
+    # four epochs read, each training image decoded once in each; two evaluations, each test image once in each
+    assert _decodes(found) == {row: 4 for row in TRAINING} | {row: 2 for row in TEST}
     parts = [r["rows"] for r in ranks]
     assert [len(p) for p in parts] == [45, 45] and all(p == sorted(p) for p in parts)  # file order
-    assert not set(parts[0]) & set(parts[1]) and set(parts[0]) | set(parts[1]) == training
+    assert not set(parts[0]) & set(parts[1]) and set(parts[0]) | set(parts[1]) == TRAINING
+    for evaluation in range(2):
+        tested = [r["tested"][evaluation] for r in ranks]
+        assert sorted(tested[0] + tested[1]) == sorted(TEST)  # every test image once, by one worker
     for part, r in zip(parts, ranks):
         batches = r["epoch0"]
         assert len(batches) == 45 // 8 and {v for b in batches for v in b} <= set(part)
@@ -96,10 +114,12 @@ def test_two_workers_split_the_stream_and_each_image_is_decoded_once_an_epoch(ra
 
 def test_one_worker_reads_the_whole_training_stream_in_file_order(ray_cluster, tmp_path):
     """The same stream through a Ray Train run of 1 worker (as a one-worker trial reads it):
-    every training row once, in file order, each decoded once an epoch."""
+    every training row once, in file order, each decoded once an epoch; every test image at
+    each evaluation, decoded once each time."""
     found, (only,) = _split_run(ray_cluster, _indexed_table(tmp_path / "pq"), tmp_path / "one", 1)
-    assert only["rows"] == sorted(set(range(100)) - set(range(9, 100, 10)))
-    assert found["decoded"] == 4 * 90
+    assert only["rows"] == sorted(TRAINING)
+    assert only["tested"] == [sorted(TEST)] * 2
+    assert _decodes(found) == {row: 4 for row in TRAINING} | {row: 2 for row in TEST}
 
 
 def test_the_imagenet_path_end_to_end_streamed_with_two_workers_per_trial(ray_cluster, tmp_path):

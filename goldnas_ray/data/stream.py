@@ -17,7 +17,9 @@ to the worker that has received the fewest rows so far, and with ``preserve_orde
 pipelines ask for) that deal depends only on the data's layout and W: a worker gets the same
 images every epoch, and a run resumed at an epoch boundary sees the same batches. Inside its
 part a consumer shuffles through a bounded buffer with a generator of (seed, epoch, rank). One
-consumer (a one-worker trial, W = 1) gets the whole training part, exactly as before. What the
+consumer (a one-worker trial, W = 1) gets the whole training part, exactly as before. A
+streamed test split is split too, unequally (no test image dropped): each worker receives, and
+Ray Data decodes, only its part, and evaluates all of it. What the
 in-memory path does differently: its shares are a new (seed, epoch) permutation every epoch
 (``batches.shard_indices``); a streamed worker's share is fixed and only its order changes
 with the epoch. No consumer holds more than the buffer. Pure: no Ray here.
@@ -317,24 +319,21 @@ class StreamSource:
     def eval_batches(self, batch_size: int, augment: Augment | None = None,
                      device: torch.device | str | None = None, rank: int = 0, world_size: int = 1
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's share (every world_size-th test image, in order) of the test split,
-        streamed (``eval_data`` a Ray Data pipeline or iterator) or held (an :class:`EvalSplit`),
-        prepared for evaluation."""
+        """This rank's share of the test split, prepared for evaluation: held (an
+        :class:`EvalSplit`), every world_size-th test image; streamed (``eval_data`` a Ray Data
+        pipeline or iterator), every image it holds, which is this rank's part of the split
+        (Ray Train splits the test stream among the workers; one consumer gets it whole)."""
         if self.eval_data is None:
             raise DataError("this stream has no test split")
         if isinstance(self.eval_data, EvalSplit):
             yield from eval_batches(self.eval_data.x[rank::world_size], self.eval_data.y[rank::world_size],
                                     batch_size, augment, self.mean, self.std, device)
             return
-        image = 0  # the stream holds the test images only (StreamInfo.kept)
+        # the stream holds the test images only (StreamInfo.kept)
         for batch in self.eval_data.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
-            n = len(batch["label"])
-            mine = (np.arange(image, image + n) % world_size) == rank
-            image += n
-            if mine.any():
-                x = prepare(torch.from_numpy(np.ascontiguousarray(batch["pixels"][mine])), augment or Augment(),
-                            None, False, self.mean, self.std, device)
-                yield x, torch.from_numpy(batch["label"][mine])
+            x = prepare(torch.from_numpy(np.ascontiguousarray(batch["pixels"])), augment or Augment(), None, False,
+                        self.mean, self.std, device)
+            yield x, torch.from_numpy(batch["label"])
 
     def _prepare(self, x: np.ndarray, y: np.ndarray, augment: Augment, gen, device):
         yb = torch.from_numpy(y)

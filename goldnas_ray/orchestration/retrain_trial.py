@@ -112,7 +112,7 @@ class TrainSide:
 
     def stream(self, split: str):
         """This worker's view of the trial's Ray Data pipeline of ``split``: its part of the
-        training stream, or the whole test stream (it evaluates every W-th image)."""
+        training stream, or of the test stream (it evaluates every image of its part)."""
         return ray.train.get_dataset_shard(split)
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
@@ -189,7 +189,7 @@ def _train_run(spec: TrialSpec, callbacks: list[Any]):
         trial_worker,
         train_loop_config={"spec": asdict(spec)},
         datasets=datasets,
-        # a streamed training set is split among the workers: each decodes only its own part
+        # a streamed set's splits are split among the workers: each decodes only its own parts
         dataset_config=train_data_config() if datasets else None,
         scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
                                                resources_per_worker=per_worker),
