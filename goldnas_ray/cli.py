@@ -30,7 +30,7 @@ from typing import Any, Callable
 from goldnas_ray.core.config import Config
 from goldnas_ray.orchestration.errors import USER_ERRORS
 from goldnas_ray.files.search_files import OutputDirError
-from goldnas_ray.files.store import Location, is_uri, location, working_copy_note
+from goldnas_ray.files.store import INFRASTRUCTURE, INPUT, Location, is_uri, location, working_copy_note
 from goldnas_ray.run.ending import RunStopped
 
 
@@ -379,4 +379,4 @@ def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:
                        f"fails them again)"
         if others:
             message += f"; continue {', '.join(others)} with --resume --out {out.uri}"
-        raise SweepError(message)
+        raise SweepError(message, INFRASTRUCTURE if others else INPUT)

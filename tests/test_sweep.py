@@ -189,7 +189,7 @@ def test_a_sweep_retrain_accepts_different_search_only_data_and_refuses_a_differ
     assert _differences(base.override(["retrain.epochs=7", "data.flip=false"]), base) == ["data.flip", "retrain.epochs"]
 
 
-def test_on_a_file_store_the_driver_logs_what_a_searchs_trial_reports_each_epoch_once(tmp_path):
+def test_on_a_file_store_the_driver_logs_what_a_searchs_trial_reports_each_epoch_once(tmp_path, monkeypatch):
     """A sweep on sqlite: the trial's tracker writes nothing and names the child run; the rows
     it reports are logged by the driver (a row reported twice, after a restart, once); an
     epoch whose report never arrived comes from history.parquet; the files when it ends."""
@@ -221,10 +221,123 @@ def test_on_a_file_store_the_driver_logs_what_a_searchs_trial_reports_each_epoch
     assert logged == [(int(e), float(f)) for e, f in zip(history["epoch"], history["flops"])]
     outcome = {"records": 1, "first_record_flops": 1.0, "last_record_flops": 1.0, "flops_at_stop": 1.0,
                "epochs": 3, "seconds": 1.0}
+    uploads = []  # every file upload the store gets, counted where MLflow's client takes it
+    for method in ("log_artifact", "log_artifacts"):
+        real = getattr(driver.client.client, method)
+        monkeypatch.setattr(driver.client.client, method,
+                            lambda *args, real=real, method=method, **kw: uploads.append(method) or real(*args, **kw))
     driver.end_search(run_id, outcome, None, location(out))
+    first = len(uploads)
     driver.end_search(run_id, outcome, None, location(out))  # a later run of the sweep: files not logged twice
+    assert first >= 3 and len(uploads) == first
     artifacts = {f.path for f in driver.client.list_artifacts(run_id)}
     assert {"records.json", "history.parquet", "front.json", "genotypes"} <= artifacts
     front = json.loads(Path(driver.client.download_artifacts(run_id, "front.json", str(tmp_path / "dl"))).read_text())
     assert len(front["data"]) == len(json.loads((out / "records.json").read_text())["architectures"])
     assert driver.client.get_run(run_id).info.status == "FINISHED"
+
+
+def _run_statuses(tracker, sweep):
+    return [tracker.client.get_run(r).info.status for r in [sweep.mlflow_run_id] + [s.mlflow_run_id for s in sweep.searches]]
+
+
+def test_a_sweep_whose_runs_fail_half_way_through_their_creation_ends_every_run_it_made(tmp_path, monkeypatch):
+    """No sweep.json names the runs of a sweep whose start failed (nothing would resume them):
+    the parent and every child made so far end FAILED, a SCHEDULED one too. Once started, a
+    failure ends the running ones and leaves the scheduled ones to --resume."""
+    from mlflow.exceptions import MlflowException
+
+    from goldnas_ray.run.ending import ends_tracked_run
+    from goldnas_ray.tracking.sweep import SweepTracker
+
+    grid = parse_grid(["search.lambda0=0.001"])
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    sweep = Sweep(grid, [0, 1], plan_sweep(Config(), grid, [0, 1]))
+    real = tracker.client.client.log_batch
+
+    def log_batch(run_id, **kwargs):  # the store fails the second child's params
+        if run_id == sweep.searches[1].mlflow_run_id:
+            raise MlflowException("database is locked")
+        return real(run_id, **kwargs)
+
+    monkeypatch.setattr(tracker.client.client, "log_batch", log_batch)
+    with pytest.raises(MlflowException), ends_tracked_run(lambda status: tracker.end_unfinished(sweep, status)):
+        tracker.start("exp", location(tmp_path / "a"), sweep)
+    monkeypatch.undo()
+    assert _run_statuses(tracker, sweep) == ["FAILED"] * 3
+
+    later = Sweep(grid, [0, 1], plan_sweep(Config(), grid, [0, 1]))
+    tracker.start("exp", location(tmp_path / "b"), later)
+    tracker.search_running(later.searches[0].mlflow_run_id)
+    tracker.end_unfinished(later, "KILLED")
+    assert _run_statuses(tracker, later) == ["KILLED", "KILLED", "SCHEDULED"]
+
+
+def test_a_store_that_fails_a_reported_epoch_ends_no_search_and_the_history_fills_it_in(tmp_path):
+    """On a file store the driver logs the epochs trials report; a write the store refuses (here
+    the run deleted in the UI meanwhile) is said once, raises nothing out of Tune's callback,
+    and the epochs are logged from history.parquet when the sweep ends."""
+    from types import SimpleNamespace
+
+    from goldnas_ray.files.search_files import HISTORY
+    from goldnas_ray.orchestration.sweep_driver import SweepCallback
+    from goldnas_ray.tracking.search import METRICS
+    from goldnas_ray.tracking.sweep import SweepTracker
+
+    driver = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    grid = parse_grid(["search.lambda0=0.001"])
+    sweep = Sweep(grid, [0], plan_sweep(Config(), grid, [0]))
+    driver.start("exp", location(tmp_path), sweep)
+    run_id = sweep.searches[0].mlflow_run_id
+    lines = []
+    callback = SweepCallback({"p0-s0": {"name": "p0-s0", "mlflow_run_id": run_id, "max_epochs": 2, "label": "x"}},
+                             lines.append, driver)
+    trial = SimpleNamespace(config={"name": "p0-s0"})
+    rows = [{col: float(epoch) for col in METRICS} | {"epoch": epoch} for epoch in (1, 2)]
+    driver.client.delete_run(run_id)
+    callback.on_trial_start(0, [], trial)
+    for row in rows:
+        callback.on_trial_result(0, [], trial, row)
+    assert sum("failed a write" in line for line in lines) == 1
+    assert sum(" epoch " in line for line in lines) == 2  # the progress goes on
+    driver.client.restore_run(run_id)
+    (tmp_path / "p0-s0").mkdir()
+    pd.DataFrame(rows).to_parquet(tmp_path / "p0-s0" / HISTORY)
+    driver.search_history(run_id, location(tmp_path / "p0-s0"))
+    assert [m.step for m in driver.client.get_metric_history(run_id, "flops")] == [1, 2]
+
+
+@pytest.mark.parametrize("uri, kind, one_writer", [
+    ("sqlite:///a/mlflow.db", "sqlite", True), ("/data/mlruns", "folder", True), ("file:///data/mlruns", "folder", True),
+    ("postgresql://db/mlflow", "database", False), ("mysql+pymysql://db/mlflow", "database", False),
+    ("https://mlflow.example.com", "server", False), ("databricks", "other", False),
+    ("databricks://profile", "other", False)])
+def test_one_rule_says_what_kind_of_store_a_tracking_uri_names(uri, kind, one_writer):
+    from goldnas_ray.tracking.common import store_kind
+    from goldnas_ray.tracking.sweep import driver_writes
+
+    assert store_kind(uri) == kind and driver_writes(uri) == one_writer
+
+
+def test_the_code_that_raises_a_user_error_decides_its_kind():
+    """One table of user errors; where a class covers input and infrastructure faults, the
+    raise says which, and the kind survives a round trip between processes."""
+    import ray.cloudpickle as pickle
+
+    from goldnas_ray.files.store import INFRASTRUCTURE, INPUT
+    from goldnas_ray.orchestration.errors import KINDS, USER_ERRORS, kind_of
+    from goldnas_ray.retrain.plan import RetrainError
+    from goldnas_ray.sweep.plan import SweepError
+    from goldnas_ray.tracking.common import TrackingError, check_uri
+
+    assert USER_ERRORS == tuple(KINDS)
+    with pytest.raises(TrackingError) as unreachable:  # nothing listens there: may pass
+        check_uri("http://127.0.0.1:9", timeout=2)
+    assert kind_of(unreachable.value) == INFRASTRUCTURE
+    with pytest.raises(TrackingError) as nowhere:  # a database without a folder for artifacts: the URI is wrong
+        from goldnas_ray.tracking.common import artifact_root
+        artifact_root("postgresql://db/mlflow")
+    assert kind_of(nowhere.value) == INPUT
+    unfinished = pickle.loads(pickle.dumps(RetrainError("2 of 4 trials did not finish", INFRASTRUCTURE)))
+    assert kind_of(unfinished) == INFRASTRUCTURE and kind_of(RetrainError("a source is named twice")) == INPUT
+    assert kind_of(SweepError("1 of 2 searches did not finish", INFRASTRUCTURE)) == INFRASTRUCTURE

@@ -8,10 +8,12 @@ Each has a kind (:func:`kind_of`): :data:`INPUT` when it is a fault of the run's
 schedule is a config error), which comes back the same however often the run is tried again,
 so a sweep reports it as the reason a search failed and does not retry it; :data:`INFRASTRUCTURE`
 otherwise (a storage outage the storage layer gave up on, a lost cluster, an unreachable
-tracking server), which a sweep retries. A StorageError carries its own kind; the others have
-their class's. Raised inside a Ray Train worker, such an error reaches the driver wrapped in
-Ray Train's own (:func:`user_error` finds it there, through the wrappers' failures and explicit
-causes only: an error handled earlier, kept as ``__context__``, says nothing about this one)."""
+tracking server), which a sweep retries. Where one class covers both (StorageError,
+TrackingError, RetrainError, SweepError), the code that raises it decides: its ``kind``
+attribute; the others have their class's (:data:`KINDS`, the one table of user errors).
+Raised inside a Ray Train worker, such an error reaches the driver wrapped in Ray Train's own
+(:func:`user_error` finds it there, through the wrappers' failures and explicit causes only:
+an error handled earlier, kept as ``__context__``, says nothing about this one)."""
 from __future__ import annotations
 
 from goldnas_ray.core.config import ConfigError
@@ -25,13 +27,13 @@ from goldnas_ray.retrain.plan import RetrainError
 from goldnas_ray.sweep.plan import SweepError
 from goldnas_ray.tracking.common import TrackingError
 
-USER_ERRORS = (ConfigError, SpaceError, GenotypeError, DataError, OutputDirError, ClusterError,
-               TrackingError, RetrainError, StorageError, SweepError)
-# the kind of each class (a StorageError says its own; this one when it lost it on the way)
+# each user error's class and its kind (one with a ``kind`` of its own says it; this one when it
+# lost it on the way)
 KINDS: dict[type, str] = {ConfigError: INPUT, SpaceError: INPUT, GenotypeError: INPUT, DataError: INPUT,
                           RetrainError: INPUT, SweepError: INPUT, OutputDirError: INFRASTRUCTURE,
                           ClusterError: INFRASTRUCTURE, TrackingError: INFRASTRUCTURE,
                           StorageError: INFRASTRUCTURE}
+USER_ERRORS = tuple(KINDS)
 
 
 def kind_of(exc: BaseException) -> str | None:

@@ -30,7 +30,7 @@ import ray.tune
 import torch
 
 from goldnas_ray.core.config import ConfigError
-from goldnas_ray.files.store import Location, location
+from goldnas_ray.files.store import INFRASTRUCTURE, Location, location
 from goldnas_ray.files.search_files import RECORDS, OutputDirError, read_records, records_path
 from goldnas_ray.data.batches import check_batches
 from goldnas_ray.orchestration.cluster import (ClusterError, check_capacity, check_fits_on_a_node, connect,
@@ -131,7 +131,7 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
             _track_report(tracker, out, manifest, trials, table, comparison, finished, failed, log)
     if failed:
         raise RetrainError(f"{len(failed)} of {len(specs)} trials did not finish: {', '.join(failed)}; "
-                           f"continue with --resume --out {out}")
+                           f"continue with --resume --out {out}", INFRASTRUCTURE)
     return table
 
 

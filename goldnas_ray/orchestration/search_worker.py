@@ -106,6 +106,8 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
             tracker = search_tracker(job["mlflow_uri"], job["experiment"], out, comm.world_size)(
                 search.cfg, data.name, run_id)
             info |= {"mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": tracker.uri}
+        elif job.get("mlflow_run_id"):  # logged by a sweep's driver (a file store): named as a one-worker search does
+            info |= {"mlflow_run_id": job["mlflow_run_id"], "mlflow_tracking_uri": job.get("reported_to")}
 
     def report(row: dict[str, Any], state: bytes | None) -> None:
         metrics = {k: v for k, v in row.items() if k != "recorded"}

@@ -18,10 +18,11 @@ Ray Train does not restart its worker group itself: one layer retries). The repo
 Each search has an MLflow child run. With a tracking server, each search logs its epochs into
 it from the process that runs it. A file store (sqlite, a folder) has one writer, this
 driver: a trial logs nothing, its Tune results (each epoch's history row) reach
-:class:`SweepCallback` here, which logs them; the epochs a stopped trial never reported and the
-searches' files are logged from their folders when the sweep ends (``tracking.sweep``). From
-the parent's creation on, whatever fails (the trials, the report, a stop) still ends every
-run the sweep started: FINISHED, FAILED or KILLED.
+:class:`SweepCallback` here, which logs them (a write the store fails is said once and ends no
+search); the epochs a stopped trial never reported or the store missed, and the searches'
+files, are logged from their folders when the sweep ends (``tracking.sweep``). From the
+parent's creation on, whatever fails (creating the runs, the trials, the report, a stop)
+still ends every run the sweep started: FINISHED, FAILED or KILLED.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ from goldnas_ray.run.loop import load_data, read_latency
 from goldnas_ray.sweep import report
 from goldnas_ray.sweep.plan import SearchPlan, Sweep, plan_sweep, search_state
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
-from goldnas_ray.tracking.sweep import ReportedRun, SweepTracker, driver_writes
+from goldnas_ray.tracking.sweep import ReportedRun, SweepTracker, driver_writes, store_errors
 
 TUNE_DIR = "ray"
 
@@ -284,10 +285,22 @@ def _search_here(job: dict[str, Any], cfg: Config | None, out: Location, resume:
 class SweepCallback(ray.tune.Callback):
     """One progress line per search epoch, and one when a search ends or fails. With a
     ``tracker`` (a file store's, ``SweepTracker.relays``), each epoch a trial reports is
-    logged into its search's child run here, in the driver."""
+    logged into its search's child run here, in the driver. A store that fails such a write (a
+    locked or full database) ends no search: it is said once, and the epochs it missed are
+    logged from the searches' history.parquet when the sweep ends."""
 
     def __init__(self, jobs: dict[str, dict[str, Any]], log: Callable[[str], None] = print, tracker: Any = None):
         self.jobs, self.log, self.tracker = jobs, log, tracker
+        self.store_failed = False
+
+    def _relay(self, method: str, run_id: str, *args: Any) -> None:
+        try:
+            getattr(self.tracker, method)(run_id, *args)
+        except store_errors() as exc:
+            if not self.store_failed:
+                self.log(f"MLflow store {self.tracker.uri} failed a write ({type(exc).__name__}: {exc}); the "
+                         f"searches go on, their epochs missing from MLflow logged from their folders at the end")
+            self.store_failed = True
 
     def __getstate__(self) -> dict[str, Any]:  # Tune may pickle its callbacks; log and tracker stay behind
         return self.__dict__ | {"log": None, "tracker": None}
@@ -298,7 +311,7 @@ class SweepCallback(ray.tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if self.tracker is not None:
-            self.tracker.search_running(self.jobs[trial.config["name"]]["mlflow_run_id"])
+            self._relay("search_running", self.jobs[trial.config["name"]]["mlflow_run_id"])
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         job = self.jobs[trial.config["name"]]
@@ -308,7 +321,7 @@ class SweepCallback(ray.tune.Callback):
         if "epoch" not in result or "flops" not in result:
             return
         if self.tracker is not None:
-            self.tracker.search_epoch(job["mlflow_run_id"], result)
+            self._relay("search_epoch", job["mlflow_run_id"], result)
         self.log(f"{job['name']:<8} epoch {int(result['epoch']):>3}/{job['max_epochs']}  "
                  f"MFLOPs {result['flops'] / 1e6:.3f}  lambda {result.get('lambda', 0):.3g}  "
                  f"loss {result.get('loss', float('nan')):.4f}  {job['label']}")

@@ -25,7 +25,12 @@ SWEEP_FORMAT = "goldnas-ray/sweep"
 
 
 class SweepError(RuntimeError):
-    """Some searches of a sweep did not finish; the message says which and how to continue."""
+    """Some searches of a sweep did not finish; the message says which and how to continue.
+    ``kind``: input when every one failed on its own input, infrastructure otherwise."""
+
+    def __init__(self, message: str, kind: str = INPUT):
+        super().__init__(message)
+        self.kind = kind
 
 
 def parse_grid(flags: Sequence[str]) -> dict[str, list[str]]:

@@ -21,11 +21,40 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
-from goldnas_ray.files.store import Location, location, working_copy_note
+from goldnas_ray.files.store import INFRASTRUCTURE, INPUT, Location, location, working_copy_note
 
 
 class TrackingError(ValueError):
-    """The MLflow tracking URI cannot be used."""
+    """The MLflow tracking URI cannot be used. ``kind``: :data:`INPUT` (the URI or credentials
+    given are wrong) or :data:`INFRASTRUCTURE` (a server that does not answer, which may pass)."""
+
+    def __init__(self, message: str, kind: str = INPUT):
+        super().__init__(message)
+        self.kind = kind
+
+
+# what store_kind says; a sqlite file or a folder takes one writer (a sweep's driver)
+SQLITE, FOLDER, DATABASE, SERVER, OTHER = "sqlite", "folder", "database", "server", "other"
+FILE_STORES = (SQLITE, FOLDER)
+# the database schemes MLflow's SQL store takes without a server: it has no artifact store of
+# its own, and MLflow's default for one is ./mlruns, relative to wherever the process runs
+SQL_SCHEMES = ("postgresql", "mysql", "mssql")
+
+
+def store_kind(uri: str) -> str:
+    """The kind of MLflow store ``uri`` names: :data:`SQLITE` (a file), :data:`FOLDER` (a file
+    store: a path or file://), :data:`DATABASE` (another SQL database, no server),
+    :data:`SERVER` (an http(s) tracking server) or :data:`OTHER` (databricks, a plugin's)."""
+    if uri == "databricks":  # MLflow's one store named without a scheme
+        return OTHER
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme == "sqlite":
+        return SQLITE
+    if scheme in ("", "file"):
+        return FOLDER
+    if scheme in SQL_SCHEMES:
+        return DATABASE
+    return SERVER if scheme in ("http", "https") else OTHER
 
 
 def resolve_uri(out: "Path | Location", uri: str | None) -> str:
@@ -49,13 +78,13 @@ def resolve_uri(out: "Path | Location", uri: str | None) -> str:
 
 def check_uri(uri: str, timeout: float = 5.0) -> None:
     """Fail fast when an http(s) tracking server does not answer."""
-    if uri.startswith(("http://", "https://")):
+    if store_kind(uri) == SERVER:
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
                 if resp.status != 200:
-                    raise TrackingError(f"MLflow server {uri} answered {resp.status} on /health")
+                    raise TrackingError(f"MLflow server {uri} answered {resp.status} on /health", INFRASTRUCTURE)
         except (urllib.error.URLError, OSError) as exc:
-            raise TrackingError(f"MLflow tracking server {uri} is unreachable: {exc}") from exc
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable: {exc}", INFRASTRUCTURE) from exc
         _check_credentials(uri, timeout)
 
 
@@ -91,14 +120,16 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+# which runs a driver ends when its work fails at each stage (with FAILED, or KILLED on a stop):
+# at the start, those it made so far (RUNNING, SCHEDULED: nothing would ever run them); during
+# the trials, the running ones (a --resume runs the scheduled ones); in the report after them,
+# the finished ones too (a retrain's FINISHED child still waits for its network)
+ENDED = {"start": ("RUNNING", "SCHEDULED"), "trials": ("RUNNING",), "report": ("RUNNING", "FINISHED")}
+
+
 # the MLflow UI opens an experiment of this kind on its model-training view (runs, metrics,
 # models) rather than the GenAI one
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-
-
-# the database schemes MLflow's SQL store takes without a server: it has no artifact store of
-# its own, and MLflow's default for one is ./mlruns, relative to wherever the process runs
-SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
 def artifact_root(uri: str) -> str | None:
@@ -106,10 +137,10 @@ def artifact_root(uri: str) -> str | None:
     (an absolute file:// URI) for a sqlite file ``DIR/...``; None where the store itself
     decides (a tracking server: its artifact store; a file store: inside itself). Another
     database without a server has nowhere to put them: a TrackingError."""
-    scheme = urlparse(uri).scheme.split("+")[0]
-    if scheme not in SQL_SCHEMES:
+    kind = store_kind(uri)
+    if kind not in (SQLITE, DATABASE):
         return None
-    database = _sqlite_file(uri) if scheme == "sqlite" else None
+    database = _sqlite_file(uri) if kind == SQLITE else None
     if database is None:
         raise TrackingError(f"MLflow store {uri} has no folder to keep the runs' artifacts beside: use a sqlite "
                             f"file (sqlite:///DIR/mlflow.db keeps them in DIR/mlartifacts) or a tracking "
@@ -126,13 +157,11 @@ def _sqlite_file(uri: str) -> Path | None:
 
 def _store_dir(uri: str) -> Path | None:
     """The local folder of a sqlite or file store, None for any other."""
-    parsed = urlparse(uri)
-    if uri == "databricks":  # MLflow's one store named without a scheme
-        return None
-    if parsed.scheme == "sqlite":
+    kind, parsed = store_kind(uri), urlparse(uri)
+    if kind == SQLITE:
         database = _sqlite_file(uri)
         return database.parent if database else None
-    if parsed.scheme in ("", "file"):
+    if kind == FOLDER:
         return Path(parsed.path if parsed.scheme else uri).resolve()
     return None
 
@@ -201,6 +230,7 @@ def log_files(client, run_id: str, out: "Path | Location", names: tuple[str, ...
 
 def how_to_open(uri: str) -> str:
     """The command (or address) that shows the runs of ``uri`` in the MLflow UI."""
-    if uri.startswith("sqlite:///"):
+    kind = store_kind(uri)
+    if kind == SQLITE:
         return f"mlflow ui --backend-store-uri {uri}"
-    return f"the MLflow UI at {uri}" if uri.startswith(("http://", "https://")) else f"MLflow store {uri}"
+    return f"the MLflow UI at {uri}" if kind == SERVER else f"MLflow store {uri}"

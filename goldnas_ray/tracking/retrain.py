@@ -19,7 +19,7 @@ from goldnas_ray.files.search_files import LEGACY_RECORDS, RECORDS, OutputDirErr
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.run.ending import ends_tracked_run
 from goldnas_ray.tracking.buffer import BufferedClient
-from goldnas_ray.tracking.common import check_uri, experiment_id, log_files, log_params
+from goldnas_ray.tracking.common import ENDED, check_uri, experiment_id, log_files, log_params
 
 TRIAL_METRICS = ("test_acc", "train_loss", "train_acc", "lr", "drop_path", "seconds", "images_per_second")
 
@@ -157,7 +157,7 @@ class RetrainTracker:
     # can resume them (no retrain.json); during the "trials" those not started stay SCHEDULED
     # for --resume; at the "report" after the trials, a finished trial's run whose network is
     # not logged yet has not got what it should hold
-    ENDED = {"start": ("RUNNING", "SCHEDULED"), "trials": ("RUNNING",), "report": ("RUNNING", "FINISHED")}
+    ENDED = ENDED  # the stages' rule, the sweep's too
 
     def end_retrain(self, parent_id: str, status: str, stage: str = "trials") -> None:
         """End the parent and the children ``stage`` says (:data:`ENDED`) with ``status`` (KILLED

@@ -9,9 +9,13 @@ schedule (params) against outcome. Who writes a child's epochs depends on the st
   with the child's id), from the process that runs it;
 - a file store (sqlite, a folder) takes one writer, the sweep's driver: a trial logs nothing
   (:class:`ReportedRun`), the epoch rows it reports to Tune reach the driver, which logs them
-  (:meth:`SweepTracker.search_epoch`, each step once whatever restarts), adds any epoch of the
-  search's history.parquet whose report never arrived, and logs the search's files from its
-  folder when the sweep ends.
+  (:meth:`SweepTracker.search_epoch`, each step once whatever restarts; a write the store fails
+  there stops nothing), adds any epoch of the search's history.parquet not in the run (its
+  report never arrived, or its write failed), and logs the search's files from its folder when
+  the sweep ends. Which stores take one writer is ``tracking.common.store_kind``'s answer.
+
+A sweep that fails while it creates the runs ends every run made so far; later, the running
+ones (``tracking.common.ENDED``, the retrain's rule too).
 
 The parent's writes go through ``tracking.buffer.BufferedClient`` with the sweep's output: a
 tracking server that goes away after a good start is buffered and replayed (while it is away,
@@ -24,7 +28,6 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import urlparse
 
 import pandas as pd
 
@@ -33,7 +36,7 @@ from goldnas_ray.files.store import Location, location
 from goldnas_ray.sweep.plan import SWEEP_FILE, Sweep
 from goldnas_ray.sweep.report import CHART, POINTS_CSV, SEARCHES_CSV, UNION
 from goldnas_ray.tracking.buffer import BufferedClient
-from goldnas_ray.tracking.common import experiment_id, log_files, log_params
+from goldnas_ray.tracking.common import ENDED, FILE_STORES, experiment_id, log_files, log_params, store_kind
 from goldnas_ray.tracking.search import METRICS, SearchTracker, run_tags
 
 SUMMARY_TABLE = "sweep_summary.json"
@@ -43,7 +46,18 @@ OUTCOME = ("records", "first_record_flops", "last_record_flops", "flops_at_stop"
 def driver_writes(uri: str) -> bool:
     """Whether ``uri`` is a file store (sqlite, a folder), which only the sweep's driver writes;
     a tracking server or a database server takes writes from every process."""
-    return urlparse(uri).scheme in ("", "file", "sqlite")
+    return store_kind(uri) in FILE_STORES
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """What a write to a store may raise that is not a bug of the caller: MLflow's own errors,
+    sqlite's and SQLAlchemy's (a locked or full database), a file system's."""
+    import sqlite3
+
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return MlflowException, SQLAlchemyError, sqlite3.Error, OSError
 
 
 class ReportedRun:
@@ -65,11 +79,16 @@ class ReportedRun:
 
 
 class _ChildRun(SearchTracker):
-    """A search's child run written by the sweep's driver, through the driver's one client."""
+    """A search's child run written by the sweep's driver, through the driver's one
+    ``BufferedClient`` (``SearchTracker``'s epochs and files; the run exists: neither created
+    nor reopened here, and ended by :meth:`SweepTracker.end_search`, never by :meth:`finish`)."""
 
-    def __init__(self, client: Any, uri: str, run_id: str):  # the run exists: neither created nor reopened
+    def __init__(self, client: BufferedClient, uri: str, run_id: str):
         self.client, self.uri, self.run_id = client, uri, run_id
-        self.logged_steps = {m.step for m in client.get_metric_history(run_id, METRICS["flops"])}
+        self.logged_steps = {m.step for m in client.ask("get_metric_history", run_id, METRICS["flops"]) or []}
+
+    def finish(self, status: str = "FINISHED") -> None:
+        raise TypeError("a sweep's child run is ended by SweepTracker.end_search; the client is the driver's")
 
 
 class SweepTracker:
@@ -81,6 +100,7 @@ class SweepTracker:
         self.client = BufferedClient(uri, out)
         self.relays = driver_writes(uri)
         self._children: dict[str, _ChildRun] = {}
+        self.stage = "start"  # which runs a failure ends (tracking.common.ENDED): until start() returns, all
 
     def _child(self, run_id: str) -> _ChildRun:
         if run_id not in self._children:
@@ -113,18 +133,19 @@ class SweepTracker:
                                          "seeds": ",".join(map(str, sweep.seeds)), "searches": len(sweep.searches),
                                          "workers_per_search": sweep.workers})
         sweep.mlflow_run_id = parent
-        for s in sweep.searches:
+        for s in sweep.searches:  # each id kept at once: a failure half way ends the runs made so far
             cfg = Config.from_dict(s.config)
             tags = run_tags(cfg.space, cfg.data.dataset, sweep.workers, out / s.name) | {
                 "mlflow.parentRunId": parent, "goldnas.sweep_point": str(s.point),
                 "goldnas.sweep_label": s.label, "goldnas.stage": "search"}
-            child = self.client.create_run(exp, run_name=f"{s.name} {s.label}", tags=tags).info.run_id
-            log_params(self.client, child, s.config)
-            self.client.update_run(child, status="SCHEDULED")
-            s.mlflow_run_id = child
+            s.mlflow_run_id = self.client.create_run(exp, run_name=f"{s.name} {s.label}", tags=tags).info.run_id
+            log_params(self.client, s.mlflow_run_id, s.config)
+            self.client.update_run(s.mlflow_run_id, status="SCHEDULED")
+        self.stage = "trials"
 
     def resumed(self, sweep: Sweep) -> None:
         self.client.update_run(sweep.mlflow_run_id, status="RUNNING")
+        self.stage = "trials"
 
     def end_search(self, run_id: str, outcome: dict[str, Any] | None, error: str | None,
                    out: Location | None = None) -> None:
@@ -153,13 +174,17 @@ class SweepTracker:
                 self.client.set_terminated(run_id, status="FAILED")
 
     def end_unfinished(self, sweep: Sweep, status: str) -> None:
-        """A stopped or broken sweep: its RUNNING children and the parent end with ``status``
-        (children never started stay SCHEDULED; --resume runs them)."""
+        """A stopped or broken sweep: the parent and the children :data:`ENDED` names for the
+        stage it failed at end with ``status``. Failing in :meth:`start`, every run made so far
+        (no sweep.json names them: nothing would run them); later the RUNNING ones (children
+        never started stay SCHEDULED; --resume runs them)."""
         for s in sweep.searches:  # while a tracking server is away, the running ones are not known
             run = self.client.ask("get_run", s.mlflow_run_id) if s.mlflow_run_id else None
-            if run is not None and run.info.status == "RUNNING":
+            if run is not None and run.info.status in ENDED[self.stage] or (
+                    run is None and s.mlflow_run_id and self.stage == "start"):
                 self.client.set_terminated(s.mlflow_run_id, status=status)
-        self.client.set_terminated(sweep.mlflow_run_id, status=status)
+        if sweep.mlflow_run_id:
+            self.client.set_terminated(sweep.mlflow_run_id, status=status)
         self.client.close()
 
     def log_report(self, sweep: Sweep, out: Location, table: pd.DataFrame, failed: bool) -> None:
