@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from goldnas_ray.files.store import Location, location
+from goldnas_ray.tracking.common import SERVER, store_kind
 
 BUFFER = ".mlflow-buffer"
 KIND = "__buffered__"  # marks a value encoded by Buffer (an MLflow entity, a table, a file)
@@ -180,7 +181,7 @@ class BufferedClient:
         from mlflow.tracking import MlflowClient
 
         self.uri, self.log = uri, log
-        self.buffer = Buffer(out) if out is not None and uri.startswith(("http://", "https://")) else None
+        self.buffer = Buffer(out) if out is not None and store_kind(uri) == SERVER else None
         if self.buffer is not None:
             for name, value in BUDGET.items():
                 os.environ.setdefault(name, value)
