@@ -219,18 +219,22 @@ def test_a_replay_that_stops_half_way_goes_on_after_what_it_sent(tmp_path):
                                                 "artifact_file": "front.json"})
     lines.add("http://x", "set_terminated", (run,), {"status": "FINISHED"})
 
-    class FailsAtThird:  # the store answers two calls, then goes away
+    class FailsAtThird:  # the store answers two writes, then goes away
         calls = 0
+        tracking_uri = client.tracking_uri
 
         def __getattr__(self, name):
             def call(*args, **kwargs):
-                FailsAtThird.calls += 1
+                FailsAtThird.calls += name != "get_metric_history"
                 if FailsAtThird.calls == 3:
-                    raise MlflowException("API request failed: Connection refused")  # INTERNAL_ERROR: 500
+                    try:  # as MLflow raises a refused connection: a 500 whose context says why
+                        raise ConnectionRefusedError("Connection refused")
+                    except OSError as exc:
+                        raise MlflowException(f"API request failed with exception {exc}")
                 return getattr(client, name)(*args, **kwargs)
             return call
 
-    with pytest.raises(MlflowException):
+    with pytest.raises(buffer.Unreachable):
         lines.replay(FailsAtThird())
     assert lines.sent() == 2 and lines.pending() == 4
     assert lines.replay(client) == 4 and not (out / buffer.BUFFER).exists()
@@ -239,3 +243,95 @@ def test_a_replay_that_stops_half_way_goes_on_after_what_it_sent(tmp_path):
     assert client.get_run(run).info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(run)} == {"note.txt", "front.json"}
     assert (tmp_path / "art").is_dir()
+
+
+def _sqlite_run(tmp_path: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return client, client.create_run(client.create_experiment("replay", (tmp_path / "art").as_uri())).info.run_id
+
+
+def test_a_replay_leaves_out_the_steps_the_store_already_holds(tmp_path):
+    """A resumed run buffers epochs the server already holds (it could not ask): the replay
+    sends each (run, key, step) once, and the params of a batch all of whose metrics were
+    there still go."""
+    from mlflow.entities import Metric, Param
+
+    client, run = _sqlite_run(tmp_path)
+    client.log_batch(run, metrics=[Metric("loss", 1.0, 1000, 1), Metric("loss", 0.5, 1001, 2)])
+    lines = buffer.Buffer(tmp_path / "out")
+    lines.add("http://x", "log_batch", (run,), {"metrics": [Metric("loss", 1.0, 2000, 1), Metric("acc", 0.1, 2000, 1)],
+                                                "params": [Param("p", "1")]})
+    lines.add("http://x", "log_batch", (run,), {"metrics": [Metric("loss", 0.5, 2001, 2)]})
+    lines.add("http://x", "log_batch", (run,), {"metrics": [Metric("loss", 0.3, 2002, 3)]})
+    lines.add("http://x", "log_metric", (run, "loss", 0.3, 2003, 3), {})
+    assert lines.replay(client) == 4
+    assert sorted(m.step for m in client.get_metric_history(run, "loss")) == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run, "acc")] == [1]
+    assert client.get_run(run).data.params == {"p": "1"}
+
+
+def test_a_line_the_answering_store_keeps_refusing_is_set_aside_and_the_replay_goes_on(tmp_path):
+    """A deterministic failure (a bare MlflowException: HTTP 500) is no outage: tried twice,
+    said once, kept with its error beside the buffer; the lines after it are sent."""
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+
+    client, run = _sqlite_run(tmp_path)
+    lines, said = buffer.Buffer(tmp_path / "out"), []
+    lines.add("http://x", "set_tag", (run, "bad", "x"), {})
+    lines.add("http://x", "log_batch", (run,), {"metrics": [Metric("loss", 1.0, 1000, 1)]})
+
+    class RefusesTheTag:
+        tracking_uri, tries = client.tracking_uri, 0
+
+        def set_tag(self, *args):
+            RefusesTheTag.tries += 1
+            raise MlflowException("x")
+
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+    assert lines.replay(RefusesTheTag(), said.append) == 2
+    assert RefusesTheTag.tries == 2 and len(said) == 1 and "set aside" in said[0]
+    kept = [json.loads(line) for line in (tmp_path / "out" / buffer.FAILED).read_text().splitlines()]
+    assert [(k["line"]["method"], k["error"]) for k in kept] == [("set_tag", "x")]
+    assert [m.step for m in client.get_metric_history(run, "loss")] == [1]
+    assert "bad" not in client.get_run(run).data.tags and not (tmp_path / "out" / buffer.BUFFER).exists()
+
+
+def test_only_connection_failures_and_gateway_answers_are_outages(tmp_path, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+    from mlflow.tracking import MlflowClient
+
+    from conftest import free_port
+
+    assert not buffer.is_outage(MlflowException("x"))  # a bare one reports 500
+    assert not buffer.is_outage(MlflowException("x"), "sqlite:///x.db")
+    assert buffer.is_outage(MlflowException("x", error_code=TEMPORARILY_UNAVAILABLE))  # 503
+    gone = f"http://127.0.0.1:{free_port()}"
+    assert buffer.is_outage(MlflowException("x"), gone)  # a 500 and /health does not answer
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(MlflowException) as refused:
+        MlflowClient(tracking_uri=gone).get_run("0" * 32)
+    assert buffer.is_outage(refused.value)
+    assert not buffer.is_outage(MlflowException("API request to x failed with exception HTTPConnectionPool: Max "
+                                                "retries exceeded (Caused by ResponseError('too many 500 error "
+                                                "responses'))"))
+    assert buffer.is_outage(MlflowException("... (Caused by ResponseError('too many 503 error responses'))"))
+
+
+def test_the_http_budget_holds_only_during_the_clients_calls(tmp_path, monkeypatch):
+    """BufferedClient's short MLflow budget does not leak into the process (other clients, later
+    tests); a value the user set is kept."""
+    for name in buffer.BUDGET:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
+    client = buffer.BufferedClient("http://127.0.0.1:9", tmp_path / "out", log=lambda line: None)
+    assert client.buffer is not None and "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    with buffer.budget():
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"

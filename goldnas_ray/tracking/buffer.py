@@ -1,27 +1,37 @@
 """MLflow writes that never stop a run: :class:`BufferedClient`, an ``MlflowClient`` whose writes
 outlive an outage of a tracking server.
 
-A tracking server that stops answering after a good start (a restart, a redeploy, a lost
-database) is not the run's failure. Every write (params, metrics with their steps and
-timestamps, tags, statuses, artifacts, tables) first goes to the server with a short budget:
-unless the user set them, MLflow's ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` /
-``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` / ``MLFLOW_HTTP_REQUEST_TIMEOUT`` become 2 / 1 / 10 in
-this process, so one write blocks an epoch for at most about 35 s (a refused connection: about
-3 s). When it fails on the connection or a 5xx, the console says so once ("MLflow at URI
-unreachable since epoch N: buffering; the run goes on") and from then on every write is
-appended, in order, as one JSON line to ``<out>/.mlflow-buffer/calls.jsonl`` through the storage
-layer (a bucket too), files copied beside it; nothing is sent but a 2-s ``/health`` probe, at most
-every :data:`PROBE_EVERY` seconds. When the server answers, the lines are replayed in order
-("replayed K items"), each once: ``sent`` counts the lines already replayed, so a replay that
-stops half way (or a resume, or another node, or ``python -m goldnas_ray.tracking.replay OUT``)
-goes on after them. A write the server refuses as bad (a 4xx) raises as before: that is a bug,
-not an outage. Only http(s) tracking servers are buffered; a sqlite or file store is written
-directly.
+A tracking server that stops answering after a good start (a restart, a redeploy) is not the
+run's failure. Every write (params, metrics with their steps and timestamps, tags, statuses,
+artifacts, tables) first goes to the server with a short budget: unless the user set them,
+MLflow's ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` /
+``MLFLOW_HTTP_REQUEST_TIMEOUT`` are 2 / 1 / 10 during this client's own calls (:func:`budget`;
+the environment is restored after each, so other MLflow clients of the process keep theirs),
+so one write blocks an epoch for at most about 35 s (a refused connection: about 3 s). When it
+fails on the connection, a timeout or a 502/503/504 (a 500 only when ``/health`` fails too:
+:func:`is_outage`), the console says so once ("MLflow at URI unreachable since epoch N:
+buffering; the run goes on") and from then on every write is appended, in order, as one JSON
+line to ``<out>/.mlflow-buffer/calls.jsonl`` through the storage layer (a bucket too), files
+copied beside it; nothing is sent but a 2-s ``/health`` probe, at most every
+:data:`PROBE_EVERY` seconds. Reads (``ask``) answer None meanwhile. When the server answers,
+the lines are replayed in order ("replayed K items"), each once: ``sent`` counts the lines
+already replayed, so a replay that stops half way (or a resume, or another node, or ``python
+-m goldnas_ray.tracking.replay OUT``) goes on after them, and a metric whose (run, key, step)
+the server already holds is not sent again (a resumed run logs while buffering the epochs it
+cannot know were logged). A line that still fails while the server answers ``/health`` (tried
+twice; a 4xx once) is said once and set aside, with its error, in
+``<out>/.mlflow-buffer.failed.jsonl``; the replay goes on. A write the server refuses while
+the run is not buffering (a 4xx, or a 500 with ``/health`` answering) raises as before: that
+is a bug, not an outage. Only http(s) tracking servers are buffered; a sqlite or file store is
+written directly.
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -33,6 +43,7 @@ from goldnas_ray.files.store import Location, location
 from goldnas_ray.tracking.common import SERVER, store_kind
 
 BUFFER = ".mlflow-buffer"
+FAILED = ".mlflow-buffer.failed.jsonl"  # beside the buffer: the lines a healthy server refused
 KIND = "__buffered__"  # marks a value encoded by Buffer (an MLflow entity, a table, a file)
 PROBE_EVERY = 30.0  # seconds between /health probes while buffering
 BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -42,14 +53,49 @@ WRITES = {"log_batch", "log_metric", "log_param", "set_tag", "update_run", "set_
           "log_artifacts", "log_table", "delete_tag"}
 
 
-def is_outage(exc: BaseException) -> bool:
-    """A failure that may pass: no connection, a timeout, the server's 5xx (MLflow raises
-    connection failures as MlflowException with HTTP status 500). A 4xx is a bad request."""
+class Unreachable(Exception):
+    """A replay stopped: the server is away (the lines sent before are counted)."""
+
+
+@contextlib.contextmanager
+def budget():
+    """MLflow's HTTP budget (:data:`BUDGET`) for the calls inside, where the user set none;
+    the environment is as it was after."""
+    before = {name: os.environ.get(name) for name in BUDGET}
+    os.environ.update({name: value for name, value in BUDGET.items() if before[name] is None})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+
+
+GONE = {502, 503, 504}  # a proxy's or a restarting server's answers
+
+
+def is_outage(exc: BaseException, uri: str | None = None) -> bool:
+    """A failure that may pass: no connection, a timeout, a 502/503/504 (also when MLflow's
+    retries ran out on them), or a 500 while the server ``uri`` does not answer ``/health``.
+    MLflow raises its connection failures as an MlflowException (HTTP 500) whose context is
+    the requests error: the chain is read. Any other 500 or a 4xx is the request's failure."""
     from mlflow.exceptions import MlflowException
 
-    if isinstance(exc, MlflowException):
-        return exc.get_http_status_code() >= 500
-    return isinstance(exc, (OSError, TimeoutError)) or type(exc).__module__.startswith(("requests", "urllib3"))
+    link: BaseException | None = exc
+    while link is not None:
+        gave_up = re.search(r"too many (\d{3}) error responses", str(link))
+        if gave_up:
+            return int(gave_up.group(1)) in GONE or (int(gave_up.group(1)) == 500 and _away(uri))
+        if isinstance(link, MlflowException) and link.get_http_status_code() in GONE:
+            return True
+        if isinstance(link, (OSError, TimeoutError)) or type(link).__module__.startswith(("requests", "urllib3")):
+            return True
+        link = link.__cause__ or link.__context__
+    return isinstance(exc, MlflowException) and exc.get_http_status_code() == 500 and _away(uri)
+
+
+def _away(uri: str | None) -> bool:
+    return uri is not None and store_kind(uri) == SERVER and not healthy(uri)
 
 
 def healthy(uri: str, timeout: float = 2.0) -> bool:
@@ -141,24 +187,38 @@ class Buffer:
         return value
 
     def replay(self, client: Any, log: Callable[[str], None] = print) -> int:
-        """Send the lines not sent yet, in order; returns how many. Raises where the server
-        fails again (the lines sent so far are counted in ``sent``)."""
+        """Send the lines not sent yet, in order; returns how many. Metrics whose (run, key,
+        step) the store already holds are left out (one history read per run and key). A line
+        that fails is tried again once while the store answers, then set aside (:data:`FAILED`);
+        raises :class:`Unreachable` where the store is away (the lines sent are counted in
+        ``sent``)."""
         calls = self.dir / "calls.jsonl"
         if not calls.is_file():
             return 0
         lines, done = calls.read_text().splitlines(), self.sent()
+        uri = client.tracking_uri
+        known: dict[tuple[str, str], set[int]] = {}
         sent = 0
         with tempfile.TemporaryDirectory(prefix="goldnas-replay-") as tmp:
             for i, text in enumerate(lines[done:], start=done):
                 line = json.loads(text)
                 args = [self._decode(a, Path(tmp)) for a in line["args"]]
                 kwargs = {k: self._decode(v, Path(tmp)) for k, v in line["kwargs"].items()}
-                try:
-                    getattr(client, line["method"])(*args, **kwargs)
-                except Exception as exc:
-                    if is_outage(exc):
-                        raise
-                    log(f"warning: MLflow refused buffered {line['method']} ({exc}); skipped")
+                for attempt in (1, 2):
+                    try:
+                        _send_new(client, line["method"], args, kwargs, known)
+                        break
+                    except Exception as exc:
+                        away = (not healthy(uri)) if store_kind(uri) == SERVER else is_outage(exc)
+                        if away:
+                            raise Unreachable(f"MLflow at {uri} unreachable ({exc})") from exc
+                        known.clear()  # a half-sent batch: read the histories again
+                        refused = getattr(exc, "get_http_status_code", lambda: 500)() < 500
+                        if attempt == 2 or refused:
+                            log(f"warning: MLflow at {uri} refused buffered {line['method']} ({exc}): "
+                                f"set aside in {self.out / FAILED}")
+                            (self.out / FAILED).append_line(json.dumps({"line": line, "error": str(exc)}))
+                            break
                 (self.dir / "sent").write_text(str(i + 1))
                 sent += 1
         self.clear()
@@ -172,6 +232,37 @@ class Buffer:
                 (self.dir / name).delete()
 
 
+def _send_new(client: Any, method: str, args: list, kwargs: dict[str, Any],
+              known: dict[tuple[str, str], set[int]]) -> None:
+    """``client.method(*args, **kwargs)``, less the metrics whose (run, key, step) ``known`` (or
+    the store, read once per run and key) already holds."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    if method not in ("log_batch", "log_metric"):
+        getattr(client, method)(*args, **kwargs)
+        return
+    call = inspect.signature(getattr(MlflowClient, method)).bind(None, *args, **kwargs)
+    call.apply_defaults()
+    a = call.arguments
+    run = a["run_id"]
+    metrics = list(a["metrics"] or []) if method == "log_batch" else [
+        Metric(a["key"], a["value"], a["timestamp"] or int(time.time() * 1000), a["step"] or 0)]
+
+    def steps(key: str) -> set[int]:
+        if (run, key) not in known:
+            known[run, key] = {m.step for m in client.get_metric_history(run, key)}
+        return known[run, key]
+
+    new = [m for m in metrics if m.step not in steps(m.key)]
+    if method == "log_batch" and (new or a["params"] or a["tags"]):
+        client.log_batch(run, metrics=new, params=a["params"] or [], tags=a["tags"] or [])
+    elif new:
+        client.log_metric(run, a["key"], a["value"], timestamp=new[0].timestamp, step=new[0].step)
+    for m in new:
+        known[run, m.key].add(m.step)
+
+
 class BufferedClient:
     """An ``MlflowClient`` for ``uri`` whose writes an outage buffers in ``out`` (see the module
     docstring). ``moment`` says where the run is ("epoch 7") for the console line. Pending
@@ -182,9 +273,6 @@ class BufferedClient:
 
         self.uri, self.log = uri, log
         self.buffer = Buffer(out) if out is not None and store_kind(uri) == SERVER else None
-        if self.buffer is not None:
-            for name, value in BUDGET.items():
-                os.environ.setdefault(name, value)
         self.client = MlflowClient(tracking_uri=uri)
         self.tracking_uri = self.client.tracking_uri
         self.moment = "the start"
@@ -204,9 +292,10 @@ class BufferedClient:
         if self.buffering:
             return None
         try:
-            return getattr(self.client, name)(*args, **kwargs)
+            with budget():
+                return getattr(self.client, name)(*args, **kwargs)
         except Exception as exc:
-            if self.buffer is None or not is_outage(exc):
+            if self.buffer is None or not is_outage(exc, self.uri):
                 raise
             return None
 
@@ -218,9 +307,10 @@ class BufferedClient:
             self._try_replay()
         if not self.buffering:
             try:
-                return getattr(self.client, name)(*args, **kwargs)
+                with budget():
+                    return getattr(self.client, name)(*args, **kwargs)
             except Exception as exc:
-                if not is_outage(exc):
+                if not is_outage(exc, self.uri):
                     raise
                 self.buffering, self.probed = True, time.monotonic()
                 self.log(f"MLflow at {self.uri} unreachable since {self.moment}: buffering in "
@@ -233,10 +323,9 @@ class BufferedClient:
         if not healthy(self.uri):
             return
         try:
-            sent = self.buffer.replay(self.client, self.log)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+            with budget():
+                sent = self.buffer.replay(self.client, self.log)
+        except Unreachable:
             return
         self.buffering = False
         self.log(f"MLflow at {self.uri} answers again: replayed {sent} items")

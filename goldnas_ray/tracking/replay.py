@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from goldnas_ray.files.store import StorageError, location
-from goldnas_ray.tracking.buffer import BUFFER, Buffer, is_outage
+from goldnas_ray.tracking.buffer import BUFFER, Buffer, Unreachable, budget
 from goldnas_ray.tracking.common import TrackingError, check_uri
 
 
@@ -35,15 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         uri = args.mlflow_uri or buffer.uri()
         try:
             check_uri(uri)
-            sent = buffer.replay(MlflowClient(tracking_uri=uri))
+            with budget():  # a server still away answers in seconds, not MLflow's minutes
+                sent = buffer.replay(MlflowClient(tracking_uri=uri))
         except TrackingError as exc:
             print(f"error: {exc}; {buffer.pending()} items still wait in {buffer.dir}", file=sys.stderr)
             return 1
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
-            print(f"error: MLflow at {uri} failed again ({exc}); {buffer.pending()} items still wait in "
-                  f"{buffer.dir}: run this again", file=sys.stderr)
+        except Unreachable as exc:
+            print(f"error: {exc}; {buffer.pending()} items still wait in {buffer.dir}: run this again",
+                  file=sys.stderr)
             return 1
         print(f"replayed {sent} items from {buffer.dir} to {uri}")
     return 0

@@ -62,7 +62,8 @@ class SearchTracker:
         else:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
-            self.logged_steps = {m.step for m in self.client.get_metric_history(run_id, METRICS["flops"])}
+            # none known while the server is away: the replay leaves out the epochs it holds
+            self.logged_steps = {m.step for m in self.client.ask("get_metric_history", run_id, METRICS["flops"]) or []}
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         """Log one history row; an epoch already in the run (logged, then re-run after a
