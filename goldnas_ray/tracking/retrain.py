@@ -5,7 +5,8 @@ the driver at the stage that failed: the start, the trials, or the report after 
 artifacts go where ``tracking.common.artifact_root`` puts the experiment's. Its writes go
 through ``tracking.buffer.BufferedClient`` with the retrain's output: a tracking server that goes
 away after a good start is buffered and replayed, never raised into the trials (while it is
-away, the epochs a run holds are those this process logged).
+away, the epochs a run holds are those this process logged; the replay leaves out the steps
+the server already holds).
 """
 from __future__ import annotations
 
