@@ -232,7 +232,10 @@ def test_searches_of_two_workers_each_are_ray_train_runs_and_a_diverging_one_fai
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    finished, diverged = (s["mlflow_run_id"] for s in json.loads((out / "sweep.json").read_text())["searches"])
+    manifest = json.loads((out / "sweep.json").read_text())
+    finished, diverged = (s["mlflow_run_id"] for s in manifest["searches"])
+    # records.json names the child run the driver logs into, as a one-worker search's does
+    assert (records["mlflow_run_id"], records["mlflow_tracking_uri"]) == (finished, manifest["mlflow_tracking_uri"])
     history = pd.read_parquet(out / "p0-s0" / "history.parquet")
     assert sorted(m.step for m in client.get_metric_history(finished, "flops")) == list(history["epoch"])
     assert [client.get_run(r).info.status for r in (finished, diverged)] == ["FINISHED", "FAILED"]
