@@ -5,6 +5,10 @@
     python pipelines/profile_latency.py --out latency-b64.json --batch 64   # at a training batch
     python pipelines/profile_latency.py --config configs/cifar10.yaml --set data.root=/data \
         --device cuda --out latency-gpu.json
+    python pipelines/profile_latency.py --out "s3://bucket/tables/cpu.json?endpoint_override=..."
+
+--out and --config are local paths or storage URIs (goldnas_ray/files/store.py): the table is
+written, and the config read, through the storage layer.
 
 Every (cell, edge, operator) is timed at the input it sees in the full network, and the fixed
 parts (stem, each cell's input preprocessing, additions and concatenation, pooling and
@@ -19,15 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-
 from goldnas_ray import cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="the JSON table to write (refused if it exists)")
-    p.add_argument("--config", type=Path, help="YAML file with space/data sections (the search's)")
+    p.add_argument("--out", required=True,
+                   help="the JSON table to write, a path or a storage URI (refused if it exists)")
+    p.add_argument("--config", help="YAML file with space/data sections (the search's), a path or a storage URI")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. space.init_channels=16 (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
@@ -52,9 +55,12 @@ def main(argv: list[str] | None = None) -> int:
 
         from goldnas_ray.core.config import Config, ConfigError
         from goldnas_ray.core.latency import measure
+        from goldnas_ray.files.store import location
 
-        if args.out.exists():
+        out = location(args.out)  # an unknown scheme or malformed URI: one line, before any timing
+        if out.is_file():
             raise ConfigError(f"--out {args.out} exists: a latency table is never overwritten")
+        out.probe()  # a bucket: it exists and takes writes, before the timing
         for name in ("batch", "warmup", "repeats"):
             if getattr(args, name) < (0 if name == "warmup" else 1):
                 raise ConfigError(f"--{name} must be positive, got {getattr(args, name)}")
@@ -62,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--device {args.device}: no CUDA device here")
         if args.threads:
             torch.set_num_threads(args.threads)
-        cfg = (Config.from_yaml(args.config) if args.config else Config()).override(args.overrides)
+        cfg = (Config.from_yaml(location(args.config)) if args.config else Config()).override(args.overrides)
         shape, classes = data_shape(cfg)
         calibration = random_architectures(cfg, shape, classes, args.calibration)
         print(f"timing the parts of {cfg.space.num_cells} cells x {cfg.space.num_nodes} nodes, operators "
@@ -71,10 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         table = measure(cfg.space, shape, classes, args.batch, args.device, args.dtype, not args.no_channels_last,
                         args.warmup, args.repeats, calibration, args.statistic,
                         log=lambda line: print(line, flush=True))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(table.to_dict(), indent=1))
+        out.write_text(json.dumps(table.to_dict(), indent=1))  # a local parent folder is made
         m = table.measured
-        print(f"wrote {args.out}: {len(table.parts_ms)} parts on {table.device['name']} in {m['seconds']:.1f} s; "
+        print(f"wrote {out}: {len(table.parts_ms)} parts on {table.device['name']} in {m['seconds']:.1f} s; "
               f"the full network {m['full_network_ms']:.3f} ms measured, {m['full_network_predicted_ms']:.3f} ms "
               f"predicted")
 

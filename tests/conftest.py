@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import shutil
@@ -161,34 +162,28 @@ S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "goldnas-test", "AWS_SECRET_ACCESS_KEY": 
                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
 
-@pytest.fixture(scope="session")
-def s3(readme_shell, tmp_path_factory):
-    """moto_server with one bucket. Credentials reach the test process through the
-    environment and the Ray cluster's processes (started with the README shell's HOME, before
-    or after this) through ~/.aws/credentials there, as on a real node."""
-    root = tmp_path_factory.mktemp("s3")
+@contextlib.contextmanager
+def start_moto(root: Path, bucket: str):
+    """A moto_server on a free port of 127.0.0.1 with ``bucket`` made, its request log in
+    ``root/moto.log``, S3_CREDENTIALS in this process's environment while it runs; yields
+    (its process, its endpoint). Stopped at the end even when a test left it paused (SIGSTOP)."""
+    import signal
+
     port = free_port()
     proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=open(root / "moto.log", "w"), stderr=subprocess.STDOUT)
     endpoint = f"127.0.0.1:{port}"
-    aws = Path(readme_shell.env["HOME"]) / ".aws"
-    aws.mkdir(parents=True, exist_ok=True)
-    (aws / "credentials").write_text(
-        "[default]\naws_access_key_id = {AWS_ACCESS_KEY_ID}\naws_secret_access_key = "
-        "{AWS_SECRET_ACCESS_KEY}\n".format(**S3_CREDENTIALS))
-    (aws / "config").write_text("[default]\nregion = us-east-1\n")
     saved = {k: os.environ.get(k) for k in S3_CREDENTIALS}
     os.environ.update(S3_CREDENTIALS)
-    readme_shell.env.update(S3_CREDENTIALS)
     try:
         wait_http(f"http://{endpoint}/moto-api/", timeout=60)
         import pyarrow.fs as pafs
-        fs, _ = pafs.FileSystem.from_uri(f"s3://{S3_BUCKET}?endpoint_override={endpoint}&scheme=http"
+        fs, _ = pafs.FileSystem.from_uri(f"s3://{bucket}?endpoint_override={endpoint}&scheme=http"
                                          f"&allow_bucket_creation=true")
-        fs.create_dir(S3_BUCKET)
-        yield {"endpoint": endpoint, "bucket": S3_BUCKET,
-               "uri": lambda prefix: f"s3://{S3_BUCKET}/{prefix}?endpoint_override={endpoint}&scheme=http"}
+        fs.create_dir(bucket)
+        yield proc, endpoint
     finally:
+        os.kill(proc.pid, signal.SIGCONT)
         proc.terminate()
         proc.wait(timeout=30)
         for k, v in saved.items():
@@ -196,6 +191,23 @@ def s3(readme_shell, tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def s3(readme_shell, tmp_path_factory):
+    """moto_server with one bucket. Credentials reach the test process through the
+    environment and the Ray cluster's processes (started with the README shell's HOME, before
+    or after this) through ~/.aws/credentials there, as on a real node."""
+    aws = Path(readme_shell.env["HOME"]) / ".aws"
+    aws.mkdir(parents=True, exist_ok=True)
+    (aws / "credentials").write_text(
+        "[default]\naws_access_key_id = {AWS_ACCESS_KEY_ID}\naws_secret_access_key = "
+        "{AWS_SECRET_ACCESS_KEY}\n".format(**S3_CREDENTIALS))
+    (aws / "config").write_text("[default]\nregion = us-east-1\n")
+    readme_shell.env.update(S3_CREDENTIALS)
+    with start_moto(tmp_path_factory.mktemp("s3"), S3_BUCKET) as (_, endpoint):
+        yield {"endpoint": endpoint, "bucket": S3_BUCKET,
+               "uri": lambda prefix: f"s3://{S3_BUCKET}/{prefix}?endpoint_override={endpoint}&scheme=http"}
 
 
 @pytest.fixture(scope="session")

@@ -30,9 +30,11 @@ measurement to the next, while the minimum does not.
 A table is keyed by what its shapes depend on: the space (cells, nodes, channels, stem,
 operators), the input shape, the number of classes and the batch. :meth:`LatencyTable.check`
 refuses a table made for anything else, naming the difference. Pure PyTorch: the callers
-read and write the file, through the storage layer (``pipelines/profile_latency.py`` writes it,
-a search's driver reads it, ``run.loop.read_latency``, and hands the table on by value to its
-workers and trials); :func:`parse_table` makes the table of its content.
+read and write the file, a local path or a storage URI, through the storage layer
+(``pipelines/profile_latency.py`` writes it, its ``--out`` and ``--config`` opened with
+``files.store.location``; a new search's driver reads it, ``run.loop.read_latency``, and hands
+the table on by value to its workers and trials, whose checkpoints keep it for a resume);
+:func:`parse_table` makes the table of its content.
 """
 from __future__ import annotations
 
