@@ -54,7 +54,7 @@ COMPARISON = "comparison.json"  # searched against random (retrain/stats.py)
 
 def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Location | None" = None,
                 search_run: str | None = None,
-                config_file: Path | None = None, overrides: Sequence[str] = (), random_k: int = 0,
+                config_file: Location | None = None, overrides: Sequence[str] = (), random_k: int = 0,
                 trial: Resources = Resources(), max_failures: int = 2,
                 mlflow_uri: str | None = None, experiment: str = "goldnas-retrain",
                 tracking: bool = True, resume: bool = False, address: str | None = None,
@@ -150,7 +150,7 @@ def _staging(needed: bool):
 
 
 def _plan(out: Location, search_dir: Location | None, search_run: str | None, staging: Path | None,
-          config_file: Path | None, overrides: Sequence[str], random_k: int,
+          config_file: Location | None, overrides: Sequence[str], random_k: int,
           mlflow_uri: str | None, tracking: bool, union_front: bool = False) -> Manifest:
     """Check everything a new retrain depends on; writes nothing."""
     if (search_dir is None) == (search_run is None):

@@ -162,7 +162,7 @@ class Manifest:
 
 
 def plan_retrain(out: "Path | Location", search_dir: Path, *, search_run_id: str | None = None,
-                 config_file: Path | None = None, overrides: Sequence[str] = (),
+                 config_file: Location | None = None, overrides: Sequence[str] = (),
                  random_k: int = 0, sweep: "tuple[SearchResult, dict[str, dict[str, Any]]] | None" = None
                  ) -> Manifest:
     """Check everything a new retrain depends on and decide what it trains; writes nothing.
