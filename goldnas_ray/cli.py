@@ -120,8 +120,13 @@ def configure_process(verbose: bool = False) -> None:
     - SIGTERM (what ``ray job stop`` sends a job's driver before a SIGKILL a few seconds
       later) raises SystemExit(143), so the run's MLflow runs end KILLED
       (``run.ending``) instead of staying RUNNING.
+    - MLflow's HTTP retries (``tracking.buffer.BUDGET``: 2 retries, backoff 1, 10 s a request):
+      a tracking server that went away is noticed in seconds and the run's writes are buffered
+      (``tracking.buffer``) instead of an epoch waiting out MLflow's minutes of retries.
     A value already in the environment is kept: the user's word wins."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    for name, value in mlflow_budget().items():
+        os.environ.setdefault(name, value)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if not verbose:
@@ -172,14 +177,24 @@ def ray_runtime_env(verbose: bool = False, embedded: bool = True) -> dict[str, A
       :func:`configure_process`);
     - PYTHONWARNINGS=ignore::DeprecationWarning (unless --verbose): Ray Train warns, from its
       own code, about Ray Data options it passes itself;
-    - :func:`quiet_ray_worker` as every worker's setup hook (unless --verbose)."""
+    - :func:`quiet_ray_worker` as every worker's setup hook (unless --verbose);
+    - MLflow's HTTP retries (:func:`mlflow_budget`, always): rank 0 of a search tracks."""
     if verbose:
-        return {}
+        return {"env_vars": mlflow_budget()}
     env_vars = {"MLFLOW_LOGGING_LEVEL": "WARNING", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-                "RAY_DATA_LOG_LEVEL": "ERROR", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+                "RAY_DATA_LOG_LEVEL": "ERROR", "PYTHONWARNINGS": "ignore::DeprecationWarning",
+                **mlflow_budget()}
     if embedded:
         env_vars["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     return {"env_vars": env_vars, "worker_process_setup_hook": f"{__name__}.quiet_ray_worker"}
+
+
+def mlflow_budget() -> dict[str, str]:
+    """MLflow's HTTP retry settings for this job's processes: the user's where set, else the
+    short budget of ``tracking.buffer.BUDGET``."""
+    from goldnas_ray.tracking.buffer import BUDGET
+
+    return {name: os.environ.get(name, value) for name, value in BUDGET.items()}
 
 
 # Ray Train's worker-side loggers named after their files, not their modules: LoggingConfig

@@ -323,15 +323,25 @@ def test_only_connection_failures_and_gateway_answers_are_outages(tmp_path, monk
     assert buffer.is_outage(MlflowException("... (Caused by ResponseError('too many 503 error responses'))"))
 
 
-def test_the_http_budget_holds_only_during_the_clients_calls(tmp_path, monkeypatch):
-    """BufferedClient's short MLflow budget does not leak into the process (other clients, later
-    tests); a value the user set is kept."""
+def test_a_pipelines_processes_get_the_short_http_budget_and_keep_the_users(monkeypatch):
+    """The short MLflow budget is set by cli.py, the one place that sets process state (a fresh
+    pipeline process, and every Ray process of its job through the runtime_env); a value the
+    user set is kept, and the library sets none."""
+    from goldnas_ray import cli
+
+    env = {k: v for k, v in os.environ.items() if k not in buffer.BUDGET}
+    env["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "7"
+    code = ("import os; from goldnas_ray import cli, tracking; from goldnas_ray.tracking import buffer; "
+            "import json; print(json.dumps({k: os.environ.get(k) for k in buffer.BUDGET})); "
+            "cli.configure_process(); print(json.dumps({k: os.environ.get(k) for k in buffer.BUDGET}))")
+    before, after = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                   check=True).stdout.splitlines()
+    assert json.loads(before) == {name: ("7" if name == "MLFLOW_HTTP_REQUEST_TIMEOUT" else None)
+                                  for name in buffer.BUDGET}
+    assert json.loads(after) == {**buffer.BUDGET, "MLFLOW_HTTP_REQUEST_TIMEOUT": "7"}
     for name in buffer.BUDGET:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
-    client = buffer.BufferedClient("http://127.0.0.1:9", tmp_path / "out", log=lambda line: None)
-    assert client.buffer is not None and "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
-    with buffer.budget():
-        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
-        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
-    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+    for verbose in (False, True):
+        assert cli.ray_runtime_env(verbose)["env_vars"].items() >= {**buffer.BUDGET,
+                                                                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "7"}.items()

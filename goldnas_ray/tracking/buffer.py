@@ -3,11 +3,11 @@ outlive an outage of a tracking server.
 
 A tracking server that stops answering after a good start (a restart, a redeploy) is not the
 run's failure. Every write (params, metrics with their steps and timestamps, tags, statuses,
-artifacts, tables) first goes to the server with a short budget: unless the user set them,
-MLflow's ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` /
-``MLFLOW_HTTP_REQUEST_TIMEOUT`` are 2 / 1 / 10 during this client's own calls (:func:`budget`;
-the environment is restored after each, so other MLflow clients of the process keep theirs),
-so one write blocks an epoch for at most about 35 s (a refused connection: about 3 s). When it
+artifacts, tables) first goes to the server with a short budget: in a pipeline's processes
+(``cli.configure_process`` and the Ray job's runtime_env set :data:`BUDGET` where the user set
+none), MLflow's ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` /
+``MLFLOW_HTTP_REQUEST_TIMEOUT`` are 2 / 1 / 10, so one write blocks an epoch for at most
+about 35 s (a refused connection: about 3 s); this module sets no environment. When it
 fails on the connection, a timeout or a 502/503/504 (a 500 only when ``/health`` fails too:
 :func:`is_outage`), the console says so once ("MLflow at URI unreachable since epoch N:
 buffering; the run goes on") and from then on every write is appended, in order, as one JSON
@@ -27,7 +27,6 @@ written directly.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import os
@@ -46,6 +45,7 @@ BUFFER = ".mlflow-buffer"
 FAILED = ".mlflow-buffer.failed.jsonl"  # beside the buffer: the lines a healthy server refused
 KIND = "__buffered__"  # marks a value encoded by Buffer (an MLflow entity, a table, a file)
 PROBE_EVERY = 30.0  # seconds between /health probes while buffering
+# MLflow's HTTP retries for a pipeline's processes (set by cli.py, the user's values kept)
 BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
           "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 # the MlflowClient methods that write; any other attribute (reads) goes to the client as it is
@@ -55,20 +55,6 @@ WRITES = {"log_batch", "log_metric", "log_param", "set_tag", "update_run", "set_
 
 class Unreachable(Exception):
     """A replay stopped: the server is away (the lines sent before are counted)."""
-
-
-@contextlib.contextmanager
-def budget():
-    """MLflow's HTTP budget (:data:`BUDGET`) for the calls inside, where the user set none;
-    the environment is as it was after."""
-    before = {name: os.environ.get(name) for name in BUDGET}
-    os.environ.update({name: value for name, value in BUDGET.items() if before[name] is None})
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
 
 
 GONE = {502, 503, 504}  # a proxy's or a restarting server's answers
@@ -292,8 +278,7 @@ class BufferedClient:
         if self.buffering:
             return None
         try:
-            with budget():
-                return getattr(self.client, name)(*args, **kwargs)
+            return getattr(self.client, name)(*args, **kwargs)
         except Exception as exc:
             if self.buffer is None or not is_outage(exc, self.uri):
                 raise
@@ -307,8 +292,7 @@ class BufferedClient:
             self._try_replay()
         if not self.buffering:
             try:
-                with budget():
-                    return getattr(self.client, name)(*args, **kwargs)
+                return getattr(self.client, name)(*args, **kwargs)
             except Exception as exc:
                 if not is_outage(exc, self.uri):
                     raise
@@ -323,8 +307,7 @@ class BufferedClient:
         if not healthy(self.uri):
             return
         try:
-            with budget():
-                sent = self.buffer.replay(self.client, self.log)
+            sent = self.buffer.replay(self.client, self.log)
         except Unreachable:
             return
         self.buffering = False

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from goldnas_ray.files.store import StorageError, location
-from goldnas_ray.tracking.buffer import BUFFER, Buffer, Unreachable, budget
+from goldnas_ray.tracking.buffer import BUFFER, Buffer, Unreachable
 from goldnas_ray.tracking.common import TrackingError, check_uri
 
 
@@ -34,9 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     for buffer in buffers:
         uri = args.mlflow_uri or buffer.uri()
         try:
-            check_uri(uri)
-            with budget():  # a server still away answers in seconds, not MLflow's minutes
-                sent = buffer.replay(MlflowClient(tracking_uri=uri))
+            check_uri(uri)  # a server still away: said in seconds, not MLflow's minutes
+            sent = buffer.replay(MlflowClient(tracking_uri=uri))
         except TrackingError as exc:
             print(f"error: {exc}; {buffer.pending()} items still wait in {buffer.dir}", file=sys.stderr)
             return 1
