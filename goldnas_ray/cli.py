@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from goldnas_ray.core.config import Config
 from goldnas_ray.orchestration.errors import USER_ERRORS
-from goldnas_ray.files.search_files import OutputDirError
+from goldnas_ray.files.search_files import OutputDirError, read_records, records_path
 from goldnas_ray.files.store import INFRASTRUCTURE, INPUT, Location, is_uri, location, working_copy_note
 from goldnas_ray.run.ending import RunStopped
 
@@ -60,6 +60,95 @@ def output_folder(out: str | Path | None, resume: bool, stage: str) -> Location:
         where = location(out)
     where.probe()
     return where
+
+
+# ---- --resume on a folder that holds no run yet ----------------------------------------------
+# What each stage writes in its folder before it has anything to continue from (its marker:
+# ``_holds_run``), by top-level name: a start stopped there (a killed driver, a lost head node)
+# leaves these, and they carry no results, so --resume removes them and starts the run anew. An
+# MLflow sqlite store beside them (mlflow.db*, mlartifacts/) is kept: the stopped start's run
+# stays in it, the new run is added (files.search_files.check_new_out_dir lets a new run in).
+_BUFFER = (".mlflow-buffer", ".mlflow-buffer.failed.jsonl")
+STARTS_LEAVE = {
+    # Ray Train's folder and the workers' notes, the first epoch's files written before the
+    # checkpoint that makes a search resumable (records.json unfinished, genotypes, ...)
+    "search": {"ray", ".workers", "records.json", "genotypes", "config.yaml", "history.parquet", "plots",
+               "latency.json", "checkpoints", *_BUFFER},
+    # the genotypes and the copy of a search in a bucket written before retrain.json; and
+    # retrain.json itself, Tune's folder and the trials' notes while Tune has saved no
+    # experiment to continue and no trial finished
+    "retrain": {"genotypes", "search", "retrain.json", "ray", ".trials", *_BUFFER},
+    "sweep": set(_BUFFER),  # its MLflow runs are made before sweep.json
+}
+MARKERS = {"search": "checkpoints/latest.pt", "retrain": "retrain.json", "sweep": "sweep.json"}
+
+
+def resumes(out: Location, stage: str, log: Callable[[str], None] = print, starting: str | None = None,
+            needs: str | None = None) -> bool:
+    """What --resume does with ``out``: True to continue the ``stage`` ("search", "retrain",
+    "sweep") stored there; False, having said so in a line (the run's first), to start one
+    there when it holds no run yet: missing, empty, or holding only what a start stopped before
+    its first checkpoint (or retrain.json, sweep.json) leaves, which is removed first. So one
+    command serves a job's first try and every retry. ``starting``: what that line names (a
+    pipeline's search says "pipeline in <its folder>"); ``needs``: why this command line cannot start one
+    (raised before anything is removed). A folder that holds anything else is an
+    OutputDirError: earlier results are never overwritten."""
+    if _holds_run(out, stage):
+        return True
+    names = out.names()
+    store = [n for n in names if _is_mlflow_store(n)]
+    foreign = [n for n in names if n not in STARTS_LEAVE[stage] and n not in store]
+    if foreign:
+        raise OutputDirError(f"--resume: {out} is not a {stage} output folder (no {MARKERS[stage]} inside), and "
+                             f"holds what no {stage} leaves there: {', '.join(foreign)}; give the folder of the "
+                             f"{stage} to continue, or a new or empty one")
+    if stage == "search" and records_path(out) is not None and read_records(out).get("finished"):
+        raise OutputDirError(f"--resume: {out} holds a finished search's records.json without its "
+                             f"{MARKERS[stage]}: nothing to continue, and its records are not overwritten")
+    if needs:
+        raise OutputDirError(f"--resume: no {stage} in {out} yet, and starting one needs {needs}")
+    left = [n for n in names if n not in store]
+    for name in left:
+        _remove(out / name)
+    removed = f" (removed what a start stopped before its first checkpoint left in {out}: {', '.join(left)})" \
+        if left else ""
+    log(f"--resume: no {starting or f'{stage} in {out}'} yet; starting a new one{removed}")
+    return False
+
+
+def _holds_run(out: Location, stage: str) -> bool:
+    """Whether ``out`` holds a ``stage`` that --resume continues: a search's checkpoint, a
+    sweep's sweep.json, a retrain's retrain.json with Tune's experiment (or a finished trial:
+    the driver then says what is missing)."""
+    if not (out / MARKERS[stage]).is_file():
+        return False
+    if stage != "retrain":
+        return True
+    import ray.tune
+
+    from goldnas_ray.orchestration.retrain_driver import EXPERIMENT_DIR, finished_trials
+
+    path, fs = (out / "ray" / EXPERIMENT_DIR).arrow()
+    return ray.tune.Tuner.can_restore(path, storage_filesystem=fs) or bool(finished_trials(out))
+
+
+def _is_mlflow_store(name: str) -> bool:
+    return name.startswith("mlflow.db") or name == "mlartifacts"
+
+
+def _remove(where: Location) -> None:
+    if where.local is not None:
+        if where.local.is_dir():
+            import shutil
+
+            shutil.rmtree(where.local)
+        else:
+            where.local.unlink(missing_ok=True)
+        return
+    if where.is_file():
+        where.delete()
+    for rel in where.files():  # a prefix: every object under it
+        (where / rel).delete()
 
 
 def run_main(body: Callable[[], object], verbose: bool = False) -> int:
@@ -310,7 +399,7 @@ def runtime_env(args: argparse.Namespace) -> dict[str, Any]:
     return ray_runtime_env(args.verbose, embedded=not (args.address or os.environ.get("RAY_ADDRESS")))
 
 
-def run_search_locally(cfg: Config | None, out: Location, args: argparse.Namespace) -> None:
+def run_search_locally(cfg: Config | None, out: Location, args: argparse.Namespace, resume: bool = False) -> None:
     from goldnas_ray.run.loop import run_local
     from goldnas_ray.tracking.common import check_uri, resolve_uri
     from goldnas_ray.tracking.search import search_tracker
@@ -320,14 +409,16 @@ def run_search_locally(cfg: Config | None, out: Location, args: argparse.Namespa
         uri = resolve_uri(out, args.mlflow_uri)
         check_uri(uri)
         tracker = search_tracker(uri, args.experiment, out, workers=1)
-    run_local(cfg, out, resume=args.resume, tracker=tracker)
+    run_local(cfg, out, resume=resume, tracker=tracker)
 
 
-def run_search_on_ray(cfg: Config | None, out: Location, args: argparse.Namespace) -> None:
+def run_search_on_ray(cfg: Config | None, out: Location, args: argparse.Namespace, resume: bool = False) -> None:
+    """A search on Ray Train: new from ``cfg``, or with ``resume`` the one in ``out``
+    (:func:`resumes` decides)."""
     from goldnas_ray.orchestration.search_driver import run_ray
 
     run_ray(cfg, out, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-            gpus_per_worker=args.gpus_per_worker, resume=args.resume, mlflow_uri=args.mlflow_uri,
+            gpus_per_worker=args.gpus_per_worker, resume=resume, mlflow_uri=args.mlflow_uri,
             experiment=args.experiment, max_failures=args.max_failures, tracking=not args.no_mlflow,
             address=args.address, verbose=args.verbose, runtime_env=runtime_env(args))
 
@@ -359,28 +450,25 @@ def run_retrain_on_ray(out: Location, args: argparse.Namespace, *, search_dir: "
 
 def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:
     """A sweep (pipelines/sweep.py): new from --config, --smoke-test, --set, --grid, --seeds, or
-    continued with --resume (as it was planned: its grid, seeds, resources and MLflow store).
-    A sweep that ends with failed searches is an error (status 2)."""
-    from goldnas_ray.core.config import ConfigError
+    continued with --resume (as it was planned: its grid, seeds, resources and MLflow store;
+    --resume on a folder with no sweep yet starts one, :func:`resumes`). A continued sweep takes
+    the flags that plan it only when they plan the same searches, so the first try's command
+    serves every retry. A sweep that ends with failed searches is an error (status 2)."""
     from goldnas_ray.orchestration.sweep_driver import run_sweep
     from goldnas_ray.sweep.plan import SweepError, parse_grid, parse_seeds
 
-    if args.resume:
-        if args.grid or args.overrides or args.config or args.smoke_test:
-            raise ConfigError("--resume continues the sweep as it was planned: drop --grid, --set, --config "
-                              "and --smoke-test")
-        given = [f for f, default in (("seeds", "0"), ("workers_per_search", 1), ("cpus_per_worker", None),
+    if args.resume and resumes(out, "sweep"):
+        _same_plan(out, args)
+        given = [f for f, default in (("workers_per_search", 1), ("cpus_per_worker", None),
                                       ("gpus_per_worker", 0.0), ("mlflow_uri", None), ("no_mlflow", False),
                                       ("experiment", "goldnas-sweep")) if getattr(args, f) != default]
         if given:
-            print(f"--resume: the sweep keeps the seeds, resources per search and MLflow store it was planned "
+            print(f"--resume: the sweep keeps the resources per search and MLflow store it was planned "
                   f"with; not used: {', '.join('--' + f.replace('_', '-') for f in given)}")
         sweep = run_sweep(out, resume=True, address=args.address, runtime_env=runtime_env(args),
                           max_failures=args.max_failures, verbose=args.verbose)
     else:
-        base = Config.from_yaml(location(args.config)) if args.config else Config()
-        base = base.override(_overrides(args, SEARCH_SMOKE, {}))
-        sweep = run_sweep(out, base=base, grid=parse_grid(args.grid), seeds=parse_seeds(args.seeds),
+        sweep = run_sweep(out, base=sweep_base(args), grid=parse_grid(args.grid), seeds=parse_seeds(args.seeds),
                           workers=args.workers_per_search, cpus_per_worker=args.cpus_per_worker,
                           gpus_per_worker=args.gpus_per_worker, mlflow_uri=args.mlflow_uri,
                           tracking=not args.no_mlflow, experiment=args.experiment, max_failures=args.max_failures,
@@ -395,3 +483,28 @@ def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:
         if others:
             message += f"; continue {', '.join(others)} with --resume --out {out.uri}"
         raise SweepError(message, INFRASTRUCTURE if others else INPUT)
+
+
+def sweep_base(args: argparse.Namespace) -> Config:
+    """The config every search of a new sweep starts from: --config, --smoke-test, --set."""
+    base = Config.from_yaml(location(args.config)) if args.config else Config()
+    return base.override(_overrides(args, SEARCH_SMOKE, {}))
+
+
+def _same_plan(out: Location, args: argparse.Namespace) -> None:
+    """A continued sweep's planning flags (--grid, --seeds, --config, --set, --smoke-test), when
+    given, must plan the searches of its sweep.json: else a ConfigError."""
+    import json
+
+    from goldnas_ray.core.config import ConfigError
+    from goldnas_ray.sweep.plan import Sweep, parse_grid, parse_seeds, plan_sweep
+
+    if not (args.grid or args.overrides or args.config or args.smoke_test or args.seeds != "0"):
+        return
+    planned = Sweep.read(out)
+    given = plan_sweep(sweep_base(args), parse_grid(args.grid), parse_seeds(args.seeds)) if args.grid else []
+    same = lambda searches: json.loads(json.dumps([(s.name, s.config) for s in searches]))  # noqa: E731
+    if same(given) != same(planned.searches):
+        raise ConfigError(f"--resume: the sweep in {out} was planned with other --grid, --seeds, --config, --set or "
+                          f"--smoke-test values than these; give the ones it was started with (or none) to continue "
+                          f"it, or a new --out for a new sweep")

@@ -5,9 +5,14 @@
     python pipelines/retrain.py --search-run <mlflow run id> --mlflow-uri http://mlflow:5000
     python pipelines/retrain.py --search-dir runs/search-X --smoke-test    # about a minute
     python pipelines/retrain.py --resume --out runs/retrain-Y              # continue an interrupted one
+    python pipelines/retrain.py --resume --out runs/r1 --search-dir runs/s1  # continue runs/r1, or start it
     python pipelines/retrain.py --search-dir runs/sweep-Z --union-front    # a sweep's records, once each
     ray job submit --working-dir . -- python pipelines/retrain.py --search-dir /shared/runs/s1 \\
         --cpus-per-trial 4 --gpus-per-trial 0.5
+
+--resume on a folder with no retrain in it yet (missing, empty, or left by a start stopped
+before Tune saved its experiment) starts one from --search-dir or --search-run and says so in
+its first line: the same command is a job's first try and every retry.
 
 One Ray Tune trial per (architecture, seed), as many at once as the cluster holds. Writes
 frontier.parquet, frontier.csv, frontier.png, trials.parquet and retrain.json under --out.
@@ -26,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--search-run", help="MLflow run id of a search: its artifacts are read instead")
     p.add_argument("--out", help="output folder; must not exist or be empty unless "
                                             "--resume (default: runs/retrain-<date>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the retrain stored in --out")
+    p.add_argument("--resume", action="store_true", help="continue the retrain stored in --out (none there yet: start it)")
     p.add_argument("--union-front", action="store_true",
                    help="--search-dir is a sweep: train every distinct architecture its searches recorded "
                         "once (default: every search's records, each its own)")
@@ -41,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         out = cli.output_folder(args.out, args.resume, "retrain")
+        # no retrain there yet: a new one, from --search-dir / --search-run and the other flags
+        resume = args.resume and cli.resumes(out, "retrain", needs=None if args.search_dir or args.search_run
+                                             else "--search-dir or --search-run")
         cli.run_retrain_on_ray(out, args, search_dir=args.search_dir, search_run=args.search_run,
-                               config_file=args.config, resume=args.resume)
+                               config_file=args.config, resume=resume)
 
     return cli.run_main(body, args.verbose)
 

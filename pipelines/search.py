@@ -5,6 +5,11 @@
     python pipelines/search.py --local                 # in this process, no Ray
     python pipelines/search.py --local --smoke-test    # a run of seconds
     python pipelines/search.py --local --config cfg.yaml --set search.lambda0=0.02
+    python pipelines/search.py --resume --out runs/s1 --workers 2   # continue runs/s1, or start it there
+
+--resume continues the search in --out; on a folder with no search in it yet (missing, empty,
+or left by a start stopped before its first checkpoint) it starts one from the other flags and
+says so in its first line, so the same command is a job's first try and every retry.
 
 Writes records.json, genotypes/, history.parquet and checkpoints/ under --out.
 """
@@ -21,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None,
                    help="output folder; must not exist or be empty unless --resume "
                         "(default: runs/search-<date>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the search stored in --out")
+    p.add_argument("--resume", action="store_true", help="continue the search stored in --out (none there yet: start it)")
     p.add_argument("--local", action="store_true", help="run in this process, without Ray")
     cli.add_common_flags(p)
     cli.add_search_flags(p)
@@ -34,11 +39,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         out = cli.output_folder(args.out, args.resume, "search")
-        cfg = None if args.resume else cli.search_config(args)
+        resume = args.resume and cli.resumes(out, "search")  # no search there yet: a new one, from the flags
+        cfg = None if resume else cli.search_config(args)
         if args.local:
-            cli.run_search_locally(cfg, out, args)
+            cli.run_search_locally(cfg, out, args, resume)
         else:
-            cli.run_search_on_ray(cfg, out, args)
+            cli.run_search_on_ray(cfg, out, args, resume)
 
     return cli.run_main(body, args.verbose)
 

@@ -6,6 +6,7 @@
     ray job submit --working-dir . -- python pipelines/sweep.py --out /shared/runs/sw \\
         --grid search.lambda0=0.001,0.002 --seeds 0,1,2 --workers-per-search 2 --mlflow-uri http://mlflow:5000
     python pipelines/sweep.py --resume --out runs/sw       # finished searches kept, the rest continued
+    python pipelines/sweep.py --resume --out runs/sw --grid search.lambda0=0.001,0.002   # or started
     python pipelines/retrain.py --search-dir runs/sw       # retrain every search's records
     python pipelines/compare.py runs/sw                    # every search's records on one chart
 
@@ -13,6 +14,11 @@ Each search is the one pipelines/search.py runs (its folder <out>/p<point>-s<see
 records.json, genotypes/, history.parquet, checkpoints/), as many at once as the cluster
 holds. Writes sweep.json, sweep_points.csv, sweep_searches.csv, sweep.png and union.json
 under --out; with MLflow, a parent run with one child run per search.
+
+--resume on a folder with no sweep in it yet (missing, empty, or left by a start stopped before
+sweep.json) starts one from the flags and says so in its first line; on a sweep it continues it,
+taking --grid, --seeds, --config, --set and --smoke-test only when they plan the same searches.
+So the same command is a job's first try and every retry.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="output folder; must not exist or be empty unless --resume "
                                                "(default: runs/sweep-<date>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the sweep stored in --out")
+    p.add_argument("--resume", action="store_true", help="continue the sweep stored in --out (none there yet: start it)")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="a config key and its values, e.g. search.lambda0=0.001,0.002 (repeatable: "
                         "the sweep runs every combination)")

@@ -38,6 +38,7 @@ def test_bad_input_fails_before_training(tmp_path):
     proc = run("--local", "--out", str(tmp_path / "x"), "--set", "search.xi_min=0.9")
     assert proc.returncode == 2 and "search.xi_min" in proc.stderr
     assert not (tmp_path / "x").exists()
+    (tmp_path / "notes.txt").write_text("not a run")  # an empty folder: --resume starts one (test_resubmit.py)
     proc = run("--local", "--resume", "--out", str(tmp_path))
     assert proc.returncode == 2 and "not a search output folder" in proc.stderr
     bad = tmp_path / "bad.yaml"

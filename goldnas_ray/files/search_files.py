@@ -57,9 +57,11 @@ def check_out_dir(out: Where, resume: bool) -> None:
 
 def check_new_out_dir(out: Where, stage: str) -> None:
     """A new run's output folder must not exist or be empty: earlier results are never
-    overwritten."""
+    overwritten. An MLflow sqlite store alone (mlflow.db, its mlartifacts/) does not count: the
+    new run is added to it (a start stopped before its first checkpoint leaves one, and
+    ``--resume`` starts the run anew beside it, cli.resumes)."""
     out = location(out)
-    if out.is_file() or out.names():
+    if out.is_file() or [n for n in out.names() if not (n.startswith("mlflow.db") or n == "mlartifacts")]:
         raise OutputDirError(f"output folder {out} already exists and is not empty; pass a new "
                              f"--out, or --resume to continue the {stage} stored there")
 

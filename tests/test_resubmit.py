@@ -1,0 +1,221 @@
+"""Resubmittable jobs: `--resume` on a folder (or bucket prefix) with no run in it starts one and
+says so in its first line, so one command is a job's first try and every retry; from each state
+a driver killed at any moment leaves (nothing yet, a start stopped before its first checkpoint,
+retrain.json or sweep.json, a run to continue), the same command continues or starts cleanly,
+never overwrites finished results, and refuses with one line what it cannot tell apart from
+someone else's files."""
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from goldnas_ray import cli
+from goldnas_ray.core.config import Config, ConfigError
+from goldnas_ray.files.search_files import CHECKPOINT, OutputDirError
+from goldnas_ray.files.store import location
+from goldnas_ray.sweep.plan import Sweep, plan_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+SEARCH = [sys.executable, str(ROOT / "pipelines" / "search.py"), "--local", "--smoke-test", "--resume"]
+
+
+def run(cmd, env=None, timeout=600):
+    env = {k: v for k, v in (env or os.environ).items() if k != "RAY_ADDRESS"}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def load_pipeline(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "pipelines" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def first_try(tmp_path_factory):
+    """`search.py --local --smoke-test --resume --out NEW`: the first try of a resubmittable job,
+    on a folder that does not exist yet (tracked in its sqlite store)."""
+    out = tmp_path_factory.mktemp("resubmit") / "s1"
+    proc = run([*SEARCH, "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def test_resume_on_a_missing_folder_starts_the_search_and_the_same_command_then_finds_it_done(first_try):
+    out, proc = first_try
+    assert proc.stdout.splitlines()[0] == f"--resume: no search in {out} yet; starting a new one"
+    records = json.loads((out / "records.json").read_text())
+    assert records["finished"] and records["architectures"] and (out / CHECKPOINT).is_file()
+    before = (out / "records.json").read_bytes()
+    again = run([*SEARCH, "--out", str(out)])  # the retry of a job whose first try finished
+    assert again.returncode == 0, again.stderr
+    assert "already finished after epoch 3; nothing to do" in again.stdout
+    assert "starting a new one" not in again.stdout
+    assert (out / "records.json").read_bytes() == before
+
+
+def test_a_search_killed_before_its_first_checkpoint_starts_anew_beside_its_mlflow_store(first_try, tmp_path):
+    """The state a driver killed in the first epoch leaves (MLflow run made, Ray Train's folder
+    and the workers' notes, records.json written but not yet the checkpoint): the same command
+    removes all but the MLflow store and records what an uninterrupted run records."""
+    done, _ = first_try
+    out = tmp_path / "s1"
+    shutil.copytree(done, out)
+    (out / CHECKPOINT).unlink()
+    records = json.loads((out / "records.json").read_text())
+    (out / "records.json").write_text(json.dumps(records | {"finished": False, "epochs": 1,
+                                                            "architectures": records["architectures"][:1]}))
+    (out / "ray" / "s1").mkdir(parents=True)
+    (out / ".workers").mkdir()
+    (out / ".workers" / "rank-0.json").write_text("{}")
+    proc = run([*SEARCH, "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith(f"--resume: no search in {out} yet; starting a new one (removed what a start stopped "
+                            f"before its first checkpoint left in {out}: "), first
+    assert "mlflow.db" not in first and ".workers" in first and "ray" in first
+    assert not (out / ".workers").exists() and not (out / "ray").exists()
+    again = json.loads((out / "records.json").read_text())
+    assert again["finished"] and again["architectures"] == records["architectures"]  # as the uninterrupted run
+    with sqlite3.connect(out / "mlflow.db") as db:  # the store kept: the stopped start's run and the new one
+        statuses = sorted(s for (s,) in db.execute("select status from runs"))
+    assert statuses == ["FINISHED", "FINISHED"]
+
+
+def test_resume_refuses_what_it_cannot_tell_from_someone_elses_files(first_try, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not a run")
+    proc = run([*SEARCH, "--out", str(mine)])
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "is not a search output folder" in proc.stderr and "notes.txt" in proc.stderr
+    assert (mine / "notes.txt").read_text() == "not a run"
+    # a finished search's records without its checkpoint: not overwritten by a new start
+    done, _ = first_try
+    kept = tmp_path / "kept"
+    shutil.copytree(done, kept)
+    (kept / CHECKPOINT).unlink()
+    before = (kept / "records.json").read_bytes()
+    with pytest.raises(OutputDirError, match="finished search's records.json"):
+        cli.resumes(location(kept), "search")
+    assert (kept / "records.json").read_bytes() == before and (kept / "genotypes").is_dir()
+    assert capsys.readouterr().out == ""
+
+
+def test_a_retrain_killed_before_retrain_json_or_tunes_experiment_starts_anew(tmp_path, capsys):
+    """Killed between writing its genotypes and retrain.json, or after retrain.json before Tune
+    saved its experiment (no trial finished): nothing to continue, the leftovers go."""
+    out = tmp_path / "r1"
+    (out / "genotypes").mkdir(parents=True)
+    (out / "genotypes" / "arch-000.json").write_text("{}")
+    (out / ".mlflow-buffer").mkdir()
+    # the command line cannot start one: said before anything is removed
+    with pytest.raises(OutputDirError, match="starting one needs --search-dir or --search-run"):
+        cli.resumes(location(out), "retrain", needs="--search-dir or --search-run")
+    assert (out / "genotypes" / "arch-000.json").is_file()
+    assert cli.resumes(location(out), "retrain") is False
+    assert sorted(p.name for p in out.iterdir()) == []
+    assert capsys.readouterr().out == (f"--resume: no retrain in {out} yet; starting a new one (removed what a start "
+                                       f"stopped before its first checkpoint left in {out}: .mlflow-buffer, "
+                                       f"genotypes)\n")
+    (out / "retrain.json").write_text("{}")
+    (out / "mlflow.db").write_text("")  # a store beside it stays
+    assert cli.resumes(location(out), "retrain") is False
+    assert sorted(p.name for p in out.iterdir()) == ["mlflow.db"]
+    # with a finished trial it is a retrain: the driver continues it (or says what is missing)
+    (out / "retrain.json").write_text("{}")
+    (out / ".trials").mkdir()
+    (out / ".trials" / "a-s0.jsonl").write_text('{"finished_epoch": 2}\n')
+    assert cli.resumes(location(out), "retrain") is True
+
+
+def test_a_new_run_takes_a_folder_that_holds_only_an_mlflow_store(tmp_path):
+    from goldnas_ray.files.search_files import check_new_out_dir
+
+    (tmp_path / "mlflow.db").write_text("")
+    (tmp_path / "mlartifacts").mkdir()
+    check_new_out_dir(tmp_path, "search")
+    (tmp_path / "records.json").write_text("{}")
+    with pytest.raises(OutputDirError, match="already exists and is not empty"):
+        check_new_out_dir(tmp_path, "search")
+
+
+def test_a_pipeline_resumes_or_starts_from_what_its_folder_holds(tmp_path, capsys):
+    pipeline = load_pipeline("pipeline")
+    out = tmp_path / "p1"
+    assert pipeline.resume_search(location(out)) is False
+    assert capsys.readouterr().out == f"--resume: no pipeline in {out} yet; starting a new one\n"
+    (out / "search").mkdir(parents=True)
+    (out / "search" / "mlflow.db").write_text("")
+    (out / "search" / ".workers").mkdir()
+    assert pipeline.resume_search(location(out)) is False
+    assert sorted(p.name for p in (out / "search").iterdir()) == ["mlflow.db"]
+    (out / "retrain" / "genotypes").mkdir(parents=True)
+    with pytest.raises(OutputDirError, match="holds a retrain/ but no search to continue"):
+        pipeline.resume_search(location(out))
+    (out / "search" / "checkpoints").mkdir()
+    (out / "search" / CHECKPOINT).write_bytes(b"state")
+    assert pipeline.resume_search(location(out)) is True  # its retrain: continued or started later
+    (out / "elsewhere.txt").write_text("")
+    with pytest.raises(OutputDirError, match="is not a pipeline output folder"):
+        pipeline.resume_search(location(out))
+
+
+def test_a_continued_sweep_takes_its_planning_flags_only_when_they_plan_the_same_searches(tmp_path, capsys):
+    sweep_py = load_pipeline("sweep")
+    flags = ["--grid", "search.lambda0=0.001,0.002", "--seeds", "0,1", "--smoke-test"]
+    args = sweep_py.parse_args(["--resume", "--out", str(tmp_path), *flags])
+    grid = {"search.lambda0": ["0.001", "0.002"]}  # what the first try's driver wrote in sweep.json
+    Sweep(grid, [0, 1], plan_sweep(cli.sweep_base(args), grid, [0, 1])).write(tmp_path)
+    cli._same_plan(location(tmp_path), args)  # the first try's command: taken
+    cli._same_plan(location(tmp_path), sweep_py.parse_args(["--resume", "--out", str(tmp_path)]))  # none given
+    for other in (["--grid", "search.lambda0=0.001,0.004", "--seeds", "0,1", "--smoke-test"],
+                  ["--grid", "search.lambda0=0.001,0.002", "--seeds", "0", "--smoke-test"],
+                  [*flags, "--set", "search.c0=1.5"], flags[:-1]):
+        with pytest.raises(ConfigError, match="was planned with other"):
+            cli._same_plan(location(tmp_path), sweep_py.parse_args(["--resume", "--out", str(tmp_path), *other]))
+    assert cli.resumes(location(tmp_path), "sweep") is True
+    empty = tmp_path / "new"
+    (empty / ".mlflow-buffer").mkdir(parents=True)
+    assert cli.resumes(location(empty), "sweep") is False and not (empty / ".mlflow-buffer").exists()
+
+
+def test_resume_on_an_empty_bucket_prefix_starts_the_search_there(s3, readme_shell):
+    out = s3["uri"]("resubmit/s1")
+    env = dict(readme_shell.env)
+    proc = run([*SEARCH, "--no-mlflow", "--out", out], env=env)
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("--resume: no search in s3://") and first.endswith("resubmit/s1 yet; starting a new one")
+    assert json.loads((location(out) / "records.json").read_text())["finished"]
+    again = run([*SEARCH, "--no-mlflow", "--out", out], env=env)
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stderr
+
+
+@pytest.mark.ray
+def test_a_retrain_killed_between_its_genotypes_and_retrain_json_is_resubmitted_with_the_same_command(
+        first_try, tmp_path):
+    """On an embedded Ray: the retrain's folder holds the genotypes a killed start wrote; the
+    job's command (--resume with --search-dir) starts it anew and reports."""
+    search, _ = first_try
+    out = tmp_path / "r1"
+    shutil.copytree(search / "genotypes", out / "genotypes")
+    cmd = [sys.executable, str(ROOT / "pipelines" / "retrain.py"), "--resume", "--search-dir", str(search),
+           "--out", str(out), "--smoke-test", "--no-mlflow", "--set", "retrain.epochs=1",
+           "--set", "retrain.latency_repeats=0"]
+    proc = run(cmd, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[0] == (f"--resume: no retrain in {out} yet; starting a new one (removed what a "
+                                           f"start stopped before its first checkpoint left in {out}: genotypes)")
+    assert (out / "retrain.json").is_file() and (out / "frontier.csv").is_file()
+    before = (out / "frontier.csv").read_bytes()
+    again = run(cmd, timeout=900)  # the same command once more: continues the finished retrain
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "starting a new one" not in again.stdout
+    assert (out / "retrain.json").is_file() and (out / "frontier.csv").read_bytes() == before
