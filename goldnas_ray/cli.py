@@ -31,7 +31,7 @@ from goldnas_ray.core.config import Config
 from goldnas_ray.orchestration.errors import USER_ERRORS
 from goldnas_ray.files.search_files import OutputDirError, read_records, records_path
 from goldnas_ray.files.store import INFRASTRUCTURE, INPUT, Location, is_uri, location, working_copy_note
-from goldnas_ray.run.ending import RunStopped
+from goldnas_ray.run.ending import GRACEFUL, RunStopped
 
 
 def output_folder(out: str | Path | None, resume: bool, stage: str) -> Location:
@@ -154,8 +154,11 @@ def _remove(where: Location) -> None:
 def run_main(body: Callable[[], object], verbose: bool = False) -> int:
     """Run a pipeline's body in a process set up by :func:`configure_process`; a user error
     becomes ``error: ...`` on stderr and status 2. A stop (Ctrl-C, or SIGTERM from ``ray job
-    stop``) is one line on stderr, how far the run got and the command that continues it, and
-    status 130 (143 for SIGTERM), without a traceback."""
+    stop``) ends Ray Tune's or Train's work through their own graceful stop
+    (:func:`fit_until_stopped`), the tracked runs KILLED, then this process's Ray (an embedded
+    one shut down, a joined cluster left), then one line on stderr, how far the run got and
+    the command that continues it, the last line printed; status 130 (143 for SIGTERM),
+    without a traceback."""
     configure_process(verbose)
     try:
         body()
@@ -163,21 +166,31 @@ def run_main(body: Callable[[], object], verbose: bool = False) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RunStopped as exc:
+        _shutdown_ray()
         resume = f"; resume with: python {sys.argv[0]} --resume --out {location(exc.out).uri}" if exc.out else ""
         print(f"stopped: {exc.progress}{resume}", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        _exit_now(exc.code)
+        return exc.code
     except KeyboardInterrupt:  # before any work started: nothing to resume
+        _shutdown_ray()
         print("stopped", file=sys.stderr)
         return 130
     except SystemExit as exc:
         # ours (configure_process) exits 143; Ray's driver handler, once Ray is up, exits 15
         if exc.code in (128 + signal.SIGTERM, signal.SIGTERM):
+            _shutdown_ray()
             print("stopped", file=sys.stderr)
             raise SystemExit(128 + signal.SIGTERM) from None
         raise
     return 0
+
+
+def _shutdown_ray() -> None:
+    """Disconnect from Ray, from the main thread, once a stop has ended the run's work: an
+    embedded Ray's processes end with it, before the stop line is printed (nothing of theirs
+    follows it); a joined cluster ends this job's actors."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 # ---- process-wide settings: this process, and the Ray processes of its job ------------------
@@ -206,18 +219,29 @@ def configure_process(verbose: bool = False) -> None:
     - TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S=0: a retrain reports a
       checkpoint every epoch (a few KB) with num_to_keep=1, which forces an experiment snapshot
       each time; Tune, in this process, would warn about it every epoch;
-    - SIGTERM (what ``ray job stop`` sends a job's driver before a SIGKILL a few seconds
-      later) raises SystemExit(143), so the run's MLflow runs end KILLED
-      (``run.ending``) instead of staying RUNNING.
+    - SIGINT (Ctrl-C) and SIGTERM (``ray job stop``): :func:`_on_stop_signal`, which asks a
+      running fit to stop gracefully (:func:`fit_until_stopped`, put in ``run.ending.
+      GRACEFUL``) and otherwise raises KeyboardInterrupt / SystemExit(143); either way the
+      run's MLflow runs end KILLED (``run.ending``) instead of staying RUNNING;
+      TUNE_DISABLE_SIGINT_HANDLER=1, so that Tune leaves SIGINT to that handler (it still
+      listens on SIGUSR1, which is how the handler asks it to stop), and Tune's own words about
+      the stop (how to resume with ``Tuner.restore``) dropped after a stop: the stop line says
+      how to resume;
     - MLflow's HTTP retries (``tracking.buffer.BUDGET``: 2 retries, backoff 1, 10 s a request):
       a tracking server that went away is noticed in seconds and the run's writes are buffered
       (``tracking.buffer``) instead of an epoch waiting out MLflow's minutes of retries.
     A value already in the environment is kept: the user's word wins."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     for name, value in mlflow_budget().items():
         os.environ.setdefault(name, value)
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _on_stop_signal)
+        signal.signal(signal.SIGUSR1, _no_tune_yet)
+        GRACEFUL[:] = [fit_until_stopped]
+        for name in ("ray.tune.tune", "ray.train.v2.api.data_parallel_trainer"):
+            logging.getLogger(name).addFilter(_before_a_stop)
     if not verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -227,34 +251,104 @@ def configure_process(verbose: bool = False) -> None:
         logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
 
 
-def _exit_now(code: int) -> None:
-    """End the process at once, and the processes it started (an embedded Ray's). Ray Train or
-    Tune is still running in another thread of this process (``orchestration.cluster.
-    interruptible``): the interpreter's orderly exit would wait on it, or abort in Ray's native
-    threads, and ``ray.shutdown`` from here would let that thread start Ray anew. A joined
-    cluster ends this job's actors when its driver goes; the tracked runs are already ended."""
-    import psutil
-
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        try:
-            child.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(children, timeout=5)
-    for child in alive:
-        try:
-            child.kill()
-        except psutil.Error:
-            pass
-    os._exit(code)
+# the stop asked for while a fit runs (fit_until_stopped): "ask", an Event the handler sets;
+# "code", the exit status (130 after SIGINT, 143 after SIGTERM)
+_STOP: dict[str, Any] = {}
 
 
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    """SIGINT or SIGTERM: while a fit runs, the first one asks it to stop and returns (the fit
+    ends through Tune's or Train's own stop); otherwise, or a second time, it raises
+    KeyboardInterrupt (SIGINT) or SystemExit(143) (SIGTERM) at once."""
+    ask = _STOP.get("ask")
+    if ask is not None and _STOP.get("code") is None:
+        _STOP["code"] = 128 + signum
+        ask.set()
+        return
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise SystemExit(128 + signum)
 
 
-def ray_runtime_env(verbose: bool = False, embedded: bool = True) -> dict[str, Any]:
+def _no_tune_yet(signum: int, frame: Any) -> None:
+    """SIGUSR1 while no Tune fit listens: nothing to do (Tune's fit installs its own)."""
+
+
+def _before_a_stop(record: logging.LogRecord) -> bool:
+    """Tune's and Train's words about a stop (how to resume with their own API) are left out."""
+    return _STOP.get("code") is None and "SIGINT" not in record.getMessage()
+
+
+def fit_until_stopped(call: Callable[[], Any]) -> Any:
+    """``call()`` (a Tuner's or a Ray Train trainer's fit) on the main thread, so that Ctrl-C and
+    SIGTERM end it through its own graceful stop: Tune, asked through SIGUSR1, saves its
+    experiment state one last time (the trials that finished recorded as finished, the others
+    with their last checkpoints) and returns; Ray Train, asked through the SIGINT handler its
+    fit installs, aborts its workers (the checkpoints stay). A second signal raises at once.
+    When a stop was asked, it is raised once ``call`` has returned (KeyboardInterrupt, or
+    SystemExit(143) after SIGTERM), whatever ``call`` returned or raised in between.
+
+    ``ray job stop`` sends SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (3 s by
+    default, set where the job runs): a stop that takes longer loses what the snapshot would
+    have saved since Tune's last one (Tune snapshots with every checkpoint of a retrain, so at
+    most the trials that ended meanwhile are recorded unfinished, and continue from their last
+    checkpoint), and its MLflow runs stay RUNNING until ``--resume``."""
+    ask, done = threading.Event(), threading.Event()
+    sigint = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGTERM, _on_stop_signal)  # ray.init put its own in its stead
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.set_blocking(write, False)
+    wakeup = signal.set_wakeup_fd(write)  # a SIGINT that Ray Train's handler took shows here
+    _STOP.update(ask=ask, code=None)
+    asker = threading.Thread(target=_ask_ray_to_stop, args=(sigint, ask, done), name="goldnas-stop", daemon=True)
+    asker.start()
+    value, error = None, None
+    try:
+        value = call()
+    except BaseException as exc:  # noqa: BLE001 - raised below unless a stop was asked
+        error = exc
+    finally:
+        done.set()
+        _STOP["ask"] = None
+        signal.set_wakeup_fd(wakeup)
+        signal.signal(signal.SIGINT, sigint)  # Ray Train's fit leaves its handler behind
+        signal.signal(signal.SIGUSR1, _no_tune_yet)  # and Tune's fit its own
+        try:
+            seen = os.read(read, 256)
+        except BlockingIOError:
+            seen = b""
+        os.close(read)
+        os.close(write)
+    if _STOP["code"] is None and signal.SIGINT in seen:
+        _STOP["code"] = 128 + signal.SIGINT
+    if _STOP["code"] is None:
+        if error is not None:
+            raise error
+        return value
+    if _STOP["code"] == 128 + signal.SIGINT:
+        raise KeyboardInterrupt from None
+    raise SystemExit(_STOP["code"]) from None
+
+
+def _ask_ray_to_stop(sigint: Any, ask: threading.Event, done: threading.Event) -> None:
+    """Once a stop is asked, ask the running fit: Ray Train's SIGINT handler (its abort) when
+    its fit installed one in place of ``sigint``, else Tune's SIGUSR1 handler once its fit has
+    installed it (a stop that comes before either listens waits for them)."""
+    while not (ask.wait(0.1) or done.is_set()):
+        pass
+    while not done.is_set():
+        train = signal.getsignal(signal.SIGINT)
+        if callable(train) and train is not sigint:
+            train(signal.SIGINT, None)  # its abort; from this thread, its sys.exit ends only the thread
+            return
+        if signal.getsignal(signal.SIGUSR1) is not _no_tune_yet:
+            os.kill(os.getpid(), signal.SIGUSR1)  # after the fit, _no_tune_yet takes it
+            return
+        time.sleep(0.05)
+
+
+def ray_runtime_env(verbose: bool = False, embedded: bool = True, placement_timeout: float = 900.0) -> dict[str, Any]:
     """The runtime_env of the Ray job a pipeline starts or joins (``ray.init(runtime_env=...)``):
     what the Ray processes of this job need set, given to them and to no other process.
 
@@ -267,12 +361,18 @@ def ray_runtime_env(verbose: bool = False, embedded: bool = True) -> dict[str, A
     - PYTHONWARNINGS=ignore::DeprecationWarning (unless --verbose): Ray Train warns, from its
       own code, about Ray Data options it passes itself;
     - :func:`quiet_ray_worker` as every worker's setup hook (unless --verbose);
-    - MLflow's HTTP retries (:func:`mlflow_budget`, always): rank 0 of a search tracks."""
+    - MLflow's HTTP retries (:func:`mlflow_budget`, always): rank 0 of a search tracks;
+    - RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=``placement_timeout`` (always; the user's own value
+      wins): Ray Train waits that long, not 60 s, for a worker group's placement (a group
+      restarted after a node loss, on nodes an autoscaler brings back) before it says it timed
+      out and tries again (a controller failure, which max_failures does not count)."""
+    waits = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S":
+             os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", f"{placement_timeout:g}")}
     if verbose:
-        return {"env_vars": mlflow_budget()}
+        return {"env_vars": mlflow_budget() | waits}
     env_vars = {"MLFLOW_LOGGING_LEVEL": "WARNING", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
                 "RAY_DATA_LOG_LEVEL": "ERROR", "PYTHONWARNINGS": "ignore::DeprecationWarning",
-                **mlflow_budget()}
+                **mlflow_budget(), **waits}
     if embedded:
         env_vars["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     return {"env_vars": env_vars, "worker_process_setup_hook": f"{__name__}.quiet_ray_worker"}
@@ -328,6 +428,9 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
                                         "else sqlite:///<out>/mlflow.db)")
     p.add_argument("--no-mlflow", action="store_true", help="do not track the run in MLflow")
     p.add_argument("--verbose", action="store_true", help="show Ray's own per-epoch messages too")
+    p.add_argument("--placement-timeout", type=float, default=900.0, metavar="SECONDS",
+                   help="how long a run waits for the cluster to place its first search's (trial's) workers, "
+                        "an autoscaler adding nodes for them, before it gives up (default 900)")
 
 
 def add_search_flags(p: argparse.ArgumentParser) -> None:
@@ -396,7 +499,8 @@ def retrain_overrides(args: argparse.Namespace) -> list[str]:
 # ---- the pipelines' bodies -------------------------------------------------------------------
 def runtime_env(args: argparse.Namespace) -> dict[str, Any]:
     """The runtime_env of ``args``' Ray job: embedded unless --address or RAY_ADDRESS."""
-    return ray_runtime_env(args.verbose, embedded=not (args.address or os.environ.get("RAY_ADDRESS")))
+    return ray_runtime_env(args.verbose, embedded=not (args.address or os.environ.get("RAY_ADDRESS")),
+                           placement_timeout=args.placement_timeout)
 
 
 def run_search_locally(cfg: Config | None, out: Location, args: argparse.Namespace, resume: bool = False) -> None:
@@ -420,7 +524,8 @@ def run_search_on_ray(cfg: Config | None, out: Location, args: argparse.Namespac
     run_ray(cfg, out, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
             gpus_per_worker=args.gpus_per_worker, resume=resume, mlflow_uri=args.mlflow_uri,
             experiment=args.experiment, max_failures=args.max_failures, tracking=not args.no_mlflow,
-            address=args.address, verbose=args.verbose, runtime_env=runtime_env(args))
+            address=args.address, verbose=args.verbose, runtime_env=runtime_env(args),
+            placement_timeout=args.placement_timeout)
 
 
 def trial_resources(args: argparse.Namespace):
@@ -445,7 +550,7 @@ def run_retrain_on_ray(out: Location, args: argparse.Namespace, *, search_dir: "
                 trial=trial_resources(args), max_failures=args.max_trial_failures, mlflow_uri=args.mlflow_uri,
                 experiment=args.retrain_experiment, tracking=not args.no_mlflow, resume=resume,
                 address=args.address, runtime_env=runtime_env(args),
-                union_front=getattr(args, "union_front", False))
+                union_front=getattr(args, "union_front", False), placement_timeout=args.placement_timeout)
 
 
 def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:
@@ -466,13 +571,15 @@ def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:
             print(f"--resume: the sweep keeps the resources per search and MLflow store it was planned "
                   f"with; not used: {', '.join('--' + f.replace('_', '-') for f in given)}")
         sweep = run_sweep(out, resume=True, address=args.address, runtime_env=runtime_env(args),
-                          max_failures=args.max_failures, verbose=args.verbose)
+                          max_failures=args.max_failures, verbose=args.verbose,
+                          placement_timeout=args.placement_timeout)
     else:
         sweep = run_sweep(out, base=sweep_base(args), grid=parse_grid(args.grid), seeds=parse_seeds(args.seeds),
                           workers=args.workers_per_search, cpus_per_worker=args.cpus_per_worker,
                           gpus_per_worker=args.gpus_per_worker, mlflow_uri=args.mlflow_uri,
                           tracking=not args.no_mlflow, experiment=args.experiment, max_failures=args.max_failures,
-                          address=args.address, runtime_env=runtime_env(args), verbose=args.verbose)
+                          address=args.address, runtime_env=runtime_env(args), verbose=args.verbose,
+                          placement_timeout=args.placement_timeout)
     if sweep.failed:
         inputs = sweep.failed_on_input()  # the kind each failure was recorded with
         others = [name for name in sweep.failed if name not in inputs]

@@ -1,4 +1,4 @@
-"""Connecting to Ray, and what can be checked about a cluster before any work starts.
+"""Connecting to Ray (what the cluster can hold, and the wait for it: ``placement``).
 
 With an address (``--address``, RAY_ADDRESS, which ``ray job submit`` sets for its jobs) the
 pipelines join that cluster; without one they start an embedded Ray on 127.0.0.1
@@ -113,35 +113,21 @@ def check_address(address: str, timeout: float = 5.0) -> None:
         raise ClusterError(f"Ray cluster at {address} is unreachable: {exc}") from exc
 
 
-def check_capacity(resources: dict[str, float], workers: int, cpus: float, gpus: float) -> None:
-    """The cluster as a whole can hold ``workers`` workers of (cpus, gpus)."""
-    need_cpu, need_gpu = workers * cpus, workers * gpus
-    if need_cpu > resources.get("CPU", 0) or need_gpu > resources.get("GPU", 0):
-        raise ClusterError(
-            f"{workers} workers x ({cpus:g} CPU, {gpus:g} GPU) need {need_cpu:g} CPUs and "
-            f"{need_gpu:g} GPUs; the cluster has {resources.get('CPU', 0):g} CPUs and "
-            f"{resources.get('GPU', 0):g} GPUs, so they could never all be placed")
-
-
-def check_fits_on_a_node(cpus: float, gpus: float) -> None:
-    """Some alive node can hold one trial of (cpus, gpus)."""
-    import ray
-
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    if not any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
-        biggest = max(nodes, key=lambda r: r.get("CPU", 0), default={})
-        raise ClusterError(f"a trial needs {cpus:g} CPUs and {gpus:g} GPUs on one node; the largest "
-                           f"node has {biggest.get('CPU', 0):g} CPUs and {biggest.get('GPU', 0):g} GPUs")
-
-
 def interruptible(call: Callable[[], T]) -> T:
-    """``call()`` in a thread of its own while this (main) thread waits for it: Ctrl-C and
-    SIGTERM reach this thread at once as KeyboardInterrupt / SystemExit, whatever Ray Train or
-    Tune would otherwise make of them in their own handlers (they install none off the main
-    thread). The caller ends its tracked runs and the process exits at once (``cli.run_main``
-    leaves with ``os._exit``: the thread is still inside Ray); the Ray processes of the job go
-    with it, and what ``call`` left on storage (its checkpoints) is what ``--resume`` continues
-    from. The thread's own outcome is returned or raised as ``call`` would."""
+    """``call()`` (a Tuner's or a Ray Train trainer's ``fit``) so that a stop ends it through Ray's
+    own graceful stop. In a pipeline's process (``cli.configure_process``: ``run.ending.
+    GRACEFUL``) it runs on this, the main, thread, where Ctrl-C or SIGTERM asks Tune to stop
+    (its experiment state saved one last time) or Ray Train to abort; once ``call`` has returned,
+    the stop is raised here as KeyboardInterrupt (SIGINT) or SystemExit(143) (SIGTERM), and the
+    caller ends its tracked runs KILLED. Elsewhere (the library called from a program of its
+    own) ``call`` runs in a thread of its own, so that Ray installs no signal handler in the
+    caller's process, and this thread waits for it: a stop reaches this thread at once, and
+    what ``call`` left on storage (its checkpoints) is what ``--resume`` continues from. The
+    outcome of ``call`` is returned or raised as ``call`` would."""
+    from goldnas_ray.run.ending import GRACEFUL
+
+    if GRACEFUL and threading.current_thread() is threading.main_thread():
+        return GRACEFUL[-1](call)
     box: dict[str, Any] = {}
 
     def target() -> None:

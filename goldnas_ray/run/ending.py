@@ -7,14 +7,24 @@ SIGTERM raises SystemExit in the pipelines' processes (``cli.configure_process``
 error ends it FAILED. Marking the tracker never hides what ended the run: when the tracker
 itself fails (a tracking server gone, say), that is logged in one line and the original error
 goes on.
+
+A stop that comes while Ray Tune or Ray Train runs asks them to stop through their own graceful
+stop (Tune saves its experiment state one last time, Train aborts its workers; their
+checkpoints stay): ``cli.configure_process`` installs the signal handlers and puts the way to
+run such a fit in :data:`GRACEFUL`, which ``orchestration.cluster.interruptible`` uses. The fit
+returns, and the driver that called it sees the stop as KeyboardInterrupt or SystemExit, as if
+the signal had come then.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 # the tracker's way to end its run(s) with a status: FINISHED, KILLED or FAILED
 Finish = Callable[[str], None]
+# how this process runs a fit that a stop signal ends gracefully (cli.fit_until_stopped, put
+# here by cli.configure_process); empty in a process cli did not set up
+GRACEFUL: list[Callable[[Callable[[], Any]], Any]] = []
 
 
 class RunStopped(Exception):
@@ -22,7 +32,7 @@ class RunStopped(Exception):
     says how far it got ("3 of 8 trials finished"), ``out`` where it lies (``--resume --out``
     continues it); ``code`` is the exit status, the shell's convention: 130 after Ctrl-C, 143
     after SIGTERM (raised as SystemExit(143) by the pipelines' handler, or SystemExit(15) by
-    the one ``ray.init`` installs in its stead)."""
+    the one ``ray.init`` installs in its stead, outside a fit)."""
 
     def __init__(self, progress: str, cause: BaseException, out: object = None):
         super().__init__(progress)
