@@ -66,25 +66,3 @@ def test_plan_refuses_bad_input_before_writing(search_dir, tmp_path):
     with pytest.raises(OutputDirError, match="not a goldnas-ray retrain manifest"):
         Manifest.read(tmp_path / "bad")
     assert not (tmp_path / "a").exists()
-
-
-@pytest.mark.parametrize("cluster, trial, streaming, at_once", [
-    ({"CPU": 2}, Resources(1, 1, 0), False, 2),  # two one-CPU trials on the 2-CPU test cluster
-    ({"CPU": 2}, Resources(1, 1, 0), True, 1),  # a CPU stays beside the trials for Ray Data
-    ({"CPU": 2}, Resources(2, 0.5, 0), True, 1),  # 2 workers of half a CPU, and the decoding CPU
-    ({"CPU": 8}, Resources(1, 1, 0), True, 4),  # each streamed trial keeps its own decoding CPU: 8 / (1 + 1)
-    ({"CPU": 8, "GPU": 2}, Resources(1, 1, 0.5), False, 4),  # the GPUs bound it: 2 / 0.5
-    ({"CPU": 16, "GPU": 8}, Resources(2, 4, 1), False, 2),  # 2 x 4 CPUs each: 16 / 8
-])
-def test_how_many_trials_run_at_once(cluster, trial, streaming, at_once):
-    from goldnas_ray.orchestration.retrain_driver import trials_at_once
-
-    assert trials_at_once(cluster, trial, streaming) == at_once
-
-
-def test_a_streamed_trial_that_holds_every_cpu_is_refused():
-    from goldnas_ray.orchestration.cluster import ClusterError
-    from goldnas_ray.orchestration.retrain_driver import trials_at_once
-
-    with pytest.raises(ClusterError, match=r"a trial's 2 x 1 CPUs leave 0 of the cluster's 2: lower --cpus-per-worker"):
-        trials_at_once({"CPU": 2}, Resources(2, 1, 0), streaming=True)

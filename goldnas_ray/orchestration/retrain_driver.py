@@ -1,9 +1,11 @@
 """Retrain a search's architectures from scratch on Ray Tune, one trial per (architecture, seed).
 
 The driver checks everything first (``retrain.plan``: search files, genotypes, config, data;
-here: MLflow, whether a trial fits on a node), writes the genotypes and retrain.json, creates
-the MLflow parent and child runs, then hands the trials to Tune, which runs as many at once
-as the cluster holds. A failed trial is retried from its last checkpoint (``max_failures``);
+here: MLflow, whether a trial could ever be placed, ``placement``), waits until the cluster places
+the first trial (an autoscaler adds nodes for it; ``--placement-timeout``), writes the genotypes
+and retrain.json, creates the MLflow parent and child runs, then hands the trials to Tune, which
+runs as many at once as the cluster can grow to hold (its node types at their max counts;
+unknown: every trial queues on its placement group). A failed trial is retried from its last checkpoint (``max_failures``);
 an interrupted retrain continues with ``resume``. At the end the trials' histories are read
 back from their last checkpoints and the report is written, then logged to the parent run.
 
@@ -33,10 +35,10 @@ from goldnas_ray.core.config import ConfigError
 from goldnas_ray.files.store import INFRASTRUCTURE, Location, location
 from goldnas_ray.files.search_files import RECORDS, OutputDirError, read_records, records_path
 from goldnas_ray.data.batches import check_batches
-from goldnas_ray.orchestration.cluster import (ClusterError, check_capacity, check_fits_on_a_node, connect,
-                                               interruptible)
+from goldnas_ray.orchestration.cluster import connect, interruptible
+from goldnas_ray.orchestration.placement import (PLACEMENT_TIMEOUT, ask_of, at_once_line, place_first,
+                                                 trial_resources)
 from goldnas_ray.orchestration.retrain_trial import TRIALS_LOG, RetrainCallback, last_state, retrain_trial
-from goldnas_ray.orchestration.streaming import DECODE_CPUS
 from goldnas_ray.retrain import report, stats
 from goldnas_ray.retrain.recipe import Retrainer
 from goldnas_ray.run.ending import RunStopped, ends_tracked_run
@@ -48,7 +50,6 @@ from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
 from goldnas_ray.tracking.retrain import RetrainTracker, fetch_search_run
 
 EXPERIMENT_DIR = "retrain"
-DRIVER_MEMORY = 64 * 2**20  # what the Tune trial driving a multi-worker trial's Ray Train run holds
 COMPARISON = "comparison.json"  # searched against random (retrain/stats.py)
 
 
@@ -59,11 +60,12 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
                 mlflow_uri: str | None = None, experiment: str = "goldnas-retrain",
                 tracking: bool = True, resume: bool = False, address: str | None = None,
                 runtime_env: dict[str, Any] | None = None, log: Callable[[str], None] = print,
-                union_front: bool = False) -> pd.DataFrame:
+                union_front: bool = False, placement_timeout: float = PLACEMENT_TIMEOUT) -> pd.DataFrame:
     """Retrain (or, with ``resume``, continue retraining) and return the report table.
     ``search_dir`` may be a sweep's folder (``union_front``: its records' union, once each).
     ``trial``: what each trial holds (one worker: the Tune trial trains; more: a Ray Train run
-    of that many workers). ``runtime_env``: the Ray job's (``cli.ray_runtime_env``)."""
+    of that many workers). ``runtime_env``: the Ray job's (``cli.ray_runtime_env``).
+    ``placement_timeout``: how long to wait for the cluster to place the first trial."""
     out = location(out).resolved()
     search_dir = location(search_dir) if search_dir is not None else None
     if trial.workers < 1 or trial.cpus <= 0 or trial.gpus < 0:
@@ -87,8 +89,10 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
                              mlflow_uri, tracking, union_front)
             manifest.resources = trial
         check_batches(manifest.num_train, trial.workers, manifest.config.retrain.batch_size, "retrain.batch_size")
-        resources = connect(address, log, runtime_env=runtime_env)
-        at_once = concurrent_trials(resources, trial, streaming=manifest.stream is not None)
+        connect(address, log, runtime_env=runtime_env)
+        at_once = place_first(ask_of(trial, manifest.stream is not None), "a trial",
+                              embedded=not (address or os.environ.get("RAY_ADDRESS")),
+                              timeout=placement_timeout, log=log)
         if not resume:
             _start(out, manifest, staging, experiment)
     tracker = RetrainTracker(manifest.mlflow_tracking_uri, out) if manifest.mlflow_run_id else None
@@ -100,7 +104,7 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
         shape = f"{trial.workers} worker(s) x " if trial.workers > 1 else ""
         log(f"retraining {len(manifest.candidates)} architectures x {len(manifest.seeds)} seed(s) = "
             f"{len(specs)} trials of {epochs} epochs; {shape}{trial.cpus:g} CPU / {trial.gpus:g} GPU per trial, "
-            + (f"up to {at_once} at once" if not resume else "as many at once as when it started (Tune keeps that)")
+            + (at_once_line(at_once) if not resume else "as many at once as when it started (Tune keeps that)")
             + f"; output in {out}")
         if manifest.stream is not None:
             test = "streamed" if next(iter(specs.values())).eval_stream else "held in memory"
@@ -216,39 +220,10 @@ def _start(out: Location, manifest: Manifest, staging: Path | None, experiment: 
         manifest.write(out)
 
 
-def concurrent_trials(resources: dict[str, float], trial: Resources, streaming: bool) -> int:
-    """How many trials the cluster can place at once (Tune's max_concurrent_trials), checked
-    before anything starts: every worker of a trial must fit on some node and the cluster must
-    hold one whole trial; a streamed trial keeps DECODE_CPUS beside its workers for Ray Data to
-    decode on, each trial its own (with every CPU held by a trial's workers, none would ever
-    run, and the trials would wait forever)."""
-    check_fits_on_a_node(trial.cpus, trial.gpus)
-    check_capacity(resources, trial.workers, trial.cpus, trial.gpus)
-    return trials_at_once(resources, trial, streaming)
-
-
-def trials_at_once(resources: dict[str, float], trial: Resources, streaming: bool) -> int:
-    """The arithmetic of :func:`concurrent_trials`, from the cluster's totals."""
-    spare = DECODE_CPUS if streaming else 0
-    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
-    need_cpu, need_gpu = trial.workers * trial.cpus, trial.workers * trial.gpus
-    if need_cpu + spare > cpus:
-        raise ClusterError(f"streaming needs {spare:g} CPU beside a trial's workers for Ray Data to decode on; "
-                           f"a trial's {trial.workers} x {trial.cpus:g} CPUs leave {cpus - need_cpu:g} "
-                           f"of the cluster's {cpus:g}: lower --cpus-per-worker "
-                           f"(--cpus-per-trial with one worker), or add a node")
-    at_once = int(cpus // (need_cpu + spare))
-    if need_gpu > 0:
-        at_once = min(at_once, int(gpus // need_gpu))
-    return max(1, at_once)
-
-
-def _tuner(out: Location, manifest: Manifest, specs: dict[str, TrialSpec], trial: Resources, at_once: int,
+def _tuner(out: Location, manifest: Manifest, specs: dict[str, TrialSpec], trial: Resources, at_once: int | None,
            max_failures: int, resume: bool, callback: RetrainCallback) -> ray.tune.Tuner:
-    if trial.workers == 1:  # the trial trains in its own process: it holds the resources
-        resources = ray.tune.PlacementGroupFactory([{"CPU": trial.cpus} | ({"GPU": trial.gpus} if trial.gpus else {})])
-    else:  # it drives a Ray Train run, whose workers hold them: no CPU, or 1-CPU nodes could never fit them
-        resources = ray.tune.PlacementGroupFactory([{"memory": DRIVER_MEMORY}])
+    # one worker: the trial trains in its own process; more: it drives a Ray Train run
+    resources = trial_resources(trial, runs_train=trial.workers > 1)
     trainable = ray.tune.with_resources(ray.tune.with_parameters(retrain_trial, specs=specs), resources)
     if resume:  # the run config, callback included, comes back from the saved experiment
         path, fs = (out / "ray" / EXPERIMENT_DIR).arrow()

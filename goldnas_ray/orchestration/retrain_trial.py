@@ -43,8 +43,9 @@ from goldnas_ray.data.from_config import load_data
 from goldnas_ray.data.stream import StreamInfo, StreamSource, load_eval_split
 from goldnas_ray.files.search_files import load_checkpoint
 from goldnas_ray.files.store import Location, location
-from goldnas_ray.orchestration.streaming import dataset as stream_dataset, train_data_config
-from goldnas_ray.retrain.plan import TrialSpec
+from goldnas_ray.orchestration.placement import torch_trainer
+from goldnas_ray.orchestration.streaming import dataset as stream_dataset
+from goldnas_ray.retrain.plan import Resources, TrialSpec
 from goldnas_ray.retrain.recipe import Retrainer
 from goldnas_ray.tracking.retrain import RetrainTracker
 
@@ -177,32 +178,15 @@ def _train_run(spec: TrialSpec, callbacks: list[Any]):
     """The TorchTrainer of a multi-worker trial: N workers, DDP, a checkpoint every epoch, its
     results passed on to Tune; a failure ends it (Tune retries the trial, which continues from
     the last checkpoint)."""
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    storage_path, storage_fs = (location(spec.out) / "ray" / TRAIN_RUNS).arrow()
-    per_worker = {"CPU": spec.cpus_per_worker} | ({"GPU": spec.gpus_per_worker} if spec.use_gpu else {})
     datasets = None
     if spec.stream is not None:
         side = TuneSide(spec)
         datasets = {"train": side.stream("train")} | ({"val": side.stream("val")} if spec.eval_stream else {})
-    return TorchTrainer(
-        trial_worker,
-        train_loop_config={"spec": asdict(spec)},
-        datasets=datasets,
-        # a streamed set's splits are split among the workers: each decodes only its own parts
-        dataset_config=train_data_config() if datasets else None,
-        scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=spec.use_gpu,
-                                               resources_per_worker=per_worker),
-        torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(
-            name=spec.key,  # one name per trial: a retried or resumed trial finds its checkpoints
-            storage_path=storage_path, storage_filesystem=storage_fs,
-            failure_config=ray.train.FailureConfig(max_failures=RETRIES_INSIDE_A_TRIAL),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=callbacks,
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-        ),
-    )
+    # one name per trial: a retried or resumed trial finds its checkpoints
+    return torch_trainer(trial_worker, {"spec": asdict(spec)},
+                         Resources(spec.workers, spec.cpus_per_worker, spec.gpus_per_worker), name=spec.key,
+                         storage=location(spec.out) / "ray" / TRAIN_RUNS, max_failures=RETRIES_INSIDE_A_TRIAL,
+                         keep=1, datasets=datasets, callbacks=callbacks)
 
 
 def last_state(result: Any, out: Location) -> dict[str, Any] | None:

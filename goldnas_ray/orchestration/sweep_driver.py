@@ -26,6 +26,7 @@ still ends every run the sweep started: FINISHED, FAILED or KILLED.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from typing import Any, Callable
@@ -36,16 +37,14 @@ import torch
 
 from goldnas_ray.core.config import Config
 from goldnas_ray.core.latency import LatencyTable
-from goldnas_ray.core.search import check_stop
-from goldnas_ray.core.space import check_spatial
-from goldnas_ray.data.batches import check_batches
 from goldnas_ray.data.stream import stream_info
 from goldnas_ray.orchestration.errors import USER_ERRORS, error_kind, user_error
 from goldnas_ray.files.search_files import OutputDirError, check_new_out_dir
 from goldnas_ray.files.store import INPUT, Location, location
 from goldnas_ray.orchestration.cluster import connect, interruptible
-from goldnas_ray.orchestration.retrain_driver import DRIVER_MEMORY, concurrent_trials
+from goldnas_ray.orchestration.placement import PLACEMENT_TIMEOUT, ask_of, at_once_line, place_first, trial_resources
 from goldnas_ray.orchestration.retrain_trial import RETRIES_INSIDE_A_TRIAL
+from goldnas_ray.orchestration.search_driver import check_search
 from goldnas_ray.retrain.plan import Resources
 from goldnas_ray.run.ending import RunStopped, ends_tracked_run
 from goldnas_ray.run.loop import load_data, read_latency
@@ -62,9 +61,10 @@ def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[s
               cpus_per_worker: float | None = None, gpus_per_worker: float = 0.0, mlflow_uri: str | None = None,
               tracking: bool = True, experiment: str = "goldnas-sweep", max_failures: int = 2,
               address: str | None = None, runtime_env: dict[str, Any] | None = None, verbose: bool = False,
-              log: Callable[[str], None] = print) -> Sweep:
+              log: Callable[[str], None] = print, placement_timeout: float = PLACEMENT_TIMEOUT) -> Sweep:
     """Run (or, with ``resume``, continue) a sweep into ``out``; returns its manifest, whose
-    ``failed`` names the searches that did not finish and why."""
+    ``failed`` names the searches that did not finish and why. ``placement_timeout``: how long to
+    wait for the cluster to place the first search."""
     out = location(out).resolved()
     if resume:
         sweep = Sweep.read(out)
@@ -85,8 +85,9 @@ def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[s
     tables = _latency_tables(todo, {s.name for s in todo if states[s.name] == "new"})
     streams = _check_searches(todo, {s.name for s in todo if states[s.name] == "new"}, sweep.workers, tables)
     per_search = Resources(sweep.workers, sweep.cpus_per_worker, sweep.gpus_per_worker)
-    resources = connect(address, log, runtime_env=runtime_env)
-    at_once = concurrent_trials(resources, per_search, any(streams.values()))
+    connect(address, log, runtime_env=runtime_env)
+    at_once = place_first(ask_of(per_search, any(streams.values())), "a search",
+                          embedded=not (address or os.environ.get("RAY_ADDRESS")), timeout=placement_timeout, log=log)
     tracker = None
     if sweep.mlflow_tracking_uri:
         tracker = SweepTracker(sweep.mlflow_tracking_uri, out)
@@ -104,7 +105,7 @@ def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[s
             log(f"sweep: {len(sweep.points)} grid point(s) x {len(sweep.seeds)} seed(s) = {len(sweep.searches)} "
                 f"searches{f', {len(sweep.searches) - len(todo)} finished before' if resume else ''}; "
                 f"{sweep.workers} worker(s) x {sweep.cpus_per_worker:g} CPU / {sweep.gpus_per_worker:g} GPU per "
-                f"search, up to {at_once} at once; output in {out}")
+                f"search, {at_once_line(at_once)}; output in {out}")
             for s in sweep.searches:
                 log(f"  {s.name:<8} {s.label}" + ("  (finished)" if states[s.name] == "finished" else ""))
             started = time.perf_counter()
@@ -198,9 +199,7 @@ def _check_searches(searches: list[SearchPlan], new: set[str], workers: int,
             if info is None:  # an in-memory set: read once, for its shape
                 info = load_data(cfg)
                 data_of[key] = (info, False)
-            check_batches(info.num_train, workers, cfg.data.batch_size, "data.batch_size")
-            check_spatial(info.input_shape[1], cfg.space.num_cells, cfg.space.stem)
-            check_stop(cfg, info.input_shape, info.num_classes, tables[s.name])
+            check_search(cfg, info, workers, tables[s.name])
         except USER_ERRORS as exc:
             raise type(exc)(f"search {s.name} ({s.label}): {exc}") from None
     return streams
@@ -243,7 +242,8 @@ def sweep_trial(config: dict[str, Any], jobs: dict[str, dict[str, Any]]) -> None
                     experiment=job["experiment"], max_failures=RETRIES_INSIDE_A_TRIAL,
                     tracking=bool(job["mlflow_uri"]) and not job["driver_logs"], verbose=job["verbose"],
                     log=lambda line: None,
-                    mlflow_run_id=job["mlflow_run_id"], callbacks=[TuneReportCallback()], latency=latency)
+                    mlflow_run_id=job["mlflow_run_id"], callbacks=[TuneReportCallback()], latency=latency,
+                    placement_timeout=None)  # the sweep's driver checked the cluster and waited
     except Exception as exc:  # noqa: BLE001 - sorted: the search's own input, or retried by Tune
         if error_kind(exc) != INPUT:
             raise
@@ -330,11 +330,9 @@ class SweepCallback(ray.tune.Callback):
         self.log(f"{trial.config['name']:<8} failed: {_error_line(trial.error) if trial.error else 'error'}")
 
 
-def _tuner(out: Location, jobs: dict[str, dict[str, Any]], per_search: Resources, at_once: int, max_failures: int,
-           callback: SweepCallback) -> ray.tune.Tuner:
-    own = ray.tune.PlacementGroupFactory([{"CPU": per_search.cpus} | ({"GPU": per_search.gpus}
-                                                                     if per_search.gpus else {})])
-    driving = ray.tune.PlacementGroupFactory([{"memory": DRIVER_MEMORY}])  # its Ray Train workers hold them
+def _tuner(out: Location, jobs: dict[str, dict[str, Any]], per_search: Resources, at_once: int | None,
+           max_failures: int, callback: SweepCallback) -> ray.tune.Tuner:
+    own, driving = trial_resources(per_search, runs_train=False), trial_resources(per_search, runs_train=True)
 
     def resources(config: dict[str, Any]) -> Any:
         return driving if jobs[config["name"]]["runs_train"] else own

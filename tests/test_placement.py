@@ -1,0 +1,123 @@
+"""What the cluster can ever hold (its node types), what is refused at once, how many trials run
+at once, and the wait for resources (goldnas_ray/orchestration/placement.py). The wait runs on a
+real embedded Ray whose only CPU another placement group holds; the autoscaling cluster's own
+end-to-end tests are in test_autoscaling.py."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from goldnas_ray.orchestration.cluster import ClusterError
+from goldnas_ray.orchestration.placement import Ask, Cluster, NodeType, _types_of, at_once, check
+from goldnas_ray.retrain.plan import Resources
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fixed(**totals) -> Cluster:
+    """A cluster of one node of ``totals``, without an autoscaler."""
+    return Cluster((NodeType("n", {"CPU": 0.0, "GPU": 0.0} | totals, 1),), autoscaling=False)
+
+
+# a head of 0 CPUs and up to 2 worker nodes of 1 CPU: cluster/aws-gpu.yaml's shape, with no node up
+GROWS = Cluster((NodeType("head", {"CPU": 0, "GPU": 0}, 1), NodeType("cpu", {"CPU": 1, "GPU": 0}, 2)), autoscaling=True)
+UNBOUNDED = Cluster((NodeType("cpu", {"CPU": 4, "GPU": 0}, None),), autoscaling=True)
+UNKNOWN = Cluster(None, autoscaling=True)
+
+
+@pytest.mark.parametrize("cluster, trial, streaming, count", [
+    (fixed(CPU=2), Resources(1, 1, 0), False, 2),  # two one-CPU trials on the 2-CPU test cluster
+    (fixed(CPU=2), Resources(1, 1, 0), True, 1),  # a CPU stays beside the trials for Ray Data
+    (fixed(CPU=2), Resources(2, 0.5, 0), True, 1),  # 2 workers of half a CPU, and the decoding CPU
+    (fixed(CPU=8), Resources(1, 1, 0), True, 4),  # each streamed trial keeps its own decoding CPU: 8 / (1 + 1)
+    (fixed(CPU=8, GPU=2), Resources(1, 1, 0.5), False, 4),  # the GPUs bound it: 2 / 0.5
+    (fixed(CPU=16, GPU=8), Resources(2, 4, 1), False, 2),  # 2 x 4 CPUs each: 16 / 8
+    (GROWS, Resources(1, 1, 0), False, 2),  # the node types at their max counts, not the 0 CPUs up now
+    (GROWS, Resources(2, 1, 0), False, 1),
+    (UNBOUNDED, Resources(1, 1, 0), False, None),  # no bound: Tune queues every trial
+    (UNKNOWN, Resources(1, 1, 0), False, None),
+])
+def test_how_many_trials_run_at_once_follows_the_node_types(cluster, trial, streaming, count):
+    assert at_once(cluster, Ask(trial.workers, trial.cpus, trial.gpus, streaming)) == count
+
+
+def test_what_can_never_fit_is_refused_and_what_can_grow_is_not():
+    check(GROWS, Ask(2, 1, 0))  # 2 one-CPU workers: 2 nodes the autoscaler can add
+    check(UNKNOWN, Ask(8, 64, 4))  # node types unknown: nothing refused, the run waits
+    with pytest.raises(ClusterError, match=r"^a search needs 2 CPUs and 0 GPUs on one node; the largest node type the "
+                                           r"cluster can have has 1 CPUs and 0 GPUs$"):
+        check(GROWS, Ask(1, 2, 0))
+    with pytest.raises(ClusterError, match=r"^a worker of a trial needs 1 CPUs and 1 GPUs on one node; the largest "
+                                           r"node has 2 CPUs and 0 GPUs$"):
+        check(fixed(CPU=2), Ask(2, 1, 1), "a trial")
+    with pytest.raises(ClusterError, match=r"3 workers x \(1 CPU, 0 GPU\) need 3 CPUs and 0 GPUs; the cluster can grow "
+                                           r"to 2 CPUs and 0 GPUs \(2 such workers fit on its nodes\), so they could "
+                                           r"never all be placed"):
+        check(GROWS, Ask(3, 1, 0))
+    # 3 CPUs in all, but 2-CPU workers fit one per node: packing, not the total, decides
+    with pytest.raises(ClusterError, match=r"\(1 such workers fit on its nodes\)"):
+        check(Cluster((NodeType("a", {"CPU": 2}, 1), NodeType("b", {"CPU": 1}, 1)), False), Ask(2, 2, 0))
+    with pytest.raises(ClusterError, match=r"a trial's 2 x 1 CPUs leave 0 of the cluster's 2: lower --cpus-per-worker "
+                                           r"\(--cpus-per-trial with one worker\), or add a node"):
+        check(fixed(CPU=2), Ask(2, 1, 0, streaming=True), "a trial")
+
+
+def test_a_v1_autoscaling_configs_node_types():
+    """The autoscaling config the head's monitor runs with (the shape of tests/autoscaling.py's
+    and cluster/aws-gpu.yaml): the head type once, each worker type at its max_workers, capped by
+    the cluster's; a type whose resources the provider fills in makes the types unknown."""
+    config = {"max_workers": 3, "head_node_type": "head",
+              "available_node_types": {"head": {"resources": {"CPU": 0}, "max_workers": 0},
+                                       "cpu": {"resources": {"CPU": 1, "memory": 10**9}, "max_workers": 2},
+                                       "gpu": {"resources": {"CPU": 8, "GPU": 1}, "max_workers": 4}}}
+    types = {t.name: (t.resources, t.max_count) for t in _types_of(config)}
+    assert types == {"head": ({"CPU": 0, "GPU": 0}, 1), "cpu": ({"CPU": 1, "GPU": 0}, 2),
+                     "gpu": ({"CPU": 8, "GPU": 1}, 3)}
+    config["available_node_types"]["gpu"]["resources"] = {}  # an instance type's CPUs, filled in by the provider
+    assert _types_of(config) is None
+
+
+def run_search(args: list[str], tmp_path: Path, hold_cpus: float = 0, timeout: float = 300):
+    """pipelines/search.py on an embedded Ray of 1 CPU started first in its process, of which a
+    placement group holds ``hold_cpus`` (work of another kind that keeps the CPU busy)."""
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import runpy, sys
+        import ray
+        from ray.util.placement_group import placement_group
+        from goldnas_ray.orchestration.cluster import connect
+        connect(num_cpus=1)
+        if {hold_cpus}:
+            held = placement_group([{{"CPU": {hold_cpus}}}])
+            ray.get(held.ready())
+        sys.argv = ["pipelines/search.py", *{args!r}]
+        runpy.run_path("pipelines/search.py", run_name="__main__")
+    """))
+    return subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.ray
+def test_a_worker_larger_than_any_node_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "x"
+    proc = run_search(["--smoke-test", "--no-mlflow", "--cpus-per-worker", "4", "--out", str(out)], tmp_path)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "error: a search needs 4 CPUs and 0 GPUs on one node; the largest node has 1 CPUs and 0 GPUs" in proc.stderr
+    assert "placement:" not in proc.stdout and "search:" not in proc.stdout  # neither a wait nor Ray Train
+    assert not out.exists()
+
+
+@pytest.mark.ray
+def test_a_wait_past_the_placement_timeout_names_what_never_came(tmp_path):
+    out = tmp_path / "x"
+    proc = run_search(["--smoke-test", "--no-mlflow", "--cpus-per-worker", "1", "--placement-timeout", "6",
+                       "--out", str(out)], tmp_path, hold_cpus=1)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    waiting = [line for line in proc.stdout.splitlines() if line.startswith("placement: waiting")]
+    assert waiting and "the search's workers: 1 worker(s) x (1 CPU, 0 GPU)" in waiting[0], proc.stdout
+    assert "0 of 1 CPUs" in waiting[0] and "gives up after 6s" in waiting[0]
+    assert len(waiting) == 1  # one line per 30 s at most
+    assert ("error: gave up after 6s (--placement-timeout) waiting for the search's workers: 1 worker(s) x "
+            "(1 CPU, 0 GPU) never placed" in proc.stderr)
+    assert not out.exists()  # nothing written while it waited
