@@ -1,7 +1,8 @@
 """cluster/kuberay/: the RayCluster and RayJob manifests validate against KubeRay's CRDs as
 the API server would with strict field validation (an unknown or misspelt field is an error),
 and say what the deployment needs: token auth, a GPU worker group, outputs in object storage,
-the pipeline as the entrypoint, MLflow with its artifacts in the bucket."""
+the pipeline as the entrypoint, MLflow with its artifacts in the bucket; the job retried with a
+--resume entrypoint, the worker groups autoscaled from none."""
 import copy
 import gzip
 from pathlib import Path
@@ -102,6 +103,29 @@ def test_the_deployment_is_what_the_docs_say():
     secrets = {d["metadata"]["name"]: d for _, d in documents() if d["kind"] == "Secret"}
     assert set(secrets) == {"goldnas-storage", "goldnas-ray-token"}
     assert "auth_token" in secrets["goldnas-ray-token"]["stringData"]
+
+
+def test_the_job_is_resubmittable_and_the_clusters_autoscale_from_no_worker(schemas):
+    """KubeRay retries the job (backoffLimit > 0) with an entrypoint that continues or starts
+    its run in one fixed place (--resume --out s3://...); both clusters run KubeRay's autoscaler,
+    their worker groups start from 0 and the head holds no CPU for Ray (no worker or trial lands
+    there), as cluster/aws-gpu.yaml's."""
+    docs = dict(((name, d["kind"]), d) for name, d in documents())
+    job = docs[("rayjob.yaml", "RayJob")]["spec"]
+    assert job["backoffLimit"] > 0
+    words = job["entrypoint"].split()
+    assert "--resume" in words and words[words.index("--out") + 1].startswith("s3://")
+    for spec in (job["rayClusterSpec"], docs[("raycluster.yaml", "RayCluster")]["spec"]):
+        assert spec["enableInTreeAutoscaling"] is True
+        assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+        for group in spec["workerGroupSpecs"]:
+            assert group["minReplicas"] == 0 and group.get("replicas", 0) == 0
+            assert group["maxReplicas"] >= 2  # room to grow: a retrain runs trials side by side
+    # an autoscaler option KubeRay does not know fails, as a misspelt field does
+    broken = copy.deepcopy(docs[("rayjob.yaml", "RayJob")])
+    broken["spec"]["rayClusterSpec"]["autoscalerOptions"]["idleTimeout"] = 300
+    with pytest.raises(jsonschema.ValidationError, match="idleTimeout"):
+        validate(broken, schemas)
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="no ../shared/kuberay-crds beside this checkout")
