@@ -1,27 +1,201 @@
-"""Runs on a cluster that grows: Ray's fake multi-node autoscaling provider (tests/autoscaling.py),
-a head of 0 CPUs and a worker type of 1 CPU from 0 to 2 nodes."""
+"""Runs on a cluster that grows and loses nodes: Ray's fake multi-node autoscaling provider
+(tests/autoscaling.py), a head of 0 CPUs and a worker type of 1 CPU from 0 to 2 nodes, the
+shape of cluster/aws-gpu.yaml. Jobs are submitted with `ray job submit` (conftest's submit).
+
+One cluster serves the module, in order: a search asks for nodes and gets them (its records
+then serve the retrain, and as the uninterrupted run the killed driver's run must equal), a
+retrain runs trials side by side on the nodes, a sweep of 2 searches, a driver killed mid-search
+and resubmitted with --resume, a node killed mid-search, and the refusals and the timeout."""
+import json
+import os
+import signal
 import subprocess
-import sys
 import time
 
+import pandas as pd
 import pytest
-from autoscaling import alive_workers, worker_nodes, autoscaling_cluster, wait_for  # noqa: F401
-from conftest import BIN, ROOT
+from autoscaling import alive_workers, autoscaling_cluster, raylet_of, wait_for, worker_nodes  # noqa: F401
+from conftest import BIN, submit
+
+import ray_nodes
 
 pytestmark = [pytest.mark.ray]
 
+SEARCH = ["--smoke-test", "--workers", "2", "--cpus-per-worker", "1", "--no-mlflow"]
 
-def test_a_plain_job_of_two_one_cpu_tasks_adds_two_nodes(autoscaling_cluster, tmp_path):
+
+def _records(out):
+    return json.loads((out / "records.json").read_text())
+
+
+def _summary(out):
+    """What two runs of the same search must share: the recorded architectures and the FLOPs
+    of every epoch (history.parquet)."""
+    archs = [(a["id"], a["epoch"], a["flops"], a["params"]) for a in _records(out)["architectures"]]
+    history = pd.read_parquet(out / "history.parquet")
+    return archs, list(history["epoch"]), list(history["flops"])
+
+
+def _complete(out):
+    records = _records(out)
+    assert records["finished"] and records["workers"] == 2 and records["architectures"]
+    assert all((out / a["genotype"]).is_file() for a in records["architectures"])
+
+
+def _driver_pid(cluster, out) -> int | None:
+    """The pid of the job's driver: the python process running pipelines/search.py for ``out``."""
+    for pid in ray_nodes.marked(cluster["mark"]):
+        try:
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if len(argv) > 1 and argv[1].endswith("pipelines/search.py") and str(out) in argv:
+            return pid
+    return None
+
+
+def _job_status(cluster, job_id) -> str:
+    proc = subprocess.run([str(BIN / "ray"), "job", "status", "--address", cluster["dashboard"], job_id],
+                          capture_output=True, text=True, timeout=60, env=cluster["env"])
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def searched(autoscaling_cluster, tmp_path_factory):
+    """A 2-worker smoke search submitted to the cluster with no worker node up: (its folder, the
+    job's output, the worker nodes before it)."""
     cluster = autoscaling_cluster
-    assert alive_workers(cluster) == []
-    script = tmp_path / "two_tasks.py"
-    script.write_text("import ray, time\nray.init()\n@ray.remote(num_cpus=1)\ndef where():\n"
-                      "    time.sleep(2)\n    return ray.get_runtime_context().get_node_id()\n"
-                      "print('nodes:', len(set(ray.get([where.remote(), where.remote()]))))\n")
-    proc = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"],
-                           "--working-dir", str(tmp_path), "--", sys.executable, "two_tasks.py"],
-                          capture_output=True, text=True, timeout=300, env=cluster["env"])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "nodes: 2" in proc.stdout
-    assert len(alive_workers(cluster)) == 2, worker_nodes(cluster)  # added for it (none before)
-    assert wait_for(lambda: alive_workers(cluster) == [], timeout=120), "idle nodes were not removed"
+    before = alive_workers(cluster)
+    out = tmp_path_factory.mktemp("searched") / "search"
+    started = time.time()
+    proc = submit(cluster, "search.py", *SEARCH, "--out", str(out), timeout=900)
+    print(f"search job: {time.time() - started:.0f}s")
+    return out, proc, before
+
+
+def test_a_search_job_asks_for_nodes_and_records(autoscaling_cluster, searched):
+    out, proc, before = searched
+    assert before == []
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    # the driver waited for what the autoscaler was adding, and said so
+    assert "placement: waiting for" in proc.stdout, proc.stdout[-4000:]
+    assert len(worker_nodes(autoscaling_cluster)) >= 2
+    _complete(out)
+    ranks = [json.loads((out / ".workers" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["node_id"] != ranks[1]["node_id"]  # one worker per 1-CPU node
+    assert all(r["node_id"] in worker_nodes(autoscaling_cluster) for r in ranks)  # nodes it was given
+
+
+def test_a_retrain_runs_trials_side_by_side_on_the_added_nodes(autoscaling_cluster, searched, tmp_path):
+    search, _, _ = searched
+    out = tmp_path / "retrain"
+    proc = submit(autoscaling_cluster, "retrain.py", "--search-dir", str(search), "--out", str(out), "--smoke-test",
+                  "--no-mlflow", "--cpus-per-trial", "1", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    trials = pd.read_parquet(out / "trials.parquet")
+    keys = sorted(set(trials["key"]))
+    assert len(keys) == len(_records(search)["architectures"]) >= 2
+    spans, nodes = [], set()
+    for key in keys:
+        log = [json.loads(line) for line in (out / ".trials" / f"{key}.jsonl").read_text().splitlines()]
+        start = min(line["time"] for line in log if "start_epoch" in line)
+        end = max(line["time"] for line in log if "finished_epoch" in line)
+        spans.append((start, end))
+        nodes |= {line["node_id"] for line in log if "node_id" in line}
+    # two trials ran at once (their intervals overlap), on two nodes
+    overlapping = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if a[0] < b[1] and b[0] < a[1]]
+    assert overlapping, spans
+    assert len(nodes) >= 2
+
+
+def test_a_sweep_of_two_searches_finishes(autoscaling_cluster, tmp_path):
+    out = tmp_path / "sweep"
+    proc = submit(autoscaling_cluster, "sweep.py", "--smoke-test", "--out", str(out), "--grid",
+                  "search.lambda0=1.0,0.5", "--workers-per-search", "1", "--cpus-per-worker", "1", "--no-mlflow",
+                  timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    folders = sorted(p for p in out.iterdir() if p.is_dir() and (p / "records.json").is_file())
+    assert len(folders) == 2
+    assert all(_records(p)["finished"] and _records(p)["architectures"] for p in folders)
+    assert (out / "sweep_searches.csv").is_file()
+
+
+def test_a_killed_driver_resubmitted_with_resume_ends_as_an_uninterrupted_run(autoscaling_cluster, searched,
+                                                                               tmp_path):
+    cluster = autoscaling_cluster
+    straight, _, _ = searched
+    out = tmp_path / "killed"
+    args = [*SEARCH, "--resume", "--out", str(out)]  # one command for the first try and the retry
+    job = f"killed-{os.getpid()}-{int(time.time())}"
+    sent = submit(cluster, "search.py", *args, job_id=job)
+    assert sent.returncode == 0, sent.stderr[-3000:]
+    # after the first checkpoint: the process running pipelines/search.py, as a lost head takes it
+    pid = wait_for(lambda: (out / "checkpoints" / "latest.pt").is_file() and _driver_pid(cluster, out),
+                   timeout=600, every=0.1)
+    assert pid, _job_status(cluster, job)[-3000:]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: "FAILED" in _job_status(cluster, job), timeout=120), _job_status(cluster, job)
+    assert not (out / "records.json").is_file() or not _records(out)["finished"]  # it was cut short
+
+    proc = submit(cluster, "search.py", *args, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    _complete(out)
+    assert _summary(out) == _summary(straight)
+    # it continued from the checkpoint: the first epoch ran once, every epoch ran
+    epochs = [json.loads(line)["epoch"] for line in (out / ".workers" / "consistency.jsonl").read_text().splitlines()]
+    assert epochs.count(1) == 1 and sorted(set(epochs)) == [1, 2, 3], epochs
+
+
+def test_a_node_lost_mid_search_is_survived(autoscaling_cluster, searched, tmp_path):
+    cluster = autoscaling_cluster
+    straight, _, _ = searched
+    out = tmp_path / "node-lost"
+    job = f"node-lost-{os.getpid()}-{int(time.time())}"
+    sent = submit(cluster, "search.py", *SEARCH, "--out", str(out), job_id=job)
+    assert sent.returncode == 0, sent.stderr[-3000:]
+    rank1 = out / ".workers" / "rank-1.json"
+    node = wait_for(lambda: (out / "checkpoints" / "latest.pt").is_file() and rank1.is_file()
+                    and json.loads(rank1.read_text())["node_id"], timeout=600, every=0.1)
+    assert node, _job_status(cluster, job)[-3000:]
+    raylet = raylet_of(node, cluster["mark"])
+    assert raylet, f"no raylet for node {node}"
+    os.kill(raylet, signal.SIGKILL)  # the node is gone, as a preempted instance
+    assert wait_for(lambda: "SUCCEEDED" in (s := _job_status(cluster, job)) or "FAILED" in s, timeout=900)
+    logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", cluster["dashboard"], job],
+                          capture_output=True, text=True, timeout=60, env=cluster["env"]).stdout
+    assert "SUCCEEDED" in _job_status(cluster, job), logs[-4000:]
+    assert worker_nodes(cluster).get(node) is False  # the node stayed dead
+    _complete(out)
+    assert json.loads(rank1.read_text())["node_id"] != node  # the group was restarted elsewhere
+    # from the last checkpoint: the first epoch ran once, every epoch ran, the same records
+    epochs = [json.loads(line)["epoch"] for line in (out / ".workers" / "consistency.jsonl").read_text().splitlines()]
+    assert epochs.count(1) == 1 and sorted(set(epochs)) == [1, 2, 3], epochs
+    assert _summary(out) == _summary(straight)
+
+
+def test_a_worker_no_node_type_holds_is_refused_at_once(autoscaling_cluster, tmp_path):
+    out = tmp_path / "big"
+    started = time.time()
+    proc = submit(autoscaling_cluster, "search.py", "--smoke-test", "--workers", "2", "--cpus-per-worker", "4",
+                  "--no-mlflow", "--out", str(out), timeout=300)
+    waited = time.time() - started
+    assert proc.returncode != 0 and "failed with exit code 2" in proc.stdout, proc.stdout[-3000:]
+    assert "needs 4 CPUs and 0 GPUs on one node; the largest node type the cluster can have has 1 CPUs" in (
+        proc.stdout), proc.stdout[-3000:]
+    assert "placement: waiting" not in proc.stdout
+    assert not (out / "records.json").exists()
+    print(f"refused after {waited:.0f}s")
+
+
+def test_a_wait_past_the_placement_timeout_names_what_never_came(autoscaling_cluster, tmp_path):
+    cluster = autoscaling_cluster
+    # nothing held once the work is done: the idle nodes go, so that nothing can be placed at once
+    assert wait_for(lambda: alive_workers(cluster) == [], timeout=180), "idle nodes were not removed"
+    out = tmp_path / "late"
+    proc = submit(cluster, "search.py", *SEARCH, "--placement-timeout", "1", "--out", str(out), timeout=300)
+    assert proc.returncode != 0
+    assert "gave up after 1s (--placement-timeout) waiting for" in proc.stdout, proc.stdout[-3000:]
+    line = proc.stdout.split("gave up after")[1].splitlines()[0]
+    assert "2 worker(s) x (1 CPU, 0 GPU) never placed" in line, line
+    assert "failed with exit code 2" in proc.stdout
+    assert not (out / "records.json").exists()
