@@ -1,5 +1,7 @@
-"""What the pipeline scripts share: flags, the default output folder, the error convention, and
-the process-wide settings of a pipeline's process and of the Ray processes it starts.
+"""What the pipeline scripts share: flags, the default output folder and what ``--resume`` does
+with it (:func:`resumes`: continue the run there, or start one where there is none yet), the
+error convention, and the process-wide settings of a pipeline's process and of the Ray
+processes it starts.
 
 A user error (a bad config value, missing or malformed data or genotype files, an unusable
 output folder, an unreachable or too small cluster, an unreachable MLflow server, trials left
