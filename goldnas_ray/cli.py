@@ -294,7 +294,10 @@ def fit_until_stopped(call: Callable[[], Any]) -> Any:
     default, set where the job runs): a stop that takes longer loses what the snapshot would
     have saved since Tune's last one (Tune snapshots with every checkpoint of a retrain, so at
     most the trials that ended meanwhile are recorded unfinished, and continue from their last
-    checkpoint), and its MLflow runs stay RUNNING until ``--resume``."""
+    checkpoint), and its MLflow runs stay RUNNING until ``--resume``. Tune takes a trial's result
+    and its checkpoint in two steps: a trial whose last epoch ends in the instant of the stop,
+    between the two, is saved with the checkpoint before, and ``--resume`` trains that epoch
+    once more."""
     ask, done = threading.Event(), threading.Event()
     sigint = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGTERM, _on_stop_signal)  # ray.init put its own in its stead
