@@ -219,3 +219,41 @@ def test_a_retrain_killed_between_its_genotypes_and_retrain_json_is_resubmitted_
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "starting a new one" not in again.stdout
     assert (out / "retrain.json").is_file() and (out / "frontier.csv").read_bytes() == before
+
+
+@pytest.mark.ray
+def test_a_sweep_killed_before_any_search_started_continues_with_its_first_command(tmp_path):
+    """sweep.json written, no search begun (the driver killed right after it): the first try's
+    command, --grid and all, continues the planned sweep and runs its searches."""
+    sweep_py = load_pipeline("sweep")
+    out = tmp_path / "sw"
+    flags = ["--grid", "search.lambda0=0.001,0.002", "--smoke-test", "--no-mlflow", "--set", "search.max_epochs=1"]
+    args = sweep_py.parse_args(["--resume", "--out", str(out), *flags])
+    grid = {"search.lambda0": ["0.001", "0.002"]}
+    out.mkdir()
+    Sweep(grid, [0], plan_sweep(cli.sweep_base(args), grid, [0])).write(out)  # as its driver wrote it
+    proc = run([sys.executable, str(ROOT / "pipelines" / "sweep.py"), "--resume", "--out", str(out), *flags],
+               timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "starting a new one" not in proc.stdout
+    assert "2 of 2 searches finished" in proc.stdout
+    for name in ("p0-s0", "p1-s0"):
+        assert json.loads((out / name / "records.json").read_text())["finished"]
+
+
+@pytest.mark.ray
+def test_the_pipeline_job_command_starts_on_an_empty_place_and_a_resubmission_finds_it_done(tmp_path):
+    """The KubeRay entrypoint's shape (pipeline.py --resume --out FIXED), on an embedded Ray: the
+    first try starts the pipeline and says so, the same command again redoes nothing."""
+    out = tmp_path / "p1"
+    cmd = [sys.executable, str(ROOT / "pipelines" / "pipeline.py"), "--resume", "--out", str(out), "--smoke-test",
+           "--no-mlflow", "--seeds", "1", "--set", "retrain.epochs=1", "--set", "retrain.latency_repeats=0"]
+    proc = run(cmd, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[0] == f"--resume: no pipeline in {out} yet; starting a new one"
+    assert json.loads((out / "search" / "records.json").read_text())["finished"]
+    report = (out / "retrain" / "frontier.csv").read_bytes()
+    again = run(cmd, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "starting a new one" not in again.stdout and "already finished" in again.stdout
+    assert (out / "retrain" / "frontier.csv").read_bytes() == report
