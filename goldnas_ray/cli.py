@@ -353,7 +353,8 @@ def _ask_ray_to_stop(sigint: Any, ask: threading.Event, done: threading.Event) -
         time.sleep(0.05)
 
 
-def ray_runtime_env(verbose: bool = False, embedded: bool = True, placement_timeout: float = 900.0) -> dict[str, Any]:
+def ray_runtime_env(verbose: bool = False, embedded: bool = True,
+                    placement_timeout: float | None = None) -> dict[str, Any]:
     """The runtime_env of the Ray job a pipeline starts or joins (``ray.init(runtime_env=...)``):
     what the Ray processes of this job need set, given to them and to no other process.
 
@@ -367,12 +368,13 @@ def ray_runtime_env(verbose: bool = False, embedded: bool = True, placement_time
       own code, about Ray Data options it passes itself;
     - :func:`quiet_ray_worker` as every worker's setup hook (unless --verbose);
     - MLflow's HTTP retries (:func:`mlflow_budget`, always): rank 0 of a search tracks;
-    - RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=``placement_timeout`` (always; the user's own value
-      wins): Ray Train waits that long, not 60 s, for a worker group's placement (a group
-      restarted after a node loss, on nodes an autoscaler brings back) before it says it timed
-      out and tries again (a controller failure, which max_failures does not count)."""
-    waits = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S":
-             os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", f"{placement_timeout:g}")}
+    - RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=``placement_timeout`` (--placement-timeout; the
+      user's own value wins): Ray Train waits that long, not 60 s, for a worker group's
+      placement (a group restarted after a node loss, on nodes an autoscaler brings back)
+      before it says it timed out and tries again (a controller failure, which max_failures
+      does not count)."""
+    name = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+    waits = {name: os.environ.get(name, f"{placement_timeout:g}")} if placement_timeout is not None else {}
     if verbose:
         return {"env_vars": mlflow_budget() | waits}
     env_vars = {"MLFLOW_LOGGING_LEVEL": "WARNING", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
@@ -433,9 +435,11 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
                                         "else sqlite:///<out>/mlflow.db)")
     p.add_argument("--no-mlflow", action="store_true", help="do not track the run in MLflow")
     p.add_argument("--verbose", action="store_true", help="show Ray's own per-epoch messages too")
-    p.add_argument("--placement-timeout", type=float, default=900.0, metavar="SECONDS",
+    from goldnas_ray.orchestration.placement import PLACEMENT_TIMEOUT
+
+    p.add_argument("--placement-timeout", type=float, default=PLACEMENT_TIMEOUT, metavar="SECONDS",
                    help="how long a run waits for the cluster to place its first search's (trial's) workers, "
-                        "an autoscaler adding nodes for them, before it gives up (default 900)")
+                        f"an autoscaler adding nodes for them, before it gives up (default {PLACEMENT_TIMEOUT:g})")
 
 
 def add_search_flags(p: argparse.ArgumentParser) -> None:

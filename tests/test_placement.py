@@ -121,3 +121,29 @@ def test_a_wait_past_the_placement_timeout_names_what_never_came(tmp_path):
     assert ("error: gave up after 6s (--placement-timeout) waiting for the search's workers: 1 worker(s) x "
             "(1 CPU, 0 GPU) never placed" in proc.stderr)
     assert not out.exists()  # nothing written while it waited
+
+
+@pytest.mark.ray
+def test_a_wait_ends_when_the_resources_come_and_holds_nothing_after(tmp_path):
+    """The CPU is freed a few seconds into the wait (as an autoscaler's node comes up): the wait
+    says it waits, then that it was placed, and its placement group is gone after."""
+    script = tmp_path / "wait.py"
+    script.write_text(textwrap.dedent("""
+        import threading
+        import ray
+        from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+        from goldnas_ray.orchestration.cluster import connect
+        from goldnas_ray.orchestration.placement import Ask, wait_until_placed
+        connect(num_cpus=1)
+        held = placement_group([{"CPU": 1}])
+        ray.get(held.ready())
+        threading.Timer(4, remove_placement_group, [held]).start()
+        wait_until_placed(Ask(1, 1, 0), "the first trial", 120, print)
+        states = [g["state"] for g in placement_group_table().values() if g["name"] == "goldnas-placement"]
+        print("left:", [s for s in states if s != "REMOVED"])
+    """))
+    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(("placement:", "left:"))]
+    assert lines[0].startswith("placement: waiting for the first trial: 1 worker(s) x (1 CPU, 0 GPU)"), lines
+    assert lines[1].startswith("placement: the first trial placed after") and lines[2] == "left: []", lines

@@ -27,6 +27,7 @@ queues every trial on its placement group).
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -158,17 +159,17 @@ def _monitor_config(pid: Any) -> tuple[bool, dict[str, Any] | None]:
 
     port = ray.get_runtime_context().gcs_address.rsplit(":", 1)[-1]
     try:
-        cmd = psutil.Process(int(pid)).cmdline()
+        monitor = psutil.Process(int(pid))
+        cmd, cwd = monitor.cmdline(), monitor.cwd()
     except (psutil.Error, TypeError, ValueError):
         return False, None
-    if not any(a.endswith("monitor.py") for a in cmd) or not any(
-            a.startswith("--gcs-address=") and a.endswith(f":{port}") for a in cmd):
+    flags = dict(a.split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
+    if not any(a.endswith("monitor.py") for a in cmd) or not flags.get("--gcs-address", "").endswith(f":{port}"):
         return False, None
-    path = next((a.split("=", 1)[1] for a in cmd if a.startswith("--autoscaling-config=")), None)
-    if path is None:
+    if "--autoscaling-config" not in flags:
         return True, None
     try:
-        with open(path) as f:
+        with open(os.path.join(cwd, os.path.expanduser(flags["--autoscaling-config"]))) as f:
             return True, yaml.safe_load(f) or {}
     except (OSError, yaml.YAMLError):
         return True, {}  # an autoscaler whose types cannot be read here

@@ -9,6 +9,10 @@ search is the one ``pipelines/search.py`` runs, with its files, checkpoints and 
 child of the sweep's). A trial that is retried (Tune's FailureConfig), and every search of a
 ``--resume``, continues from its folder's checkpoint; finished searches are kept as they are.
 
+Before anything is written the driver refuses a search no node type of the cluster could hold
+and waits until the cluster places the first one (``placement``); the searches run as many at
+once as the cluster can grow to hold, the others queued by Tune.
+
 A search that fails does not stop the others: an error of its input or a diverged schedule is
 reported and not retried; any other error (a lost worker or node, a storage outage) is retried
 ``max_failures`` times by Tune, each try continuing from the search's checkpoint (a search on
@@ -87,7 +91,8 @@ def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[s
     per_search = Resources(sweep.workers, sweep.cpus_per_worker, sweep.gpus_per_worker)
     connect(address, log, runtime_env=runtime_env)
     at_once = place_first(ask_of(per_search, any(streams.values())), "a search",
-                          embedded=not (address or os.environ.get("RAY_ADDRESS")), timeout=placement_timeout, log=log)
+                          embedded=not (address or os.environ.get("RAY_ADDRESS")),
+                          timeout=placement_timeout if todo else None, log=log)
     tracker = None
     if sweep.mlflow_tracking_uri:
         tracker = SweepTracker(sweep.mlflow_tracking_uri, out)
