@@ -1,0 +1,156 @@
+"""Stops that end the same way whenever they come: a retrain on its embedded Ray, stopped five
+times at different moments with a second CPU load beside it, and a search on Ray Train, each
+ending through Tune's or Train's own graceful stop (cli.fit_until_stopped): exit 130 (143 after
+SIGTERM), the console's last line the one stop line, nothing of Ray's own processes on it, and
+`--resume` training no trial that had finished again.
+
+Each moment is caught as it happens: the driver is paused (SIGSTOP) the instant its console or
+its output folder shows the moment, the stop signal sent, and the driver let go (SIGCONT), so
+the stop lands where the test says whatever the load."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.ray, pytest.mark.services]
+NOISE = ("Traceback", "autoscaler failed", "Terminated with signal", "Tuner.restore", "Resume experiment",
+         "Trials did not complete", "Gracefully aborting")
+
+
+@pytest.fixture
+def busy():
+    """A second CPU load beside the run: a busy loop."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    yield
+    proc.kill()
+    proc.wait()
+
+
+def _run(script: str, args: list[str], moment=None, sig=signal.SIGINT, timeout: float = 600):
+    """``python pipelines/<script> args`` on an embedded Ray, in a session of its own as from a
+    terminal; when ``moment(line)`` is true for a console line (or for None, polled while the run
+    waits for its next line), the stop ``sig`` goes to it: SIGINT to its process group, as
+    Ctrl-C does, SIGTERM to the driver alone. Returns
+    (exit status, console, whether the stop was sent)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    run = subprocess.Popen([sys.executable, f"pipelines/{script}", *args], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, start_new_session=True)
+    watchdog = threading.Timer(timeout, lambda: os.killpg(run.pid, signal.SIGKILL))
+    watchdog.start()
+    lines, sent = [], threading.Event()
+
+    def stop():
+        if sent.is_set() or run.poll() is not None:
+            return
+        os.kill(run.pid, signal.SIGSTOP)  # the driver, where it is now
+        sent.set()
+        if sig == signal.SIGINT:  # Ctrl-C: the terminal's whole process group
+            os.killpg(run.pid, sig)
+        else:  # `kill`, `ray job stop`: the driver (a job's driver holds none of Ray's processes)
+            os.kill(run.pid, sig)
+        os.kill(run.pid, signal.SIGCONT)
+
+    if moment is not None:
+        def poll():
+            while run.poll() is None and not sent.is_set():
+                if moment(None):
+                    stop()
+                time.sleep(0.01)
+        threading.Thread(target=poll, daemon=True).start()
+    try:
+        for line in run.stdout:
+            lines.append(line)
+            if moment is not None and moment(line):
+                stop()
+        run.wait()
+    finally:
+        watchdog.cancel()
+    return run.returncode, "".join(lines), sent.is_set()
+
+
+def _stopped(console: str, code: int, rc: int, script: str, out: Path) -> str:
+    """The checks every stop passes; returns the stop line."""
+    assert rc == code, console[-3000:]
+    lines = [line for line in console.splitlines() if line.strip()]
+    stops = [line for line in lines if line.startswith("stopped")]
+    assert len(stops) == 1 and lines[-1] == stops[0], console[-3000:]
+    assert stops[0].endswith(f"; resume with: python pipelines/{script} --resume --out {out}"), stops[0]
+    for noise in NOISE:
+        assert noise not in console, console[-3000:]
+    return stops[0]
+
+
+def _trial_logs(out: Path) -> dict[str, list[dict]]:
+    return {p.stem: [json.loads(line) for line in p.read_text().splitlines()] for p in (out / ".trials").glob("*.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def search_dir(tmp_path_factory):
+    """A 1-epoch search on digits, in-process (no Ray): 2 recorded architectures."""
+    out = tmp_path_factory.mktemp("stops") / "search"
+    proc = subprocess.run([sys.executable, "pipelines/search.py", "--local", "--smoke-test", "--max-epochs", "1",
+                           "--no-mlflow", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_a_retrain_stopped_five_times_under_load_ends_the_same_way_and_resumes_without_retraining(
+        search_dir, busy, tmp_path):
+    """3 trials x 2 epochs, 2 at once, stopped: as the first trial starts, in a first epoch, as a
+    trial finishes (SIGTERM: 143), as the last ones finish, and while the report is written;
+    each a clean stop; the last --resume finishes, and no trial trains again once finished."""
+    out = tmp_path / "r"
+    first = ["--search-dir", str(search_dir), "--no-mlflow", "--random", "1", "--epochs", "2",
+             "--set", "retrain.batch_size=128", "--out", str(out)]
+    resume = ["--resume", "--out", str(out)]
+
+    def line(pattern):
+        return lambda text: text is not None and re.search(pattern, text) is not None
+
+    moments = [(first, lambda text: any((out / ".trials").glob("*.jsonl")), signal.SIGINT, "as a trial starts"),
+               (resume, line(r" epoch +1/2 "), signal.SIGINT, "in a first epoch"),
+               (resume, line(r" epoch +2/2 "), signal.SIGTERM, "as a trial finishes"),
+               (resume, line(r" epoch +2/2 "), signal.SIGINT, "as the last trials finish"),
+               (resume, lambda text: (out / "trials.parquet").exists(), signal.SIGINT, "writing the report")]
+    progress = []
+    for args, moment, sig, when in moments:
+        rc, console, sent = _run("retrain.py", args, moment, sig)
+        assert sent, f"{when}: the run ended before the moment came\n{console[-3000:]}"
+        stop = _stopped(console, 128 + sig, rc, "retrain.py", out)
+        progress.append(int(re.match(r"stopped: (\d) of 3 trials finished", stop).group(1)))
+    assert progress[-1] == 3 and "the report was not written" in stop, progress
+    assert not (out / "frontier.csv").exists()
+
+    rc, console, _ = _run("retrain.py", resume)
+    assert rc == 0, console[-3000:]
+    assert (out / "frontier.csv").is_file()
+    logs = _trial_logs(out)
+    assert len(logs) == 3
+    for key, entries in logs.items():
+        done = [i for i, e in enumerate(entries) if "finished_epoch" in e]
+        assert done, (key, entries)
+        # once finished, a trial never trains its first epoch again
+        assert not [e for e in entries[done[0]:] if e.get("start_epoch") == 0], (key, entries)
+
+
+def test_a_search_on_ray_train_stops_and_resumes(tmp_path):
+    """A search on Ray Train, Ctrl-C after its first epoch: Train aborts its workers, exit 130,
+    the one stop line, the records of the epochs done; --resume finishes it."""
+    out = tmp_path / "s"
+    rc, console, sent = _run("search.py", ["--smoke-test", "--max-epochs", "4", "--no-mlflow", "--out", str(out)],
+                             lambda text: text is not None and " epoch   1/4 " in text)
+    assert sent, console[-3000:]
+    stop = _stopped(console, 130, rc, "search.py", out)
+    epochs = int(re.match(r"stopped: after epoch (\d) of at most 4", stop).group(1))
+    assert 1 <= epochs < 4 and json.loads((out / "records.json").read_text())["epochs"] == epochs, stop
+    rc, console, _ = _run("search.py", ["--resume", "--no-mlflow", "--out", str(out)])
+    assert rc == 0, console[-3000:]
+    assert json.loads((out / "records.json").read_text())["epochs"] == 4
