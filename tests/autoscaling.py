@@ -15,14 +15,18 @@ authentication on, as the README's cluster), and every process carries a mark of
 monitor, so they inherit it, and the end stops that mark only (tests/ray_nodes.py).
 
 Use: ``from autoscaling import autoscaling_cluster`` in a test module (a module-scoped
-fixture); it yields a dict like conftest's ``ray_cluster`` (address, dashboard, env), so
-conftest's ``submit`` sends jobs to it, plus ``temp_dir`` and ``worker_nodes()``.
+fixture); it yields a dict like conftest's ``ray_cluster`` (address, dashboard, env, plus
+``temp_dir`` and ``mark``). Jobs go to it with this module's :func:`submit`, which leaves out
+``--working-dir`` (why: its docstring).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shlex
+import signal
 import shutil
 import subprocess
 import time
@@ -30,7 +34,8 @@ from pathlib import Path
 
 import pytest
 import ray_nodes
-from conftest import BIN, free_port, wait_http
+from conftest import BIN, ROOT, free_port, wait_http
+from ray._private.services import node_ip_address_from_perspective
 
 WORKER_TYPE = "ray.worker.cpu"
 FAKE_NODE_ID = "f" * 51  # + 5 digits: the provider's node ids (head 00000, then 00001, 00002, ...)
@@ -86,11 +91,20 @@ def raylet_of(node_id: str, mark: str) -> int | None:
     return None
 
 
-def status(cluster) -> str:
-    """``ray status`` of the cluster: its nodes, pending demand, the autoscaler's view."""
-    proc = subprocess.run([str(BIN / "ray"), "status", "--address", cluster["address"]],
-                          capture_output=True, text=True, timeout=60, env=cluster["env"])
-    return proc.stdout + proc.stderr
+def kill_node(node_id: str, mark: str) -> list[int]:
+    """SIGKILL fake node ``node_id`` as a lost machine goes: its raylet and every process under
+    it (its workers and agents) at once, and the node's other processes (started with its id).
+    Returns the pids killed."""
+    raylet = raylet_of(node_id, mark)
+    assert raylet, f"no raylet for node {node_id}"
+    victims = {raylet, *_node_processes(f"RAY_OVERRIDE_NODE_ID_FOR_TESTING={node_id}", mark),
+               *ray_nodes.descendants(raylet)}
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return sorted(victims)
 
 
 def worker_nodes(cluster) -> dict[str, bool]:
@@ -119,8 +133,11 @@ def autoscaling_cluster(tmp_path_factory):
     temp_dir = Path(f"/tmp/{mark}")  # short: Ray puts unix sockets below it
     temp_dir.mkdir(exist_ok=True)
     gcs, dashboard = free_port(), free_port()
+    # the provider starts its nodes on the address Ray finds for this machine (not 127.0.0.1):
+    # the head takes the same one, or a Ray process on a worker node finds two clusters
+    ip = node_ip_address_from_perspective()
     config = root / "autoscaling.yaml"
-    config.write_text(json.dumps(fake_cluster_config(f"127.0.0.1:{gcs}")))  # JSON is YAML
+    config.write_text(json.dumps(fake_cluster_config(f"{ip}:{gcs}")))  # JSON is YAML
     base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
     env = base | {"HOME": str(home), "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
                   "RAY_TMPDIR": str(temp_dir), ray_nodes.MARKER: mark,
@@ -130,12 +147,14 @@ def autoscaling_cluster(tmp_path_factory):
              "--ray-client-server-port", free_port(), "--runtime-env-agent-port", free_port(),
              "--node-manager-port", free_port(), "--object-manager-port", free_port(),
              "--min-worker-port", 0, "--max-worker-port", 0]
-    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address", ip, "--dashboard-host", "127.0.0.1",
            "--num-cpus", "0", "--object-store-memory", str(150 * 2**20), "--temp-dir", str(temp_dir),
            "--autoscaling-config", str(config), "--disable-usage-stats", *map(str, ports)]
+    # the monitor looks every second, and replaces a node silent for 10 s (a lost one), not 30
     started = subprocess.run(cmd, capture_output=True, text=True, timeout=180,
-                             env=dict(env, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1"))
-    cluster = {"address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env,
+                             env=dict(env, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1",
+                                      AUTOSCALER_HEARTBEAT_TIMEOUT_S="10"))
+    cluster = {"address": f"{ip}:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env,
                "temp_dir": temp_dir, "mark": mark}
     try:
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
@@ -146,6 +165,30 @@ def autoscaling_cluster(tmp_path_factory):
         left = ray_nodes.marked(mark)
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert left == [], ray_nodes.describe(left)
+
+
+def submit(cluster, script, *args, timeout=900, job_id=None):
+    """conftest's ``submit`` without ``--working-dir``: the job runs pipelines/<script> in the
+    checkout (goldnas_ray installed in the venv, editable). Here every fake node shares the head's
+    temp dir, and a node's runtime-env agent unpacks a job's working_dir over the copy the driver
+    runs in (Ray overwrites it), which takes the driver's current directory away."""
+    no_wait = ["--no-wait", "--submission-id", job_id] if job_id else []
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"], *no_wait,
+           "--", "sh", "-c", f"cd {shlex.quote(str(ROOT))} && exec {BIN / 'python'} pipelines/{script} {shlex.join(args)}"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=cluster["env"])
+
+
+def job_state(cluster, job_id: str) -> str:
+    """The job's state as ``ray job status`` says it: succeeded, failed, stopped, running, ..."""
+    proc = subprocess.run([str(BIN / "ray"), "job", "status", "--address", cluster["dashboard"], job_id],
+                          capture_output=True, text=True, timeout=60, env=cluster["env"])
+    found = re.search(rf"Job '{re.escape(job_id)}' (\w+)", proc.stdout + proc.stderr)
+    return found.group(1) if found else (proc.stdout + proc.stderr)[-500:]
+
+
+def job_logs(cluster, job_id: str) -> str:
+    return subprocess.run([str(BIN / "ray"), "job", "logs", "--address", cluster["dashboard"], job_id],
+                          capture_output=True, text=True, timeout=60, env=cluster["env"]).stdout
 
 
 def wait_for(predicate, timeout: float, every: float = 0.5):

@@ -54,6 +54,26 @@ def marked(value: str) -> list[int]:
     return sorted(found - mine)
 
 
+def descendants(pid: int) -> list[int]:
+    """Pids of every process under ``pid`` (its children, theirs, ...)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(") ", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, grew = {pid}, True
+    while grew:
+        grew = False
+        for child, parent in parents.items():
+            if parent in found and child not in found:
+                found.add(child)
+                grew = True
+    return sorted(found - {pid})
+
+
 def stop(value: str, timeout: float = 10.0, rounds: int = 3) -> int:
     """SIGTERM every marked process, then SIGKILL what is left after ``timeout``; again, up to
     ``rounds`` times, for what a dying process started meanwhile (a raylet restarting a worker,

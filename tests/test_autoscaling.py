@@ -9,13 +9,12 @@ and resubmitted with --resume, a node killed mid-search, and the refusals and th
 import json
 import os
 import signal
-import subprocess
 import time
 
 import pandas as pd
 import pytest
-from autoscaling import alive_workers, autoscaling_cluster, raylet_of, wait_for, worker_nodes  # noqa: F401
-from conftest import BIN, submit
+from autoscaling import (alive_workers, autoscaling_cluster, job_logs, job_state, kill_node,  # noqa: F401
+                         submit, wait_for, worker_nodes)
 
 import ray_nodes
 
@@ -52,12 +51,6 @@ def _driver_pid(cluster, out) -> int | None:
         if len(argv) > 1 and argv[1].endswith("pipelines/search.py") and str(out) in argv:
             return pid
     return None
-
-
-def _job_status(cluster, job_id) -> str:
-    proc = subprocess.run([str(BIN / "ray"), "job", "status", "--address", cluster["dashboard"], job_id],
-                          capture_output=True, text=True, timeout=60, env=cluster["env"])
-    return proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +125,9 @@ def test_a_killed_driver_resubmitted_with_resume_ends_as_an_uninterrupted_run(au
     # after the first checkpoint: the process running pipelines/search.py, as a lost head takes it
     pid = wait_for(lambda: (out / "checkpoints" / "latest.pt").is_file() and _driver_pid(cluster, out),
                    timeout=600, every=0.1)
-    assert pid, _job_status(cluster, job)[-3000:]
+    assert pid, job_logs(cluster, job)[-3000:]
     os.kill(pid, signal.SIGKILL)
-    assert wait_for(lambda: "FAILED" in _job_status(cluster, job), timeout=120), _job_status(cluster, job)
+    assert wait_for(lambda: job_state(cluster, job) == "failed", timeout=120), job_state(cluster, job)
     assert not (out / "records.json").is_file() or not _records(out)["finished"]  # it was cut short
 
     proc = submit(cluster, "search.py", *args, timeout=900)
@@ -156,15 +149,11 @@ def test_a_node_lost_mid_search_is_survived(autoscaling_cluster, searched, tmp_p
     rank1 = out / ".workers" / "rank-1.json"
     node = wait_for(lambda: (out / "checkpoints" / "latest.pt").is_file() and rank1.is_file()
                     and json.loads(rank1.read_text())["node_id"], timeout=600, every=0.1)
-    assert node, _job_status(cluster, job)[-3000:]
-    raylet = raylet_of(node, cluster["mark"])
-    assert raylet, f"no raylet for node {node}"
-    os.kill(raylet, signal.SIGKILL)  # the node is gone, as a preempted instance
-    assert wait_for(lambda: "SUCCEEDED" in (s := _job_status(cluster, job)) or "FAILED" in s, timeout=900)
-    logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", cluster["dashboard"], job],
-                          capture_output=True, text=True, timeout=60, env=cluster["env"]).stdout
-    assert "SUCCEEDED" in _job_status(cluster, job), logs[-4000:]
-    assert worker_nodes(cluster).get(node) is False  # the node stayed dead
+    assert node, job_logs(cluster, job)[-3000:]
+    kill_node(node, cluster["mark"])  # the node is gone, as a preempted instance
+    assert wait_for(lambda: worker_nodes(cluster).get(node) is False, timeout=120), worker_nodes(cluster)
+    assert wait_for(lambda: job_state(cluster, job) in ("succeeded", "failed"), timeout=900)
+    assert job_state(cluster, job) == "succeeded", job_logs(cluster, job)[-4000:]
     _complete(out)
     assert json.loads(rank1.read_text())["node_id"] != node  # the group was restarted elsewhere
     # from the last checkpoint: the first epoch ran once, every epoch ran, the same records
