@@ -260,11 +260,14 @@ _STOP: dict[str, Any] = {}
 
 def _on_stop_signal(signum: int, frame: Any) -> None:
     """SIGINT or SIGTERM: while a fit runs, the first one asks it to stop and returns (the fit
-    ends through Tune's or Train's own stop); otherwise, or a second time, it raises
-    KeyboardInterrupt (SIGINT) or SystemExit(143) (SIGTERM) at once."""
+    ends through Tune's or Train's own stop); otherwise, or a second time, or SIGTERM during a
+    Ray Train fit (:func:`fit_until_stopped`), it raises KeyboardInterrupt (SIGINT) or
+    SystemExit(143) (SIGTERM) at once."""
     ask = _STOP.get("ask")
     if ask is not None and _STOP.get("code") is None:
         _STOP["code"] = 128 + signum
+        if signum == signal.SIGTERM and not _STOP.get("tune"):
+            raise SystemExit(128 + signum)  # a Ray Train fit: its checkpoints are all it keeps
         ask.set()
         return
     if signum == signal.SIGINT:
@@ -286,7 +289,9 @@ def fit_until_stopped(call: Callable[[], Any]) -> Any:
     SIGTERM end it through its own graceful stop: Tune, asked through SIGUSR1, saves its
     experiment state one last time (the trials that finished recorded as finished, the others
     with their last checkpoints) and returns; Ray Train, asked through the SIGINT handler its
-    fit installs, aborts its workers (the checkpoints stay). A second signal raises at once.
+    fit installs, aborts its workers (the checkpoints stay). SIGTERM ends a Ray Train fit at
+    once, as a second signal ends any: Train's abort, which saves nothing, takes longer under
+    load than ``ray job stop`` waits before its SIGKILL, and the tracked runs would stay RUNNING.
     When a stop was asked, it is raised once ``call`` has returned (KeyboardInterrupt, or
     SystemExit(143) after SIGTERM), whatever ``call`` returned or raised in between.
 
@@ -305,7 +310,9 @@ def fit_until_stopped(call: Callable[[], Any]) -> Any:
     os.set_blocking(read, False)
     os.set_blocking(write, False)
     wakeup = signal.set_wakeup_fd(write)  # a SIGINT that Ray Train's handler took shows here
-    _STOP.update(ask=ask, code=None)
+    from ray.tune import Tuner
+
+    _STOP.update(ask=ask, code=None, tune=isinstance(getattr(call, "__self__", None), Tuner))
     asker = threading.Thread(target=_ask_ray_to_stop, args=(sigint, ask, done), name="goldnas-stop", daemon=True)
     asker.start()
     value, error = None, None
