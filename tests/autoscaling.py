@@ -198,8 +198,9 @@ def job_state(cluster, job_id: str) -> str:
     """The job's state as ``ray job status`` says it: succeeded, failed, stopped, running, ..."""
     proc = subprocess.run([str(BIN / "ray"), "job", "status", "--address", cluster["dashboard"], job_id],
                           capture_output=True, text=True, timeout=60, env=cluster["env"])
-    found = re.search(rf"Job '{re.escape(job_id)}' (\w+)", proc.stdout + proc.stderr)
-    return found.group(1) if found else (proc.stdout + proc.stderr)[-500:]
+    said = proc.stdout + proc.stderr  # "Job 'ID' succeeded", or "Status for job 'ID': RUNNING"
+    found = re.search(rf"(?:Job '{re.escape(job_id)}' |Status for job '{re.escape(job_id)}': )(\w+)", said)
+    return found.group(1).lower() if found else said[-500:]
 
 
 def job_logs(cluster, job_id: str) -> str:
