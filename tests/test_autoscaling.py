@@ -150,7 +150,9 @@ def test_a_node_lost_mid_search_is_survived(autoscaling_cluster, searched, tmp_p
     sent = submit(cluster, "search.py", *SEARCH, "--out", str(out), job_id=job)
     assert sent.returncode == 0, sent.stderr[-3000:]
     rank1 = out / ".workers" / "rank-1.json"
-    node = wait_for(lambda: (out / "checkpoints" / "latest.pt").is_file() and rank1.is_file()
+    reports = out / ".workers" / "reports.jsonl"
+    # once epoch 2's report has returned, epoch 1's checkpoint is Ray Train's (kill_rank_after_report)
+    node = wait_for(lambda: reports.is_file() and len(reports.read_text().splitlines()) >= 2 and rank1.is_file()
                     and json.loads(rank1.read_text())["node_id"], timeout=600, every=0.1)
     assert node, job_logs(cluster, job)[-3000:]
     kill_node(node, cluster["mark"])  # the node is gone, as a preempted instance
