@@ -31,7 +31,8 @@ from typing import Any, Callable
 
 from goldnas_ray.core.config import Config
 from goldnas_ray.orchestration.errors import USER_ERRORS
-from goldnas_ray.files.search_files import OutputDirError, read_records, records_path
+from goldnas_ray.files.search_files import (OutputDirError, is_mlflow_store, left_by_a_probe, read_records,
+                                            records_path)
 from goldnas_ray.files.store import INFRASTRUCTURE, INPUT, Location, is_uri, location, working_copy_note
 from goldnas_ray.run.ending import GRACEFUL, RunStopped
 
@@ -69,7 +70,9 @@ def output_folder(out: str | Path | None, resume: bool, stage: str) -> Location:
 # ``_holds_run``), by top-level name: a start stopped there (a killed driver, a lost head node)
 # leaves these, and they carry no results, so --resume removes them and starts the run anew. An
 # MLflow sqlite store beside them (mlflow.db*, mlartifacts/) is kept: the stopped start's run
-# stays in it, the new run is added (files.search_files.check_new_out_dir lets a new run in).
+# stays in it, the new run is added (files.search_files.check_new_out_dir lets a new run in). A
+# storage probe's object that a driver killed inside output_folder's probe left
+# (files.search_files.left_by_a_probe) is a leftover of any stage's start.
 _BUFFER = (".mlflow-buffer", ".mlflow-buffer.failed.jsonl")
 STARTS_LEAVE = {
     # Ray Train's folder and the workers' notes, the first epoch's files written before the
@@ -98,8 +101,8 @@ def resumes(out: Location, stage: str, log: Callable[[str], None] = print, start
     if _holds_run(out, stage):
         return True
     names = out.names()
-    store = [n for n in names if _is_mlflow_store(n)]
-    foreign = [n for n in names if n not in STARTS_LEAVE[stage] and n not in store]
+    store = [n for n in names if is_mlflow_store(n)]
+    foreign = [n for n in names if n not in STARTS_LEAVE[stage] and n not in store and not left_by_a_probe(n)]
     if foreign:
         raise OutputDirError(f"--resume: {out} is not a {stage} output folder (no {MARKERS[stage]} inside), and "
                              f"holds what no {stage} leaves there: {', '.join(foreign)}; give the folder of the "
@@ -132,10 +135,6 @@ def _holds_run(out: Location, stage: str) -> bool:
 
     path, fs = (out / "ray" / EXPERIMENT_DIR).arrow()
     return ray.tune.Tuner.can_restore(path, storage_filesystem=fs) or bool(finished_trials(out))
-
-
-def _is_mlflow_store(name: str) -> bool:
-    return name.startswith("mlflow.db") or name == "mlartifacts"
 
 
 def _remove(where: Location) -> None:

@@ -22,7 +22,7 @@ import argparse
 import sys
 
 from goldnas_ray import cli
-from goldnas_ray.files.search_files import CHECKPOINT, OutputDirError, check_new_out_dir
+from goldnas_ray.files.search_files import CHECKPOINT, OutputDirError, check_new_out_dir, left_by_a_probe
 from goldnas_ray.files.store import Location
 from goldnas_ray.run.ending import RunStopped
 
@@ -72,13 +72,17 @@ def resume_search(out: Location) -> bool:
     """--resume: whether the pipeline in ``out`` has a search to continue (its retrain then
     continues or starts when the search is done), or holds none yet (missing, empty, or left by
     a start stopped before the search's first checkpoint): a new pipeline, said in the first
-    line (cli.resumes)."""
-    foreign = [name for name in out.names() if name not in ("search", "retrain")]
+    line (cli.resumes). A storage probe's object a killed driver left in ``out`` is removed."""
+    names = out.names()
+    foreign = [name for name in names if name not in ("search", "retrain") and not left_by_a_probe(name)]
     if foreign:
         raise OutputDirError(f"--resume: {out} is not a pipeline output folder (it holds {', '.join(foreign)}; "
                              f"a pipeline's holds search/ and retrain/)")
     if not (out / "search" / str(CHECKPOINT)).is_file() and (out / "retrain").names():
         raise OutputDirError(f"--resume: {out} holds a retrain/ but no search to continue (no search/{CHECKPOINT})")
+    for name in names:
+        if left_by_a_probe(name):
+            (out / name).delete()
     return cli.resumes(out / "search", "search", starting=f"pipeline in {out}")
 
 

@@ -135,6 +135,32 @@ def test_a_retrain_killed_before_retrain_json_or_tunes_experiment_starts_anew(tm
     assert cli.resumes(location(out), "retrain") is True
 
 
+def test_a_probe_object_left_by_a_driver_killed_in_the_probe_is_a_leftover_not_someone_elses_file(tmp_path, capsys):
+    """A driver killed between output_folder's probe write and its delete leaves
+    .goldnas-probe-XXXXXXXX: the same command starts the run (and removes it), for every stage
+    and for a pipeline's folder; another name is still refused."""
+    from goldnas_ray.files.store import PROBE
+
+    for stage in ("search", "retrain", "sweep"):
+        out = tmp_path / stage
+        out.mkdir()
+        (out / f"{PROBE}0a1b2c3d").write_bytes(b"probe")
+        (out / "mlflow.db").write_text("")
+        assert cli.resumes(location(out), stage) is False
+        assert sorted(p.name for p in out.iterdir()) == ["mlflow.db"]
+        assert f"left in {out}: {PROBE}0a1b2c3d)" in capsys.readouterr().out
+        (out / ".goldnas-notes").write_text("")  # not a probe's name: someone else's
+        with pytest.raises(OutputDirError, match="holds what no"):
+            cli.resumes(location(out), stage)
+    pipeline = load_pipeline("pipeline")
+    out = tmp_path / "p1"
+    (out / "search").mkdir(parents=True)
+    (out / f"{PROBE}0a1b2c3d").write_bytes(b"probe")
+    (out / "search" / f"{PROBE}99887766").write_bytes(b"probe")
+    assert pipeline.resume_search(location(out)) is False
+    assert sorted(p.name for p in out.iterdir()) == ["search"] and not list((out / "search").iterdir())
+
+
 def test_a_new_run_takes_a_folder_that_holds_only_an_mlflow_store(tmp_path):
     from goldnas_ray.files.search_files import check_new_out_dir
 

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from goldnas_ray.core.genotype import Genotype
-from goldnas_ray.files.store import Location, location
+from goldnas_ray.files.store import PROBE, Location, location
 
 Where = Union[str, Path, Location]
 
@@ -61,9 +61,21 @@ def check_new_out_dir(out: Where, stage: str) -> None:
     new run is added to it (a start stopped before its first checkpoint leaves one, and
     ``--resume`` starts the run anew beside it, cli.resumes)."""
     out = location(out)
-    if out.is_file() or [n for n in out.names() if not (n.startswith("mlflow.db") or n == "mlartifacts")]:
+    if out.is_file() or [n for n in out.names() if not is_mlflow_store(n)]:
         raise OutputDirError(f"output folder {out} already exists and is not empty; pass a new "
                              f"--out, or --resume to continue the {stage} stored there")
+
+
+def is_mlflow_store(name: str) -> bool:
+    """Whether ``name``, in a run's folder, is part of the MLflow sqlite store kept there
+    (mlflow.db and its journal files, mlartifacts/): a new run is added to it."""
+    return name.startswith("mlflow.db") or name == "mlartifacts"
+
+
+def left_by_a_probe(name: str) -> bool:
+    """Whether ``name``, in a run's folder, is a storage probe's object (store.Location.probe)
+    that a driver killed between the probe's write and delete left: no results, safe to remove."""
+    return name.startswith(PROBE)
 
 
 def checkpoint_bytes(state: dict[str, Any]) -> bytes:

@@ -62,6 +62,9 @@ REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 INPUT, INFRASTRUCTURE = "input", "infrastructure"
 RETRY_BUDGET_ENV = "GOLDNAS_STORAGE_RETRY_S"
 DEFAULT_RETRY_BUDGET_S = 120.0
+# the name of Location.probe's object, <PROBE><8 hex digits>: a process killed between its write
+# and its delete leaves it behind (files.search_files.left_by_a_probe)
+PROBE = ".goldnas-probe-"
 # our options of an S3 URI's query string (pyarrow's URI parser does not take them), seconds
 S3_TIMEOUTS = {"connect_timeout": 10.0, "request_timeout": 30.0}
 
@@ -282,11 +285,11 @@ class Location:
 
     # ---- checks ------------------------------------------------------------------------
     def probe(self) -> None:
-        """Write and delete a probe object: the bucket exists, credentials work, writing is
-        allowed. Raises StorageError naming what failed."""
+        """Write and delete a probe object (``PROBE`` + 8 hex digits): the bucket exists,
+        credentials work, writing is allowed. Raises StorageError naming what failed."""
         if self.local is not None:
             return
-        probe = self / f".goldnas-probe-{uuid.uuid4().hex[:8]}"
+        probe = self / f"{PROBE}{uuid.uuid4().hex[:8]}"
         probe.write_bytes(b"probe")
         probe.delete()
 
