@@ -543,7 +543,7 @@ def run_search_on_ray(cfg: Config | None, out: Location, args: argparse.Namespac
             placement_timeout=args.placement_timeout)
 
 
-def trial_resources(args: argparse.Namespace):
+def trial_request(args: argparse.Namespace):
     """What each retrain trial holds: --cpus/gpus-per-trial for one worker, N workers of
     --cpus/gpus-per-worker (1 CPU, 0 GPU by default) with --workers-per-trial N."""
     from goldnas_ray.retrain.plan import Resources
@@ -562,7 +562,7 @@ def run_retrain_on_ray(out: Location, args: argparse.Namespace, *, search_dir: "
     run_retrain(out, search_dir=search_dir, search_run=search_run,
                 config_file=location(config_file) if config_file is not None else None,  # through storage
                 overrides=[] if resume else retrain_overrides(args), random_k=args.random,
-                trial=trial_resources(args), max_failures=args.max_trial_failures, mlflow_uri=args.mlflow_uri,
+                trial=trial_request(args), max_failures=args.max_trial_failures, mlflow_uri=args.mlflow_uri,
                 experiment=args.retrain_experiment, tracking=not args.no_mlflow, resume=resume,
                 address=args.address, runtime_env=runtime_env(args),
                 union_front=getattr(args, "union_front", False), placement_timeout=args.placement_timeout)
