@@ -374,13 +374,15 @@ def ray_runtime_env(verbose: bool = False, embedded: bool = True,
       own code, about Ray Data options it passes itself;
     - :func:`quiet_ray_worker` as every worker's setup hook (unless --verbose);
     - MLflow's HTTP retries (:func:`mlflow_budget`, always): rank 0 of a search tracks;
-    - RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=``placement_timeout`` (--placement-timeout; the
-      user's own value wins): Ray Train waits that long, not 60 s, for a worker group's
-      placement (a group restarted after a node loss, on nodes an autoscaler brings back)
-      before it says it timed out and tries again (a controller failure, which max_failures
-      does not count)."""
+    - RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=``placement_timeout`` (--placement-timeout), at
+      least ``TRAIN_GROUP_START_FLOOR_S`` (the user's own value wins): Ray Train waits that
+      long for a worker group's placement (a group restarted after a node loss, on nodes an
+      autoscaler brings back) before it says it timed out and tries again (a controller
+      failure, which max_failures does not count); the floor keeps a short placement timeout,
+      meant for the first placement, from failing every restart at once."""
     name = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
-    waits = {name: os.environ.get(name, f"{placement_timeout:g}")} if placement_timeout is not None else {}
+    waits = {name: os.environ.get(name, f"{max(placement_timeout, TRAIN_GROUP_START_FLOOR_S):g}")} \
+        if placement_timeout is not None else {}
     if verbose:
         return {"env_vars": mlflow_budget() | waits}
     env_vars = {"MLFLOW_LOGGING_LEVEL": "WARNING", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
@@ -389,6 +391,10 @@ def ray_runtime_env(verbose: bool = False, embedded: bool = True,
     if embedded:
         env_vars["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     return {"env_vars": env_vars, "worker_process_setup_hook": f"{__name__}.quiet_ray_worker"}
+
+
+# the least Ray Train waits for a restarted worker group's placement (Ray's own default: 60 s)
+TRAIN_GROUP_START_FLOOR_S = 60.0
 
 
 def mlflow_budget() -> dict[str, str]:
@@ -443,9 +449,20 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="show Ray's own per-epoch messages too")
     from goldnas_ray.orchestration.placement import PLACEMENT_TIMEOUT
 
-    p.add_argument("--placement-timeout", type=float, default=PLACEMENT_TIMEOUT, metavar="SECONDS",
+    p.add_argument("--placement-timeout", type=_seconds, default=PLACEMENT_TIMEOUT, metavar="SECONDS",
                    help="how long a run waits for the cluster to place its first search's (trial's) workers, "
                         f"an autoscaler adding nodes for them, before it gives up (default {PLACEMENT_TIMEOUT:g})")
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds above 0 (argparse names the flag when this raises)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text} must be above 0 seconds")
+    return value
 
 
 def add_search_flags(p: argparse.ArgumentParser) -> None:

@@ -83,3 +83,29 @@ def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
     with pytest.raises(OSError):
         atomic_write(path, broken)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "soon"])
+def test_a_placement_timeout_not_above_0_is_refused_naming_the_flag(value, capsys):
+    import importlib.util
+
+    for name in ("search", "retrain", "sweep", "pipeline"):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "pipelines" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        with pytest.raises(SystemExit) as ended:
+            module.parse_args(["--placement-timeout", value])
+        assert ended.value.code == 2
+        assert "argument --placement-timeout:" in capsys.readouterr().err
+
+
+def test_ray_trains_group_start_timeout_follows_the_placement_timeout_above_a_floor(monkeypatch):
+    from goldnas_ray.cli import TRAIN_GROUP_START_FLOOR_S, ray_runtime_env
+
+    name = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+    monkeypatch.delenv(name, raising=False)
+    assert ray_runtime_env(placement_timeout=900)["env_vars"][name] == "900"
+    assert ray_runtime_env(placement_timeout=5)["env_vars"][name] == f"{TRAIN_GROUP_START_FLOOR_S:g}"
+    assert name not in ray_runtime_env(placement_timeout=None)["env_vars"]
+    monkeypatch.setenv(name, "7")  # the user's own value wins
+    assert ray_runtime_env(placement_timeout=900)["env_vars"][name] == "7"
