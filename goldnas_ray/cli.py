@@ -596,12 +596,10 @@ def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:
 
     if args.resume and resumes(out, "sweep"):
         _same_plan(out, args)
-        given = [f for f, default in (("workers_per_search", 1), ("cpus_per_worker", None),
-                                      ("gpus_per_worker", 0.0), ("mlflow_uri", None), ("no_mlflow", False),
-                                      ("experiment", "goldnas-sweep")) if getattr(args, f) != default]
-        if given:
+        other = _not_as_planned(out, args)
+        if other:
             print(f"--resume: the sweep keeps the resources per search and MLflow store it was planned "
-                  f"with; not used: {', '.join('--' + f.replace('_', '-') for f in given)}")
+                  f"with; not used: {', '.join(other)}")
         sweep = run_sweep(out, resume=True, address=args.address, runtime_env=runtime_env(args),
                           max_failures=args.max_failures, verbose=args.verbose,
                           placement_timeout=args.placement_timeout)
@@ -628,6 +626,21 @@ def sweep_base(args: argparse.Namespace) -> Config:
     """The config every search of a new sweep starts from: --config, --smoke-test, --set."""
     base = Config.from_yaml(location(args.config)) if args.config else Config()
     return base.override(_overrides(args, SEARCH_SMOKE, {}))
+
+
+def _not_as_planned(out: Location, args: argparse.Namespace) -> list[str]:
+    """The resource and MLflow flags of a continued sweep that were given (differ from their
+    defaults) with another value than its sweep.json's, as ``--flag value``: the first try's
+    command, given again, names none."""
+    from goldnas_ray.sweep.plan import Sweep
+
+    planned = Sweep.read(out)
+    plan = {"workers_per_search": (1, planned.workers), "cpus_per_worker": (None, planned.cpus_per_worker),
+            "gpus_per_worker": (0.0, planned.gpus_per_worker), "experiment": ("goldnas-sweep", planned.experiment),
+            "mlflow_uri": (None, planned.mlflow_tracking_uri),
+            "no_mlflow": (False, planned.mlflow_tracking_uri is None)}
+    flags = [(f, getattr(args, f)) for f, (default, kept) in plan.items() if getattr(args, f) not in (default, kept)]
+    return [f"--{f.replace('_', '-')}" + ("" if value is True else f" {value}") for f, value in flags]
 
 
 def _same_plan(out: Location, args: argparse.Namespace) -> None:

@@ -212,6 +212,25 @@ def test_a_continued_sweep_takes_its_planning_flags_only_when_they_plan_the_same
     assert cli.resumes(location(empty), "sweep") is False and not (empty / ".mlflow-buffer").exists()
 
 
+def test_a_continued_sweep_names_only_the_resource_and_mlflow_flags_that_differ_from_its_plan(tmp_path):
+    """Every retry of the first try's command gives its flags again: nothing is named then;
+    a flag given with another value than sweep.json's is named with it."""
+    sweep_py = load_pipeline("sweep")
+    first = ["--grid", "search.lambda0=0.001", "--smoke-test", "--workers-per-search", "2", "--cpus-per-worker", "2",
+             "--mlflow-uri", "http://mlflow:5000", "--experiment", "mine"]
+    args = sweep_py.parse_args(["--resume", "--out", str(tmp_path), *first])
+    grid = {"search.lambda0": ["0.001"]}
+    Sweep(grid, [0], plan_sweep(cli.sweep_base(args), grid, [0]), workers=2, cpus_per_worker=2.0,
+          experiment="mine", mlflow_tracking_uri="http://mlflow:5000").write(tmp_path)
+    assert cli._not_as_planned(location(tmp_path), args) == []
+    assert cli._not_as_planned(location(tmp_path), sweep_py.parse_args(["--resume", "--out", str(tmp_path)])) == []
+    other = sweep_py.parse_args(["--resume", "--out", str(tmp_path), "--workers-per-search", "2",
+                                 "--cpus-per-worker", "4", "--gpus-per-worker", "1", "--no-mlflow",
+                                 "--experiment", "mine", "--mlflow-uri", "http://other:5000"])
+    assert cli._not_as_planned(location(tmp_path), other) == [
+        "--cpus-per-worker 4.0", "--gpus-per-worker 1.0", "--mlflow-uri http://other:5000", "--no-mlflow"]
+
+
 def test_resume_on_an_empty_bucket_prefix_starts_the_search_there(s3, readme_shell):
     out = s3["uri"]("resubmit/s1")
     env = dict(readme_shell.env)
