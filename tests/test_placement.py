@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from goldnas_ray.orchestration.cluster import ClusterError
-from goldnas_ray.orchestration.placement import Ask, Cluster, NodeType, _types_of, at_once, check
+import yaml
+
+from goldnas_ray.orchestration.placement import Ask, Cluster, NodeType, _of_config, _types_of, at_once, check
 from goldnas_ray.retrain.plan import Resources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +40,10 @@ UNKNOWN = Cluster(None, autoscaling=True)
     (GROWS, Resources(2, 1, 0), False, 1),
     (UNBOUNDED, Resources(1, 1, 0), False, None),  # no bound: Tune queues every trial
     (UNKNOWN, Resources(1, 1, 0), False, None),
+    # 6 CPUs in all, but a 2-CPU trial fits once on each 3-CPU node: packing, not the total, decides
+    (Cluster((NodeType("a", {"CPU": 3}, 1), NodeType("b", {"CPU": 3}, 1)), False), Resources(1, 2, 0), False, 2),
+    (Cluster((NodeType("gpu", {"CPU": 4, "GPU": 1}, 2),), True), Resources(1, 0, 1), False, 2),  # GPU-only workers
+    (Cluster((NodeType("gpu", {"CPU": 4, "GPU": 1}, 2),), True), Resources(2, 0, 1), False, 1),
 ])
 def test_how_many_trials_run_at_once_follows_the_node_types(cluster, trial, streaming, count):
     assert at_once(cluster, Ask(trial.workers, trial.cpus, trial.gpus, streaming)) == count
@@ -77,6 +83,23 @@ def test_a_v1_autoscaling_configs_node_types():
                      "gpu": ({"CPU": 8, "GPU": 1}, 3)}
     config["available_node_types"]["gpu"]["resources"] = {}  # an instance type's CPUs, filled in by the provider
     assert _types_of(config) is None
+
+
+def test_an_on_premises_launcher_config_is_a_fixed_cluster():
+    """cluster/onprem.yaml as the head's monitor runs it: Ray's local provider writes its one
+    node type with ``resources: {}`` (the nodes' own), so the config tells no sizes; the cluster
+    is its alive nodes, and a worker larger than each is refused at once."""
+    from ray.autoscaler._private.local.config import prepare_local
+
+    config, _ = prepare_local(yaml.safe_load((ROOT / "cluster" / "onprem.yaml").read_text()))
+    assert _types_of(config) is None  # as an autoscaler's config it would say nothing
+    nodes = Cluster((NodeType("head", {"CPU": 8, "GPU": 1}, 1), NodeType("w", {"CPU": 8, "GPU": 1}, 1)), False)
+    shape = _of_config(config, nodes)
+    assert shape == nodes and at_once(shape, Ask(1, 4, 1)) == 2
+    with pytest.raises(ClusterError, match=r"^a search needs 16 CPUs and 1 GPUs on one node; the largest node has 8"):
+        check(shape, Ask(1, 16, 1))
+    config["provider"]["type"] = "aws"  # an autoscaler whose types' sizes come from their instance types
+    assert _of_config(config, nodes) == Cluster(None, autoscaling=True)
 
 
 def run_search(args: list[str], tmp_path: Path, hold_cpus: float = 0, timeout: float = 300):
@@ -125,11 +148,10 @@ def test_a_wait_past_the_placement_timeout_names_what_never_came(tmp_path):
 
 @pytest.mark.ray
 def test_a_wait_ends_when_the_resources_come_and_holds_nothing_after(tmp_path):
-    """The CPU is freed a few seconds into the wait (as an autoscaler's node comes up): the wait
-    says it waits, then that it was placed, and its placement group is gone after."""
+    """The CPU is freed once the wait has said it waits (as an autoscaler's node comes up): the
+    wait then says that it was placed, and its placement group is gone after."""
     script = tmp_path / "wait.py"
     script.write_text(textwrap.dedent("""
-        import threading
         import ray
         from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
         from goldnas_ray.orchestration.cluster import connect
@@ -137,13 +159,17 @@ def test_a_wait_ends_when_the_resources_come_and_holds_nothing_after(tmp_path):
         connect(num_cpus=1)
         held = placement_group([{"CPU": 1}])
         ray.get(held.ready())
-        threading.Timer(4, remove_placement_group, [held]).start()
-        wait_until_placed(Ask(1, 1, 0), "the first trial", 120, print)
+        def log(line):
+            print(line, flush=True)
+            if line.startswith("placement: waiting"):
+                remove_placement_group(held)
+        wait_until_placed(Ask(1, 1, 0), "the first trial", 120, log)
         states = [g["state"] for g in placement_group_table().values() if g["name"] == "goldnas-placement"]
         print("left:", [s for s in states if s != "REMOVED"])
     """))
     proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("placement:", "left:"))]
-    assert lines[0].startswith("placement: waiting for the first trial: 1 worker(s) x (1 CPU, 0 GPU)"), lines
+    assert lines[0].startswith("placement: waiting for the first trial: 1 worker(s) x (1 CPU, 0 GPU); the cluster "
+                               "has 1 node(s), 0 of 1 CPUs and 0 of 0 GPUs free (gives up after 120s"), lines
     assert lines[1].startswith("placement: the first trial placed after") and lines[2] == "left: []", lines

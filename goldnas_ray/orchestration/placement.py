@@ -8,7 +8,8 @@ reports one (``ray._private.state.state.get_cluster_config()``: autoscaler v2, K
 the ``available_node_types`` of the autoscaling config the head's monitor runs with (the v1
 autoscaler: the cluster launcher, Ray's ``fake_multinode`` provider; the monitor's pid is in the
 status it reports to the GCS, the one ``ray status`` shows, and its ``--autoscaling-config`` is
-read where the driver runs on the head, as a ``ray job submit`` job's does). Where the types
+read where the driver runs on the head, as a ``ray job submit`` job's does; a launcher config
+for machines one already has, provider ``local``, is a fixed cluster: its alive nodes). Where the types
 cannot be learned on an autoscaling cluster (the driver off the head, a node type whose
 resources the provider fills in from its instance type) nothing is refused: the run waits.
 
@@ -111,7 +112,7 @@ def cluster_shape(embedded: bool = False) -> Cluster:
         return Cluster(None, autoscaling=True)
     found, config = _monitor_config(status.get("monitor_pid"))
     if found:
-        return fixed if config is None else Cluster(_types_of(config), autoscaling=True)
+        return _of_config(config, fixed)
     # the monitor runs on another machine: a fixed cluster's mirrors each node as a type "node_<id>"
     types = (status.get("autoscaler_report") or {}).get("active_nodes") or {}
     ids = {n["NodeID"] for n in alive}
@@ -173,6 +174,17 @@ def _monitor_config(pid: Any) -> tuple[bool, dict[str, Any] | None]:
             return True, yaml.safe_load(f) or {}
     except (OSError, yaml.YAMLError):
         return True, {}  # an autoscaler whose types cannot be read here
+
+
+def _of_config(config: dict[str, Any] | None, fixed: Cluster) -> Cluster:
+    """The cluster the head's monitor runs: ``fixed`` (its alive nodes) without an autoscaling
+    config or with one for machines the user already has (provider ``local`` without a
+    coordinator: Ray writes its one node type with ``resources: {}``, the nodes' own); else the
+    config's node types."""
+    provider = (config or {}).get("provider") or {}
+    if config is None or (provider.get("type") == "local" and "coordinator_address" not in provider):
+        return fixed
+    return Cluster(_types_of(config), autoscaling=True)
 
 
 def _types_of(config: dict[str, Any]) -> tuple[NodeType, ...] | None:
@@ -242,14 +254,16 @@ def _per_node(t: NodeType, ask: Ask) -> int:
 # ---- how many at once -------------------------------------------------------------------------
 def at_once(cluster: Cluster, ask: Ask) -> int | None:
     """How many searches (trials) of ``ask`` the cluster can hold at once once grown (Tune's
-    max_concurrent_trials): its CPUs over each one's workers' and spare CPUs, its GPUs over
-    each one's GPUs; None when the max counts are unknown (Tune queues every trial)."""
+    max_concurrent_trials): the workers its nodes hold (each node type's, at its max count) over
+    each one's workers, at most its CPUs over each one's workers' and spare CPUs and its GPUs
+    over each one's GPUs; None when the max counts are unknown (Tune queues every trial) or the
+    ask holds nothing."""
     totals = cluster.totals()
-    if totals is None:
+    need = {"CPU": ask.workers * ask.cpus + ask.spare, "GPU": ask.workers * ask.gpus}
+    if totals is None or not any(need.values()):
         return None
-    count = int(totals["CPU"] // (ask.workers * ask.cpus + ask.spare))
-    if ask.gpus > 0:
-        count = min(count, int(totals["GPU"] // (ask.workers * ask.gpus)))
+    count = sum(_per_node(t, ask) * t.max_count for t in cluster.types) // ask.workers
+    count = min([count] + [int(totals[k] // v) for k, v in need.items() if v > 0])
     return max(1, count)
 
 
@@ -308,11 +322,10 @@ def wait_until_placed(ask: Ask, what: str, timeout: float | None, log: Callable[
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    group = placement_group(ask.bundles(), strategy="PACK", name="goldnas-placement")
-    ready = group.ready()
-    started = time.monotonic()
-    said = None
+    started, said, group = time.monotonic(), None, None
     try:
+        group = placement_group(ask.bundles(), strategy="PACK", name="goldnas-placement")
+        ready = group.ready()
         while True:
             waited = time.monotonic() - started
             if ray.wait([ready], timeout=max(0.0, min(1.0, timeout - waited)))[0]:
@@ -325,10 +338,11 @@ def wait_until_placed(ask: Ask, what: str, timeout: float | None, log: Callable[
                                    f"{ask.describe()} never placed; {_now()}")
             if waited >= FIRST_S and (said is None or waited - said >= PROGRESS_S):
                 said = waited
-                log(f"placement: waiting for {what}: {ask.describe()}; placed so far: none; {_now()} "
+                log(f"placement: waiting for {what}: {ask.describe()}; {_now()} "
                     f"(gives up after {timeout:g}s, --placement-timeout)")
     finally:
-        remove_placement_group(group)
+        if group is not None:
+            remove_placement_group(group)
 
 
 def _now() -> str:
