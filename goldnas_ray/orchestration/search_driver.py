@@ -26,7 +26,7 @@ from goldnas_ray.data.batches import check_batches
 from goldnas_ray.data.stream import stream_info
 from goldnas_ray.orchestration.placement import PLACEMENT_TIMEOUT, Ask, check, cluster_shape, torch_trainer, \
     wait_until_placed
-from goldnas_ray.orchestration.streaming import DECODE_CPUS, train_dataset
+from goldnas_ray.orchestration.streaming import train_dataset
 from goldnas_ray.retrain.plan import Resources
 from goldnas_ray.run.ending import RunStopped, ends_tracked_run
 from goldnas_ray.run.loop import load_data, read_latency, search_start
@@ -74,7 +74,7 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     address = address or os.environ.get("RAY_ADDRESS")
     resources = connect(address, log, runtime_env=runtime_env)
     if cpus_per_worker is None:
-        cpus_per_worker = _worker_cpus(resources, workers, embedded=not address, streaming=stream is not None)
+        cpus_per_worker = _worker_cpus(resources, Ask(workers, 0, 0, streaming=stream is not None), not address)
     ask = Ask(workers, cpus_per_worker, gpus_per_worker, streaming=stream is not None)
     if placement_timeout is not None:
         check(cluster_shape(embedded=not address), ask)
@@ -129,12 +129,12 @@ def check_search(cfg: Config, data: Any, workers: int, table: LatencyTable | Non
         check_stop(cfg, data.input_shape, data.num_classes, table)
 
 
-def _worker_cpus(resources: dict[str, float], workers: int, embedded: bool, streaming: bool) -> float:
-    """CPUs per worker when not given: all of an embedded Ray's CPUs shared by the workers (1
-    each on a joined cluster), a CPU kept for Ray Data's decoding when the data streams."""
+def _worker_cpus(resources: dict[str, float], ask: Ask, embedded: bool) -> float:
+    """CPUs per worker when not given: all of an embedded Ray's CPUs shared by ``ask``'s workers
+    (1 each on a joined cluster), less the CPU it keeps for Ray Data (``Ask.spare``)."""
     if not embedded:
         return 1.0
-    return max(1.0, (resources.get("CPU", 1) - (DECODE_CPUS if streaming else 0)) // workers)
+    return max(1.0, (resources.get("CPU", 1) - ask.spare) // ask.workers)
 
 
 def _trainer(job: dict[str, Any], out: Location, workers: int, cpus_per_worker: float, gpus_per_worker: float,
