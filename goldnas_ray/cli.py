@@ -43,7 +43,8 @@ def output_folder(out: str | Path | None, resume: bool, stage: str) -> Location:
     against GOLDNAS_RUNS when set. Inside a ``ray job submit --working-dir`` job a relative
     path without GOLDNAS_RUNS is refused: the job runs in a temporary copy of the working
     directory, deleted with the job. A storage location is probed (a small object written
-    and deleted) so that a missing bucket or missing rights fail now."""
+    and deleted) so that a missing bucket or missing rights fail now. The folder is kept for
+    :func:`run_main`'s stop line (a stop before the run's work began names how to resume)."""
     root = os.environ.get("GOLDNAS_RUNS")
     if out is None:
         if resume:
@@ -62,6 +63,7 @@ def output_folder(out: str | Path | None, resume: bool, stage: str) -> Location:
     else:
         where = location(out)
     where.probe()
+    _FOLDER.update(out=where, stage=stage)
     return where
 
 
@@ -129,12 +131,9 @@ def _holds_run(out: Location, stage: str) -> bool:
         return False
     if stage != "retrain":
         return True
-    import ray.tune
+    from goldnas_ray.orchestration.retrain_driver import finished_trials, tune_saved
 
-    from goldnas_ray.orchestration.retrain_driver import EXPERIMENT_DIR, finished_trials
-
-    path, fs = (out / "ray" / EXPERIMENT_DIR).arrow()
-    return ray.tune.Tuner.can_restore(path, storage_filesystem=fs) or bool(finished_trials(out))
+    return tune_saved(out) or bool(finished_trials(out))
 
 
 def _remove(where: Location) -> None:
@@ -159,7 +158,8 @@ def run_main(body: Callable[[], object], verbose: bool = False) -> int:
     (:func:`fit_until_stopped`), the tracked runs KILLED, then this process's Ray (an embedded
     one shut down, a joined cluster left), then one line on stderr, how far the run got and
     the command that continues it, the last line printed; status 130 (143 for SIGTERM),
-    without a traceback."""
+    without a traceback. A stop before the run's work began (a wait for the cluster to place
+    its workers) prints "stopped", with the command that resumes it when its folder holds one."""
     configure_process(verbose)
     try:
         body()
@@ -168,21 +168,43 @@ def run_main(body: Callable[[], object], verbose: bool = False) -> int:
         return 2
     except RunStopped as exc:
         _shutdown_ray()
-        resume = f"; resume with: python {sys.argv[0]} --resume --out {location(exc.out).uri}" if exc.out else ""
-        print(f"stopped: {exc.progress}{resume}", file=sys.stderr)
+        print(f"stopped: {exc.progress}{_resume_with(exc.out) if exc.out else ''}", file=sys.stderr)
         return exc.code
-    except KeyboardInterrupt:  # before any work started: nothing to resume
+    except KeyboardInterrupt:  # before the run's work began (the wait for the cluster's placement)
         _shutdown_ray()
-        print("stopped", file=sys.stderr)
+        print(f"stopped{_resume_line()}", file=sys.stderr)
         return 130
     except SystemExit as exc:
         # ours (configure_process) exits 143; Ray's driver handler, once Ray is up, exits 15
         if exc.code in (128 + signal.SIGTERM, signal.SIGTERM):
             _shutdown_ray()
-            print("stopped", file=sys.stderr)
+            print(f"stopped{_resume_line()}", file=sys.stderr)
             raise SystemExit(128 + signal.SIGTERM) from None
         raise
     return 0
+
+
+# the run's folder and stage once output_folder has found them: a stop that comes before the
+# run's work began (a wait for the cluster to place it) still names the command that resumes it
+_FOLDER: dict[str, Any] = {}
+
+
+def _resume_line() -> str:
+    """"; resume with: ..." when the folder :func:`output_folder` gave this process holds a run
+    that ``--resume --out`` continues (a search's checkpoint, a pipeline's search, retrain.json
+    with Tune's experiment, sweep.json), else nothing: a new run is started by its own command."""
+    out, stage = _FOLDER.get("out"), _FOLDER.get("stage")
+    if out is None:
+        return ""
+    try:
+        held = _holds_run(out / "search", "search") if stage == "pipeline" else _holds_run(out, stage)
+    except (OSError, *USER_ERRORS):  # an unreachable store: the stop line without the hint
+        held = False
+    return _resume_with(out) if held else ""
+
+
+def _resume_with(out: "str | Path | Location") -> str:
+    return f"; resume with: python {sys.argv[0]} --resume --out {location(out).uri}"
 
 
 def _shutdown_ray() -> None:

@@ -109,3 +109,32 @@ def test_ray_trains_group_start_timeout_follows_the_placement_timeout_above_a_fl
     assert name not in ray_runtime_env(placement_timeout=None)["env_vars"]
     monkeypatch.setenv(name, "7")  # the user's own value wins
     assert ray_runtime_env(placement_timeout=900)["env_vars"][name] == "7"
+
+
+@pytest.mark.parametrize("stage, marker", [("search", "checkpoints/latest.pt"), ("sweep", "sweep.json"),
+                                           ("pipeline", "search/checkpoints/latest.pt")])
+def test_a_stop_before_the_runs_work_began_names_the_resume_command_when_its_folder_holds_a_run(
+        tmp_path, capsys, stage, marker):
+    """Ctrl-C (or SIGTERM) while a run waits for the cluster to place it: a folder holding a run
+    gets the resume line, a new run's folder the bare stop line."""
+    from goldnas_ray import cli
+
+    def waiting():
+        cli.output_folder(tmp_path / "run", True, stage)
+        raise KeyboardInterrupt
+
+    assert run_main(waiting) == 130
+    assert capsys.readouterr().err == "stopped\n"
+    (tmp_path / "run" / marker).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "run" / marker).write_bytes(b"state")
+    assert run_main(waiting) == 130
+    err = capsys.readouterr().err
+    assert err == f"stopped; resume with: python {sys.argv[0]} --resume --out {tmp_path / 'run'}\n"
+
+    def terminated():
+        cli.output_folder(tmp_path / "run", True, stage)
+        raise SystemExit(143)
+
+    with pytest.raises(SystemExit) as ended:
+        run_main(terminated)
+    assert ended.value.code == 143 and "--resume --out" in capsys.readouterr().err
