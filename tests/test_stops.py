@@ -2,7 +2,8 @@
 times at different moments with a second CPU load beside it, and a search on Ray Train, each
 ending through Tune's or Train's own graceful stop (cli.fit_until_stopped): exit 130 (143 after
 SIGTERM), the console's last line the one stop line, nothing of Ray's own processes on it, and
-`--resume` training no trial that had finished again.
+`--resume` training no trial that had finished again; and a retrain stopped before Tune's first
+experiment snapshot, which --resume starts anew.
 
 Each moment is caught as it happens: the driver is paused (SIGSTOP) the instant its console or
 its output folder shows the moment, the stop signal sent, and the driver let go (SIGCONT), so
@@ -20,7 +21,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.ray, pytest.mark.services]
+from goldnas_ray.cli import resumes
+from goldnas_ray.files.store import location
+from goldnas_ray.orchestration.retrain_driver import tune_saved
+
 NOISE = ("Traceback", "autoscaler failed", "Terminated with signal", "Tuner.restore", "Resume experiment",
          "Trials did not complete", "Gracefully aborting")
 
@@ -92,6 +96,22 @@ def _trial_logs(out: Path) -> dict[str, list[dict]]:
     return {p.stem: [json.loads(line) for line in p.read_text().splitlines()] for p in (out / ".trials").glob("*.jsonl")}
 
 
+def test_a_retrain_stopped_before_tunes_first_snapshot_is_started_anew(tmp_path):
+    """Tune writes tuner.pkl before its first experiment_state-*.json; a retrain stopped between
+    the two cannot be restored (Tuner.can_restore says it can), so --resume starts it anew."""
+    out = tmp_path / "r"
+    (out / "ray" / "retrain").mkdir(parents=True)
+    (out / "ray" / "retrain" / "tuner.pkl").write_bytes(b"saved first")
+    (out / "retrain.json").write_text("{}")
+    assert not tune_saved(location(out))
+    (out / "ray" / "retrain" / "experiment_state-2026-12-03_13-00-00.json").write_text("{}")
+    assert tune_saved(location(out))
+    (out / "ray" / "retrain" / "experiment_state-2026-12-03_13-00-00.json").unlink()
+    said = []
+    assert resumes(location(out), "retrain", said.append) is False  # a new run, not a restore that fails
+    assert said and not (out / "ray").exists() and not (out / "retrain.json").exists(), said
+
+
 @pytest.fixture(scope="module")
 def search_dir(tmp_path_factory):
     """A 1-epoch search on digits, in-process (no Ray): 2 recorded architectures."""
@@ -102,6 +122,8 @@ def search_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.ray
+@pytest.mark.services
 def test_a_retrain_stopped_five_times_under_load_ends_the_same_way_and_resumes_without_retraining(
         search_dir, busy, tmp_path):
     """3 trials x 2 epochs, 2 at once, stopped: as the first trial starts, in a first epoch, as a
@@ -141,6 +163,8 @@ def test_a_retrain_stopped_five_times_under_load_ends_the_same_way_and_resumes_w
         assert not [e for e in entries[done[0]:] if e.get("start_epoch") == 0], (key, entries)
 
 
+@pytest.mark.ray
+@pytest.mark.services
 def test_a_search_on_ray_train_stops_and_resumes(tmp_path):
     """A search on Ray Train, Ctrl-C after its first epoch: Train aborts its workers, exit 130,
     the one stop line, the records of the epochs done; --resume finishes it."""

@@ -19,6 +19,7 @@ back from their last checkpoints and the report is written, then logged to the p
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import shutil
@@ -81,8 +82,7 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
             trial = manifest.resources or trial
             if manifest.mlflow_tracking_uri:
                 check_uri(manifest.mlflow_tracking_uri)
-            path, fs = (out / "ray" / EXPERIMENT_DIR).arrow()
-            if not ray.tune.Tuner.can_restore(path, storage_filesystem=fs):
+            if not tune_saved(out):
                 raise OutputDirError(f"--resume: {out / 'ray' / EXPERIMENT_DIR} holds no Ray Tune experiment")
         else:
             manifest = _plan(out, search_dir, search_run, staging, config_file, overrides, random_k,
@@ -137,6 +137,14 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
         raise RetrainError(f"{len(failed)} of {len(specs)} trials did not finish: {', '.join(failed)}; "
                            f"continue with --resume --out {out}", INFRASTRUCTURE)
     return table
+
+
+def tune_saved(out: Location) -> bool:
+    """Whether Tune saved a retrain's experiment in <out>/ray/retrain that ``Tuner.restore``
+    continues: tuner.pkl and an experiment_state-*.json. Tune writes tuner.pkl first, so a
+    retrain stopped between the two leaves only it (``Tuner.can_restore`` looks no further)."""
+    names = (out / "ray" / EXPERIMENT_DIR).names()
+    return "tuner.pkl" in names and any(fnmatch.fnmatch(n, "experiment_state-*.json") for n in names)
 
 
 @contextlib.contextmanager
