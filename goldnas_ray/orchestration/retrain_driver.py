@@ -2,7 +2,8 @@
 
 The driver checks everything first (``retrain.plan``: search files, genotypes, config, data;
 here: MLflow, whether a trial could ever be placed, ``placement``), waits until the cluster places
-the first trial (an autoscaler adds nodes for it; ``--placement-timeout``), writes the genotypes
+the first trial (an autoscaler adds nodes for it; ``--placement-timeout``; not when every trial of
+a resumed retrain has finished), writes the genotypes
 and retrain.json, creates the MLflow parent and child runs, then hands the trials to Tune, which
 runs as many at once as the cluster can grow to hold (its node types at their max counts;
 unknown: every trial queues on its placement group). A failed trial is retried from its last checkpoint (``max_failures``);
@@ -90,9 +91,10 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
             manifest.resources = trial
         check_batches(manifest.num_train, trial.workers, manifest.config.retrain.batch_size, "retrain.batch_size")
         connect(address, log, runtime_env=runtime_env)
+        todo = not resume or not finished_trials(out) >= set(manifest.trials)  # all finished: no wait
         at_once = place_first(ask_of(trial, manifest.stream is not None), "a trial",
                               embedded=not (address or os.environ.get("RAY_ADDRESS")),
-                              timeout=placement_timeout, log=log)
+                              timeout=placement_timeout if todo else None, log=log)
         if not resume:
             _start(out, manifest, staging, experiment)
     tracker = RetrainTracker(manifest.mlflow_tracking_uri, out) if manifest.mlflow_run_id else None
