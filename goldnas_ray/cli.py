@@ -283,7 +283,10 @@ def _on_stop_signal(signum: int, frame: Any) -> None:
     """SIGINT or SIGTERM: while a fit runs, the first one asks it to stop and returns (the fit
     ends through Tune's or Train's own stop); otherwise, or a second time, or SIGTERM during a
     Ray Train fit (:func:`fit_until_stopped`), it raises KeyboardInterrupt (SIGINT) or
-    SystemExit(143) (SIGTERM) at once."""
+    SystemExit(143) (SIGTERM) at once. During a Ray Train fit SIGINT does not come here: the
+    fit installs its own handler, whose first SIGINT aborts the run, the second does nothing
+    and the third ends the fit at once (``sys.exit``; :func:`fit_until_stopped` still raises
+    KeyboardInterrupt)."""
     ask = _STOP.get("ask")
     if ask is not None and _STOP.get("code") is None:
         _STOP["code"] = 128 + signum
@@ -310,8 +313,9 @@ def fit_until_stopped(call: Callable[[], Any]) -> Any:
     SIGTERM end it through its own graceful stop: Tune, asked through SIGUSR1, saves its
     experiment state one last time (the trials that finished recorded as finished, the others
     with their last checkpoints) and returns; Ray Train, asked through the SIGINT handler its
-    fit installs, aborts its workers (the checkpoints stay). SIGTERM ends a Ray Train fit at
-    once, as a second signal ends any: Train's abort, which saves nothing, takes longer under
+    fit installs, aborts its workers (the checkpoints stay; a second Ctrl-C is Train's too and
+    does nothing, a third ends the fit at once). SIGTERM ends a Ray Train fit at once, as a
+    second signal ends a Tune fit: Train's abort, which saves nothing, takes longer under
     load than ``ray job stop`` waits before its SIGKILL, and the tracked runs would stay RUNNING.
     When a stop was asked, it is raised once ``call`` has returned (KeyboardInterrupt, or
     SystemExit(143) after SIGTERM), whatever ``call`` returned or raised in between.
