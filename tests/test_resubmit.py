@@ -302,3 +302,25 @@ def test_the_pipeline_job_command_starts_on_an_empty_place_and_a_resubmission_fi
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "starting a new one" not in again.stdout and "already finished" in again.stdout
     assert (out / "retrain" / "frontier.csv").read_bytes() == report
+
+
+def test_the_rayjob_entrypoint_fits_a_worker_pod_and_bounds_each_tries_wait():
+    """On KubeRay the driver is never told the worker group's size, so nothing too large is
+    refused at once: the shipped entrypoint's workers and trials fit a pod of its worker group,
+    and its --placement-timeout, below the default, bounds the wait of every retry."""
+    import shlex
+
+    import yaml
+
+    from goldnas_ray.orchestration.placement import PLACEMENT_TIMEOUT
+
+    job = yaml.safe_load((ROOT / "cluster" / "kuberay" / "rayjob.yaml").read_text())["spec"]
+    words = shlex.split(job["entrypoint"])
+    assert words[:2] == ["python", "pipelines/pipeline.py"]
+    args = load_pipeline("pipeline").parse_args(words[2:])
+    assert args.resume and 0 < args.placement_timeout < PLACEMENT_TIMEOUT
+    (group,) = job["rayClusterSpec"]["workerGroupSpecs"]
+    pod = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    cpus, gpus = float(pod["cpu"]), float(pod["nvidia.com/gpu"])
+    assert args.cpus_per_worker + 1 <= cpus and args.gpus_per_worker <= gpus  # + a streamed run's decode CPU
+    assert args.cpus_per_trial <= cpus and args.gpus_per_trial <= gpus
