@@ -110,8 +110,12 @@ def resumes(out: Location, stage: str, log: Callable[[str], None] = print, start
                              f"holds what no {stage} leaves there: {', '.join(foreign)}; give the folder of the "
                              f"{stage} to continue, or a new or empty one")
     if stage == "search" and records_path(out) is not None and read_records(out).get("finished"):
+        # a copy made without checkpoints/, or a one-epoch search killed between its records and
+        # its first checkpoint (a later epoch finds the earlier epoch's checkpoint)
         raise OutputDirError(f"--resume: {out} holds a finished search's records.json without its "
-                             f"{MARKERS[stage]}: nothing to continue, and its records are not overwritten")
+                             f"{MARKERS[stage]}: nothing to continue, and its records are not overwritten; "
+                             f"use them as they are (retrain.py --search-dir), or remove records.json to run "
+                             f"the search again there")
     if needs:
         raise OutputDirError(f"--resume: no {stage} in {out} yet, and starting one needs {needs}")
     left = [n for n in names if n not in store]
