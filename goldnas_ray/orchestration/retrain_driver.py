@@ -40,7 +40,8 @@ from goldnas_ray.data.batches import check_batches
 from goldnas_ray.orchestration.cluster import connect, interruptible
 from goldnas_ray.orchestration.placement import (PLACEMENT_TIMEOUT, ask_of, at_once_line, place_first,
                                                  trial_resources)
-from goldnas_ray.orchestration.retrain_trial import TRIALS_LOG, RetrainCallback, last_state, retrain_trial
+from goldnas_ray.orchestration.retrain_trial import (EXPERIMENT_DIR, TRIALS_LOG, RetrainCallback, last_state,
+                                                     retrain_trial)
 from goldnas_ray.retrain import report, stats
 from goldnas_ray.retrain.recipe import Retrainer
 from goldnas_ray.run.ending import RunStopped, ends_tracked_run
@@ -51,7 +52,6 @@ from goldnas_ray.sweep.retrain import describe_points, load_sweep, point_hypervo
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
 from goldnas_ray.tracking.retrain import RetrainTracker, fetch_search_run
 
-EXPERIMENT_DIR = "retrain"
 COMPARISON = "comparison.json"  # searched against random (retrain/stats.py)
 
 

@@ -18,7 +18,10 @@ for one worker, else the Ray Train run's, which the retried trial's new run find
 The Ray Train run does not restart its worker group itself.
 
 For people debugging a run, rank 0 appends who ran a trial (every rank's pid and node) and from
-which epoch to ``<out>/.trials/<key>.jsonl``, and a line when the trial finishes.
+which epoch to ``<out>/.trials/<key>.jsonl``, and a line when the trial finishes. A trial that
+log says finished, run again by a resumed Tune (a stop between Tune taking its last result and
+registering its checkpoint), reports its newest stored checkpoint and trains nothing: ``--resume``
+repeats no finished trial.
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ from goldnas_ray.tracking.retrain import RetrainTracker
 
 STATE_FILE = "trial.pt"
 TRIALS_LOG = ".trials"
+EXPERIMENT_DIR = "retrain"  # <out>/ray/retrain: Tune's experiment, <key>/ a trial's folder (its checkpoints)
 TRAIN_RUNS = "trials"  # <out>/ray/trials/<key>: the Ray Train run of a multi-worker trial
 # A Ray Train run inside a Tune trial (a multi-worker retrain trial, a sweep's search) does not
 # restart its worker group: Tune retries the whole trial, max_failures times, from its
@@ -60,14 +64,43 @@ RETRIES_INSIDE_A_TRIAL = 0
 
 
 def retrain_trial(config: dict[str, Any], specs: dict[str, TrialSpec]) -> None:
-    """One Tune trial: train ``specs[config['key']]`` itself, or drive its Ray Train run."""
+    """One Tune trial: train ``specs[config['key']]`` itself, or drive its Ray Train run; or,
+    when it has finished already, report its last checkpoint (:func:`report_finished`)."""
     spec = specs[config["key"]]
+    if report_finished(spec):
+        return
     if spec.workers == 1:
         run_trial(spec, TuneSide(spec))
     else:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         _train_run(spec, [TuneReportCallback()]).fit()  # the run's reports become the trial's
+
+
+def report_finished(spec: TrialSpec) -> bool:
+    """Whether the trial had finished: its .trials log says so (rank 0 writes that line once its
+    last epoch's checkpoint is stored), yet Tune runs it again, as when a stop came between Tune
+    taking the last result and registering its checkpoint. Then the newest checkpoint in storage
+    (its last epoch) is reported as the trial's result, and nothing is trained again."""
+    trial_log = location(spec.out) / TRIALS_LOG / f"{spec.key}.jsonl"
+    epochs = RetrainConfig.from_dict(spec.recipe).epochs
+    if not trial_log.is_file() or not any(json.loads(line).get("finished_epoch") == epochs
+                                          for line in trial_log.read_text().splitlines() if line.strip()):
+        return False
+    runs = location(spec.out) / "ray" / (TRAIN_RUNS if spec.workers > 1 else EXPERIMENT_DIR) / spec.key
+    saved = [n for n in runs.subfolders() if n.startswith("checkpoint_")]  # names sort in save order
+    if not saved:
+        return False
+    newest = runs / max(saved)
+    state = load_checkpoint(newest / STATE_FILE)
+    if state["epoch"] < epochs:
+        return False
+    row = state["history"][-1] | {"arch_id": spec.arch_id, "seed": spec.seed}
+    if spec.workers == 1:
+        TuneSide(spec).report(row, state)
+    else:  # as TuneReportCallback passes a Ray Train run's report on
+        ray.tune.report(row | {"checkpoint_path": newest.arrow()[0]})
+    return True
 
 
 # ---- where a trial's epochs run: a Tune trial, or each worker of a Ray Train run -------------
