@@ -316,7 +316,8 @@ def wait_until_placed(ask: Ask, what: str, timeout: float | None, log: Callable[
     autoscaler sees as demand, and return once placed, the group removed. Not placed within
     :data:`FIRST_S`: a line says what it waits for and what the cluster has, again every
     :data:`PROGRESS_S`; past ``timeout`` seconds a ClusterError names what never came.
-    ``timeout`` None: no wait here (a search inside a sweep's trial: the sweep waited)."""
+    ``timeout`` None: no wait here (a search inside a sweep's trial: the sweep waited; a sweep or
+    resumed retrain with nothing left to run)."""
     if timeout is None:
         return
     import ray
