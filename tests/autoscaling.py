@@ -120,7 +120,21 @@ def join_node(cluster, name: str) -> None:
     subprocess.run([str(BIN / "ray"), "start", "--address", cluster["address"], "--node-ip-address", cluster["ip"],
                     "--num-cpus", "1", "--object-store-memory", str(150 * 2**20), "--temp-dir", str(temp),
                     "--disable-usage-stats", *map(str, ports)],
-                   check=True, capture_output=True, env=cluster["env"], timeout=180)
+                   check=True, capture_output=True, env=dict(cluster["env"], GOLDNAS_JOINED_NODE=name), timeout=180)
+
+
+def leave_node(cluster, name: str) -> list[int]:
+    """SIGKILL the node :func:`join_node` started as ``name`` (its processes and every process
+    under them): the autoscaler never removes a node it did not launch, so a test that joins one
+    removes it, or the cluster would never scale back to no worker."""
+    own = _node_processes(f"GOLDNAS_JOINED_NODE={name}", cluster["mark"])
+    victims = {*own, *(d for pid in own for d in ray_nodes.descendants(pid))}
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return sorted(victims)
 
 
 def worker_nodes(cluster) -> dict[str, bool]:

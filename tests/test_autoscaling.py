@@ -16,7 +16,7 @@ import time
 
 import pandas as pd
 import pytest
-from autoscaling import (alive_workers, autoscaling_cluster, join_node, job_logs, job_state, kill_node,  # noqa: F401
+from autoscaling import (alive_workers, autoscaling_cluster, join_node, leave_node, job_logs, job_state, kill_node,  # noqa: F401
                          submit, wait_for, worker_nodes)
 
 import ray_nodes
@@ -160,7 +160,10 @@ def test_a_node_lost_mid_search_is_survived(autoscaling_cluster, searched, tmp_p
     # a node comes in its place (by hand: this provider does not replace a killed node itself)
     assert job_state(cluster, job) == "running"
     join_node(cluster, "replacement")
-    assert wait_for(lambda: job_state(cluster, job) in ("succeeded", "failed"), timeout=900)
+    try:
+        assert wait_for(lambda: job_state(cluster, job) in ("succeeded", "failed"), timeout=900)
+    finally:  # a node the autoscaler did not launch is never scaled down: the later tests need none
+        assert leave_node(cluster, "replacement")
     assert job_state(cluster, job) == "succeeded", job_logs(cluster, job)[-4000:]
     _complete(out)
     assert json.loads(rank1.read_text())["node_id"] != node  # the group was restarted elsewhere

@@ -26,7 +26,9 @@ SEARCH = [sys.executable, str(ROOT / "pipelines" / "search.py"), "--local", "--s
 
 
 def run(cmd, env=None, timeout=600):
-    env = {k: v for k, v in (env or os.environ).items() if k != "RAY_ADDRESS"}
+    # the session's tracking server, which an earlier test may have put in the environment,
+    # would take these runs away from the sqlite store inside --out that the tests read
+    env = {k: v for k, v in (env or os.environ).items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
