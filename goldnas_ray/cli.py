@@ -330,8 +330,8 @@ def fit_until_stopped(call: Callable[[], Any]) -> Any:
     most the trials that ended meanwhile are recorded unfinished, and continue from their last
     checkpoint), and its MLflow runs stay RUNNING until ``--resume``. Tune takes a trial's result
     and its checkpoint in two steps: a trial whose last epoch ends in the instant of the stop,
-    between the two, is saved with the checkpoint before, and ``--resume`` trains that epoch
-    once more."""
+    between the two, is saved with the checkpoint before; on ``--resume`` it reports its
+    stored last checkpoint and trains nothing (``retrain_trial.report_finished``)."""
     ask, done = threading.Event(), threading.Event()
     sigint = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGTERM, _on_stop_signal)  # ray.init put its own in its stead
