@@ -91,6 +91,16 @@ def raylet_of(node_id: str, mark: str) -> int | None:
     return None
 
 
+def _kill(pids: set[int]) -> list[int]:
+    """SIGKILL every pid of ``pids`` still there; returns them sorted."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return sorted(pids)
+
+
 def kill_node(node_id: str, mark: str) -> list[int]:
     """SIGKILL fake node ``node_id`` as a lost machine goes: its raylet and every process under
     it (its workers and agents) at once, and the node's other processes (started with its id).
@@ -99,12 +109,7 @@ def kill_node(node_id: str, mark: str) -> list[int]:
     assert raylet, f"no raylet for node {node_id}"
     victims = {raylet, *_node_processes(f"RAY_OVERRIDE_NODE_ID_FOR_TESTING={node_id}", mark),
                *ray_nodes.descendants(raylet)}
-    for pid in victims:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return sorted(victims)
+    return _kill(victims)
 
 
 def join_node(cluster, name: str) -> None:
@@ -129,12 +134,7 @@ def leave_node(cluster, name: str) -> list[int]:
     removes it, or the cluster would never scale back to no worker."""
     own = _node_processes(f"GOLDNAS_JOINED_NODE={name}", cluster["mark"])
     victims = {*own, *(d for pid in own for d in ray_nodes.descendants(pid))}
-    for pid in victims:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return sorted(victims)
+    return _kill(victims)
 
 
 def worker_nodes(cluster) -> dict[str, bool]:

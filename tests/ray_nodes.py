@@ -43,15 +43,7 @@ def marked(value: str) -> list[int]:
                     roots.add(pid)
         except (OSError, IndexError, ValueError):  # gone, or not ours to read
             continue
-    found = set(roots)
-    grew = True
-    while grew:
-        grew = False
-        for pid, parent in parents.items():
-            if parent in found and pid not in found:
-                found.add(pid)
-                grew = True
-    return sorted(found - mine)
+    return sorted(_with_descendants(roots, parents) - mine)
 
 
 def descendants(pid: int) -> list[int]:
@@ -64,14 +56,19 @@ def descendants(pid: int) -> list[int]:
                     parents[int(entry)] = int(f.read().rsplit(") ", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-    found, grew = {pid}, True
+    return sorted(_with_descendants({pid}, parents) - {pid})
+
+
+def _with_descendants(roots: set[int], parents: dict[int, int]) -> set[int]:
+    """``roots`` and every process under them, from a pid -> parent pid table."""
+    found, grew = set(roots), True
     while grew:
         grew = False
         for child, parent in parents.items():
             if parent in found and child not in found:
                 found.add(child)
                 grew = True
-    return sorted(found - {pid})
+    return found
 
 
 def stop(value: str, timeout: float = 10.0, rounds: int = 3) -> int:
