@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import tempfile
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
@@ -67,7 +68,7 @@ def pipeline(script: str):
 def drive(script: str, *argv: str, cluster: dict | None = None, env: dict[str, str] | None = None,
           cwd: str | Path | None = None) -> Driven:
     """``python pipelines/<script> argv...`` in this process: its exit status (SystemExit's code
-    when main raises it) and what it printed on stdout and stderr (fd 1 and 2, so Ray's
+    when main raises it; 1 and the traceback on stderr for any other exception) and what it printed on stdout and stderr (fd 1 and 2, so Ray's
     forwarded worker lines and anything below Python land there too). ``cluster``: join the
     session's cluster (its env, RAY_ADDRESS); ``env``: more variables while it runs; ``cwd``:
     the folder it runs in (default: the repository's root, as the subprocesses ran)."""
@@ -78,6 +79,9 @@ def drive(script: str, *argv: str, cluster: dict | None = None, env: dict[str, s
             code = main(list(argv))
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except Exception:  # noqa: BLE001 - a bug: the interpreter prints its traceback, status 1
+            traceback.print_exc()
+            code = 1
         finally:
             _disconnect()
     return Driven(code, *console)

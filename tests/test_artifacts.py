@@ -3,18 +3,16 @@ never into the folder a run starts in; an experiment whose location may vanish i
 line. And a retrain whose report fails after its trials ends every run it started."""
 import json
 import sqlite3
-import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from conftest import tiny_config
+from drivers import drive
 
 from goldnas_ray.run.loop import run_local
 from goldnas_ray.tracking.common import TrackingError, artifact_root, experiment_id, resolve_uri
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _client(uri):
@@ -34,9 +32,7 @@ def _artifact_files(client, run_id, path=None):
 def test_a_search_started_elsewhere_keeps_its_artifacts_inside_out(tmp_path):
     start, out = tmp_path / "start", tmp_path / "out"
     start.mkdir()
-    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "search.py"), "--local", "--smoke-test",
-                           "--max-epochs", "1", "--out", str(out)],
-                          cwd=start, capture_output=True, text=True, timeout=600)
+    proc = drive("search.py", "--local", "--smoke-test", "--max-epochs", "1", "--out", str(out), cwd=start)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert list(start.iterdir()) == []  # no mlruns/, nothing at all
     records = json.loads((out / "records.json").read_text())
@@ -98,16 +94,22 @@ def test_a_retrain_whose_report_fails_after_the_trials_ends_every_run_failed(ray
     search, out = tmp_path / "search", tmp_path / "retrain"
     run_local(tiny_config(max_epochs=1, lambda0=1.0, xi_max=0.5, t0=0, record_gap=0.02, record_min_gap=0.0),
               search, log=lambda _: None)
-    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
-    run = subprocess.Popen([sys.executable, "pipelines/retrain.py", "--search-dir", str(search), "--epochs", "1",
-                            "--set", "retrain.batch_size=128", "--set", "retrain.latency_repeats=0",
-                            "--out", str(out)],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-    while run.poll() is None and not (out / "retrain.json").is_file():
-        time.sleep(0.05)
-    assert (out / "retrain.json").is_file(), run.communicate()[0][-3000:]
-    (out / "trials.parquet").mkdir()  # the trials run for seconds more: the report is not written yet
-    console, _ = run.communicate(timeout=600)
+
+    def fault():  # once the trials are planned; they run for seconds more: the report is not written yet
+        while not (out / "retrain.json").is_file() and not done.is_set():
+            time.sleep(0.05)
+        if not done.is_set():
+            (out / "trials.parquet").mkdir()
+
+    done = threading.Event()
+    watcher = threading.Thread(target=fault, daemon=True)
+    watcher.start()
+    run = drive("retrain.py", "--search-dir", str(search), "--epochs", "1", "--set", "retrain.batch_size=128",
+                "--set", "retrain.latency_repeats=0", "--out", str(out), cluster=ray_cluster)
+    done.set()
+    watcher.join()
+    console = run.console
+    assert (out / "trials.parquet").is_dir(), console[-3000:]
     assert run.returncode != 0 and "IsADirectoryError" in console, console[-3000:]
     assert "trials.parquet" in console and not (out / "frontier.csv").exists()
     manifest = json.loads((out / "retrain.json").read_text())
@@ -119,8 +121,7 @@ def test_a_retrain_whose_report_fails_after_the_trials_ends_every_run_failed(ray
     assert [client.get_run(c).info.status for c in children] == ["FAILED"] * len(children)
 
     (out / "trials.parquet").rmdir()
-    proc = subprocess.run([sys.executable, "pipelines/retrain.py", "--resume", "--out", str(out)],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    proc = drive("retrain.py", "--resume", "--out", str(out), cluster=ray_cluster)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (out / "frontier.csv").is_file()
     assert client.get_run(manifest["mlflow_run_id"]).info.status == "FINISHED"

@@ -1,13 +1,10 @@
 """pipelines/compare.py: the fronts of several retrains (and a search's records) on one chart."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
+from drivers import drive
 
 from goldnas_ray.retrain import report
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _retrain(folder: Path, shift: float, latency: list[float] | None = None) -> pd.DataFrame:
@@ -29,12 +26,10 @@ def test_two_retrains_and_a_search_on_one_chart(tmp_path):
     _retrain(a, 0.0)
     _retrain(b, 0.05)
     search = tmp_path / "s"
-    done = subprocess.run([sys.executable, str(ROOT / "pipelines" / "search.py"), "--local", "--smoke-test",
-                           "--no-mlflow", "--out", str(search)], capture_output=True, text=True, timeout=300)
+    done = drive("search.py", "--local", "--smoke-test", "--max-epochs", "1", "--no-mlflow", "--out", str(search))
     assert done.returncode == 0, done.stderr[-2000:]
     chart, csv = tmp_path / "cmp.png", tmp_path / "cmp.csv"
-    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), str(a), str(b), str(search),
-                           "--out", str(chart), "--csv", str(csv)], capture_output=True, text=True, timeout=120)
+    proc = drive("compare.py", str(a), str(b), str(search), "--out", str(chart), "--csv", str(csv))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = pd.read_csv(csv)
@@ -48,8 +43,7 @@ def test_two_retrains_and_a_search_on_one_chart(tmp_path):
 
 
 def test_a_folder_that_is_no_run_is_refused(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = drive("compare.py", str(tmp_path), "--out", str(tmp_path / "c.png"))
     assert proc.returncode == 2 and "neither a retrain's frontier.parquet nor a search's records.json" in proc.stderr
 
 
@@ -63,13 +57,11 @@ def test_fronts_against_measured_latency(tmp_path):
     assert list(by_id["on_front_latency"]) == [True, True, True]  # random-000 is the fastest
     assert (a / "frontier_latency.png").read_bytes()[:4] == b"\x89PNG"
     chart, csv = tmp_path / "lat.png", tmp_path / "lat.csv"
-    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), str(a), "--x", "latency",
-                           "--out", str(chart), "--csv", str(csv)], capture_output=True, text=True, timeout=120)
+    proc = drive("compare.py", str(a), "--x", "latency", "--out", str(chart), "--csv", str(csv))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert chart.read_bytes()[:4] == b"\x89PNG" and list(pd.read_csv(csv)["latency_ms"]) == [5.0, 3.0, 6.0]
     b = tmp_path / "b"
     _retrain(b, 0.0)  # made without latencies: refused on a latency chart, naming why
-    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"), str(a), str(b), "--x", "latency",
-                           "--out", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=120)
+    proc = drive("compare.py", str(a), str(b), "--x", "latency", "--out", str(tmp_path / "x.png"))
     assert proc.returncode == 2 and "b has no latency_ms: its retrain measured no latency" in proc.stderr
     assert not (tmp_path / "x.png").exists()
