@@ -21,6 +21,7 @@ fixture); it yields a dict like conftest's ``ray_cluster`` (address, dashboard, 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -151,6 +152,42 @@ def worker_nodes(cluster) -> dict[str, bool]:
 
 def alive_workers(cluster) -> list[str]:
     return sorted(node for node, alive in worker_nodes(cluster).items() if alive)
+
+
+def nothing_held(cluster) -> bool:
+    """No placement group of any job left alive and every CPU of the cluster free: what a
+    finished job leaves (its driver, actors and groups gone), so that idle nodes can go."""
+    code = ("import json, ray; ray.init(address='auto', logging_level='ERROR'); "
+            "held = [g['name'] or i for i, g in ray.util.placement_group_table().items() if g['state'] != 'REMOVED']; "
+            "print('HELD', json.dumps([held, ray.available_resources().get('CPU', 0), "
+            "ray.cluster_resources().get('CPU', 0)]))")
+    proc = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(cluster["env"], RAY_ADDRESS=cluster["address"]))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    held, free, total = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("HELD "))[5:])
+    return held == [] and free == total
+
+
+@contextlib.contextmanager
+def holding(cluster, nodes: int):
+    """A driver of its own holding 1 CPU on each of ``nodes`` worker nodes (a placement group,
+    STRICT_SPREAD; the autoscaler adds the nodes when they are not there) from when they are
+    placed until the block ends: the worker nodes full and the node count at its maximum, as
+    another job's work would leave them."""
+    code = ("import sys, ray; from ray.util.placement_group import placement_group; "
+            "ray.init(address='auto', logging_level='ERROR'); "
+            f"group = placement_group([{{'CPU': 1}}] * {nodes}, strategy='STRICT_SPREAD'); "
+            "ray.get(group.ready(), timeout=600); print('HELD', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([str(BIN / "python"), "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(cluster["env"], RAY_ADDRESS=cluster["address"]))
+    try:
+        if proc.stdout.readline().strip() != "HELD":  # nothing: it ended first
+            proc.stdin.close()
+            raise AssertionError(f"the holder ended first: {proc.stderr.read()[-3000:]}")
+        yield
+    finally:
+        proc.stdin.close()  # its driver ends, the group with it
+        proc.wait(timeout=120)
 
 
 @pytest.fixture(scope="module")

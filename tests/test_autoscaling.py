@@ -4,11 +4,12 @@ shape of cluster/aws-gpu.yaml. Jobs are submitted with `ray job submit` (conftes
 
 One cluster serves the module, in order: a search asks for nodes and gets them (its records
 then serve the retrain, and as the uninterrupted run the killed driver's run must equal), a
-retrain runs trials side by side on the nodes, a sweep of 2 searches, a driver killed mid-search
+wait past --placement-timeout while another driver holds the nodes, a retrain runs trials side
+by side on the nodes, a sweep of 2 searches, a driver killed mid-search
 and resubmitted with --resume, a node killed mid-search (Ray Train restarts the group from the
 last checkpoint once a node takes its place: one joined by hand, since this provider never
-replaces a killed node), a worker no node type holds, and a wait past --placement-timeout.
-About 6 minutes on 2 cores, most of it Ray starting processes."""
+replaces a killed node), and a worker no node type holds. Most of its time is Ray starting
+processes."""
 import json
 import os
 import signal
@@ -16,8 +17,8 @@ import time
 
 import pandas as pd
 import pytest
-from autoscaling import (alive_workers, autoscaling_cluster, join_node, leave_node, job_logs, job_state, kill_node,  # noqa: F401
-                         submit, wait_for, worker_nodes)
+from autoscaling import (alive_workers, autoscaling_cluster, holding, join_node, leave_node, job_logs,  # noqa: F401
+                         job_state, kill_node, nothing_held, submit, wait_for, worker_nodes)
 
 import ray_nodes
 
@@ -80,6 +81,23 @@ def test_a_search_job_asks_for_nodes_and_records(autoscaling_cluster, searched):
     ranks = [json.loads((out / ".workers" / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["node_id"] != ranks[1]["node_id"]  # one worker per 1-CPU node
     assert all(r["node_id"] in worker_nodes(autoscaling_cluster) for r in ranks)  # nodes it was given
+
+
+def test_a_wait_past_the_placement_timeout_names_what_never_came(autoscaling_cluster, searched, tmp_path):
+    """Once the search job has ended, nothing of it holds the cluster (so idle nodes can go);
+    then, with every worker node the cluster may have held by another driver, a search's 2
+    workers cannot be placed and it gives up at --placement-timeout, naming them."""
+    cluster = autoscaling_cluster
+    assert wait_for(lambda: nothing_held(cluster), timeout=180), "a finished job's groups or CPUs still held"
+    out = tmp_path / "late"
+    with holding(cluster, nodes=2):  # max_workers: no node can be added for the search
+        proc = submit(cluster, "search.py", *SEARCH, "--placement-timeout", "1", "--out", str(out), timeout=300)
+    assert proc.returncode != 0
+    assert "gave up after 1s (--placement-timeout) waiting for" in proc.stdout, proc.stdout[-3000:]
+    line = proc.stdout.split("gave up after")[1].splitlines()[0]
+    assert "2 worker(s) x (1 CPU, 0 GPU) never placed" in line, line
+    assert "failed with exit code 2" in proc.stdout
+    assert not (out / "records.json").exists()
 
 
 def test_a_retrain_runs_trials_side_by_side_on_the_added_nodes(autoscaling_cluster, searched, tmp_path):
@@ -185,17 +203,3 @@ def test_a_worker_no_node_type_holds_is_refused_at_once(autoscaling_cluster, tmp
     assert "placement: waiting" not in proc.stdout
     assert not (out / "records.json").exists()
     print(f"refused after {waited:.0f}s")
-
-
-def test_a_wait_past_the_placement_timeout_names_what_never_came(autoscaling_cluster, tmp_path):
-    cluster = autoscaling_cluster
-    # nothing held once the work is done: the idle nodes go, so that nothing can be placed at once
-    assert wait_for(lambda: alive_workers(cluster) == [], timeout=180), "idle nodes were not removed"
-    out = tmp_path / "late"
-    proc = submit(cluster, "search.py", *SEARCH, "--placement-timeout", "1", "--out", str(out), timeout=300)
-    assert proc.returncode != 0
-    assert "gave up after 1s (--placement-timeout) waiting for" in proc.stdout, proc.stdout[-3000:]
-    line = proc.stdout.split("gave up after")[1].splitlines()[0]
-    assert "2 worker(s) x (1 CPU, 0 GPU) never placed" in line, line
-    assert "failed with exit code 2" in proc.stdout
-    assert not (out / "records.json").exists()
