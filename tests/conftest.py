@@ -2,6 +2,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,18 @@ BIN = Path(sys.executable).parent
 SESSION = f"gr{uuid.uuid4().hex[:8]}"
 os.environ[ray_nodes.MARKER] = SESSION
 os.environ["RAY_TMPDIR"] = f"/tmp/{SESSION}"
+
+
+def pytest_configure(config):
+    """SIGTERM (a CI runner's timeout, `kill`) ends the session as Ctrl-C does: pytest stops
+    the test it is in and runs every fixture's teardown, so the session's Ray cluster, MLflow
+    server and S3 endpoint are stopped; without this, SIGTERM ends pytest at once and leaves
+    them running (tests/test_teardown.py)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -167,7 +180,6 @@ def start_moto(root: Path, bucket: str):
     """A moto_server on a free port of 127.0.0.1 with ``bucket`` made, its request log in
     ``root/moto.log``, S3_CREDENTIALS in this process's environment while it runs; yields
     (its process, its endpoint). Stopped at the end even when a test left it paused (SIGSTOP)."""
-    import signal
 
     port = free_port()
     proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
@@ -223,7 +235,6 @@ def kill_rank_after_report(out, epoch: int, run: subprocess.Popen, rank: int = 1
     ``epoch`` has returned (its .workers/reports.jsonl): Ray Train then holds the checkpoint of
     ``epoch - 1`` at least, so the restarted group goes on from there. Returns the killed pid,
     None when the run ended first."""
-    import signal
 
     workers = out / ".workers"
     deadline = time.time() + timeout
@@ -276,3 +287,4 @@ def submit(cluster, script, *args, timeout=900, job_id=None):
            "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "runs", "data"]}),
            "--", sys.executable, f"pipelines/{script}", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=cluster["env"])
+

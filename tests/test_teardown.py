@@ -1,0 +1,69 @@
+"""A test session stopped by SIGTERM (a CI runner's timeout, `kill`) leaves none of the processes
+it started: a small pytest session with this suite's fixtures (conftest.py, loaded as a plugin)
+starts a Ray head with the README's 'cluster-start' block (as the session's cluster starts),
+an MLflow server and an S3 endpoint, is sent SIGTERM once they are up, and afterwards no process
+carries its mark (tests/ray_nodes.py). Ctrl-C ends a session the same way (pytest's own
+KeyboardInterrupt): conftest.py turns SIGTERM into it."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import ray_nodes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HOLDER = '''
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def test_holds_the_services(readme_shell, mlflow_server, s3):
+    # the token a default run leaves in ~/.ray, which the README's head requires
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "get-auth-token", "--generate"],
+                   env=readme_shell.env, check=True, capture_output=True)
+    started = readme_shell.run("cluster-start", timeout=300)
+    assert started.returncode == 0, started.stderr[-3000:]
+    Path(os.environ["GOLDNAS_PROBE"]).write_text(os.environ["GOLDNAS_TEST_SESSION"])
+    time.sleep(900)
+'''
+
+
+@pytest.mark.services
+def test_sigterm_to_a_session_leaves_none_of_its_processes(tmp_path):
+    (tmp_path / "test_holder.py").write_text(HOLDER)
+    probe = tmp_path / "session"
+    env = dict(os.environ, GOLDNAS_PROBE=str(probe), PYTHONPATH=str(ROOT / "tests"))
+    session = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-c", str(ROOT / "pytest.ini"),
+         "-p", "no:cacheprovider", str(tmp_path / "test_holder.py")],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    mark = None
+    try:
+        deadline = time.time() + 600
+        while not probe.is_file() and session.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert probe.is_file(), session.communicate(timeout=60)[0][-3000:]
+        mark = probe.read_text()
+        started = ray_nodes.marked(mark) + ray_nodes.marked(f"{mark}-cluster")
+        assert len(started) >= 3, ray_nodes.describe(started)  # Ray's, MLflow's and moto's processes
+        session.send_signal(signal.SIGTERM)
+        console = session.communicate(timeout=300)[0]
+        left = ray_nodes.marked(mark) + ray_nodes.marked(f"{mark}-cluster")
+        assert left == [], ray_nodes.describe(left) + [console[-3000:]]
+        assert session.returncode == 2 and "KeyboardInterrupt" in console, console[-3000:]  # pytest's "interrupted"
+        assert not Path(f"/tmp/{mark}").exists()  # the session's RAY_TMPDIR
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait()
+        if mark:  # what a broken teardown left: stopped here, by its mark
+            ray_nodes.stop(mark, timeout=5)
+            ray_nodes.stop(f"{mark}-cluster", timeout=5)
