@@ -273,7 +273,7 @@ def project(rows: list[dict], full_flops: float, batch: int, epochs: int) -> dic
             "mean_epoch_s": per_epoch, "epochs_in_one_hour": int(3600 // per_epoch)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda (the check) or cpu (with --smoke: a rehearsal)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: the whole script in about two minutes")
@@ -286,7 +286,7 @@ def main() -> None:
                    help="parts to run, comma-separated")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument("--keep", type=Path, help="keep the parts' logs and outputs in this folder")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a.device.startswith("cuda"):
         import torch
         if not torch.cuda.is_available():

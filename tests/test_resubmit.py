@@ -14,6 +14,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from drivers import drive
 
 from goldnas_ray import cli
 from goldnas_ray.core.config import Config, ConfigError
@@ -23,6 +24,7 @@ from goldnas_ray.sweep.plan import Sweep, plan_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = [sys.executable, str(ROOT / "pipelines" / "search.py"), "--local", "--smoke-test", "--resume"]
+LOCAL = ("--local", "--smoke-test", "--resume")  # SEARCH's arguments
 
 
 def run(cmd, env=None, timeout=600):
@@ -30,6 +32,15 @@ def run(cmd, env=None, timeout=600):
     # would take these runs away from the sqlite store inside --out that the tests read
     env = {k: v for k, v in (env or os.environ).items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def job(script, *argv, cluster=None):
+    """What ``run`` does, with ``python pipelines/<script> argv`` run in the test process
+    (drivers.drive; ``cluster``: joined to the session's): the same command is every try."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+            env.delenv(name, raising=False)
+        return drive(script, *argv, cluster=cluster)
 
 
 def load_pipeline(name):
@@ -41,11 +52,11 @@ def load_pipeline(name):
 
 @pytest.fixture(scope="module")
 def first_try(tmp_path_factory):
-    """`search.py --local --smoke-test --resume --out NEW`: the first try of a resubmittable job,
-    on a folder that does not exist yet (tracked in its sqlite store)."""
+    """`search.py --local --smoke-test --resume --out NEW` (in the test process): the first try
+    of a resubmittable job, on a folder that does not exist yet (tracked in its sqlite store)."""
     out = tmp_path_factory.mktemp("resubmit") / "s1"
-    proc = run([*SEARCH, "--out", str(out)])
-    assert proc.returncode == 0, proc.stderr
+    proc = job("search.py", *LOCAL, "--out", str(out))
+    assert proc.returncode == 0, proc.console[-3000:]
     return out, proc
 
 
@@ -55,8 +66,8 @@ def test_resume_on_a_missing_folder_starts_the_search_and_the_same_command_then_
     records = json.loads((out / "records.json").read_text())
     assert records["finished"] and records["architectures"] and (out / CHECKPOINT).is_file()
     before = (out / "records.json").read_bytes()
-    again = run([*SEARCH, "--out", str(out)])  # the retry of a job whose first try finished
-    assert again.returncode == 0, again.stderr
+    again = job("search.py", *LOCAL, "--out", str(out))  # the retry of a job whose first try finished
+    assert again.returncode == 0, again.console[-3000:]
     assert "already finished after epoch 3; nothing to do" in again.stdout
     assert "starting a new one" not in again.stdout
     assert (out / "records.json").read_bytes() == before
@@ -76,8 +87,8 @@ def test_a_search_killed_before_its_first_checkpoint_starts_anew_beside_its_mlfl
     (out / "ray" / "s1").mkdir(parents=True)
     (out / ".workers").mkdir()
     (out / ".workers" / "rank-0.json").write_text("{}")
-    proc = run([*SEARCH, "--out", str(out)])
-    assert proc.returncode == 0, proc.stderr
+    proc = job("search.py", *LOCAL, "--out", str(out))
+    assert proc.returncode == 0, proc.console[-3000:]
     first = proc.stdout.splitlines()[0]
     assert first.startswith(f"--resume: no search in {out} yet; starting a new one (removed what a start stopped "
                             f"before its first checkpoint left in {out}: "), first
@@ -94,7 +105,7 @@ def test_resume_refuses_what_it_cannot_tell_from_someone_elses_files(first_try, 
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("not a run")
-    proc = run([*SEARCH, "--out", str(mine)])
+    proc = job("search.py", *LOCAL, "--out", str(mine))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "is not a search output folder" in proc.stderr and "notes.txt" in proc.stderr
     assert (mine / "notes.txt").read_text() == "not a run"
@@ -245,33 +256,32 @@ def test_resume_on_an_empty_bucket_prefix_starts_the_search_there(s3, readme_she
     assert again.returncode == 0 and "already finished" in again.stdout, again.stderr
 
 
-@pytest.mark.ray
 def test_a_retrain_killed_between_its_genotypes_and_retrain_json_is_resubmitted_with_the_same_command(
-        first_try, tmp_path):
-    """On an embedded Ray: the retrain's folder holds the genotypes a killed start wrote; the
-    job's command (--resume with --search-dir) starts it anew and reports."""
+        first_try, ray_cluster, tmp_path):
+    """On the session's cluster, in the test process: the retrain's folder holds the genotypes
+    a killed start wrote; the job's command (--resume with --search-dir) starts it anew and
+    reports; the same command again continues the finished retrain and changes nothing."""
     search, _ = first_try
     out = tmp_path / "r1"
     shutil.copytree(search / "genotypes", out / "genotypes")
-    cmd = [sys.executable, str(ROOT / "pipelines" / "retrain.py"), "--resume", "--search-dir", str(search),
-           "--out", str(out), "--smoke-test", "--no-mlflow", "--set", "retrain.epochs=1",
-           "--set", "retrain.latency_repeats=0"]
-    proc = run(cmd, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    args = ["--resume", "--search-dir", str(search), "--out", str(out), "--smoke-test", "--no-mlflow",
+            "--set", "retrain.epochs=1", "--set", "retrain.latency_repeats=0"]
+    proc = job("retrain.py", *args, cluster=ray_cluster)
+    assert proc.returncode == 0, proc.console[-3000:]
     assert proc.stdout.splitlines()[0] == (f"--resume: no retrain in {out} yet; starting a new one (removed what a "
                                            f"start stopped before its first checkpoint left in {out}: genotypes)")
     assert (out / "retrain.json").is_file() and (out / "frontier.csv").is_file()
     before = (out / "frontier.csv").read_bytes()
-    again = run(cmd, timeout=900)  # the same command once more: continues the finished retrain
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    again = job("retrain.py", *args, cluster=ray_cluster)  # once more: continues the finished retrain
+    assert again.returncode == 0, again.console[-3000:]
     assert "starting a new one" not in again.stdout
     assert (out / "retrain.json").is_file() and (out / "frontier.csv").read_bytes() == before
 
 
-@pytest.mark.ray
-def test_a_sweep_killed_before_any_search_started_continues_with_its_first_command(tmp_path):
+def test_a_sweep_killed_before_any_search_started_continues_with_its_first_command(ray_cluster, tmp_path):
     """sweep.json written, no search begun (the driver killed right after it): the first try's
-    command, --grid and all, continues the planned sweep and runs its searches."""
+    command, --grid and all (in the test process, on the session's cluster), continues the
+    planned sweep and runs its searches."""
     sweep_py = load_pipeline("sweep")
     out = tmp_path / "sw"
     flags = ["--grid", "search.lambda0=0.001,0.002", "--smoke-test", "--no-mlflow", "--set", "search.max_epochs=1"]
@@ -279,29 +289,28 @@ def test_a_sweep_killed_before_any_search_started_continues_with_its_first_comma
     grid = {"search.lambda0": ["0.001", "0.002"]}
     out.mkdir()
     Sweep(grid, [0], plan_sweep(cli.sweep_base(args), grid, [0])).write(out)  # as its driver wrote it
-    proc = run([sys.executable, str(ROOT / "pipelines" / "sweep.py"), "--resume", "--out", str(out), *flags],
-               timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = job("sweep.py", "--resume", "--out", str(out), *flags, cluster=ray_cluster)
+    assert proc.returncode == 0, proc.console[-3000:]
     assert "starting a new one" not in proc.stdout
     assert "2 of 2 searches finished" in proc.stdout
     for name in ("p0-s0", "p1-s0"):
         assert json.loads((out / name / "records.json").read_text())["finished"]
 
 
-@pytest.mark.ray
-def test_the_pipeline_job_command_starts_on_an_empty_place_and_a_resubmission_finds_it_done(tmp_path):
-    """The KubeRay entrypoint's shape (pipeline.py --resume --out FIXED), on an embedded Ray: the
-    first try starts the pipeline and says so, the same command again redoes nothing."""
+def test_the_pipeline_job_command_starts_on_an_empty_place_and_a_resubmission_finds_it_done(ray_cluster, tmp_path):
+    """The KubeRay entrypoint's shape (pipeline.py --resume --out FIXED), its driver joined to
+    the session's cluster (in the test process): the first try starts the pipeline and says
+    so, the same command again redoes nothing."""
     out = tmp_path / "p1"
-    cmd = [sys.executable, str(ROOT / "pipelines" / "pipeline.py"), "--resume", "--out", str(out), "--smoke-test",
-           "--no-mlflow", "--seeds", "1", "--set", "retrain.epochs=1", "--set", "retrain.latency_repeats=0"]
-    proc = run(cmd, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    args = ["--resume", "--out", str(out), "--smoke-test", "--no-mlflow", "--seeds", "1", "--set", "retrain.epochs=1",
+            "--set", "retrain.latency_repeats=0"]
+    proc = job("pipeline.py", *args, cluster=ray_cluster)
+    assert proc.returncode == 0, proc.console[-3000:]
     assert proc.stdout.splitlines()[0] == f"--resume: no pipeline in {out} yet; starting a new one"
     assert json.loads((out / "search" / "records.json").read_text())["finished"]
     report = (out / "retrain" / "frontier.csv").read_bytes()
-    again = run(cmd, timeout=900)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    again = job("pipeline.py", *args, cluster=ray_cluster)
+    assert again.returncode == 0, again.console[-3000:]
     assert "starting a new one" not in again.stdout and "already finished" in again.stdout
     assert (out / "retrain" / "frontier.csv").read_bytes() == report
 

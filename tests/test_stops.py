@@ -1,9 +1,12 @@
-"""Stops that end the same way whenever they come: a retrain on its embedded Ray, stopped five
-times at different moments with a second CPU load beside it, and a search on Ray Train, each
-ending through Tune's or Train's own graceful stop (cli.fit_until_stopped): exit 130 (143 after
-SIGTERM), the console's last line the one stop line, nothing of Ray's own processes on it, and
-`--resume` training no trial that had finished again; and a retrain stopped before Tune's first
-experiment snapshot, which --resume starts anew.
+"""Stops that end the same way whenever they come: a retrain stopped five times at different
+moments with a second CPU load beside it (each Ctrl-C while trials train on its embedded Ray,
+where the terminal's signal reaches Ray's own processes too; the SIGTERM and the Ctrl-C while
+the report is written on a driver joined to the session's cluster, whose processes that Ctrl-C
+must not reach), and a search on Ray Train on its embedded Ray, each ending through Tune's or
+Train's own graceful stop (cli.fit_until_stopped): exit 130 (143 after SIGTERM), the console's
+last line the one stop line, nothing of Ray's own processes on it, and `--resume` (in the test
+process, on the session's cluster: no signal in it) training no trial that had finished again;
+and a retrain stopped before Tune's first experiment snapshot, which --resume starts anew.
 
 Each moment is caught as it happens: the driver is paused (SIGSTOP) the instant its console or
 its output folder shows the moment, the stop signal sent, and the driver let go (SIGCONT), so
@@ -21,6 +24,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from drivers import drive
+
+import ray_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 from goldnas_ray.cli import resumes
@@ -40,13 +46,17 @@ def busy():
     proc.wait()
 
 
-def _run(script: str, args: list[str], moment=None, sig=signal.SIGINT, timeout: float = 600):
-    """``python pipelines/<script> args`` on an embedded Ray, in a session of its own as from a
-    terminal; when ``moment(line)`` is true for a console line (or for None, polled while the run
-    waits for its next line), the stop ``sig`` goes to it: SIGINT to its process group, as
-    Ctrl-C does, SIGTERM to the driver alone. Returns
-    (exit status, console, whether the stop was sent)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def _run(script: str, args: list[str], moment=None, sig=signal.SIGINT, timeout: float = 600, cluster=None):
+    """``python pipelines/<script> args`` on an embedded Ray (joined to ``cluster``, the
+    session's, when given), in a session of its own as from a terminal; when ``moment(line)`` is
+    true for a console line (or for None, polled while the run waits for its next line), the
+    stop ``sig`` goes to it: SIGINT to its process group, as Ctrl-C does, SIGTERM to the driver
+    alone. Returns (exit status, console, whether the stop was sent)."""
+    if cluster is None:
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    else:
+        env = dict(cluster["env"], RAY_ADDRESS=cluster["address"])
+    env["PYTHONUNBUFFERED"] = "1"
     run = subprocess.Popen([sys.executable, f"pipelines/{script}", *args], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, start_new_session=True)
     watchdog = threading.Timer(timeout, lambda: os.killpg(run.pid, signal.SIGKILL))
@@ -92,6 +102,12 @@ def _stopped(console: str, code: int, rc: int, script: str, out: Path) -> str:
     for noise in NOISE:
         assert noise not in console, console[-3000:]
     return stops[0]
+
+
+def _daemons(cluster) -> set[int]:
+    """The pids of the cluster's GCS server and raylets."""
+    pids = ray_nodes.marked(cluster["env"][ray_nodes.MARKER])
+    return {pid for pid, said in zip(pids, ray_nodes.describe(pids)) if "raylet/raylet" in said or "gcs_server" in said}
 
 
 def _trial_logs(out: Path) -> dict[str, list[dict]]:
@@ -152,23 +168,23 @@ def test_a_trial_whose_log_says_it_finished_reports_its_stored_checkpoint_and_tr
 
 @pytest.fixture(scope="module")
 def search_dir(tmp_path_factory):
-    """A 1-epoch search on digits, in-process (no Ray): 2 recorded architectures."""
+    """A 1-epoch search on digits, in the test process (--local: no Ray): 2 recorded architectures."""
     out = tmp_path_factory.mktemp("stops") / "search"
-    proc = subprocess.run([sys.executable, "pipelines/search.py", "--local", "--smoke-test", "--max-epochs", "1",
-                           "--no-mlflow", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    done = drive("search.py", "--local", "--smoke-test", "--max-epochs", "1", "--no-mlflow", "--out", str(out))
+    assert done.returncode == 0, done.console[-3000:]
     return out
 
 
 @pytest.mark.ray
 @pytest.mark.services
 def test_a_retrain_stopped_five_times_under_load_ends_the_same_way_and_resumes_without_retraining(
-        search_dir, busy, tmp_path):
+        search_dir, busy, ray_cluster, tmp_path):
     """3 trials x 2 epochs, 2 at once, stopped: as the first trial starts, in a first epoch, as
-    the driver prints a trial's last epoch (SIGTERM: 143), the instant a trial's process writes
-    that it finished (before Tune may have registered its last checkpoint), and while the report
-    is written; each a clean stop; the last --resume finishes, and no trial starts again once
-    its log says it finished."""
+    the driver prints a trial's last epoch (SIGTERM: 143; joined to the cluster), the instant a
+    trial's process writes that it finished (before Tune may have registered its last
+    checkpoint), and while the report is written (joined to the cluster: the Ctrl-C reaches
+    none of its processes); each a clean stop; the last --resume finishes, and no trial starts
+    again once its log says it finished."""
     out = tmp_path / "r"
     first = ["--search-dir", str(search_dir), "--no-mlflow", "--random", "1", "--epochs", "2",
              "--set", "retrain.batch_size=128", "--out", str(out)]
@@ -184,23 +200,28 @@ def test_a_retrain_stopped_five_times_under_load_ends_the_same_way_and_resumes_w
         before = finished_lines()
         return lambda text: finished_lines() > before
 
+    joined = ray_cluster
     moments = [(first, lambda: lambda text: any((out / ".trials").glob("*.jsonl")), signal.SIGINT,
-                "as a trial starts"),
-               (resume, line(r" epoch +1/2 "), signal.SIGINT, "in a first epoch"),
-               (resume, line(r" epoch +2/2 "), signal.SIGTERM, "as the driver prints a trial's last epoch"),
-               (resume, another_finishes, signal.SIGINT, "as a trial's process writes that it finished"),
-               (resume, lambda: lambda text: (out / "trials.parquet").exists(), signal.SIGINT, "writing the report")]
+                "as a trial starts", None),
+               (resume, line(r" epoch +1/2 "), signal.SIGINT, "in a first epoch", None),
+               (resume, line(r" epoch +2/2 "), signal.SIGTERM, "as the driver prints a trial's last epoch", joined),
+               (resume, another_finishes, signal.SIGINT, "as a trial's process writes that it finished", None),
+               (resume, lambda: lambda text: (out / "trials.parquet").exists(), signal.SIGINT, "writing the report",
+                joined)]
     progress = []
-    for args, moment, sig, when in moments:
-        rc, console, sent = _run("retrain.py", args, moment(), sig)
+    daemons = _daemons(ray_cluster)
+    assert len(daemons) >= 3, daemons  # its GCS server, a raylet on each of its 2 nodes
+    for args, moment, sig, when, cluster in moments:
+        rc, console, sent = _run("retrain.py", args, moment(), sig, cluster=cluster)
         assert sent, f"{when}: the run ended before the moment came\n{console[-3000:]}"
         stop = _stopped(console, 128 + sig, rc, "retrain.py", out)
         progress.append(int(re.match(r"stopped: (\d) of 3 trials finished", stop).group(1)))
     assert progress[-1] == 3 and "the report was not written" in stop, progress
     assert not (out / "frontier.csv").exists()
+    assert daemons <= set(ray_nodes.marked(ray_cluster["env"][ray_nodes.MARKER])), "a stop reached the cluster"
 
-    rc, console, _ = _run("retrain.py", resume)
-    assert rc == 0, console[-3000:]
+    done = drive("retrain.py", *resume, cluster=ray_cluster)
+    assert done.returncode == 0, done.console[-3000:]
     assert (out / "frontier.csv").is_file()
     logs = _trial_logs(out)
     assert len(logs) == 3
@@ -213,9 +234,10 @@ def test_a_retrain_stopped_five_times_under_load_ends_the_same_way_and_resumes_w
 
 @pytest.mark.ray
 @pytest.mark.services
-def test_a_search_on_ray_train_stops_and_resumes(tmp_path):
-    """A search on Ray Train, Ctrl-C after its first epoch: Train aborts its workers, exit 130,
-    the one stop line, the records of the epochs done; --resume finishes it."""
+def test_a_search_on_ray_train_stops_and_resumes(ray_cluster, tmp_path):
+    """A search on Ray Train on its embedded Ray, Ctrl-C after its first epoch: Train aborts its
+    workers, exit 130, the one stop line, the records of the epochs done; --resume (in the test
+    process, on the session's cluster) finishes it."""
     out = tmp_path / "s"
     rc, console, sent = _run("search.py", ["--smoke-test", "--max-epochs", "4", "--no-mlflow", "--out", str(out)],
                              lambda text: text is not None and " epoch   1/4 " in text)
@@ -223,6 +245,6 @@ def test_a_search_on_ray_train_stops_and_resumes(tmp_path):
     stop = _stopped(console, 130, rc, "search.py", out)
     epochs = int(re.match(r"stopped: after epoch (\d) of at most 4", stop).group(1))
     assert 1 <= epochs < 4 and json.loads((out / "records.json").read_text())["epochs"] == epochs, stop
-    rc, console, _ = _run("search.py", ["--resume", "--no-mlflow", "--out", str(out)])
-    assert rc == 0, console[-3000:]
+    done = drive("search.py", "--resume", "--no-mlflow", "--out", str(out), cluster=ray_cluster)
+    assert done.returncode == 0, done.console[-3000:]
     assert json.loads((out / "records.json").read_text())["epochs"] == 4
