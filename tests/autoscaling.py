@@ -42,10 +42,12 @@ WORKER_TYPE = "ray.worker.cpu"
 FAKE_NODE_ID = "f" * 51  # + 5 digits: the provider's node ids (head 00000, then 00001, 00002, ...)
 
 
-def fake_cluster_config(gcs_address: str, max_workers: int = 2, idle_minutes: float = 0.25) -> dict:
+def fake_cluster_config(gcs_address: str, max_workers: int = 2, idle_minutes: float = 30) -> dict:
     """The autoscaler's config: provider fake_multinode at ``gcs_address``, the head type the
     provider knows (``ray.head.default``, 0 CPUs), one worker type of 1 CPU from 0 to
-    ``max_workers``; no commands (the provider starts raylets itself)."""
+    ``max_workers``, a node removed once idle ``idle_minutes`` (longer than a module: the jobs
+    after the first find their nodes up instead of each waiting for new ones); no commands (the
+    provider starts raylets itself)."""
     return {
         "cluster_name": "goldnas-fake", "max_workers": max_workers, "upscaling_speed": 1.0,
         "idle_timeout_minutes": idle_minutes,
