@@ -1,15 +1,18 @@
 """Runs on a cluster that grows and loses nodes: Ray's fake multi-node autoscaling provider
 (tests/autoscaling.py), a head of 0 CPUs and a worker type of 1 CPU from 0 to 2 nodes, the
-shape of cluster/aws-gpu.yaml. Jobs are submitted with `ray job submit` (conftest's submit).
+shape of cluster/aws-gpu.yaml. Jobs are submitted with `ray job submit` (tests/autoscaling.py's
+submit); the retrain and the sweep, where the job is not what is checked, run their drivers in
+the test process, joined to the cluster (tests/drivers.py).
 
 One cluster serves the module, in order: a search asks for nodes and gets them (its records
 then serve the retrain, and as the uninterrupted run the killed driver's run must equal), a
 wait past --placement-timeout while another driver holds the nodes, a retrain runs trials side
-by side on the nodes, a sweep of 2 searches, a driver killed mid-search
-and resubmitted with --resume, a node killed mid-search (Ray Train restarts the group from the
-last checkpoint once a node takes its place: one joined by hand, since this provider never
-replaces a killed node), and a worker no node type holds. Most of its time is Ray starting
-processes."""
+by side on the nodes, a sweep of 2 searches, one search cut twice: its driver killed mid-search
+and the job resubmitted with --resume, then in that job a node killed mid-search (Ray Train
+restarts the group from the last checkpoint once a node takes its place: one joined by hand,
+since this provider never replaces a killed node), and a worker no node type holds. Most of its
+time is Ray starting processes."""
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +22,7 @@ import pandas as pd
 import pytest
 from autoscaling import (alive_workers, autoscaling_cluster, holding, join_node, leave_node, job_logs,  # noqa: F401
                          job_state, kill_node, nothing_held, submit, wait_for, worker_nodes)
+from drivers import drive
 
 import ray_nodes
 
@@ -101,11 +105,12 @@ def test_a_wait_past_the_placement_timeout_names_what_never_came(autoscaling_clu
 
 
 def test_a_retrain_runs_trials_side_by_side_on_the_added_nodes(autoscaling_cluster, searched, tmp_path):
+    """Its driver in the test process, joined to the cluster (the job boundary is not what this checks)."""
     search, _, _ = searched
     out = tmp_path / "retrain"
-    proc = submit(autoscaling_cluster, "retrain.py", "--search-dir", str(search), "--out", str(out), "--smoke-test",
-                  "--no-mlflow", "--cpus-per-trial", "1", timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    done = drive("retrain.py", "--search-dir", str(search), "--out", str(out), "--smoke-test", "--no-mlflow",
+                 "--cpus-per-trial", "1", "--set", "retrain.latency_repeats=0", cluster=autoscaling_cluster)
+    assert done.returncode == 0, done.console[-4000:]
     trials = pd.read_parquet(out / "trials.parquet")
     keys = sorted(set(trials["key"]))
     assert len(keys) == len(_records(search)["architectures"]) >= 2
@@ -123,72 +128,71 @@ def test_a_retrain_runs_trials_side_by_side_on_the_added_nodes(autoscaling_clust
 
 
 def test_a_sweep_of_two_searches_finishes(autoscaling_cluster, tmp_path):
+    """Its driver in the test process, joined to the cluster (the job boundary is not what this checks)."""
     out = tmp_path / "sweep"
-    proc = submit(autoscaling_cluster, "sweep.py", "--smoke-test", "--out", str(out), "--grid",
-                  "search.lambda0=1.0,0.5", "--workers-per-search", "1", "--cpus-per-worker", "1", "--no-mlflow",
-                  timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    done = drive("sweep.py", "--smoke-test", "--out", str(out), "--grid", "search.lambda0=1.0,0.5",
+                 "--workers-per-search", "1", "--cpus-per-worker", "1", "--no-mlflow", cluster=autoscaling_cluster)
+    assert done.returncode == 0, done.console[-4000:]
     folders = sorted(p for p in out.iterdir() if p.is_dir() and (p / "records.json").is_file())
     assert len(folders) == 2
     assert all(_records(p)["finished"] and _records(p)["architectures"] for p in folders)
     assert (out / "sweep_searches.csv").is_file()
 
 
-def test_a_killed_driver_resubmitted_with_resume_ends_as_an_uninterrupted_run(autoscaling_cluster, searched,
-                                                                               tmp_path):
+def test_a_killed_driver_resubmitted_then_a_node_lost_ends_as_an_uninterrupted_run(autoscaling_cluster, searched,
+                                                                                   tmp_path):
+    """One search, its job's command the same for the first try and the retry (--resume): its
+    driver killed after the first checkpoint (the process running pipelines/search.py, as a lost
+    head takes it), the job submitted again, and in that job a node killed mid-search (Ray Train
+    restarts the group from its last checkpoint once a node takes its place: one joined by hand,
+    since this provider never replaces a killed node). It ends as the uninterrupted run: the
+    same records, every epoch run, the first once."""
     cluster = autoscaling_cluster
     straight, _, _ = searched
-    out = tmp_path / "killed"
+    out = tmp_path / "cut"
+    workers = out / ".workers"
     args = [*SEARCH, "--resume", "--out", str(out)]  # one command for the first try and the retry
-    job = f"killed-{os.getpid()}-{int(time.time())}"
-    sent = submit(cluster, "search.py", *args, job_id=job)
+    first = f"killed-{os.getpid()}-{int(time.time())}"
+    sent = submit(cluster, "search.py", *args, job_id=first)
     assert sent.returncode == 0, sent.stderr[-3000:]
-    # after the first checkpoint: the process running pipelines/search.py, as a lost head takes it
-    pid = wait_for(lambda: (out / "checkpoints" / "latest.pt").is_file() and _driver_pid(cluster, out),
-                   timeout=600, every=0.1)
-    assert pid, job_logs(cluster, job)[-3000:]
+    pid = wait_for(lambda: (out / "checkpoints" / "latest.pt").is_file() and (workers / "rank-0.json").is_file()
+                   and _driver_pid(cluster, out), timeout=600, every=0.1)
+    assert pid, job_logs(cluster, first)[-3000:]
+    # its rank 0 held (SIGSTOP) first: the checkpoint it leaves is the first epoch's
+    rank0 = json.loads((workers / "rank-0.json").read_text())["pid"]
+    os.kill(rank0, signal.SIGSTOP)
     os.kill(pid, signal.SIGKILL)
-    assert wait_for(lambda: job_state(cluster, job) == "failed", timeout=120), job_state(cluster, job)
+    assert wait_for(lambda: job_state(cluster, first) == "failed", timeout=120), job_state(cluster, first)
+    with contextlib.suppress(ProcessLookupError):  # nothing of the killed job goes on
+        os.kill(rank0, signal.SIGKILL)
     assert not (out / "records.json").is_file() or not _records(out)["finished"]  # it was cut short
 
-    proc = submit(cluster, "search.py", *args, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    _complete(out)
-    assert _summary(out) == _summary(straight)
-    # it continued from the checkpoint: the first epoch ran once, every epoch ran
-    epochs = [json.loads(line)["epoch"] for line in (out / ".workers" / "consistency.jsonl").read_text().splitlines()]
-    assert epochs.count(1) == 1 and sorted(set(epochs)) == [1, 2, 3], epochs
-
-
-def test_a_node_lost_mid_search_is_survived(autoscaling_cluster, searched, tmp_path):
-    cluster = autoscaling_cluster
-    straight, _, _ = searched
-    out = tmp_path / "node-lost"
-    job = f"node-lost-{os.getpid()}-{int(time.time())}"
-    sent = submit(cluster, "search.py", *SEARCH, "--out", str(out), job_id=job)
+    again = f"resubmitted-{os.getpid()}-{int(time.time())}"
+    sent = submit(cluster, "search.py", *args, job_id=again)
     assert sent.returncode == 0, sent.stderr[-3000:]
-    rank1 = out / ".workers" / "rank-1.json"
-    reports = out / ".workers" / "reports.jsonl"
-    # once epoch 2's report has returned, epoch 1's checkpoint is Ray Train's (kill_rank_after_report)
-    node = wait_for(lambda: reports.is_file() and len(reports.read_text().splitlines()) >= 2 and rank1.is_file()
+    reports, rank1 = workers / "reports.jsonl", workers / "rank-1.json"
+    # once its report of epoch 2 has returned, Ray Train holds that epoch's checkpoint (kill_rank_after_report)
+    node = wait_for(lambda: reports.is_file() and rank1.is_file()
+                    and any(json.loads(line)["epoch"] >= 2 for line in reports.read_text().splitlines() if line.strip())
                     and json.loads(rank1.read_text())["node_id"], timeout=600, every=0.1)
-    assert node, job_logs(cluster, job)[-3000:]
+    assert node, job_logs(cluster, again)[-3000:]
     kill_node(node, cluster["mark"])  # the node is gone, as a preempted instance
-    assert wait_for(lambda: worker_nodes(cluster).get(node) is False, timeout=120), worker_nodes(cluster)
-    # a node comes in its place (by hand: this provider does not replace a killed node itself)
-    assert job_state(cluster, job) == "running"
+    # a node comes in its place (by hand: this provider does not replace a killed node itself),
+    # started while the cluster finds the other one gone
+    assert job_state(cluster, again) == "running"
     join_node(cluster, "replacement")
     try:
-        assert wait_for(lambda: job_state(cluster, job) in ("succeeded", "failed"), timeout=900)
-    finally:  # a node the autoscaler did not launch is never scaled down: the later tests need none
+        assert wait_for(lambda: worker_nodes(cluster).get(node) is False, timeout=120), worker_nodes(cluster)
+        assert wait_for(lambda: job_state(cluster, again) in ("succeeded", "failed"), timeout=900)
+    finally:  # a node the autoscaler did not launch is never scaled down: removed by hand
         assert leave_node(cluster, "replacement")
-    assert job_state(cluster, job) == "succeeded", job_logs(cluster, job)[-4000:]
+    assert job_state(cluster, again) == "succeeded", job_logs(cluster, again)[-4000:]
     _complete(out)
     assert json.loads(rank1.read_text())["node_id"] != node  # the group was restarted elsewhere
-    # from the last checkpoint: the first epoch ran once, every epoch ran, the same records
-    epochs = [json.loads(line)["epoch"] for line in (out / ".workers" / "consistency.jsonl").read_text().splitlines()]
-    assert epochs.count(1) == 1 and sorted(set(epochs)) == [1, 2, 3], epochs
     assert _summary(out) == _summary(straight)
+    # each time from the last checkpoint: the first epoch ran once, every epoch ran
+    epochs = [json.loads(line)["epoch"] for line in (workers / "consistency.jsonl").read_text().splitlines()]
+    assert epochs.count(1) == 1 and sorted(set(epochs)) == [1, 2, 3], epochs
 
 
 def test_a_worker_no_node_type_holds_is_refused_at_once(autoscaling_cluster, tmp_path):
