@@ -5,7 +5,9 @@ A block is the indented code that follows a ``<!-- readme-test: NAME -->`` line 
 exports of a block (``source``, ``export``, ``RUN=...``) stay for the next ones. Each command
 is run as written, except for what shrinks or isolates the work:
 
-- a ``pipelines/*.py`` command gets ``--smoke-test``, and ``--out`` below a temporary folder;
+- a ``pipelines/*.py`` command gets ``--smoke-test`` and one epoch (a search's ``--max-epochs 1``:
+  up to 2 architectures recorded; a retrain's ``--epochs 1``), and ``--out`` below a temporary
+  folder;
 - ``ray start --head`` gets the test's own ports and CPUs, and the dashboard address follows;
 - ``$PWD/runs`` is a temporary folder; ``mlflow ui`` gets a free port;
 - ``python3 -m venv`` and ``pip install`` steps of the set-up line are left out (CI did them)
@@ -28,6 +30,7 @@ README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
 MARK = re.compile(r"^<!-- readme-test: ([\w-]+) -->\s*$")
 MARKER = "GOLDNAS_TEST_SESSION"  # tests/ray_nodes.py
+ONE_EPOCH = {"search.py": " --max-epochs 1", "retrain.py": " --epochs 1"}
 
 
 def blocks(text: str | None = None) -> dict[str, list[str]]:
@@ -96,7 +99,7 @@ class ReadmeShell:
     def _smoke(self, step: str) -> str:
         if "--out" not in step:
             step += f" --out {self.runs}/local-run"
-        return step + " --smoke-test"
+        return step + " --smoke-test" + ONE_EPOCH.get(re.search(r"\bpipelines/(\w+\.py)\b", step).group(1), "")
 
     def script(self, name: str) -> str:
         return "\n".join(self.adapt(c) for c in self.blocks[name])

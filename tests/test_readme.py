@@ -7,13 +7,13 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import ray_nodes
 from conftest import BIN, ROOT, SESSION, free_port, wait_http
+from drivers import drive
 from readme_blocks import blocks
 
 pytestmark = [pytest.mark.ray]
@@ -107,25 +107,24 @@ def test_the_dashboard_token_is_the_clusters(ray_cluster, readme_shell):
 
 def test_without_an_address_a_pipeline_never_joins_the_running_cluster(ray_cluster, tmp_path):
     env = {k: v for k, v in ray_cluster["env"].items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, "pipelines/search.py", "--smoke-test", "--no-mlflow",
-                           "--max-epochs", "1", "--out", str(tmp_path / "own")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = drive("search.py", "--smoke-test", "--no-mlflow", "--max-epochs", "1", "--out", str(tmp_path / "own"),
+                 env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Ray: started an embedded local Ray on 127.0.0.1" in proc.stdout
-    assert "Found multiple active Ray instances" not in proc.stdout + proc.stderr
+    assert "Found multiple active Ray instances" not in proc.console
 
 
 def test_joining_without_the_token_says_what_to_set(ray_cluster, tmp_path):
+    """Refused in one line, and soon: a process that kept retrying would be killed by the timeout."""
     env = {k: v for k, v in ray_cluster["env"].items() if k != "RAY_AUTH_MODE"}
     env["RAY_ADDRESS"] = ray_cluster["address"]
-    started = time.time()
     proc = subprocess.run([sys.executable, "pipelines/search.py", "--smoke-test", "--no-mlflow",
                            "--out", str(tmp_path / "x")], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot join the Ray cluster") and "set RAY_AUTH_MODE=token" in last
-    assert not (tmp_path / "x").exists() and time.time() - started < 120
+    assert not (tmp_path / "x").exists()
 
 
 def test_the_test_ports_replace_the_readmes(readme_shell):

@@ -1,10 +1,16 @@
 """Runs that live in object storage: a real S3 endpoint (moto's server on 127.0.0.1), a real
 two-node Ray cluster whose nodes have separate temp dirs, and a real MLflow server whose
 artifacts go to the same bucket."""
+import contextlib
 import json
+import math
 import os
+import re
+import signal
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +19,7 @@ import pytest
 import torch
 from conftest import BIN, kill_rank_after_report, straight_retrain, submit, trial_histories
 from datafiles import pixel_digests, upload, write_imagefolder, write_parquet
+from drivers import drive
 
 from goldnas_ray.data import DataError
 from goldnas_ray.files.store import StorageError, location
@@ -53,32 +60,32 @@ def test_malformed_locations_are_refused(where, message):
 
 def test_a_missing_bucket_fails_before_any_work(s3, tmp_path):
     uri = f"s3://no-such-bucket/run?endpoint_override={s3['endpoint']}&scheme=http"
-    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "search.py"), "--local", "--smoke-test",
-                           "--no-mlflow", "--out", uri], capture_output=True, text=True, cwd=tmp_path,
-                          timeout=120)
+    proc = drive("search.py", "--local", "--smoke-test", "--no-mlflow", "--out", uri, cwd=tmp_path)
     assert proc.returncode == 2
     assert "the bucket does not exist" in proc.stderr and "epoch" not in proc.stdout
     assert list(tmp_path.iterdir()) == []
 
 
-def test_object_storage_needs_a_tracking_server_or_no_mlflow(s3, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "search.py"), "--local", "--smoke-test",
-                           "--out", s3["uri"]("needs-mlflow")], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=120, env={k: v for k, v in os.environ.items()
-                                                          if k != "MLFLOW_TRACKING_URI"})
+def test_object_storage_needs_a_tracking_server_or_no_mlflow(s3, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    proc = drive("search.py", "--local", "--smoke-test", "--out", s3["uri"]("needs-mlflow"), cwd=tmp_path)
     assert proc.returncode == 2 and "--mlflow-uri" in proc.stderr and "--no-mlflow" in proc.stderr
     assert _files(s3["uri"]("needs-mlflow")) == set()
 
 
 def test_a_local_search_resumes_from_the_bucket(s3, tmp_path):
+    """A local search into the bucket, its driver killed (SIGKILL) once its first checkpoint
+    is there: a new run into the same place is refused, --resume finishes it, and it records
+    what the same search uninterrupted on disk records."""
     uri = s3["uri"]("local-resume")
     out = location(uri)
-    script = str(ROOT / "pipelines" / "search.py")
     settings = ["--local", "--no-mlflow", "--set", "space.num_cells=3", "--set", "space.init_channels=4",
-                "--set", "data.batch_size=128", "--max-epochs", "10"]
+                "--set", "data.batch_size=128", "--max-epochs", "6"]
     args = [*settings, "--out", uri]
-    run = subprocess.Popen([sys.executable, script, *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
+    # one thread, as the test process computes the rest (conftest): the floats then agree
+    run = subprocess.Popen([sys.executable, str(ROOT / "pipelines" / "search.py"), *args], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     deadline = time.time() + 240
     while time.time() < deadline and run.poll() is None and not (out / "checkpoints/latest.pt").is_file():
         time.sleep(0.1)
@@ -87,124 +94,31 @@ def test_a_local_search_resumes_from_the_bucket(s3, tmp_path):
     stopped = json.loads((out / "records.json").read_text())
     assert not stopped["finished"], "the search ended before it could be interrupted"
     # a second new run into the same place is refused: earlier results are never overwritten
-    again = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, cwd=tmp_path,
-                           timeout=300)
+    again = drive("search.py", *args, cwd=tmp_path)
     assert again.returncode == 2 and "already exists and is not empty" in again.stderr
-    resumed = subprocess.run([sys.executable, script, "--local", "--no-mlflow", "--resume", "--out", uri],
-                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    resumed = drive("search.py", "--local", "--no-mlflow", "--resume", "--out", uri, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming {out}" in resumed.stdout
     assert list(tmp_path.iterdir()) == []  # the bucket run wrote nothing locally
     records = json.loads((out / "records.json").read_text())
-    assert records["finished"] and records["epochs"] == 10
+    assert records["finished"] and records["epochs"] == 6
     # the same search uninterrupted, on disk: the same records and the same history
-    straight = subprocess.run([sys.executable, script, *settings, "--out", str(tmp_path / "straight")],
-                              capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    straight = drive("search.py", *settings, "--out", str(tmp_path / "straight"), cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr[-2000:]
     expected = json.loads((tmp_path / "straight" / "records.json").read_text())["architectures"]
     assert records["architectures"] == expected
     history = pd.read_parquet((out / "history.parquet").open_buffer())
     reference = pd.read_parquet(tmp_path / "straight" / "history.parquet")
-    assert history["epoch"].tolist() == list(range(1, 11))
+    assert history["epoch"].tolist() == list(range(1, 7))
     columns = ["epoch", "lambda", "delta", "flops", "params", "alive_ops", "pruned", "loss", "accuracy"]
     assert history[columns].equals(reference[columns])
 
 
 # ---- on the two-node cluster ----------------------------------------------------------------
-@pytest.mark.ray
-@pytest.mark.mlflow
-def test_search_and_retrain_live_in_the_bucket(ray_cluster, s3, mlflow_s3_server, tmp_path):
-    """Two workers on two nodes write the search only to the bucket; a retrain reads it back
-    from there and writes its report there; MLflow's artifacts land in the same bucket."""
-    search, retrain = s3["uri"]("ray/search"), s3["uri"]("ray/retrain")
-    proc = submit(ray_cluster, "search.py", "--smoke-test", "--workers", "2", "--out", search,
-                  "--mlflow-uri", mlflow_s3_server, "--experiment", "ci-s3")
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    files = _files(search)
-    records = json.loads((location(search) / "records.json").read_text())
-    assert records["finished"] and records["workers"] == 2
-    expected = {"records.json", "history.parquet", "config.yaml", "checkpoints/latest.pt",
-                ".workers/rank-0.json", ".workers/rank-1.json", ".workers/consistency.jsonl"}
-    expected |= {a["genotype"] for a in records["architectures"]}
-    assert expected <= files, expected - files
-    assert any(f.startswith("ray/") and f.endswith("latest.pt") for f in files)  # Ray Train's checkpoints
-    ranks = [json.loads((location(search) / f".workers/rank-{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0]["node_id"] != ranks[1]["node_id"]
-    assert not (ROOT / "runs" / "search").exists()
-
-    from mlflow.tracking import MlflowClient
-    client = MlflowClient(tracking_uri=mlflow_s3_server)
-    run = client.get_run(records["mlflow_run_id"])
-    assert run.info.status == "FINISHED" and run.data.tags["goldnas.out"] == location(search).uri
-    assert any(f.startswith("mlflow/") and f.endswith("records.json") for f in _files(s3["uri"]("")))
-
-    proc = submit(ray_cluster, "retrain.py", "--search-dir", search, "--smoke-test", "--out", retrain,
-                  "--no-mlflow")
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    files = _files(retrain)
-    assert {"frontier.csv", "frontier.parquet", "frontier.png", "trials.parquet", "retrain.json",
-            "search/records.json"} <= files
-    table = pd.read_parquet((location(retrain) / "frontier.parquet").open_buffer())
-    assert sorted(table["arch_id"]) == sorted(a["id"] for a in records["architectures"])
-
-
-@pytest.mark.ray
-def test_a_killed_worker_resumes_from_the_checkpoint_in_the_bucket(ray_cluster, s3, tmp_path):
-    from test_ray_cluster import KILL_ARGS
-
-    out = location(s3["uri"]("killed"))
-    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
-    run = subprocess.Popen([sys.executable, str(ROOT / "pipelines" / "search.py"), *KILL_ARGS, "--no-mlflow",
-                            "--out", out.uri], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           env=env, cwd=tmp_path)
-    victim = kill_rank_after_report(out, 3, run)  # epoch 2's checkpoint is Ray Train's by then
-    assert victim is not None, "the run ended before a worker could be killed"
-    output, _ = run.communicate(timeout=600)
-    assert run.returncode == 0, output[-3000:]
-    assert json.loads((out / ".workers" / "rank-1.json").read_text())["pid"] != victim
-    epochs = [json.loads(line)["epoch"] for line in (out / ".workers" / "consistency.jsonl").read_text().splitlines()]
-    assert epochs.count(1) == 1 and sorted(set(epochs)) == list(range(1, 8)), epochs
-    assert json.loads((out / "records.json").read_text())["finished"]
-    assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.ray
-def test_an_interrupted_retrain_resumes_from_the_bucket(ray_cluster, s3, tmp_path):
-    search, out = s3["uri"]("rt-search"), location(s3["uri"]("rt-out"))
-    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
-    script = str(ROOT / "pipelines" / "search.py")
-    proc = subprocess.run([sys.executable, script, "--local", "--smoke-test", "--max-epochs", "1", "--no-mlflow",
-                           "--out", search], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    job = f"s3-retrain-{int(time.time())}"
-    proc = submit(ray_cluster, "retrain.py", "--search-dir", search, "--no-mlflow", "--epochs", "4",
-                  "--set", "retrain.batch_size=128", "--out", out.uri, job_id=job)
-    assert proc.returncode == 0, proc.stderr
-    deadline = time.time() + 300
-    while time.time() < deadline and not any("checkpoint_" in f for f in out.files()):
-        time.sleep(0.3)
-    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", ray_cluster["dashboard"], job],
-                          capture_output=True, text=True, timeout=120, env=ray_cluster["env"])
-    assert stop.returncode == 0, stop.stderr
-    assert not (out / "frontier.csv").is_file(), "the retrain finished before it could be interrupted"
-    # `ray job stop` is SIGTERM to the driver: one line says how far it got, no traceback
-    logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", ray_cluster["dashboard"], job],
-                          capture_output=True, text=True, timeout=120, env=ray_cluster["env"]).stdout
-    stopped = [line for line in logs.splitlines() if line.startswith("stopped:")]
-    assert len(stopped) == 1 and "trials finished; resume with:" in stopped[0], logs[-3000:]
-    assert "Traceback" not in logs, logs[-3000:]
-
-    proc = submit(ray_cluster, "retrain.py", "--resume", "--out", out.uri, "--no-mlflow")
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    manifest = json.loads((out / "retrain.json").read_text())
-    trials = pd.read_parquet((out / "trials.parquet").open_buffer())
-    for key in manifest["trials"]:
-        assert list(trials[trials["key"] == key]["epoch"]) == [1, 2, 3, 4], key
-    starts = [json.loads(line)["start_epoch"] for key in manifest["trials"]
-              for line in (out / ".trials" / f"{key}.jsonl").read_text().splitlines() if "start_epoch" in line]
-    assert any(s > 0 for s in starts), f"no trial continued from a checkpoint: {starts}"
-    assert trial_histories(trials) == straight_retrain(out)  # as if it had never stopped
-    assert (out / "frontier.csv").is_file()
+# the 2-worker search of this module: a smoke search of 5 epochs (n0 operators pruned every
+# epoch, a record before every pruning), the same in the job and in the run whose worker is killed
+SEARCH = ["--smoke-test", "--workers", "2", "--max-epochs", "5", "--seed", "5"]
+EPOCHS = list(range(1, 6))
 
 
 def _submit_env(cluster, script, env_vars, *args, job_id=None):
@@ -216,46 +130,279 @@ def _submit_env(cluster, script, env_vars, *args, job_id=None):
                           capture_output=True, text=True, timeout=600, env=cluster["env"])
 
 
-@pytest.mark.ray
-def test_a_relative_out_in_a_job_needs_a_root(ray_cluster, s3):
-    """A job runs in a temporary copy of --working-dir: a relative --out would vanish with it."""
-    refused = submit(ray_cluster, "search.py", "--smoke-test", "--no-mlflow", "--out", "runs/vanishing")
-    assert refused.returncode != 0
-    assert "temporary copy" in refused.stdout + refused.stderr and "GOLDNAS_RUNS" in refused.stdout + refused.stderr
-    root = s3["uri"]("roots")
-    kept = _submit_env(ray_cluster, "search.py", {"GOLDNAS_RUNS": root}, "--smoke-test", "--no-mlflow",
-                       "--out", "kept")
-    assert kept.returncode == 0, kept.stdout[-3000:] + kept.stderr[-3000:]
-    assert (location(root) / "kept" / "records.json").is_file()
+@pytest.fixture(scope="module")
+def job_search(ray_cluster, s3, mlflow_s3_server):
+    """The 2-worker search as one `ray job submit --working-dir` job: --out relative, under
+    GOLDNAS_RUNS in the bucket; tracked in the MLflow server whose artifacts live in the bucket.
+    Returns (where it lies, the submit command's outcome)."""
+    root = s3["uri"]("jobs")
+    proc = _submit_env(ray_cluster, "search.py", {"GOLDNAS_RUNS": root}, *SEARCH, "--out", "search",
+                       "--mlflow-uri", mlflow_s3_server, "--experiment", "ci-search")
+    return location(root) / "search", proc
+
+
+def _records(out):
+    return json.loads((out / "records.json").read_text())
+
+
+def _history(out):
+    return pd.read_parquet((out / "history.parquet").open_buffer())
+
+
+@pytest.mark.mlflow
+def test_a_search_job_of_two_workers_on_two_nodes_lives_in_the_bucket_and_in_mlflow(job_search, ray_cluster,
+                                                                                    s3, mlflow_s3_server):
+    """The job's relative --out lands under GOLDNAS_RUNS (a job runs in a temporary copy of its
+    working directory); the two ranks ran on the two nodes with identical alive sets every
+    epoch; the search's files, Ray Train's checkpoints and MLflow's artifacts all lie in the
+    bucket; the MLflow run holds every epoch's metrics once, its params, tags and artifacts."""
+    search, proc = job_search
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "succeeded" in proc.stdout.lower()
+    records = _records(search)
+    archs = records["architectures"]
+    assert records["finished"] and records["workers"] == 2 and archs
+    files = _files(search.uri)
+    expected = {"records.json", "history.parquet", "config.yaml", "checkpoints/latest.pt",
+                ".workers/rank-0.json", ".workers/rank-1.json", ".workers/consistency.jsonl"}
+    expected |= {a["genotype"] for a in archs}
+    assert expected <= files, expected - files
+    assert any(f.startswith("ray/") and f.endswith("latest.pt") for f in files)  # Ray Train's checkpoints
+    assert not (ROOT / "runs" / "search").exists()
+
+    # the two ranks ran on the two nodes, and held identical alive sets and alphas every epoch
+    ranks = [json.loads((search / f".workers/rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["node_id"] != ranks[1]["node_id"]
+    lines = [json.loads(line) for line in (search / ".workers/consistency.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == EPOCHS
+    assert all(line["ranks"][0] == line["ranks"][1] for line in lines)
+    assert len({line["ranks"][0]["alive"] for line in lines}) == len(EPOCHS)  # pruned each epoch (the smoke xi_max)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_s3_server)
+    run = client.get_run(records["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["goldnas.out"] == search.uri
+    assert client.get_experiment(run.info.experiment_id).name == "ci-search"
+    assert run.data.params["search.max_epochs"] == "5" and run.data.params["space.num_cells"] == "3"
+    assert run.data.tags["dataset"] == "digits" and run.data.tags["workers"] == "2"
+    assert float(run.data.tags["space_log10_size"]) == pytest.approx(records["space_log10_size"], abs=0.01)
+    for name in ("lambda", "delta_lambda", "flops", "params", "alive_ops", "pruned_ops", "train_loss",
+                 "train_acc", "epoch_seconds", "images_per_second"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert sorted(m.step for m in history) == EPOCHS, name
+    flops = sorted(client.get_metric_history(run.info.run_id, "flops"), key=lambda m: m.step)
+    assert [m.value for m in flops] == [float(v) for v in _history(search)["flops"]]
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"records.json", "history.parquet", "genotypes", "plots"} <= top
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/flops.png", "plots/lambda.png"}
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "genotypes")}
+    assert logged == {a["genotype"] for a in archs} | {a["genotype"].replace(".json", ".png") for a in archs}
+    assert any(f.startswith("mlflow/") and f.endswith("records.json") for f in _files(s3["uri"]("")))
+
+
+def _frontier_summary(out):
+    return [(a["id"], a["epoch"], a["flops"], a["params"]) for a in _records(out)["architectures"]]
+
+
+class _Running:
+    """What kill_rank_after_report polls of a driver run in this process: None until it ends."""
+    returncode = None
+
+    def poll(self):
+        return self.returncode
+
+
+@pytest.mark.mlflow
+def test_a_killed_worker_is_replaced_and_the_search_in_the_bucket_records_what_the_job_did(
+        job_search, ray_cluster, s3, mlflow_s3_server, tmp_path):
+    """The job's search again, into the bucket, rank 1 SIGKILLed once epoch 2's report has
+    returned (epoch 1's checkpoint is Ray Train's by then, docs/search.md): the restarted worker
+    group goes on from the checkpoint in the bucket and records exactly what the job recorded
+    uninterrupted, logging into the same MLflow run, each epoch once."""
+    straight, _ = job_search
+    out = location(s3["uri"]("killed"))
+    running, killed = _Running(), []
+    killer = threading.Thread(target=lambda: killed.append(kill_rank_after_report(out, 2, running)))
+    killer.start()
+    try:
+        done = drive("search.py", *SEARCH, "--mlflow-uri", mlflow_s3_server, "--experiment", "ci-killed",
+                     "--out", out.uri, cluster=ray_cluster, cwd=tmp_path)
+    finally:
+        running.returncode = -1 if running.returncode is None else running.returncode
+        killer.join()
+    assert killed[0] is not None, "the run ended before a worker could be killed"
+    assert done.returncode == 0, done.console[-3000:]
+    assert list(tmp_path.iterdir()) == []  # the bucket run wrote nothing locally
+    assert json.loads((out / ".workers/rank-1.json").read_text())["pid"] != killed[0], "rank 1 was not restarted"
+    # the new group continued from the registered checkpoint, not from scratch: epoch 1 (done
+    # before the kill) was never run again, and every epoch ran to the end at least once
+    epochs = [json.loads(line)["epoch"] for line in (out / ".workers/consistency.jsonl").read_text().splitlines()]
+    assert epochs.count(1) == 1 and sorted(set(epochs)) == EPOCHS, epochs
+    assert _records(out)["finished"] and _frontier_summary(out) == _frontier_summary(straight)
+    a, b = _history(straight), _history(out)
+    assert list(a["flops"]) == list(b["flops"]) and list(a["epoch"]) == list(b["epoch"]) == EPOCHS
+    assert a["loss"].tolist() == pytest.approx(b["loss"].tolist(), rel=1e-5)
+
+    from mlflow.tracking import MlflowClient
+
+    records = _records(out)
+    client = MlflowClient(tracking_uri=mlflow_s3_server)
+    runs = client.search_runs([client.get_experiment_by_name("ci-killed").experiment_id])
+    assert [r.info.run_id for r in runs] == [records["mlflow_run_id"]]
+    assert runs[0].info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(records["mlflow_run_id"], "flops")) == EPOCHS
+
+
+def _read_until(run: subprocess.Popen, pattern: str, timeout: float = 300) -> list[str]:
+    """The lines ``run`` prints up to the first matching ``pattern`` (all of them if it ends
+    first), the driver paused (SIGSTOP) the instant that line is read; ``run`` is killed after
+    ``timeout`` seconds, so a hang fails instead of waiting."""
+    watchdog = threading.Timer(timeout, run.kill)
+    watchdog.start()
+    lines = []
+    try:
+        for line in run.stdout:
+            lines.append(line)
+            if re.search(pattern, line):
+                os.kill(run.pid, signal.SIGSTOP)
+                break
+    finally:
+        watchdog.cancel()
+    return lines
 
 
 @pytest.mark.ray
 @pytest.mark.mlflow
-def test_a_search_stopped_before_its_first_checkpoint_ends_its_mlflow_run_killed(ray_cluster, mlflow_server,
-                                                                                tmp_path):
+def test_ctrl_c_stops_a_retrain_in_the_bucket_in_one_line_and_resume_finishes_it(ray_cluster, s3, mlflow_s3_server,
+                                                                                   tmp_path):
+    """A 1-epoch search in the bucket, tracked in the server whose artifacts are there; its
+    retrain (--search-run: the search's files read from the MLflow run's artifacts, the retrain
+    written to the bucket) gets SIGINT the moment a trial's epoch 2 of 4 is printed (the driver
+    paused while the signal is sent): exit 130 with one line saying how far it got and how to
+    resume, no traceback and none of Ray's own advice, every MLflow run it started KILLED;
+    `--resume` then ends every trial exactly where an uninterrupted retrain does
+    (conftest.straight_retrain), each epoch logged once, and writes the report to the bucket."""
+    from mlflow.tracking import MlflowClient
+
+    searched = drive("search.py", "--local", "--smoke-test", "--max-epochs", "1", "--mlflow-uri", mlflow_s3_server,
+                     "--experiment", "ci-rt-search", "--out", s3["uri"]("rt-search"))
+    assert searched.returncode == 0, searched.console[-3000:]
+    search = _records(location(s3["uri"]("rt-search")))
+    out = location(s3["uri"]("rt-out"))
+    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as err:
+        run = subprocess.Popen([sys.executable, "pipelines/retrain.py", "--search-run", search["mlflow_run_id"],
+                                "--mlflow-uri", mlflow_s3_server, "--random", "1", "--epochs", "4",
+                                "--set", "retrain.batch_size=128", "--out", out.uri],
+                               stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT)
+        printed = _read_until(run, r" epoch +2/4 ")
+        try:
+            assert run.poll() is None, "".join(printed)[-3000:]
+            run.send_signal(signal.SIGINT)
+        finally:
+            os.kill(run.pid, signal.SIGCONT)
+        rest, _ = run.communicate(timeout=120)
+    console = "".join(printed) + rest + errors.read_text()
+    assert run.returncode == 130, console[-3000:]
+    stopped = [line for line in console.splitlines() if line.startswith("stopped:")]
+    assert len(stopped) == 1 and stopped[0].endswith(f"resume with: python pipelines/retrain.py --resume --out {out.uri}")
+    assert "trials finished" in stopped[0]
+    for noise in ("Traceback", "Tuner.restore", "Resume experiment", "Failed to fetch metrics"):
+        assert noise not in console, console[-3000:]
+    assert not (out / "frontier.csv").is_file()
+    manifest = json.loads((out / "retrain.json").read_text())
+    client = MlflowClient(tracking_uri=mlflow_s3_server)
+    assert client.get_run(manifest["mlflow_run_id"]).info.status == "KILLED"
+    ended = [client.get_run(r).info.status for r in manifest["mlflow_child_run_ids"].values()]
+    assert "RUNNING" not in ended and "KILLED" in ended, ended
+    assert manifest["trials"] == [f"{a['id']}-s0" for a in search["architectures"]] + ["random-000-s0"]
+    assert (out / "search/records.json").is_file()  # read from the MLflow run's artifacts
+
+    resumed = drive("retrain.py", "--resume", "--out", out.uri, cluster=ray_cluster, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.console[-4000:]
+    assert list(tmp_path.iterdir()) == [errors]  # the bucket run wrote nothing locally
+    trials = pd.read_parquet((out / "trials.parquet").open_buffer())
+    starts = [json.loads(line)["start_epoch"] for key in manifest["trials"]
+              for line in (out / f".trials/{key}.jsonl").read_text().splitlines() if "start_epoch" in line]
+    assert any(s > 0 for s in starts), f"no trial continued from a checkpoint: {starts}"
+    # stopped and resumed, every trial ends exactly where an uninterrupted one does
+    assert trial_histories(trials) == straight_retrain(out.uri)
+    assert {"frontier.csv", "frontier.parquet", "frontier.png", "trials.parquet", "retrain.json",
+            "search/records.json"} <= _files(out.uri)
+
+    table = pd.read_parquet((out / "frontier.parquet").open_buffer())
+    assert sorted(table["arch_id"]) == sorted([a["id"] for a in search["architectures"]] + ["random-000"])
+    assert sorted(table["kind"]) == sorted(["random"] + ["searched"] * len(search["architectures"]))
+    # one random architecture: FLOPs within 2% of the median (in log FLOPs) of the searched ones
+    target = round(math.exp(statistics.median(math.log(a["flops"]) for a in search["architectures"])))
+    rnd = table[table["kind"] == "random"].iloc[0]
+    assert abs(rnd["flops"] - target) <= 0.02 * target
+
+    parent = client.get_run(manifest["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["goldnas.search_run_id"] == search["mlflow_run_id"]
+    for key, run_id in manifest["mlflow_child_run_ids"].items():
+        steps = [m.step for m in client.get_metric_history(run_id, "test_acc")]
+        assert sorted(steps) == [1, 2, 3, 4], (key, steps)  # every epoch once, across the restart
+        assert client.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.ray
+def test_a_relative_out_in_a_job_is_refused_in_one_line(ray_cluster):
+    """A job runs in a temporary copy of --working-dir: a relative --out would vanish with it.
+    Without GOLDNAS_RUNS the job fails with the one error line that says so (with it, the
+    module's search job lands under that root: test_a_search_job_of_two_workers_...)."""
+    refused = submit(ray_cluster, "search.py", "--smoke-test", "--no-mlflow", "--out", "runs/vanishing")
+    assert refused.returncode == 1 and "failed with exit code 2" in refused.stdout, refused.stdout[-3000:]
+    # the job's log, and the status message that repeats it, hold the one error line
+    errors = {line for line in refused.stdout.splitlines() if line.startswith("error:")}
+    assert len(errors) == 1, refused.stdout[-3000:]
+    errors = sorted(errors)
+    assert errors[0].startswith("error: --out runs/vanishing is relative, and this job runs in a temporary copy")
+    assert "set GOLDNAS_RUNS to a root for relative names" in errors[0]
+    assert "Traceback" not in refused.stdout and "epoch" not in refused.stdout
+
+
+@pytest.mark.ray
+@pytest.mark.mlflow
+def test_a_search_job_stopped_before_its_first_checkpoint_says_so_once_and_ends_its_mlflow_run_killed(
+        ray_cluster, mlflow_server, tmp_path):
+    """`ray job stop` (SIGTERM to the job's driver) while rank 0 is held (SIGSTOP) from the
+    moment it starts, before any epoch: no checkpoint exists, the job's log has the one stop
+    line and no traceback, and the MLflow run the driver opened ends KILLED."""
     from mlflow.tracking import MlflowClient
 
     out, job, experiment = tmp_path / "stopped", f"stop-{int(time.time())}", f"ci-stop-{int(time.time())}"
-    # an epoch of minutes (batches of 2, 16 channels, 360 steps per worker): the job is stopped
-    # a few seconds after its MLflow run opens, long before the first checkpoint
-    proc = submit(ray_cluster, "search.py", "--set", "space.init_channels=16", "--set", "data.batch_size=2",
-                  "--workers", "2", "--mlflow-uri", mlflow_server, "--experiment", experiment,
-                  "--out", str(out), job_id=job)
+    proc = submit(ray_cluster, "search.py", "--smoke-test", "--mlflow-uri", mlflow_server, "--experiment",
+                  experiment, "--out", str(out), job_id=job)
     assert proc.returncode == 0, proc.stderr
-    client, runs, deadline = MlflowClient(tracking_uri=mlflow_server), [], time.time() + 120
-    while time.time() < deadline and not runs:
-        exp = client.get_experiment_by_name(experiment)
-        runs = client.search_runs([exp.experiment_id]) if exp else []
-        time.sleep(0.2)
-    assert runs, "the search never opened its MLflow run"
-    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", ray_cluster["dashboard"], job],
-                          capture_output=True, text=True, timeout=120, env=ray_cluster["env"])
-    assert stop.returncode == 0, stop.stderr
-    assert not (out / "checkpoints" / "latest.pt").is_file(), "stopped too late: a checkpoint exists"
-    deadline = time.time() + 30
-    while time.time() < deadline and client.get_run(runs[0].info.run_id).info.status == "RUNNING":
-        time.sleep(0.5)
-    assert client.get_run(runs[0].info.run_id).info.status == "KILLED"
+    rank0, deadline, pid = out / ".workers" / "rank-0.json", time.time() + 300, None
+    while pid is None and time.time() < deadline:
+        try:
+            pid = json.loads(rank0.read_text())["pid"]
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    assert pid is not None, "the search's rank 0 never started"
+    os.kill(pid, signal.SIGSTOP)  # the moment rank 0 starts: it trains nothing until let go
+    try:
+        assert not (out / "checkpoints" / "latest.pt").is_file(), "stopped too late: a checkpoint exists"
+        stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", ray_cluster["dashboard"], job],
+                              capture_output=True, text=True, timeout=120, env=ray_cluster["env"])
+        assert stop.returncode == 0, stop.stderr
+        assert not (out / "checkpoints" / "latest.pt").is_file()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]
+    logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", ray_cluster["dashboard"], job],
+                          capture_output=True, text=True, timeout=120, env=ray_cluster["env"]).stdout
+    stopped = [line for line in logs.splitlines() if line.startswith("stopped:")]
+    assert len(stopped) == 1 and stopped[0].startswith("stopped: after epoch 0 of at most 3"), logs[-3000:]
+    assert "Traceback" not in logs, logs[-3000:]
 
 
 # ---- datasets in the bucket: splits found through the storage layer ---------------------------
