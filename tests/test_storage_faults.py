@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import start_moto, tiny_config
+from drivers import drive
 
 from goldnas_ray.core.config import ConfigError
 from goldnas_ray.core.latency import LatencyTableError, measure
@@ -331,20 +332,17 @@ def test_profile_latency_writes_its_table_to_the_bucket_and_reads_its_config_the
 @pytest.mark.s3
 @pytest.mark.ray
 @pytest.mark.services
-def test_a_sweeps_trials_get_the_table_the_driver_read_from_the_bucket(moto, table_in_bucket, tmp_path):
-    """Two searches on an embedded local Ray: the sweep's pre-flight reads the table in the
+def test_a_sweeps_trials_get_the_table_the_driver_read_from_the_bucket(moto, table_in_bucket, ray_cluster, tmp_path):
+    """Two searches on the session's two-node cluster: the sweep's pre-flight reads the table in the
     bucket once, and its trials build their searches from that copy (moto served it once)."""
     table, uri = table_in_bucket
     before = _gets(moto, "tables/tiny.json")
     out = tmp_path / "sweep"
-    proc = subprocess.run(
-        [sys.executable, "pipelines/sweep.py", "--out", str(out), "--no-mlflow", "--seeds", "0",
-         "--grid", "search.lambda0=0.3,0.5", "--cpus-per-worker", "1",
-         *[x for s in ("space.num_cells=3", "space.init_channels=4", "data.batch_size=128", "search.max_epochs=2",
-                       "search.cost=latency", f"search.latency_table={uri}", "search.latency_min_ratio=0.05")
-           for x in ("--set", s)]],
-        capture_output=True, text=True, cwd=ROOT, timeout=900,
-        env={k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")})
+    proc = drive("sweep.py", "--out", str(out), "--no-mlflow", "--seeds", "0", "--grid", "search.lambda0=0.3,0.5",
+                 "--cpus-per-worker", "1",
+                 *[x for s in ("space.num_cells=3", "space.init_channels=4", "data.batch_size=128", "search.max_epochs=2",
+                               "search.cost=latency", f"search.latency_table={uri}", "search.latency_min_ratio=0.05")
+                   for x in ("--set", s)], cluster=ray_cluster)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     for name in ("p0-s0", "p1-s0"):
         assert json.loads((out / name / "records.json").read_text())["finished"]
@@ -403,8 +401,7 @@ def test_a_search_goes_on_through_a_paused_endpoint_and_a_missing_object_is_one_
     assert json.loads((out / "records.json").read_text())["finished"]
     (out / "gone.json").delete()  # nothing there: as after a retried delete whose answer was lost
 
-    missing = subprocess.run([sys.executable, "pipelines/search.py", "--local", "--no-mlflow", *settings[:6],
-                              "--set", "data.dataset=parquet", "--set", f"data.root={moto['uri']('no/such/set')}",
-                              "--out", str(tmp_path / "m")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    missing = drive("search.py", "--local", "--no-mlflow", *settings[:6], "--set", "data.dataset=parquet",
+                    "--set", f"data.root={moto['uri']('no/such/set')}", "--out", str(tmp_path / "m"))
     assert missing.returncode == 2 and missing.stderr.startswith("error: cannot read Parquet data at s3://faults/no/")
     assert len(missing.stderr.strip().splitlines()) == 1, missing.stderr

@@ -1,65 +1,109 @@
 """An MLflow tracking server that goes away after a good start never stops a run: its writes
 are buffered in the run's output and replayed (tracking/buffer.py, tracking/replay.py).
 
-Each test starts its own server (the session's shared one is not stopped), on a free port it
-keeps across a restart, with MLflow's retry budget shortened through its environment variables."""
+The runs here reach the session's MLflow server (conftest) through a TCP relay of this module's,
+on a port of its own: the test closes the relay (connections refused, open ones cut: what a
+client sees of a server that went away) and opens it again on the same port, while the server
+and its store run throughout, so no other test sees the outage and no server is started again.
+MLflow's retry budget is shortened through its environment variables."""
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
-from conftest import BIN, free_port, tiny_config, wait_http
+from conftest import free_port, tiny_config
+from drivers import drive
 
 from goldnas_ray.run.loop import run_local
-from goldnas_ray.tracking import buffer
+from goldnas_ray.tracking import buffer, replay
 from goldnas_ray.tracking.search import METRICS, search_tracker
 
 
-
 def served(test):
-    """A test on this module's own MLflow server (marked as the conftest fixture's users are)."""
+    """A test on this module's relay to the session's MLflow server (marked as its users are)."""
     return pytest.mark.services(pytest.mark.mlflow(test))
 
 EPOCHS = 8
 
 
 class Server:
-    """An MLflow server on one port and one store, stopped and started again by the test."""
+    """The session's MLflow server as the runs here see it: ``uri`` is a relay to it, which
+    ``stop()`` closes and ``start()`` opens again."""
 
-    def __init__(self, root: Path):
-        self.root, self.port, self.proc = root, free_port(), None
+    def __init__(self, upstream: str):
+        self.upstream = upstream.rsplit(":", 1)
+        self.port, self.listener, self.open, self.lock = free_port(), None, set(), threading.Lock()
         self.uri = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
-            stdout=open(self.root / "server.log", "a"), stderr=subprocess.STDOUT)
-        wait_http(self.uri + "/health", timeout=120)
+        self.listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: the same port again
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
-            self.proc = None
+        with self.lock:
+            listener, self.listener = self.listener, None
+            socks = [listener, *self.open]
+            self.open.clear()
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept() or recv()
+            except OSError:
+                pass
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # closed by stop()
+                return
+            with self.lock:
+                if self.listener is not listener:  # accepted in the instant of a stop
+                    client.close()
+                    return
+                server = socket.create_connection((self.upstream[0].split("//")[-1], int(self.upstream[1])))
+                self.open |= {client, server}
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """One server for this module's tests (each leaves it running)."""
+def server(mlflow_server):
+    """The relay for this module's tests (each leaves it open)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         patch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         patch.setattr(buffer, "PROBE_EVERY", 0.0)  # probe at every write: no waiting here
-        srv = Server(tmp_path_factory.mktemp("mlflow"))
+        srv = Server(mlflow_server)
         srv.start()
         yield srv
         srv.stop()
+
+
+def _replay(out: Path, capsys) -> tuple[int, str]:
+    """``python -m goldnas_ray.tracking.replay OUT`` in this process: exit status, stdout + stderr."""
+    capsys.readouterr()
+    code = replay.main([str(out)])
+    said = capsys.readouterr()
+    return code, said.out + said.err
 
 
 def _search(out: Path, uri: str | None, on_epoch=lambda n: None) -> list[str]:
@@ -117,46 +161,48 @@ def test_a_search_that_ends_while_the_server_is_down_is_completed_by_the_replay(
     said = capsys.readouterr().out
     assert "items wait" in said and "goldnas_ray.tracking.replay" in said, said
     assert (out / "records.json").is_file() and buffer.Buffer(out).pending() > 0
+    # the command a user runs (its exit status is what a script of theirs reads)
     down = subprocess.run([sys.executable, "-m", "goldnas_ray.tracking.replay", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert down.returncode == 1 and "unreachable" in down.stderr, down.stderr
     server.start()
-    done = subprocess.run([sys.executable, "-m", "goldnas_ray.tracking.replay", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    code, said = _replay(out, capsys)
+    assert code == 0 and "replayed" in said, said
     _check_run(server.uri, out)
 
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 @served
-def test_a_retrain_whose_server_goes_down_finishes_and_the_replay_completes_its_runs(server, tmp_path):
-    """The server stops after the first trial epoch and stays down: every trial finishes, the
-    report is written, exit 0; the replay then ends the parent and every child FINISHED with
-    each epoch once."""
+def test_a_retrain_whose_server_goes_down_finishes_and_the_replay_completes_its_runs(server, ray_cluster,
+                                                                                      tmp_path, capsys):
+    """The server goes away once a trial's first epoch is checkpointed, and stays away: every
+    trial finishes, the report is written, exit 0; the replay then ends the parent and every
+    child FINISHED with each epoch once."""
     from mlflow.tracking import MlflowClient
 
     _search(tmp_path / "search", None)
     out = tmp_path / "retrain"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONUNBUFFERED": "1"}  # own Ray
-    run = subprocess.Popen([sys.executable, "pipelines/retrain.py", "--search-dir", str(tmp_path / "search"),
-                            "--mlflow-uri", server.uri, "--epochs", "2", "--set", "retrain.batch_size=128",
-                            "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           env=env, cwd=ROOT)
-    printed = []
-    for line in run.stdout:
-        printed.append(line)
-        if " epoch " in line and "1/2" in line and server.proc is not None:
+
+    def stop_after_a_first_epoch(running):
+        while not running.is_set() and not list((out / "ray" / "retrain").glob("*/checkpoint_000000")):
+            running.wait(0.05)
+        if not running.is_set():
             server.stop()
-    console = "".join(printed)
-    assert run.wait(timeout=60) == 0, console[-4000:]
+    ended = threading.Event()
+    watcher = threading.Thread(target=stop_after_a_first_epoch, args=(ended,))
+    watcher.start()
+    try:
+        run = drive("retrain.py", "--search-dir", str(tmp_path / "search"), "--mlflow-uri", server.uri,
+                    "--epochs", "2", "--set", "retrain.batch_size=128", "--out", str(out), cluster=ray_cluster)
+    finally:
+        ended.set()
+        watcher.join()
+    console = run.console
+    assert run.returncode == 0, console[-4000:]
     assert "unreachable since" in console and "items wait" in console, console[-4000:]
     assert (out / "frontier.csv").is_file()
     server.start()
-    done = subprocess.run([sys.executable, "-m", "goldnas_ray.tracking.replay", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    code, said = _replay(out, capsys)
+    assert code == 0, said
     manifest = json.loads((out / "retrain.json").read_text())
     client = MlflowClient(tracking_uri=server.uri)
     assert client.get_run(manifest["mlflow_run_id"]).info.status == "FINISHED"
@@ -187,9 +233,8 @@ def test_a_sweeps_parent_ends_while_the_server_is_down_and_the_replay_completes_
     said = capsys.readouterr().out
     assert said.count("unreachable since") == 1 and "items wait" in said, said
     server.start()
-    done = subprocess.run([sys.executable, "-m", "goldnas_ray.tracking.replay", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    code, said = _replay(tmp_path, capsys)
+    assert code == 0, said
     client = MlflowClient(tracking_uri=server.uri)
     assert client.get_run(sweep.mlflow_run_id).info.status == "FINISHED"
     assert "sweep.json" in {a.path for a in client.list_artifacts(sweep.mlflow_run_id)}
