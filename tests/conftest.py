@@ -288,3 +288,17 @@ def submit(cluster, script, *args, timeout=900, job_id=None):
            "--", sys.executable, f"pipelines/{script}", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=cluster["env"])
 
+
+@pytest.fixture(scope="session")
+def small_search(tmp_path_factory):
+    """One small search in this process, read by the tests of a search's files (they copy its
+    folder before changing anything in it): 2 epochs of tiny_config on digits that prune from
+    the first epoch and record 3 architectures of falling FLOPs. ``out``, the GoldSearch that
+    run_local returned, and the lines it logged."""
+    from types import SimpleNamespace
+
+    from goldnas_ray.run.loop import run_local
+
+    out, lines = tmp_path_factory.mktemp("small-search") / "s", []
+    cfg = tiny_config(max_epochs=2, lambda0=1.0, xi_max=0.2, t0=0, record_gap=0.02, record_min_gap=0.0)
+    return SimpleNamespace(out=out, search=run_local(cfg, out, log=lines.append), lines=lines)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from drivers import drive
 
 from goldnas_ray.cli import run_main
 from goldnas_ray.core.config import ConfigError
@@ -44,13 +45,12 @@ def test_a_bug_keeps_its_traceback():
 def test_a_pipeline_bug_prints_a_traceback_and_exits_1(tmp_path):
     # a stop below which the supernet already is: a user error found when the supernet is
     # built (exit 2, one line) ...
-    bad = subprocess.run([sys.executable, str(ROOT / "pipelines" / "search.py"), "--local", "--no-mlflow",
-                          "--out", str(tmp_path / "a"), "--set", "search.flops_min=1e12"],
-                         capture_output=True, text=True, timeout=300)
+    bad = drive("search.py", "--local", "--no-mlflow", "--out", str(tmp_path / "a"), "--set", "search.flops_min=1e12")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
     assert "search.flops_min" in bad.stderr and "must be below the full supernet" in bad.stderr
     assert not (tmp_path / "a").exists()
-    # ... while a crash inside the code keeps Python's traceback and status 1
+    # ... while a crash inside the code keeps Python's traceback and status 1 (the process's
+    # own exit status: a process of its own)
     crash = subprocess.run([sys.executable, "-c",
                             "import sys; from goldnas_ray.cli import run_main\n"
                             "def body(): {}['missing']\n"

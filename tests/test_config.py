@@ -3,13 +3,12 @@ models build every config (YAML, --set, dicts, direct construction) and publish 
 reference table."""
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+from drivers import drive
 
 from goldnas_ray.core.config import (DATASETS, Config, ConfigError, DataConfig, RetrainConfig, SearchConfig,
                                      json_schema, reference_table)
@@ -116,14 +115,12 @@ def test_yaml_round_trip_and_errors(tmp_path):
     ("data.flip=3", "error: data.flip: input should be a valid boolean, got 3"),
 ])
 def test_the_search_pipeline_prints_one_error_line(tmp_path, override, message):
-    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "search.py"), "--local", "--no-mlflow",
-                           "--out", str(tmp_path / "x"), "--set", override], capture_output=True, text=True,
-                          timeout=300)
+    proc = drive("search.py", "--local", "--no-mlflow", "--out", str(tmp_path / "x"), "--set", override)
     assert proc.returncode == 2 and proc.stderr == message + "\n", proc.stderr
     assert not (tmp_path / "x").exists()
 
 
-def test_the_schema_validates_every_preset_and_catches_typos():
+def test_the_schema_validates_every_preset_and_catches_typos(capsys):
     schema = json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     presets = sorted((ROOT / "configs").glob("*.yaml"))
@@ -136,9 +133,12 @@ def test_the_schema_validates_every_preset_and_catches_typos():
         jsonschema.validate({"data": {"batchsize": 64}}, schema)
     with pytest.raises(jsonschema.ValidationError, match="'mnist' is not one of"):
         jsonschema.validate({"data": {"dataset": "mnist"}}, schema)
-    printed = subprocess.run([sys.executable, "-m", "goldnas_ray.core.config", "--schema"], capture_output=True,
-                             text=True, timeout=120, cwd=ROOT)
-    assert printed.returncode == 0 and printed.stderr == "" and json.loads(printed.stdout) == schema
+    from goldnas_ray.core.config import main  # python -m goldnas_ray.core.config --schema
+
+    capsys.readouterr()
+    assert main(["--schema"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == "" and json.loads(printed.out) == schema
 
 
 def test_the_reference_table_in_the_docs_is_the_models():

@@ -1,13 +1,11 @@
 """Every dataset of the registry, read from files the test writes in the real formats, with the
 errors a bad file gets; then through a smoke search and a smoke retrain each."""
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, tiny_config
+from conftest import tiny_config
 from datafiles import image_bytes, write_cifar100, write_imagefolder, write_parquet
+from drivers import drive
 
 from goldnas_ray.core.config import Config, DataConfig, RetrainConfig
 from goldnas_ray.data import DataError, load_dataset
@@ -137,14 +135,12 @@ def test_each_dataset_through_a_smoke_search_and_a_smoke_retrain(tmp_path, datas
 
 def test_the_documented_smoke_command_on_cifar100(tmp_path):
     write_cifar100(tmp_path / "c100", n_train=160)  # at least one batch of the smoke preset's 128
-    proc = subprocess.run([sys.executable, "pipelines/search.py", "--smoke-test", "--local", "--no-mlflow",
-                           "--set", "data.dataset=cifar100", "--set", f"data.root={tmp_path / 'c100'}",
-                           "--out", str(tmp_path / "s")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = drive("search.py", "--smoke-test", "--local", "--no-mlflow", "--set", "data.dataset=cifar100",
+                 "--set", f"data.root={tmp_path / 'c100'}", "--out", str(tmp_path / "s"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "GOLD-NAS search on cifar100" in proc.stdout and (tmp_path / "s" / "records.json").is_file()
-    bad = subprocess.run([sys.executable, "pipelines/search.py", "--smoke-test", "--local", "--no-mlflow",
-                          "--set", "data.dataset=cifar100", "--set", f"data.root={tmp_path / 'none'}",
-                          "--out", str(tmp_path / "t")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    bad = drive("search.py", "--smoke-test", "--local", "--no-mlflow", "--set", "data.dataset=cifar100",
+                "--set", f"data.root={tmp_path / 'none'}", "--out", str(tmp_path / "t"))
     assert bad.returncode == 2 and "CIFAR-100 not found" in bad.stderr and not (tmp_path / "t").exists()
 
 

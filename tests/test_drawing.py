@@ -4,12 +4,10 @@ import json
 
 from PIL import Image
 
-from conftest import tiny_config
 from goldnas_ray import plot_genotype
 from goldnas_ray.core.genotype import CellGenotype, Genotype
 from goldnas_ray.core.space import Edge
 from goldnas_ray.run.drawing import COLOURS, OUTPUT, layout
-from goldnas_ray.run.loop import run_local
 
 
 def _hand_made() -> Genotype:
@@ -60,17 +58,16 @@ def test_the_picture_has_the_layouts_shape(tmp_path):
     assert wide.size == (round(3.2 * 3 * 90), round((0.9 + 2.6 * 1) * 90))
 
 
-def test_each_recorded_architecture_is_drawn_beside_its_genotype(tmp_path, digits):
-    cfg = tiny_config(lambda0=0.3, t0=1, max_epochs=6, flops_min_ratio=0.05)
-    run_local(cfg, tmp_path / "s", log=lambda _: None)
-    records = json.loads((tmp_path / "s" / "records.json").read_text())["architectures"]
-    assert records
+def test_each_recorded_architecture_is_drawn_beside_its_genotype(small_search, tmp_path):
+    out = small_search.out
+    records = json.loads((out / "records.json").read_text())["architectures"]
+    assert len(records) > 1
     for rec in records:
-        png = Image.open(tmp_path / "s" / rec["genotype"].replace(".json", ".png"))
-        panels = len(layout(Genotype.from_dict(json.loads((tmp_path / "s" / rec["genotype"]).read_text())),
+        png = Image.open(out / rec["genotype"].replace(".json", ".png"))
+        panels = len(layout(Genotype.from_dict(json.loads((out / rec["genotype"]).read_text())),
                             ).panels)
         assert png.format == "PNG" and png.size[1] == round((0.9 + 2.6 * -(-panels // 4)) * 90)
         # the drawing of the recorded genotype, not of another one: drawn again, the same bytes
-        fresh = plot_genotype(Genotype.from_dict(json.loads((tmp_path / "s" / rec["genotype"]).read_text())),
+        fresh = plot_genotype(Genotype.from_dict(json.loads((out / rec["genotype"]).read_text())),
                               tmp_path / "fresh.png")
-        assert fresh.read_bytes() == (tmp_path / "s" / rec["genotype"].replace(".json", ".png")).read_bytes()
+        assert fresh.read_bytes() == (out / rec["genotype"].replace(".json", ".png")).read_bytes()

@@ -1,15 +1,12 @@
-"""pipelines/search.py --local, run as a user runs it."""
+"""pipelines/search.py --local with a user's flags, its main(argv) run in this process
+(tests/drivers.py): exit status, console and files as the command line gives them."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from drivers import drive
 
 
-def run(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, str(ROOT / "pipelines" / "search.py"), *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=600)
+def run(*args):
+    return drive("search.py", *args)
 
 
 def test_smoke_run_writes_the_contract_and_refuses_to_overwrite(tmp_path):

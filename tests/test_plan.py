@@ -2,19 +2,15 @@
 import json
 
 import pytest
-from conftest import tiny_config
 
 from goldnas_ray.core.config import ConfigError
 from goldnas_ray.files.search_files import OutputDirError
 from goldnas_ray.retrain.plan import MANIFEST, Manifest, Resources, plan_retrain
-from goldnas_ray.run.loop import run_local
 
 
 @pytest.fixture(scope="module")
-def search_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("plan") / "search"
-    run_local(tiny_config(max_epochs=2, lambda0=1.0, xi_max=0.2, t0=0), out, log=lambda _: None)
-    return out
+def search_dir(small_search):
+    return small_search.out  # read only: a plan writes nothing beside the search
 
 
 def test_plan_trials_specs_and_manifest_round_trip(search_dir, tmp_path):

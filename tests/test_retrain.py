@@ -18,7 +18,6 @@ from goldnas_ray.core.discrete import build_network
 from goldnas_ray.retrain.report import non_dominated, staircase, summarise, write_report
 from goldnas_ray.core.genotype import Genotype, GenotypeError
 from goldnas_ray.retrain.recipe import Retrainer
-from goldnas_ray.run.loop import run_local
 from goldnas_ray.retrain.sampling import SpaceTable, matched_targets, sample_genotype, sample_matched
 
 TINY_SPACE = SpaceConfig(num_cells=3, num_nodes=4, init_channels=4)
@@ -160,11 +159,8 @@ def test_sampled_architectures_match_their_flops_targets(table):
 
 # ---- a search's files --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def search_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("search") / "s"
-    run_local(tiny_config(max_epochs=2, lambda0=1.0, xi_max=0.2, t0=0, record_gap=0.02, record_min_gap=0.0),
-              out, log=lambda _: None)
-    return out
+def search_dir(small_search):
+    return small_search.out  # read only: the tests that break its files break copies
 
 
 def test_load_search_and_random_candidates(search_dir):

@@ -8,12 +8,17 @@ from conftest import tiny_config
 from goldnas_ray import build_network, load_genotype
 from goldnas_ray.files.search_files import load_checkpoint, save_checkpoint
 from goldnas_ray.core.costs import count_params, total_flops
-from goldnas_ray.data import eval_batches, iterate_batches
+from goldnas_ray.data import Dataset, eval_batches, iterate_batches
 from goldnas_ray.retrain.recipe import count_correct
 from goldnas_ray.run.loop import run_local
 from goldnas_ray.core.search import GoldSearch
 
 FAST = dict(lambda0=0.05, t0=1, max_epochs=12, flops_min_ratio=0.05)
+QUARTER = ["data.subset=0.25"]  # a quarter of digits: where what is checked needs no more data
+
+
+def _quarter(digits):
+    return Dataset("digits", digits.x_train[:384], digits.y_train[:384], digits.x_test, digits.y_test, 10)
 
 
 def _epochs(search, data, n):
@@ -25,8 +30,9 @@ def _epochs(search, data, n):
 
 def test_resumed_search_continues_exactly(tmp_path, digits):
     # xi_max 0.5: n0 operators go every epoch whatever the float trajectory, before the
-    # checkpoint and after it
+    # checkpoint and after it; a quarter of digits is enough for that
     fast = dict(FAST, lambda0=0.3, xi_max=0.5)
+    digits = _quarter(digits)
     straight = GoldSearch(tiny_config(**fast), digits.input_shape, 10)
     _epochs(straight, digits, 7)
 
@@ -52,7 +58,7 @@ def test_resumed_search_continues_exactly(tmp_path, digits):
 
 def test_pruning_keeps_momentum_of_survivors(digits):
     search = GoldSearch(tiny_config(**FAST), digits.input_shape, 10)
-    _epochs(search, digits, 1)
+    _epochs(search, _quarter(digits), 1)
     survivor = search.model.arch_parameters()[-1]
     before = search.a_opt.state[survivor]["momentum_buffer"].clone()
     n_w = sum(p.numel() for p in search.model.weight_parameters())
@@ -64,11 +70,8 @@ def test_pruning_keeps_momentum_of_survivors(digits):
     assert n_opt == sum(p.numel() for p in search.model.weight_parameters()) < n_w
 
 
-def test_smoke_search_records_falling_flops_that_build_and_train(tmp_path, digits):
-    cfg = tiny_config(**FAST)
-    lines = []
-    search = run_local(cfg, tmp_path / "run", log=lines.append)
-    out = tmp_path / "run"
+def test_smoke_search_records_falling_flops_that_build_and_train(small_search, digits):
+    search, out, lines = small_search.search, small_search.out, small_search.lines
     import json
 
     records = json.loads((out / "records.json").read_text())
@@ -183,7 +186,7 @@ def test_resuming_a_finished_search_runs_nothing_and_reopens_no_run(tmp_path):
     from goldnas_ray.run.loop import run_local
 
     out, first = tmp_path / "s", _Tracker()
-    done = run_local(tiny_config(max_epochs=2), out, log=lambda _: None, tracker=lambda *a: first)
+    done = run_local(tiny_config(max_epochs=2).override(QUARTER), out, log=lambda _: None, tracker=lambda *a: first)
     assert first.rows == [1, 2] and first.ended == ["FINISHED"]
     before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     opened, lines = [], []
@@ -196,7 +199,7 @@ def test_resuming_a_finished_search_runs_nothing_and_reopens_no_run(tmp_path):
 def test_plots_are_an_output_of_the_search_whether_tracked_or_not(tmp_path):
     from goldnas_ray.run.loop import run_local
 
-    run_local(tiny_config(max_epochs=2), tmp_path / "s", log=lambda _: None)
+    run_local(tiny_config(max_epochs=2).override(QUARTER), tmp_path / "s", log=lambda _: None)
     assert sorted(p.name for p in (tmp_path / "s" / "plots").iterdir()) == ["flops.png", "lambda.png"]
 
 

@@ -105,6 +105,7 @@ def test_a_search_with_tracking_and_a_retrain_epoch_leave_the_process_as_they_fo
     import matplotlib
     import mlflow  # noqa: F401 - MLflow's own import-time logging set-up is not ours to judge
 
+    from goldnas_ray.data.datasets import keep_subset
     from goldnas_ray.retrain.recipe import Retrainer
     from goldnas_ray.run.loop import run_local
     from goldnas_ray.tracking.search import search_tracker
@@ -124,10 +125,10 @@ def test_a_search_with_tracking_and_a_retrain_epoch_leave_the_process_as_they_fo
     before = snapshot()
     out = tmp_path / "s"
     tracker = search_tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "side-effects", out, workers=1)
-    search = run_local(tiny_config(max_epochs=2, lambda0=1.0, xi_max=0.2, t0=0), out, log=lambda _: None,
-                       tracker=tracker)
+    search = run_local(tiny_config(max_epochs=2, lambda0=1.0, xi_max=0.2, t0=0).override(["data.subset=0.25"]),
+                       out, log=lambda _: None, tracker=tracker)  # a quarter of digits: what is run is the same
     Retrainer(search.records[-1].genotype, tiny_config().retrain.model_copy(update={"epochs": 1}), seed=3
-              ).train_epoch(digits)
+              ).train_epoch(keep_subset(digits, 0.25))
     after = snapshot()
     assert after[0] == before[0]
     new_loggers = {k: v for k, v in after[1].items() if before[1].get(k, logging.NOTSET) != v}

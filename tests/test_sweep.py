@@ -109,7 +109,8 @@ def test_the_report_union_and_retrain_plan_of_two_searches_that_record_the_same(
     from goldnas_ray.sweep.report import read_fronts, write_report
     from goldnas_ray.sweep.retrain import load_sweep
 
-    base = tiny_config(lambda0=0.3, xi_max=0.5, t0=0, max_epochs=2, record_gap=0.02, record_min_gap=0.0)
+    base = tiny_config(lambda0=0.3, xi_max=0.5, t0=0, max_epochs=2, record_gap=0.02, record_min_gap=0.0,
+                       ).override(["data.subset=0.25"])  # a quarter of digits: prunes, records the same
     grid = parse_grid(["search.latency_batch=1,2"])
     sweep = Sweep(grid, [0], plan_sweep(base, grid, [0]))
     for s in sweep.searches:
@@ -201,7 +202,8 @@ def test_on_a_file_store_the_driver_logs_what_a_searchs_trial_reports_each_epoch
     driver = SweepTracker(uri)
     assert driver.relays and not SweepTracker('http://127.0.0.1:1').relays
     grid = parse_grid(["search.lambda0=0.3"])
-    sweep = Sweep(grid, [0], plan_sweep(tiny_config(xi_max=0.5, t0=0, max_epochs=3, record_gap=0.02, record_min_gap=0.0), grid, [0]))
+    base = tiny_config(xi_max=0.5, t0=0, max_epochs=3, record_gap=0.02, record_min_gap=0.0).override(["data.subset=0.25"])
+    sweep = Sweep(grid, [0], plan_sweep(base, grid, [0]))
     driver.start("exp", location(tmp_path), sweep)
     run_id, out = sweep.searches[0].mlflow_run_id, tmp_path / "p0-s0"
     driver.search_running(run_id)
