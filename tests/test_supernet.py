@@ -22,9 +22,13 @@ def torch_flops(model, shape, **kw):
 
 def test_space_size_matches_the_paper():
     assert len(cell_edges(4)) == 14
-    # 2 operators x 14 edges x 14 cells: about 10^118; x 20 cells: about 10^168
-    assert round(log10_space_size(14, 4, 2)) == 118
-    assert round(log10_space_size(20, 4, 2)) == 169 or round(log10_space_size(20, 4, 2)) == 168
+    # every gated operator is kept or pruned: 2^(2 operators x 14 edges x cells) architectures,
+    # 2^392 = 1.0 x 10^118 with 14 cells and 2^560 = 3.8 x 10^168 with 20 (the paper's "10^168"
+    # is that power of ten, not log10 rounded: 168.58)
+    for cells, power in ((14, 118), (20, 168)):
+        exact = 2 ** (2 * 14 * cells)
+        assert log10_space_size(cells, 4, 2) == pytest.approx(math.log10(exact), abs=1e-9)
+        assert math.floor(log10_space_size(cells, 4, 2)) == power == len(str(exact)) - 1
 
 
 @pytest.mark.parametrize("cells,nodes,ops,c,size,in_ch", [
