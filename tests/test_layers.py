@@ -1,6 +1,10 @@
 """The package's layers: every import of every module (lazy ones inside functions included)
 goes downward, and the pure layers import neither Ray nor MLflow."""
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,20 +101,43 @@ def test_layer_of(module, expected):
     assert layer_of(module) == expected
 
 
-def test_the_fast_selection_starts_no_server():
-    """`pytest -m "not services"` (CONTRIBUTING.md) selects no test that uses the session's Ray
-    cluster, MLflow server or S3 endpoint: the markers follow the fixtures a test uses."""
-    import subprocess
-    import sys
+# what a test runs to start a Ray node, an MLflow server or an S3 endpoint of its own, or to join
+# or submit to one: such a test carries the mark by hand
+STARTS_A_SERVICE = ('BIN / "ray"', 'BIN / "mlflow"', 'BIN / "moto_server"', "ray.init(", "start_moto(",
+                    "run_mlflow_server(", "submit(")
+# `pytest --collect-only -p report_tests` prints, for each test, its id, whether it is marked
+# `services` (what `-m "not services"` leaves out), the fixtures it uses (the closure: those of
+# its fixtures too) and its function's source
+REPORT = """
+import inspect, json
+def pytest_collection_finish(session):
+    for item in session.items:
+        print("TEST " + json.dumps([item.nodeid, item.get_closest_marker("services") is not None,
+                                    sorted(item.fixturenames), inspect.getsource(item.function)]))
+"""
 
-    root = PACKAGE.parent
-    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not services",
-                             "-p", "no:cacheprovider", "tests"], cwd=root, capture_output=True, text=True,
-                            timeout=300)
+
+def test_the_fast_selection_starts_no_server(tmp_path):
+    """`pytest -m "not services"` (CONTRIBUTING.md) selects no test that uses the session's Ray
+    cluster, MLflow server or S3 endpoint (conftest's service fixtures, through any fixture it
+    uses), nor one that starts, joins or submits to a Ray node, MLflow server or S3 endpoint of
+    its own: the markers follow the fixtures a test uses, and a test that starts one itself is
+    marked by hand. The tests it leaves out hold each kind, so the check is not empty."""
+    from conftest import SERVICE_FIXTURES
+
+    (tmp_path / "report_tests.py").write_text(REPORT)
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                             "-p", "report_tests", "tests"], cwd=PACKAGE.parent, capture_output=True, text=True,
+                            timeout=300, env=dict(os.environ, PYTHONPATH=str(tmp_path)))
     assert listed.returncode == 0, listed.stdout[-2000:] + listed.stderr[-2000:]
-    selected = [line for line in listed.stdout.splitlines() if "::" in line]
-    assert selected and not [t for t in selected if t.startswith(("tests/test_ray_", "tests/test_readme"))]
-    for known in ("tests/test_storage.py::test_location_reads_writes_and_lists_objects",
-                  "tests/test_storage.py::test_a_local_search_resumes_from_the_bucket",
-                  "tests/test_cluster_configs.py::test_the_secrets_make_an_mlflow_server_that_only_its_user_can_write_to"):
-        assert known not in selected, known
+    tests = [json.loads(line[len("TEST "):]) for line in listed.stdout.splitlines() if line.startswith("TEST ")]
+    fast = [(nodeid, set(fixtures), source) for nodeid, services, fixtures, source in tests if not services]
+    left_out = [(nodeid, set(fixtures), source) for nodeid, services, fixtures, source in tests if services]
+    assert len(fast) > 100 and left_out
+    for nodeid, fixtures, source in fast:
+        assert not fixtures & set(SERVICE_FIXTURES), (nodeid, fixtures & set(SERVICE_FIXTURES))
+        assert not [s for s in STARTS_A_SERVICE if s in source], (nodeid, [s for s in STARTS_A_SERVICE if s in source])
+    for fixture in SERVICE_FIXTURES:
+        assert any(fixture in fixtures for _, fixtures, _ in left_out), fixture
+    assert any(s in source for _, fixtures, source in left_out if not fixtures & set(SERVICE_FIXTURES)
+               for s in STARTS_A_SERVICE)  # a test marked by hand
