@@ -29,13 +29,15 @@ import importlib.util
 import io
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
+import threading
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
@@ -65,16 +67,41 @@ def pipeline(script: str):
     return _PIPELINES[script]
 
 
+class Running:
+    """What a ``during`` function of :func:`drive` sees of the run: its stdout so far, whether
+    it has ended, and a wait for a line it prints."""
+
+    def __init__(self, stdout: int):
+        self._stdout, self.ended = stdout, threading.Event()
+
+    def printed(self) -> str:
+        return os.pread(self._stdout, 1 << 26, 0).decode("utf-8", "replace")
+
+    def wait_for(self, pattern: str) -> bool:
+        """Whether the run printed a line matching ``pattern`` (re.M) before it ended."""
+        while not re.search(pattern, self.printed(), re.M):
+            if self.ended.wait(0.1):
+                return bool(re.search(pattern, self.printed(), re.M))
+        return True
+
+
 def drive(script: str, *argv: str, cluster: dict | None = None, env: dict[str, str] | None = None,
-          cwd: str | Path | None = None) -> Driven:
+          cwd: str | Path | None = None, during: Callable[[Running], Any] | None = None) -> Driven:
     """``python pipelines/<script> argv...`` in this process: its exit status (SystemExit's code
-    when main raises it; 1 and the traceback on stderr for any other exception) and what it printed on stdout and stderr (fd 1 and 2, so Ray's
-    forwarded worker lines and anything below Python land there too). ``cluster``: join the
-    session's cluster (its env, RAY_ADDRESS); ``env``: more variables while it runs; ``cwd``:
-    the folder it runs in (default: the repository's root, as the subprocesses ran)."""
+    when main raises it; 1 and the traceback on stderr for any other exception) and what it
+    printed on stdout and stderr (fd 1 and 2, so Ray's forwarded worker lines and anything below
+    Python land there too). ``cluster``: join the session's cluster (its env, RAY_ADDRESS);
+    ``env``: more variables while it runs; ``cwd``: the folder it runs in (default: the
+    repository's root, as the subprocesses ran); ``during``: a function given a
+    :class:`Running` in a thread of its own while the pipeline runs (what a test did beside a
+    Popen: wait for a line, then act), to return once ``ended`` is set."""
     main = pipeline(script).main
     with _as_found(), _environment(cluster, env), _cwd(cwd or ROOT), _argv([f"pipelines/{script}", *argv]), \
             _console() as console:
+        running = Running(console[0])
+        beside = threading.Thread(target=during, args=(running,), daemon=True) if during else None
+        if beside:
+            beside.start()
         try:
             code = main(list(argv))
         except SystemExit as exc:
@@ -84,6 +111,9 @@ def drive(script: str, *argv: str, cluster: dict | None = None, env: dict[str, s
             code = 1
         finally:
             _disconnect()
+            running.ended.set()
+            if beside:
+                beside.join()
     return Driven(code, *console)
 
 
@@ -181,9 +211,9 @@ def _argv(argv: list[str]) -> Iterator[None]:
 @contextlib.contextmanager
 def _console() -> Iterator[list[str]]:
     """fd 1 and 2 (and sys.stdout, sys.stderr on them) into two files while the block runs;
-    yields [stdout, stderr], filled when it ends."""
-    found = ["", ""]
+    yields [stdout's fd, stderr's fd], replaced by their text when it ends."""
     files = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+    found = [f.fileno() for f in files]
     streams = (sys.stdout, sys.stderr)
     for stream in streams:
         with contextlib.suppress(Exception):
@@ -208,6 +238,21 @@ def _console() -> Iterator[list[str]]:
             f.seek(0)
             found[i] = f.read().decode("utf-8", "replace")
             f.close()
+
+
+@contextlib.contextmanager
+def joined(cluster: dict) -> Iterator[None]:
+    """This process connected to the session's cluster, as a script of a test's own would be
+    (``ray.init(address=...)``, the cluster's environment while connected), and left as
+    :func:`drive` leaves it."""
+    import ray
+
+    with _as_found(), _environment(cluster, None):
+        ray.init(address=cluster["address"])
+        try:
+            yield
+        finally:
+            _disconnect()
 
 
 def _disconnect() -> None:

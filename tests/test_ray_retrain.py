@@ -1,39 +1,41 @@
 """Retraining on Ray Tune, for real: the two-node cluster on 127.0.0.1 and the MLflow server of
-conftest.py, jobs submitted with `ray job submit`."""
+conftest.py, the pipelines' drivers run in the test process (tests/drivers.py). (A retrain
+stopped by Ctrl-C and resumed: tests/test_storage.py.)"""
 import json
-import math
 import os
-import re
 import signal
 import shutil
-import statistics
-import subprocess
-import sys
-import threading
-from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import straight_retrain, submit, trial_histories
+from conftest import trial_histories
 from ddp_reference import straight_retrain_ddp
+from drivers import drive
 
-
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
 
 
 @pytest.fixture(scope="module")
 def pipeline(ray_cluster, mlflow_server, tmp_path_factory):
-    """pipelines/pipeline.py as one job: a 1-epoch smoke search (it records its final
+    """pipelines/pipeline.py on the cluster: a 1-epoch smoke search (it records its final
     architecture, and the one before the epoch's pruning when that pruning lowered the FLOPs:
     the float trajectory decides), then their retrain beside one random architecture of matched
-    FLOPs: 2 or 3 trials x 2 epochs, one CPU each on a cluster of 2 one-CPU nodes."""
+    FLOPs: 2 or 3 trials x 2 epochs, one CPU each on a cluster of 2 one-CPU nodes. Beside it, the
+    most trials seen running at one moment: started (a start line in their .trials log) and not
+    finished (no finished line yet), so their processes were alive together."""
     out = tmp_path_factory.mktemp("pipeline") / "p"
-    proc = submit(ray_cluster, "pipeline.py", "--smoke-test", "--max-epochs", "1", "--random", "1",
-                  "--out", str(out), "--mlflow-uri", mlflow_server, "--experiment", "ci-pipe-search",
-                  "--retrain-experiment", "ci-pipe-retrain")
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return out, proc.stdout
+    most = [0]
+
+    def count_running(run):
+        while not run.ended.wait(0.05):
+            logs = [p.read_text() for p in (out / "retrain" / ".trials").glob("*.jsonl")]
+            most[0] = max(most[0], sum('"start_epoch"' in log and '"finished_epoch"' not in log for log in logs))
+
+    done = drive("pipeline.py", "--smoke-test", "--max-epochs", "1", "--random", "1",
+                 "--out", str(out), "--mlflow-uri", mlflow_server, "--experiment", "ci-pipe-search",
+                 "--retrain-experiment", "ci-pipe-retrain", cluster=ray_cluster, during=count_running)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return out, done.stdout, most[0]
 
 
 def _client(uri):
@@ -43,7 +45,7 @@ def _client(uri):
 
 
 def test_pipeline_retrains_the_front_concurrently_and_reports_it(pipeline, mlflow_server):
-    out, stdout = pipeline
+    out, stdout, together = pipeline
     search = json.loads((out / "search" / "records.json").read_text())
     ids = [a["id"] for a in search["architectures"]]
     assert ids in (["arch-000"], ["arch-000", "arch-001"])
@@ -79,13 +81,10 @@ def test_pipeline_retrains_the_front_concurrently_and_reports_it(pipeline, mlflo
     assert list(table["on_front"]) == [not d for d in dominated]
     assert "arch-000" in stdout and "retrain finished" in stdout
 
-    # trials ran at the same time, on both nodes
-    spans, nodes = [], set()
-    for key in manifest["trials"]:
-        first = json.loads((retrain / ".trials" / f"{key}.jsonl").read_text().splitlines()[0])
-        spans.append((first["time"], trials[trials["key"] == key]["end_time"].max()))
-        nodes.add(first["node_id"])
-    assert any(s2 < e1 and s1 < e2 for i, (s1, e1) in enumerate(spans) for s2, e2 in spans[i + 1:]), spans
+    # trials ran at the same time (two started and unfinished at one moment), on both nodes
+    assert together == 2
+    nodes = {json.loads((retrain / ".trials" / f"{key}.jsonl").read_text().splitlines()[0])["node_id"]
+             for key in manifest["trials"]}
     assert len(nodes) == 2
 
     # MLflow: a parent run linked to the search run, one child per trial with its history
@@ -146,86 +145,10 @@ def test_pipeline_retrains_the_front_concurrently_and_reports_it(pipeline, mlflo
         assert correct / total == pytest.approx(max(last, key=lambda m: m.step).value, abs=1e-9)
 
 
-def _read_until(run: subprocess.Popen, pattern: str, timeout: float = 300) -> list[str]:
-    """The lines ``run`` prints up to the first matching ``pattern`` (all of them if it ends
-    first); ``run`` is killed after ``timeout`` seconds, so a hang fails instead of waiting."""
-    watchdog = threading.Timer(timeout, run.kill)
-    watchdog.start()
-    lines = []
-    try:
-        for line in run.stdout:
-            lines.append(line)
-            if re.search(pattern, line):
-                break
-    finally:
-        watchdog.cancel()
-    return lines
-
-
-def test_ctrl_c_stops_a_retrain_in_one_line_and_resume_finishes_it(pipeline, ray_cluster, mlflow_server,
-                                                                    tmp_path):
-    """SIGINT to `pipelines/retrain.py` mid-trial: exit 130 with one line saying how far it got
-    and how to resume, no traceback and none of Ray's own advice, every MLflow run it started
-    KILLED; `--resume` then ends every trial exactly where an uninterrupted retrain does."""
-    search = json.loads((pipeline[0] / "search" / "records.json").read_text())
-    out = tmp_path / "r"
-    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
-    errors = tmp_path / "stderr.txt"
-    with errors.open("w") as err:
-        run = subprocess.Popen([sys.executable, "pipelines/retrain.py", "--search-run", search["mlflow_run_id"],
-                                "--mlflow-uri", mlflow_server, "--random", "1", "--epochs", "4",
-                                "--set", "retrain.batch_size=128", "--out", str(out)],
-                               stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT)
-        printed = _read_until(run, r" epoch +2/4 ")
-        assert run.poll() is None, "".join(printed)[-3000:]
-        run.send_signal(signal.SIGINT)
-        rest, _ = run.communicate(timeout=120)
-    console = "".join(printed) + rest + errors.read_text()
-    assert run.returncode == 130, console[-3000:]
-    stopped = [line for line in console.splitlines() if line.startswith("stopped:")]
-    assert len(stopped) == 1 and stopped[0].endswith(f"resume with: python pipelines/retrain.py --resume --out {out}")
-    assert "trials finished" in stopped[0]
-    for noise in ("Traceback", "Tuner.restore", "Resume experiment", "Failed to fetch metrics"):
-        assert noise not in console, console[-3000:]
-    assert not (out / "frontier.csv").exists()
-    manifest = json.loads((out / "retrain.json").read_text())
-    client = _client(mlflow_server)
-    assert client.get_run(manifest["mlflow_run_id"]).info.status == "KILLED"
-    ended = [client.get_run(r).info.status for r in manifest["mlflow_child_run_ids"].values()]
-    assert "RUNNING" not in ended and "KILLED" in ended, ended
-    assert manifest["trials"] == [f"{a['id']}-s0" for a in search["architectures"]] + ["random-000-s0"]
-    assert (out / "search" / "records.json").is_file()  # read from the MLflow run's artifacts
-
-    proc = subprocess.run([sys.executable, "pipelines/retrain.py", "--resume", "--out", str(out)],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    trials = pd.read_parquet(out / "trials.parquet")
-    starts = [json.loads(line)["start_epoch"] for key in manifest["trials"]
-              for line in (out / ".trials" / f"{key}.jsonl").read_text().splitlines() if "start_epoch" in line]
-    assert any(s > 0 for s in starts), f"no trial continued from a checkpoint: {starts}"
-    # stopped and resumed, every trial ends exactly where an uninterrupted one does
-    assert trial_histories(trials) == straight_retrain(out)
-
-    table = pd.read_parquet(out / "frontier.parquet")
-    assert sorted(table["kind"]) == sorted(["random"] + ["searched"] * len(search["architectures"]))
-    # one random architecture: FLOPs within 2% of the median (in log FLOPs) of the searched ones
-    target = round(math.exp(statistics.median(math.log(a["flops"]) for a in search["architectures"])))
-    rnd = table[table["kind"] == "random"].iloc[0]
-    assert abs(rnd["flops"] - target) <= 0.02 * target
-
-    parent = client.get_run(manifest["mlflow_run_id"])
-    assert parent.info.status == "FINISHED"
-    assert parent.data.tags["goldnas.search_run_id"] == search["mlflow_run_id"]
-    for key, run_id in manifest["mlflow_child_run_ids"].items():
-        steps = [m.step for m in client.get_metric_history(run_id, "test_acc")]
-        assert sorted(steps) == [1, 2, 3, 4], (key, steps)  # every epoch once, across the restart
-        assert client.get_run(run_id).info.status == "FINISHED"
-
-
 def test_a_two_worker_trial_spans_both_nodes_and_survives_a_killed_worker(pipeline, ray_cluster, tmp_path):
     """One architecture retrained by a trial of 2 workers (DDP, 1 CPU each): one on each node of
-    the two-node cluster. Rank 1 killed after epoch 2's report: the trial's Ray Train run fails
-    (it does not restart its workers itself), Tune retries the trial (one retry layer), its new
+    the two-node cluster. Rank 1 killed once the driver printed epoch 2: the trial's Ray Train
+    run fails (it does not restart its workers itself), Tune retries the trial (one retry layer), its new
     run continues from the last checkpoint, and the trial ends with exactly the rows an
     uninterrupted 2-worker trial gives (computed here on 2 gloo processes)."""
     search = tmp_path / "search"
@@ -235,19 +158,19 @@ def test_a_two_worker_trial_spans_both_nodes_and_survives_a_killed_worker(pipeli
     (search / "records.json").write_text(json.dumps(records))
     key = f"{records['architectures'][0]['id']}-s0"
     out = tmp_path / "r"
-    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
-    run = subprocess.Popen([sys.executable, "pipelines/retrain.py", "--search-dir", str(search), "--no-mlflow",
-                            "--epochs", "5", "--set", "retrain.batch_size=64", "--workers-per-trial", "2",
-                            "--cpus-per-worker", "1", "--out", str(out)],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-    printed = _read_until(run, r" epoch +2/5 ")
-    assert run.poll() is None and (out / ".trials" / f"{key}.jsonl").is_file(), "".join(printed)[-3000:]
-    start = json.loads((out / ".trials" / f"{key}.jsonl").read_text().splitlines()[0])
-    assert start["workers"] == 2 and len({r["node_id"] for r in start["ranks"]}) == 2  # both nodes
-    os.kill(start["ranks"][1]["pid"], signal.SIGKILL)
-    rest, _ = run.communicate(timeout=900)
-    assert run.returncode == 0, ("".join(printed) + rest)[-4000:]
+    seen = {}
 
+    def kill_rank_1(run):
+        if run.wait_for(r" epoch +2/4 ") and (out / ".trials" / f"{key}.jsonl").is_file():
+            seen["start"] = json.loads((out / ".trials" / f"{key}.jsonl").read_text().splitlines()[0])
+            os.kill(seen["start"]["ranks"][1]["pid"], signal.SIGKILL)
+
+    done = drive("retrain.py", "--search-dir", str(search), "--no-mlflow", "--epochs", "4",
+                 "--set", "retrain.batch_size=64", "--workers-per-trial", "2", "--cpus-per-worker", "1",
+                 "--out", str(out), cluster=ray_cluster, during=kill_rank_1)
+    assert done.returncode == 0 and "start" in seen, done.console[-4000:]
+    start = seen["start"]
+    assert start["workers"] == 2 and len({r["node_id"] for r in start["ranks"]}) == 2  # both nodes
     log = [json.loads(line) for line in (out / ".trials" / f"{key}.jsonl").read_text().splitlines()]
     starts = [entry for entry in log if "start_epoch" in entry]
     # the trial retried once, from a checkpoint of epoch 2 or later, with a new rank 1
@@ -255,28 +178,27 @@ def test_a_two_worker_trial_spans_both_nodes_and_survives_a_killed_worker(pipeli
     assert (out / "ray" / "retrain" / key / "error.txt").is_file()  # by Tune: it saw the trial fail
     assert starts[1]["ranks"][1]["pid"] != start["ranks"][1]["pid"]
     trials = pd.read_parquet(out / "trials.parquet")
-    assert list(trials["epoch"]) == [1, 2, 3, 4, 5]
+    assert list(trials["epoch"]) == [1, 2, 3, 4]
     assert trial_histories(trials) == straight_retrain_ddp(out, workers=2)
 
 
 def test_bad_genotypes_are_refused_before_any_trial(pipeline, ray_cluster, tmp_path):
-    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
-    script = str(ROOT / "pipelines" / "retrain.py")
+    """arch-000's genotype (every search records it) truncated, then not the network its
+    record describes: refused, naming the file, before anything is written."""
     source = pipeline[0] / "search"
 
     def attempt(name, edit):
         copy = tmp_path / name
         shutil.copytree(source, copy, ignore=shutil.ignore_patterns("checkpoints", "ray", "mlflow.db"))
-        edit(copy / "genotypes" / "arch-001.json")
+        edit(copy / "genotypes" / "arch-000.json")
         out = tmp_path / f"{name}-out"
-        proc = subprocess.run([sys.executable, script, "--search-dir", str(copy), "--out", str(out),
-                               "--no-mlflow"], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-        assert proc.returncode == 2, proc.stderr[-3000:]
+        done = drive("retrain.py", "--search-dir", str(copy), "--out", str(out), "--no-mlflow", cluster=ray_cluster)
+        assert done.returncode == 2, done.stderr[-3000:]
         assert not out.exists()  # nothing written, no trial started
-        return proc.stderr
+        return done.stderr
 
     err = attempt("truncated", lambda p: p.write_text(p.read_text()[:100]))
-    assert "arch-001.json is not valid JSON" in err
+    assert "arch-000.json is not valid JSON" in err
 
     def drop_operator(path):
         raw = json.loads(path.read_text())  # the last cell is always live: its FLOPs count
@@ -287,14 +209,12 @@ def test_bad_genotypes_are_refused_before_any_trial(pipeline, ray_cluster, tmp_p
         path.write_text(json.dumps(raw))
 
     err = attempt("mismatched", drop_operator)
-    assert "arch-001.json: its network has" in err and "records.json records" in err
+    assert "arch-000.json: its network has" in err and "records.json records" in err
 
 
 def test_an_unknown_search_run_is_refused(mlflow_server, tmp_path):
     out = tmp_path / "x"
-    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "retrain.py"), "--search-run", "0" * 32,
-                           "--mlflow-uri", mlflow_server, "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 2
-    assert f"cannot read the search files of MLflow run {'0' * 32}" in proc.stderr
+    done = drive("retrain.py", "--search-run", "0" * 32, "--mlflow-uri", mlflow_server, "--out", str(out))
+    assert done.returncode == 2
+    assert f"cannot read the search files of MLflow run {'0' * 32}" in done.stderr
     assert not out.exists()

@@ -1,12 +1,14 @@
-"""Sweeps for real: the two-node cluster on 127.0.0.1 and the MLflow server of conftest.py.
+"""Sweeps for real: the two-node cluster on 127.0.0.1 and the MLflow server of conftest.py, the
+drivers run in the test process (tests/drivers.py) but where a stop signal is what is tested.
 
 One module-wide sweep of 2 x 2 grid points x 2 seeds of smoke searches, where one grid value
 (w_lr=1e30) makes its searches diverge; its report, its MLflow runs (on a tracking server), its
-retrain; a sweep on the default sqlite store stopped mid-way and resumed, against the first
-sweep's searches of the same configs, whose driver is the only process that opens the store;
-and a sweep whose report fails after its trials, its MLflow runs all ended."""
+retrain; a sweep of two-worker searches (Ray Train runs over both nodes) on the default sqlite
+store, stopped mid-way and resumed, against an uninterrupted two-worker search of the same
+config, whose drivers are the only processes that open the store; and a sweep whose report
+fails after its trials, its MLflow runs all ended."""
 import json
-import os
+import math
 import re
 import signal
 import subprocess
@@ -15,18 +17,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from drivers import drive
+
+from goldnas_ray import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
 GRID = ["--grid", "search.lambda0=1.0,0.5", "--grid", "search.w_lr=0.05,1e30"]
 DIVERGED = {"p1-s0", "p1-s1", "p3-s0", "p3-s1"}  # w_lr=1e30
 
-# pipelines/sweep.py with every Ray worker process of its job (Tune's trials, Ray Train's
-# workers) and the driver itself noting in a file each sqlite3.connect to the store (the audit
-# event of Python's sqlite3), a line "<pid> <role> opened"; each worker also notes "started"
-AUDITED_SWEEP = """
-import os, runpy, sys
-STORE, OPENS = os.path.realpath(sys.argv[1]), sys.argv[2]
+# a worker setup hook noting in the file OPENS each sqlite3.connect to the store STORE (the
+# audit event of Python's sqlite3), a line "<pid> <role> opened"; each worker also notes
+# "started". Made outside any importable module, so that Ray sends it to the workers by value
+AUDIT = """
+import os, sys
 
 def audit_store(role="worker"):
     from goldnas_ray.cli import quiet_ray_worker
@@ -40,7 +44,13 @@ def audit_store(role="worker"):
     if role == "worker":
         note("started")
     sys.addaudithook(hook)
-
+"""
+# pipelines/sweep.py with every Ray worker process of its job (Tune's trials, Ray Train's
+# workers) and the driver itself auditing the store
+AUDITED_SWEEP = """
+import os, runpy, sys
+STORE, OPENS = os.path.realpath(sys.argv[1]), sys.argv[2]
+""" + AUDIT + """
 from goldnas_ray import cli
 job_env = cli.runtime_env
 cli.runtime_env = lambda args: job_env(args) | {"worker_process_setup_hook": audit_store}
@@ -50,29 +60,25 @@ runpy.run_path("pipelines/sweep.py", run_name="__main__")
 """
 
 
-def _env(ray_cluster):
-    return dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"], PYTHONUNBUFFERED="1")
-
-
 @pytest.fixture(scope="module")
 def sweep(ray_cluster, mlflow_server, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "sw"
-    proc = subprocess.run([sys.executable, "pipelines/sweep.py", "--smoke-test", "--out", str(out), *GRID,
-                           "--seeds", "0,1", "--mlflow-uri", mlflow_server, "--experiment", "ci-sweep"],
-                          capture_output=True, text=True, env=_env(ray_cluster), cwd=ROOT, timeout=1200)
-    return out, proc
+    done = drive("sweep.py", "--smoke-test", "--out", str(out), *GRID, "--seeds", "0,1", "--mlflow-uri",
+                 mlflow_server, "--experiment", "ci-sweep", cluster=ray_cluster)
+    return out, done
 
 
 def _records(folder: Path) -> list[tuple]:
-    """What a search recorded: each record's id, epoch, FLOPs and genotype file."""
+    """What a search recorded: each record's id, epoch, FLOPs and genotype (its metadata aside)."""
     records = json.loads((folder / "records.json").read_text())
     assert records["finished"]
-    return [(a["id"], a["epoch"], a["flops"], (folder / a["genotype"]).read_text()) for a in records["architectures"]]
+    return [(a["id"], a["epoch"], a["flops"], {k: v for k, v in json.loads((folder / a["genotype"]).read_text()).items()
+                                              if k != "metadata"}) for a in records["architectures"]]
 
 
 def test_eight_searches_one_failing_grid_value_the_others_finish_and_the_sweep_says_why(sweep, mlflow_server):
     out, proc = sweep
-    console = proc.stdout + proc.stderr
+    console = proc.console
     assert proc.returncode == 2, console[-4000:]
     failed = ", ".join(sorted(DIVERGED))
     assert (f"error: 4 of 8 searches did not finish: {failed}; failed on their own input: {failed} (change those "
@@ -126,46 +132,74 @@ def test_eight_searches_one_failing_grid_value_the_others_finish_and_the_sweep_s
     assert {"sweep_summary.json", "sweep_points.csv", "sweep.png", "union.json"} <= artifacts
 
 
+def _hypervolume(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """The area that (error, log10 FLOPs) points dominate up to ``reference``, both minimised:
+    the staircase of the front, summed strip by strip along the error axis."""
+    area, best = 0.0, reference[1]
+    ordered = sorted(p for p in points if p[0] < reference[0] and p[1] < reference[1])
+    for i, (error, flops) in enumerate(ordered):
+        best = min(best, flops)
+        following = ordered[i + 1][0] if i + 1 < len(ordered) else reference[0]
+        area += (following - error) * (reference[1] - best)
+    return area
+
+
 def test_a_sweep_retrained_gives_each_grid_points_hypervolume_over_its_seeds(sweep, ray_cluster, tmp_path):
+    """Every distinct architecture of the finished searches retrained once (--union-front); each
+    search's front hypervolume recomputed here from the retrained accuracies, each grid point's
+    value their mean over its 2 seeds and its bootstrap interval exactly [lower, higher] of the
+    two (the means of resamples of two values lie between them, and a quarter of them are each
+    value itself)."""
     out, _ = sweep
     union = json.loads((out / "union.json").read_text())
     retrain = tmp_path / "r"
-    proc = subprocess.run([sys.executable, "pipelines/retrain.py", "--search-dir", str(out), "--union-front",
-                           "--smoke-test", "--set", "retrain.epochs=1", "--set", "retrain.latency_repeats=0",
-                           "--no-mlflow", "--out", str(retrain)],
-                          capture_output=True, text=True, env=_env(ray_cluster), cwd=ROOT, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    done = drive("retrain.py", "--search-dir", str(out), "--union-front", "--smoke-test", "--set", "retrain.epochs=1",
+                 "--set", "retrain.latency_repeats=0", "--no-mlflow", "--out", str(retrain), cluster=ray_cluster)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     manifest = json.loads((retrain / "retrain.json").read_text())
     assert len(manifest["architectures"]) == len(union)  # each distinct architecture once
     assert {a["arch_id"] for a in manifest["architectures"]} == {u["id"] for u in union}
-    points = json.loads((retrain / "comparison.json").read_text())["sweep"]["points"]
+    stats = json.loads((retrain / "comparison.json").read_text())["sweep"]
+    table = pd.read_parquet(retrain / "frontier.parquet")
+    reference = (1.0, math.log10(1.1 * table["flops"].max()))
+    assert (stats["reference"]["error"], stats["reference"]["log10_flops"]) == pytest.approx(reference)
+    mine = {name: _hypervolume([(1 - row.accuracy_mean, math.log10(row.flops)) for row in table.itertuples()
+                                if name in list(row.sources)], reference)
+            for name in ("p0-s0", "p0-s1", "p2-s0", "p2-s1")}
+    assert stats["searches"] == pytest.approx(mine)
+    points = stats["points"]
     assert [p["point"] for p in points] == [0, 2]  # the grid points whose searches finished
     for p in points:
-        assert p["seeds"] == 2 and 0 < p["low"] <= p["value"] <= p["high"], p
-        assert f"hypervolume {p['grid_point']}" in proc.stdout
+        seeds = [mine[f"p{p['point']}-s{seed}"] for seed in (0, 1)]
+        assert p["seeds"] == 2 and p["value"] == pytest.approx(sum(seeds) / 2), (p, seeds)
+        assert (p["low"], p["high"]) == pytest.approx((min(seeds), max(seeds))), (p, seeds)
+        assert f"hypervolume {p['grid_point']}" in done.stdout
 
-    shown = subprocess.run([sys.executable, "pipelines/compare.py", str(retrain), "--out", str(tmp_path / "c.png")],
-                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+    shown = drive("compare.py", str(retrain), "--out", str(tmp_path / "c.png"))
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert "r: lambda0=1.0 w_lr=0.05" in shown.stdout and "r: lambda0=0.5 w_lr=0.05" in shown.stdout
 
 
-def test_a_sweep_stopped_mid_way_and_resumed_records_what_an_uninterrupted_one_does(sweep, ray_cluster, tmp_path):
-    """The same configs as the first sweep's p0 (lambda0=1.0, w_lr=0.05), stopped during epoch
-    2 of a search, resumed: each search records exactly what the uninterrupted sweep's did.
-    Both searches run at once (one per node) and log to the default sqlite store: its only
-    writer is the sweep's driver, and each child run holds every epoch of its search once."""
-    first, _ = sweep
+def test_a_sweep_of_two_worker_searches_stopped_mid_way_and_resumed_records_what_an_uninterrupted_one_does(
+        ray_cluster, monkeypatch, tmp_path):
+    """--workers-per-search 2: each search a Ray Train run over both one-CPU nodes, driven by its
+    trial, on the default sqlite store; one grid value (w_lr=1e30) diverges inside the workers.
+    Stopped (SIGINT) during epoch 2 of the other search: exit 130, one stop line with the command
+    that resumes it, every MLflow run KILLED or not started. Resumed: the diverged search is
+    reported with its own message (status 2), the other records exactly what an uninterrupted
+    two-worker search of its config does, and its child run holds every epoch of it once. The
+    store's only writer is a sweep's driver: no worker process of either run opens it, the
+    epochs rank 0 reports reach the child run through the driver."""
     out = tmp_path / "sw"
     store, opens = out / "mlflow.db", tmp_path / "opens.txt"
-    audited = [sys.executable, "-c", AUDITED_SWEEP, str(store), str(opens)]
-    run = subprocess.Popen([*audited, "--smoke-test", "--out", str(out), "--grid", "search.lambda0=1.0",
-                            "--seeds", "0,1"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(ray_cluster), cwd=ROOT)
+    plan = ["--smoke-test", "--grid", "search.w_lr=0.05,1e30", "--seeds", "0", "--workers-per-search", "2"]
+    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"], PYTHONUNBUFFERED="1")
+    run = subprocess.Popen([sys.executable, "-c", AUDITED_SWEEP, str(store), str(opens), *plan, "--out", str(out)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     printed = []
     for line in run.stdout:
         printed.append(line)
-        if re.match(r"p0-s\d +epoch +2/3", line):
+        if re.match(r"p0-s0 +epoch +2/3", line):
             break
     assert run.poll() is None, "".join(printed)[-3000:]
     run.send_signal(signal.SIGINT)
@@ -173,92 +207,71 @@ def test_a_sweep_stopped_mid_way_and_resumed_records_what_an_uninterrupted_one_d
     assert run.returncode == 130, "".join(printed)[-2000:] + err[-3000:]
     stopped = [line for line in err.splitlines() if line.startswith("stopped:")]
     assert stopped and stopped[0].endswith(f"resume with: python pipelines/sweep.py --resume --out {out}"), err
-    assert not (out / "sweep_searches.csv").exists()
     done = int(re.match(r"stopped: (\d) of 2 searches finished", stopped[0]).group(1))
-    assert done < 2, stopped  # stopped mid-way: --resume has a search to continue or start
+    assert done < 2, stopped  # stopped mid-way: --resume has a search to continue
+    assert not (out / "sweep_searches.csv").exists()
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{store}")
     manifest = json.loads((out / "sweep.json").read_text())
     assert client.get_run(manifest["mlflow_run_id"]).info.status == "KILLED"
-    assert all(client.get_run(s["mlflow_run_id"]).info.status in ("KILLED", "SCHEDULED", "FINISHED")
+    assert all(client.get_run(s["mlflow_run_id"]).info.status in ("KILLED", "SCHEDULED")
                for s in manifest["searches"])
-    driver = run.pid
 
-    resumed = subprocess.Popen([*audited, "--resume", "--out", str(out)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=_env(ray_cluster), cwd=ROOT)
-    stdout, stderr = resumed.communicate(timeout=900)
-    assert resumed.returncode == 0, stdout[-4000:] + stderr[-4000:]
-    for seed in (0, 1):
-        assert _records(out / f"p0-s{seed}") == _records(first / f"p0-s{seed}")
-    assert os.path.exists(out / "sweep.png")
-
-    # the store: opened by the two drivers (the stopped one and the resumed one), by none of the
-    # job's worker processes (the trials among them)
-    notes = {tuple(line.split()) for line in opens.read_text().splitlines()}
-    assert {(pid, role) for pid, role, what in notes if what == "opened"} == {
-        (str(driver), "driver"), (str(resumed.pid), "driver")}, notes
-    assert len({pid for pid, role, what in notes if role == "worker"}) >= 2, notes  # the hook ran in them
-    assert "database is locked" not in err + "".join(printed) + stdout + stderr
-    assert client.get_run(manifest["mlflow_run_id"]).info.status == "FINISHED"
-    for s in manifest["searches"]:
-        child = client.get_run(s["mlflow_run_id"])
-        assert child.info.status == "FINISHED" and child.data.metrics["records"] >= 1
-        history = pd.read_parquet(out / s["name"] / "history.parquet")
-        for column, metric in (("flops", "flops"), ("loss", "train_loss")):
-            logged = sorted((m.step, m.value) for m in client.get_metric_history(s["mlflow_run_id"], metric))
-            assert logged == [(int(e), float(v)) for e, v in zip(history["epoch"], history[column])], (s, metric)
-        assert {"records.json", "history.parquet", "front.json"} <= {f.path for f in client.list_artifacts(
-            s["mlflow_run_id"])}
-
-
-def test_searches_of_two_workers_each_are_ray_train_runs_and_a_diverging_one_fails_in_one_line(ray_cluster, tmp_path):
-    """--workers-per-search 2: each search a Ray Train run over both one-CPU nodes, driven by its
-    trial; a search that diverges inside the workers is reported with its own message. On the
-    default sqlite store, the epochs rank 0 reports reach the child run through the driver."""
-    out = tmp_path / "sw"
-    proc = subprocess.run([sys.executable, "pipelines/sweep.py", "--smoke-test", "--out", str(out),
-                           "--grid", "search.w_lr=0.05,1e30", "--seeds", "0", "--workers-per-search", "2"],
-                          capture_output=True, text=True, env=_env(ray_cluster), cwd=ROOT, timeout=900)
-    assert proc.returncode == 2, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "error: 1 of 2 searches did not finish: p1-s0; failed on their own input: p1-s0" in proc.stderr
+    # resumed in this process, its workers audited as the stopped run's were
+    audit = {"__name__": "sweep_audit", "STORE": str(store.resolve()), "OPENS": str(opens)}
+    exec(AUDIT, audit)  # noqa: S102 - a function of no importable module: sent to the workers by value
+    hook = audit["audit_store"]
+    monkeypatch.setattr(cli, "runtime_env", lambda args, job_env=cli.runtime_env: job_env(args) | {
+        "worker_process_setup_hook": hook})
+    resumed = drive("sweep.py", "--resume", "--out", str(out), cluster=ray_cluster)
+    assert resumed.returncode == 2, resumed.console[-4000:]
+    assert "error: 1 of 2 searches did not finish: p1-s0; failed on their own input: p1-s0" in resumed.stderr
     assert re.search(r"failed: p1-s0 \(w_lr=1e30 seed=0\): SearchDiverged: epoch 1: the training loss is nan",
-                     proc.stdout), proc.stdout[-3000:]
+                     resumed.stdout), resumed.stdout[-3000:]
     records = json.loads((out / "p0-s0" / "records.json").read_text())
     assert records["finished"] and records["workers"] == 2 and records["architectures"]
     ranks = [json.loads((out / "p0-s0" / ".workers" / f"rank-{r}.json").read_text())["node_id"] for r in (0, 1)]
     assert len(set(ranks)) == 2  # one worker on each node
+    straight = tmp_path / "straight"
+    alone = drive("search.py", "--smoke-test", "--workers", "2", "--no-mlflow", "--out", str(straight),
+                  cluster=ray_cluster)
+    assert alone.returncode == 0, alone.console[-3000:]
+    assert _records(out / "p0-s0") == _records(straight)
 
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    manifest = json.loads((out / "sweep.json").read_text())
+    # the store: opened by the stopped driver, by none of either run's worker processes (the
+    # trials and the searches' Ray Train workers among them)
+    notes = {tuple(line.split()) for line in opens.read_text().splitlines()}
+    assert {(pid, role) for pid, role, what in notes if what == "opened"} == {(str(run.pid), "driver")}, notes
+    assert len({pid for pid, role, what in notes if role == "worker"}) >= 4, notes  # the hook ran in them
+    assert "database is locked" not in err + "".join(printed) + resumed.console
+    assert client.get_run(manifest["mlflow_run_id"]).info.status == "FAILED"
     finished, diverged = (s["mlflow_run_id"] for s in manifest["searches"])
     # records.json names the child run the driver logs into, as a one-worker search's does
     assert (records["mlflow_run_id"], records["mlflow_tracking_uri"]) == (finished, manifest["mlflow_tracking_uri"])
-    history = pd.read_parquet(out / "p0-s0" / "history.parquet")
-    assert sorted(m.step for m in client.get_metric_history(finished, "flops")) == list(history["epoch"])
     assert [client.get_run(r).info.status for r in (finished, diverged)] == ["FINISHED", "FAILED"]
-    assert "database is locked" not in proc.stdout + proc.stderr
+    assert client.get_run(finished).data.metrics["records"] >= 1
+    history = pd.read_parquet(out / "p0-s0" / "history.parquet")
+    for column, metric in (("flops", "flops"), ("loss", "train_loss")):
+        logged = sorted((m.step, m.value) for m in client.get_metric_history(finished, metric))
+        assert logged == [(int(e), float(v)) for e, v in zip(history["epoch"], history[column])], metric
+    assert {"records.json", "history.parquet", "front.json"} <= {f.path for f in client.list_artifacts(finished)}
 
 
 def test_a_sweep_whose_report_fails_after_its_trials_ends_every_mlflow_run_failed(ray_cluster, tmp_path):
     """A real fault after the trials: a folder where the report writes sweep_searches.csv. The
     parent and both children (one search finished, one diverged) end FAILED, none RUNNING."""
     out = tmp_path / "sw"
-    run = subprocess.Popen([sys.executable, "pipelines/sweep.py", "--smoke-test", "--out", str(out),
-                            "--grid", "search.w_lr=0.05,1e30", "--seeds", "0"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(ray_cluster), cwd=ROOT)
-    printed = []
-    for line in run.stdout:
-        printed.append(line)
-        if re.match(r"p0-s0 +epoch +1/3", line):  # the trials run on: the report comes after them
+
+    def fault(run):
+        if run.wait_for(r"^p0-s0 +epoch +1/3"):  # the trials run on: the report comes after them
             (out / "sweep_searches.csv").mkdir()
-            break
-    rest, err = run.communicate(timeout=900)
-    console = "".join(printed) + rest + err
+
+    done = drive("sweep.py", "--smoke-test", "--out", str(out), "--grid", "search.w_lr=0.05,1e30", "--seeds", "0",
+                 cluster=ray_cluster, during=fault)
+    console = done.console
     assert (out / "sweep_searches.csv").is_dir(), console[-4000:]
-    assert run.returncode != 0 and "sweep_searches.csv" in err, console[-4000:]
+    assert done.returncode != 0 and "sweep_searches.csv" in done.stderr, console[-4000:]
     assert json.loads((out / "p0-s0" / "records.json").read_text())["finished"]  # it failed after the trials
 
     from mlflow.tracking import MlflowClient

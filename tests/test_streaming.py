@@ -4,52 +4,13 @@ once an epoch) and the test stream (each test image evaluated, and decoded, once
 evaluation), an epoch read again gives the same batches, held-out rows never reach a
 consumer, and the ImageNet path streams end to end with 2 workers."""
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
-from conftest import ROOT
 from datafiles import write_imagefolder, write_parquet
+from drivers import drive, joined
 
 pytestmark = [pytest.mark.ray]
-
-SPLIT = r"""
-import json, sys
-from pathlib import Path
-import ray, ray.train
-from ray.train.torch import TorchTrainer
-from goldnas_ray.core.config import DataConfig
-from goldnas_ray.data.stream import StreamSource, inspect
-from goldnas_ray.orchestration import streaming
-
-ray.init(address=sys.argv[2])
-out = Path(sys.argv[3])
-d = DataConfig(dataset="parquet", root=sys.argv[1], path="stream")
-info = inspect(d)
-
-
-def loop(config):
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    source = StreamSource(ray.train.get_dataset_shard("train"), info, buffer_batches=2,
-                          eval_data=ray.train.get_dataset_shard("val"))
-    found = {"rows": [int(v) for _, y in source.rows(world) for v in y]}
-    for name, epoch in (("epoch0", 0), ("epoch1", 1), ("epoch0-again", 0)):
-        found[name] = [yb.tolist() for _, yb in source.train_batches(8, 3, epoch, rank, world)]
-    found["tested"] = [[int(v) for _, y in source.eval_batches(4, rank=rank, world_size=world) for v in y]
-                       for _ in range(2)]  # two evaluations
-    (out / f"rank-{rank}.json").write_text(json.dumps(found))
-
-
-with streaming.counted_decodes() as decoded:  # each image counted where it is decoded
-    TorchTrainer(loop, datasets={"train": streaming.train_dataset(d, info), "val": streaming.dataset(d, info, "val")},
-                 dataset_config=streaming.train_data_config(),
-                 scaling_config=ray.train.ScalingConfig(num_workers=int(sys.argv[4]), resources_per_worker={"CPU": 0.5}),
-                 run_config=ray.train.RunConfig(storage_path=str(out / "ray"), name="split")).fit()
-    print("RESULT " + json.dumps({"decoded": decoded(), "num_train": info.num_train}))
-"""
-
 
 def _indexed_table(root, files=4, rows=25, group=10):
     """Parquet files of rows labelled with their index in the stream (0 .. files x rows - 1),
@@ -68,11 +29,38 @@ def _indexed_table(root, files=4, rows=25, group=10):
 
 
 def _split_run(ray_cluster, root, out, workers):
+    """A Ray Train run of ``workers`` workers (half a CPU each) reading the stream of ``root``,
+    made here on the cluster: each rank's training rows in order, the batches of epochs 0, 1 and
+    0 again, and its test rows at two evaluations (out/rank-<r>.json); with each image's decodes."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from goldnas_ray.core.config import DataConfig
+    from goldnas_ray.data.stream import StreamSource, inspect
+    from goldnas_ray.orchestration import streaming
+
     out.mkdir()
-    proc = subprocess.run([sys.executable, "-c", SPLIT, str(root), ray_cluster["address"], str(out), str(workers)],
-                          cwd=ROOT, env=ray_cluster["env"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    found = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    d = DataConfig(dataset="parquet", root=str(root), path="stream")
+    info = inspect(d)
+
+    def loop(config):  # made here, not importable: sent to the workers by value
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        source = StreamSource(ray.train.get_dataset_shard("train"), info, buffer_batches=2,
+                              eval_data=ray.train.get_dataset_shard("val"))
+        found = {"rows": [int(v) for _, y in source.rows(world) for v in y]}
+        for name, epoch in (("epoch0", 0), ("epoch1", 1), ("epoch0-again", 0)):
+            found[name] = [yb.tolist() for _, yb in source.train_batches(8, 3, epoch, rank, world)]
+        found["tested"] = [[int(v) for _, y in source.eval_batches(4, rank=rank, world_size=world) for v in y]
+                           for _ in range(2)]  # two evaluations
+        (out / f"rank-{rank}.json").write_text(json.dumps(found))
+
+    with joined(ray_cluster), streaming.counted_decodes() as decoded:  # each image counted where it is decoded
+        datasets = {"train": streaming.train_dataset(d, info), "val": streaming.dataset(d, info, "val")}
+        TorchTrainer(loop, datasets=datasets, dataset_config=streaming.train_data_config(),
+                     scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 0.5}),
+                     run_config=ray.train.RunConfig(storage_path=str(out / "ray"), name="split")).fit()
+        found = {"decoded": decoded(), "num_train": info.num_train}
     return found, [json.loads((out / f"rank-{r}.json").read_text()) for r in range(workers)]
 
 
@@ -130,18 +118,15 @@ def test_the_imagenet_path_end_to_end_streamed_with_two_workers_per_trial(ray_cl
     the workers for Ray Data to decode on; a cluster that cannot hold both is refused first."""
     root = write_imagefolder(tmp_path / "imagenet", classes=("ant", "bee", "cat"), per_class=24, size=(64, 80),
                              val_per_class=4)
-    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
-    base = [sys.executable, "pipelines/pipeline.py", "--config", "configs/imagenet.yaml", "--smoke-test",
-            "--max-epochs", "1", "--no-mlflow", "--set", f"data.root={root}", "--set", "data.image_size=64",
-            "--set", "data.subset=1.0", "--set", "data.path=stream", "--set", "data.batch_size=8",
-            "--set", "retrain.batch_size=8", "--workers", "2"]
-    held = subprocess.run(base + ["--cpus-per-worker", "1", "--out", str(tmp_path / "held")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    base = ["--config", "configs/imagenet.yaml", "--smoke-test", "--max-epochs", "1", "--no-mlflow", "--set",
+            f"data.root={root}", "--set", "data.image_size=64", "--set", "data.subset=1.0", "--set", "data.path=stream",
+            "--set", "data.batch_size=8", "--set", "retrain.batch_size=8", "--workers", "2"]
+    held = drive("pipeline.py", *base, "--cpus-per-worker", "1", "--out", str(tmp_path / "held"), cluster=ray_cluster)
     # 2 workers of 1 CPU hold both CPUs: refused, or Ray Data could never decode
     assert held.returncode == 2 and "lower --cpus-per-worker" in held.stderr, held.stderr[-2000:]
     out = tmp_path / "p"
-    proc = subprocess.run(base + ["--cpus-per-worker", "0.5", "--workers-per-trial", "2", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = drive("pipeline.py", *base, "--cpus-per-worker", "0.5", "--workers-per-trial", "2",
+                 "--out", str(out), cluster=ray_cluster)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "streaming 72 training images of imagefolder through Ray Data" in proc.stdout
     assert "(test split streamed)" in proc.stdout
@@ -162,34 +147,20 @@ def test_the_imagenet_path_end_to_end_streamed_with_two_workers_per_trial(ray_cl
     assert sorted(table["arch_id"]) == sorted(a["id"] for a in search["architectures"])
 
 
-SEEN = r"""
-import hashlib, json, sys
-import numpy as np
-import ray
-from goldnas_ray.core.config import DataConfig
-from goldnas_ray.data.stream import StreamSource, inspect
-from goldnas_ray.orchestration.streaming import train_dataset
-
-ray.init(address=sys.argv[2])
-d = DataConfig(dataset=sys.argv[3], root=sys.argv[1], path="stream")
-info = inspect(d)
-source = StreamSource(train_dataset(d, info), info, buffer_batches=2)
-seen = []
-for px, _ in source.rows():
-    seen += [hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest()[:16] for im in px]
-print("RESULT " + json.dumps({"num_train": info.num_train, "seen": seen}))
-"""
-
-
 @pytest.mark.s3
 @pytest.mark.parametrize("layout", ["parquet-splits", "imagefolder", "parquet-one-table"])
 def test_a_stream_from_the_bucket_never_trains_on_a_val_image(ray_cluster, s3, tmp_path, layout):
     """Streaming a set from the bucket: the training stream holds the training images only, the
     same ones the in-memory path trains on."""
+    import hashlib
+
+    import numpy as np
     from datafiles import pixel_digests, upload, write_imagefolder
 
     from goldnas_ray.core.config import DataConfig
     from goldnas_ray.data.from_config import load_data
+    from goldnas_ray.data.stream import StreamSource, inspect
+    from goldnas_ray.orchestration.streaming import train_dataset
 
     local = tmp_path / "set"
     if layout == "parquet-splits":
@@ -201,10 +172,13 @@ def test_a_stream_from_the_bucket_never_trains_on_a_val_image(ray_cluster, s3, t
         write_parquet(local / "all.parquet", n=50, size=(16, 16))
     dataset = "imagefolder" if layout == "imagefolder" else "parquet"
     uri = upload(local, s3["uri"](f"stream/{layout}"))
-    proc = subprocess.run([sys.executable, "-c", SEEN, uri, ray_cluster["address"], dataset], cwd=ROOT,
-                          env=ray_cluster["env"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    found = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    d = DataConfig(dataset=dataset, root=uri, path="stream")
+    with joined(ray_cluster):
+        info = inspect(d)
+        source = StreamSource(train_dataset(d, info), info, buffer_batches=2)
+        seen = [hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest()[:16]
+                for px, _ in source.rows() for im in px]
+    found = {"num_train": info.num_train, "seen": seen}
     memory = load_data(DataConfig(dataset=dataset, root=str(local)))
     train, val = pixel_digests(memory.x_train), pixel_digests(memory.x_test)
     assert found["num_train"] == len(memory.y_train)
