@@ -302,8 +302,8 @@ def test_the_pipeline_job_command_starts_on_an_empty_place_and_a_resubmission_fi
     the session's cluster (in the test process): the first try starts the pipeline and says
     so, the same command again redoes nothing."""
     out = tmp_path / "p1"
-    args = ["--resume", "--out", str(out), "--smoke-test", "--no-mlflow", "--seeds", "1", "--set", "retrain.epochs=1",
-            "--set", "retrain.latency_repeats=0"]
+    args = ["--resume", "--out", str(out), "--smoke-test", "--no-mlflow", "--max-epochs", "1", "--seeds", "1",
+            "--set", "retrain.epochs=1", "--set", "retrain.latency_repeats=0"]
     proc = job("pipeline.py", *args, cluster=ray_cluster)
     assert proc.returncode == 0, proc.console[-3000:]
     assert proc.stdout.splitlines()[0] == f"--resume: no pipeline in {out} yet; starting a new one"
