@@ -57,7 +57,12 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_two_ranks_run_the_same_epochs(tmp_path):
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    from multiprocessing import resource_tracker
+
+    try:
+        mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    finally:  # the spawn's resource tracker ignores SIGTERM: the session's end would wait for it
+        resource_tracker._resource_tracker._stop()
     r0, r1 = (json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1))
     assert (r0["rank"], r1["rank"], r0["world"]) == (0, 1, 2)
     # loss weighted by images: (1 * 10 + 2 * 20) / 30; accuracy (0 * 10 + 0.5 * 20) / 30; slowest rank
