@@ -85,14 +85,14 @@ class Running:
         return True
 
 
-def drive(script: str, *argv: str, cluster: dict | None = None, env: dict[str, str] | None = None,
+def drive(script: str, *argv: str, cluster: dict | None = None, env: dict[str, str | None] | None = None,
           cwd: str | Path | None = None, during: Callable[[Running], Any] | None = None) -> Driven:
     """``python pipelines/<script> argv...`` in this process: its exit status (SystemExit's code
     when main raises it; 1 and the traceback on stderr for any other exception) and what it
     printed on stdout and stderr (fd 1 and 2, so Ray's forwarded worker lines and anything below
     Python land there too). ``cluster``: join the session's cluster (its env, RAY_ADDRESS);
-    ``env``: more variables while it runs; ``cwd``: the folder it runs in (default: the
-    repository's root, as the subprocesses ran); ``during``: a function given a
+    ``env``: variables set while it runs, a value None removing one; ``cwd``: the folder it
+    runs in (default: the repository's root, as the subprocesses ran); ``during``: a function given a
     :class:`Running` in a thread of its own while the pipeline runs (what a test did beside a
     Popen: wait for a line, then act), to return once ``ended`` is set."""
     main = pipeline(script).main
@@ -162,14 +162,18 @@ def _logger_state(logger) -> tuple:
 
 
 @contextlib.contextmanager
-def _environment(cluster: dict | None, extra: dict[str, str] | None) -> Iterator[None]:
+def _environment(cluster: dict | None, extra: dict[str, str | None] | None) -> Iterator[None]:
     """os.environ as the subprocess would have had it, the test process's own again after:
     Ray's token loader and config are reset on both sides, since they cache what they read."""
     saved = dict(os.environ)
     if cluster is not None:
         os.environ.clear()
         os.environ.update(cluster["env"], RAY_ADDRESS=cluster["address"])
-    os.environ.update(extra or {})
+    for name, value in (extra or {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     _reset_ray_auth()
     try:
         yield
