@@ -278,13 +278,14 @@ def trial_histories(trials) -> dict[str, list[tuple[float, float]]]:
             for key, group in trials.groupby("key")}
 
 
-def submit(cluster, script, *args, timeout=900, job_id=None):
+def submit(cluster, script, *args, timeout=900, job_id=None, env_vars=None):
     """``ray job submit --working-dir <repo> -- python pipelines/<script> args``; with
-    ``job_id`` the job gets that submission id and the call returns without waiting."""
+    ``job_id`` the job gets that submission id and the call returns without waiting;
+    ``env_vars``: the job's environment variables (its runtime_env's)."""
     no_wait = ["--no-wait", "--submission-id", job_id] if job_id else []
+    runtime = {"excludes": [".venv", ".git", "runs", "data"], **({"env_vars": env_vars} if env_vars else {})}
     cmd = [str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"], *no_wait,
-           "--working-dir", str(ROOT),
-           "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "runs", "data"]}),
+           "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime),
            "--", sys.executable, f"pipelines/{script}", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=cluster["env"])
 

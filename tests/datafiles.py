@@ -1,8 +1,10 @@
 """Small datasets written in the real formats, for the tests: CIFAR-100 binary, an image
-folder of JPEG and PNG files, a Parquet table of encoded images."""
+folder of JPEG and PNG files, a Parquet table of encoded images; and a search's records read
+back (a folder or a storage Location alike)."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +80,14 @@ def pixel_digests(images) -> set[str]:
     import hashlib
 
     return {hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest()[:16] for im in np.asarray(images)}
+
+
+def records(out) -> dict:
+    """The records.json of the search in ``out`` (a folder or a storage Location)."""
+    return json.loads((out / "records.json").read_text())
+
+
+def frontier_summary(out) -> list[tuple]:
+    """What two runs of one search record alike: each recorded architecture's id, epoch, FLOPs
+    and params."""
+    return [(a["id"], a["epoch"], a["flops"], a["params"]) for a in records(out)["architectures"]]

@@ -2,11 +2,10 @@
 (tests/drivers.py): a request the cluster can never place, addresses that do not answer, a
 local search resumed on Ray. The 2-worker search submitted as a job, tracked in MLflow and
 with a worker killed, is in tests/test_storage.py (in the bucket)."""
-import json
-
 import pandas as pd
 import pytest
 from conftest import free_port
+from datafiles import frontier_summary
 from drivers import drive
 
 pytestmark = [pytest.mark.ray]
@@ -29,11 +28,6 @@ def test_unreachable_addresses_fail_fast(tmp_path, monkeypatch):
                  f"http://127.0.0.1:{free_port()}")
     assert proc.returncode == 2 and "MLflow tracking server" in proc.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-
-
-def _frontier_summary(out):
-    records = json.loads((out / "records.json").read_text())
-    return [(a["id"], a["epoch"], a["flops"], a["params"]) for a in records["architectures"]]
 
 
 def test_resume_on_ray_continues_a_local_search_to_the_same_result(ray_cluster, tmp_path):
@@ -61,7 +55,7 @@ def test_resume_on_ray_continues_a_local_search_to_the_same_result(ray_cluster, 
     proc = drive("search.py", "--resume", "--out", str(out), "--no-mlflow", "--cpus-per-worker", "1",
                  cluster=ray_cluster)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _frontier_summary(out) == _frontier_summary(tmp_path / "straight")
+    assert frontier_summary(out) == frontier_summary(tmp_path / "straight")
     # Ray Train's run folder is named after the output folder, resumed or not: a later resume
     # finds it (and its checkpoints) again instead of starting a new one beside it
     assert [p.name for p in (out / "ray").iterdir() if p.is_dir()] == ["resumed"]

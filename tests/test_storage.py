@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import BIN, kill_rank_after_report, straight_retrain, submit, trial_histories
-from datafiles import pixel_digests, upload, write_imagefolder, write_parquet
+from datafiles import frontier_summary, pixel_digests, records, upload, write_imagefolder, write_parquet
 from drivers import drive
 
 from goldnas_ray.data import DataError
@@ -121,28 +121,15 @@ SEARCH = ["--smoke-test", "--workers", "2", "--max-epochs", "5", "--seed", "5"]
 EPOCHS = list(range(1, 6))
 
 
-def _submit_env(cluster, script, env_vars, *args, job_id=None):
-    no_wait = ["--no-wait", "--submission-id", job_id] if job_id else []
-    runtime = {"excludes": [".venv", ".git", "runs", "data"], "env_vars": env_vars}
-    return subprocess.run([str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"], *no_wait,
-                           "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime), "--",
-                           sys.executable, f"pipelines/{script}", *args],
-                          capture_output=True, text=True, timeout=600, env=cluster["env"])
-
-
 @pytest.fixture(scope="module")
 def job_search(ray_cluster, s3, mlflow_s3_server):
     """The 2-worker search as one `ray job submit --working-dir` job: --out relative, under
     GOLDNAS_RUNS in the bucket; tracked in the MLflow server whose artifacts live in the bucket.
     Returns (where it lies, the submit command's outcome)."""
     root = s3["uri"]("jobs")
-    proc = _submit_env(ray_cluster, "search.py", {"GOLDNAS_RUNS": root}, *SEARCH, "--out", "search",
-                       "--mlflow-uri", mlflow_s3_server, "--experiment", "ci-search")
+    proc = submit(ray_cluster, "search.py", *SEARCH, "--out", "search", "--mlflow-uri", mlflow_s3_server,
+                  "--experiment", "ci-search", env_vars={"GOLDNAS_RUNS": root})
     return location(root) / "search", proc
-
-
-def _records(out):
-    return json.loads((out / "records.json").read_text())
 
 
 def _history(out):
@@ -151,17 +138,19 @@ def _history(out):
 
 @pytest.mark.mlflow
 def test_a_search_job_of_two_workers_on_two_nodes_lives_in_the_bucket_and_in_mlflow(job_search, ray_cluster,
-                                                                                    s3, mlflow_s3_server):
+                                                                                    s3, mlflow_s3_server, tmp_path):
     """The job's relative --out lands under GOLDNAS_RUNS (a job runs in a temporary copy of its
     working directory); the two ranks ran on the two nodes with identical alive sets every
     epoch; the search's files, Ray Train's checkpoints and MLflow's artifacts all lie in the
-    bucket; the MLflow run holds every epoch's metrics once, its params, tags and artifacts."""
+    bucket; the MLflow run holds every epoch's metrics once, its params, tags and artifacts; a
+    retrain reads the search from the bucket (--search-dir s3://...) and writes its report
+    there, a frontier of every recorded architecture."""
     search, proc = job_search
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "succeeded" in proc.stdout.lower()
-    records = _records(search)
-    archs = records["architectures"]
-    assert records["finished"] and records["workers"] == 2 and archs
+    found = records(search)
+    archs = found["architectures"]
+    assert found["finished"] and found["workers"] == 2 and archs
     files = _files(search.uri)
     expected = {"records.json", "history.parquet", "config.yaml", "checkpoints/latest.pt",
                 ".workers/rank-0.json", ".workers/rank-1.json", ".workers/consistency.jsonl"}
@@ -181,12 +170,12 @@ def test_a_search_job_of_two_workers_on_two_nodes_lives_in_the_bucket_and_in_mlf
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow_s3_server)
-    run = client.get_run(records["mlflow_run_id"])
+    run = client.get_run(found["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["goldnas.out"] == search.uri
     assert client.get_experiment(run.info.experiment_id).name == "ci-search"
     assert run.data.params["search.max_epochs"] == "5" and run.data.params["space.num_cells"] == "3"
     assert run.data.tags["dataset"] == "digits" and run.data.tags["workers"] == "2"
-    assert float(run.data.tags["space_log10_size"]) == pytest.approx(records["space_log10_size"], abs=0.01)
+    assert float(run.data.tags["space_log10_size"]) == pytest.approx(found["space_log10_size"], abs=0.01)
     for name in ("lambda", "delta_lambda", "flops", "params", "alive_ops", "pruned_ops", "train_loss",
                  "train_acc", "epoch_seconds", "images_per_second"):
         history = client.get_metric_history(run.info.run_id, name)
@@ -200,9 +189,15 @@ def test_a_search_job_of_two_workers_on_two_nodes_lives_in_the_bucket_and_in_mlf
     assert logged == {a["genotype"] for a in archs} | {a["genotype"].replace(".json", ".png") for a in archs}
     assert any(f.startswith("mlflow/") and f.endswith("records.json") for f in _files(s3["uri"]("")))
 
-
-def _frontier_summary(out):
-    return [(a["id"], a["epoch"], a["flops"], a["params"]) for a in _records(out)["architectures"]]
+    retrain = location(s3["uri"]("jobs-retrain"))
+    done = drive("retrain.py", "--search-dir", search.uri, "--smoke-test", "--epochs", "1", "--no-mlflow",
+                 "--out", retrain.uri, cluster=ray_cluster, cwd=tmp_path)
+    assert done.returncode == 0, done.console[-4000:]
+    assert list(tmp_path.iterdir()) == []  # the bucket run wrote nothing locally
+    assert {"frontier.csv", "frontier.parquet", "frontier.png", "trials.parquet", "retrain.json",
+            "search/records.json"} <= _files(retrain.uri)
+    table = pd.read_parquet((retrain / "frontier.parquet").open_buffer())
+    assert sorted(table["arch_id"]) == sorted(a["id"] for a in archs)
 
 
 class _Running:
@@ -239,19 +234,19 @@ def test_a_killed_worker_is_replaced_and_the_search_in_the_bucket_records_what_t
     # before the kill) was never run again, and every epoch ran to the end at least once
     epochs = [json.loads(line)["epoch"] for line in (out / ".workers/consistency.jsonl").read_text().splitlines()]
     assert epochs.count(1) == 1 and sorted(set(epochs)) == EPOCHS, epochs
-    assert _records(out)["finished"] and _frontier_summary(out) == _frontier_summary(straight)
+    assert records(out)["finished"] and frontier_summary(out) == frontier_summary(straight)
     a, b = _history(straight), _history(out)
     assert list(a["flops"]) == list(b["flops"]) and list(a["epoch"]) == list(b["epoch"]) == EPOCHS
     assert a["loss"].tolist() == pytest.approx(b["loss"].tolist(), rel=1e-5)
 
     from mlflow.tracking import MlflowClient
 
-    records = _records(out)
+    found = records(out)
     client = MlflowClient(tracking_uri=mlflow_s3_server)
     runs = client.search_runs([client.get_experiment_by_name("ci-killed").experiment_id])
-    assert [r.info.run_id for r in runs] == [records["mlflow_run_id"]]
+    assert [r.info.run_id for r in runs] == [found["mlflow_run_id"]]
     assert runs[0].info.status == "FINISHED"
-    assert sorted(m.step for m in client.get_metric_history(records["mlflow_run_id"], "flops")) == EPOCHS
+    assert sorted(m.step for m in client.get_metric_history(found["mlflow_run_id"], "flops")) == EPOCHS
 
 
 def _read_until(run: subprocess.Popen, pattern: str, timeout: float = 300) -> list[str]:
@@ -288,7 +283,7 @@ def test_ctrl_c_stops_a_retrain_in_the_bucket_in_one_line_and_resume_finishes_it
     searched = drive("search.py", "--local", "--smoke-test", "--max-epochs", "1", "--mlflow-uri", mlflow_s3_server,
                      "--experiment", "ci-rt-search", "--out", s3["uri"]("rt-search"))
     assert searched.returncode == 0, searched.console[-3000:]
-    search = _records(location(s3["uri"]("rt-search")))
+    search = records(location(s3["uri"]("rt-search")))
     out = location(s3["uri"]("rt-out"))
     env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"])
     errors = tmp_path / "stderr.txt"
