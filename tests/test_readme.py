@@ -105,7 +105,8 @@ def test_the_dashboard_token_is_the_clusters(ray_cluster, readme_shell):
     assert token and token in proc.stdout
 
 
-def test_without_an_address_a_pipeline_never_joins_the_running_cluster(ray_cluster, tmp_path):
+def test_without_an_address_a_pipeline_never_joins_the_running_cluster(ray_cluster, tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # drive's env adds to this process's
     env = {k: v for k, v in ray_cluster["env"].items() if k != "RAY_ADDRESS"}
     proc = drive("search.py", "--smoke-test", "--no-mlflow", "--max-epochs", "1", "--out", str(tmp_path / "own"),
                  env=env)

@@ -1,11 +1,11 @@
 """Stops that end the same way whenever they come: a retrain stopped five times at different
 moments with a second CPU load beside it (each Ctrl-C while trials train on its embedded Ray,
 where the terminal's signal reaches Ray's own processes too; the SIGTERM and the Ctrl-C while
-the report is written on a driver joined to the session's cluster, whose processes that Ctrl-C
-must not reach), and a search on Ray Train on its embedded Ray, each ending through Tune's or
-Train's own graceful stop (cli.fit_until_stopped): exit 130 (143 after SIGTERM), the console's
-last line the one stop line, nothing of Ray's own processes on it, and `--resume` (in the test
-process, on the session's cluster: no signal in it) training no trial that had finished again;
+the report is written on a driver joined to the session's cluster, which stays up), and a
+search on Ray Train on its embedded Ray, each ending through Tune's or Train's own graceful stop
+(cli.fit_until_stopped): exit 130 (143 after SIGTERM), the console's last line the one stop
+line, nothing of Ray's own processes on it, and `--resume` (in the test process, on the
+session's cluster: no signal in it) training no trial that had finished again;
 and a retrain stopped before Tune's first experiment snapshot, which --resume starts anew.
 
 Each moment is caught as it happens: the driver is paused (SIGSTOP) the instant its console or
@@ -182,9 +182,11 @@ def test_a_retrain_stopped_five_times_under_load_ends_the_same_way_and_resumes_w
     """3 trials x 2 epochs, 2 at once, stopped: as the first trial starts, in a first epoch, as
     the driver prints a trial's last epoch (SIGTERM: 143; joined to the cluster), the instant a
     trial's process writes that it finished (before Tune may have registered its last
-    checkpoint), and while the report is written (joined to the cluster: the Ctrl-C reaches
-    none of its processes); each a clean stop; the last --resume finishes, and no trial starts
-    again once its log says it finished."""
+    checkpoint), and while the report is written (joined to the cluster); each a clean stop,
+    and the cluster the stopped drivers joined still up after them (its daemons are in sessions
+    of their own, so no signal here is sent to them: what this guards is a driver's stop path
+    ending the cluster it joined); the last --resume finishes, and no trial starts again once
+    its log says it finished."""
     out = tmp_path / "r"
     first = ["--search-dir", str(search_dir), "--no-mlflow", "--random", "1", "--epochs", "2",
              "--set", "retrain.batch_size=128", "--out", str(out)]
@@ -218,7 +220,7 @@ def test_a_retrain_stopped_five_times_under_load_ends_the_same_way_and_resumes_w
         progress.append(int(re.match(r"stopped: (\d) of 3 trials finished", stop).group(1)))
     assert progress[-1] == 3 and "the report was not written" in stop, progress
     assert not (out / "frontier.csv").exists()
-    assert daemons <= set(ray_nodes.marked(ray_cluster["env"][ray_nodes.MARKER])), "a stop reached the cluster"
+    assert daemons <= set(ray_nodes.marked(ray_cluster["env"][ray_nodes.MARKER])), "a stopped driver ended the cluster"
 
     done = drive("retrain.py", *resume, cluster=ray_cluster)
     assert done.returncode == 0, done.console[-3000:]
