@@ -192,7 +192,8 @@ def test_a_retrain_whose_server_goes_down_finishes_and_the_replay_completes_its_
     watcher.start()
     try:
         run = drive("retrain.py", "--search-dir", str(tmp_path / "search"), "--mlflow-uri", server.uri,
-                    "--epochs", "2", "--set", "retrain.batch_size=128", "--out", str(out), cluster=ray_cluster)
+                    "--epochs", "2", "--set", "retrain.batch_size=128", "--out", str(out), cluster=ray_cluster,
+                    env={k: os.environ[k] for k in buffer.BUDGET if k in os.environ})  # the module's budget
     finally:
         ended.set()
         watcher.join()
