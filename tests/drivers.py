@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+DURING_S = 60  # how long drive waits for its ``during`` function once the run has ended
 
 
 class Driven(NamedTuple):
@@ -91,15 +92,29 @@ def drive(script: str, *argv: str, cluster: dict | None = None, env: dict[str, s
     when main raises it; 1 and the traceback on stderr for any other exception) and what it
     printed on stdout and stderr (fd 1 and 2, so Ray's forwarded worker lines and anything below
     Python land there too). ``cluster``: join the session's cluster (its env, RAY_ADDRESS);
-    ``env``: variables set while it runs, a value None removing one; ``cwd``: the folder it
-    runs in (default: the repository's root, as the subprocesses ran); ``during``: a function given a
-    :class:`Running` in a thread of its own while the pipeline runs (what a test did beside a
-    Popen: wait for a line, then act), to return once ``ended`` is set."""
+    ``env``: variables set while it runs, a value None removing one; ``cwd``: the folder it runs
+    in (default: the repository's root, as the subprocesses ran); ``during``: a function given
+    a :class:`Running` in a thread of its own while the pipeline runs (what a test did beside a
+    Popen: wait for a line, then act), to return within DURING_S of ``ended`` being set; what
+    it raises is raised here once the run has ended.
+
+    The pipeline's stop handlers take SIGINT and SIGTERM while it runs (cli.configure_process);
+    no test signals its own process, so a stop status (130, 143) is a Ctrl-C or SIGTERM sent to
+    pytest: it is raised as KeyboardInterrupt once the test process's handlers are back, and
+    the session ends as it would have outside the driver (conftest.py's pytest_configure)."""
     main = pipeline(script).main
+    raised: list[BaseException] = []
+
+    def beside_run(running: Running) -> None:
+        try:
+            during(running)
+        except BaseException as exc:  # noqa: BLE001 - the test's failure, raised on the main thread
+            raised.append(exc)
+
     with _as_found(), _environment(cluster, env), _cwd(cwd or ROOT), _argv([f"pipelines/{script}", *argv]), \
             _console() as console:
         running = Running(console[0])
-        beside = threading.Thread(target=during, args=(running,), daemon=True) if during else None
+        beside = threading.Thread(target=beside_run, args=(running,), daemon=True) if during else None
         if beside:
             beside.start()
         try:
@@ -113,7 +128,14 @@ def drive(script: str, *argv: str, cluster: dict | None = None, env: dict[str, s
             _disconnect()
             running.ended.set()
             if beside:
-                beside.join()
+                beside.join(DURING_S)
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        raise KeyboardInterrupt(f"a stop signal reached the test process while pipelines/{script} ran "
+                                f"(exit {code}): {console[1][-300:]}")
+    if beside and beside.is_alive():
+        raise AssertionError(f"drive's during function did not return within {DURING_S} s of the run's end")
+    if raised:
+        raise raised[0]
     return Driven(code, *console)
 
 
@@ -186,6 +208,7 @@ def _environment(cluster: dict | None, extra: dict[str, str | None] | None) -> I
 def _reset_ray_auth() -> None:
     """Ray caches the auth token (and its config the auth mode) once read; a driver joining a
     cluster with tokens after one that ran without them (or the reverse) must read them anew."""
+    # a private helper of Ray's (its tests'), checked against ray==2.60.0 (requirements.txt)
     from ray._private.authentication_test_utils import reset_auth_token_state
 
     reset_auth_token_state()
