@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 from autoscaling import (alive_workers, autoscaling_cluster, holding, join_node, leave_node, job_logs,  # noqa: F401
                          job_state, kill_node, nothing_held, submit, wait_for, worker_nodes)
+from datafiles import frontier_summary, records
 from drivers import drive
 
 import ray_nodes
@@ -31,22 +32,17 @@ pytestmark = [pytest.mark.ray]
 SEARCH = ["--smoke-test", "--workers", "2", "--cpus-per-worker", "1", "--no-mlflow"]
 
 
-def _records(out):
-    return json.loads((out / "records.json").read_text())
-
-
 def _summary(out):
     """What two runs of the same search must share: the recorded architectures and the FLOPs
     of every epoch (history.parquet)."""
-    archs = [(a["id"], a["epoch"], a["flops"], a["params"]) for a in _records(out)["architectures"]]
     history = pd.read_parquet(out / "history.parquet")
-    return archs, list(history["epoch"]), list(history["flops"])
+    return frontier_summary(out), list(history["epoch"]), list(history["flops"])
 
 
 def _complete(out):
-    records = _records(out)
-    assert records["finished"] and records["workers"] == 2 and records["architectures"]
-    assert all((out / a["genotype"]).is_file() for a in records["architectures"])
+    found = records(out)
+    assert found["finished"] and found["workers"] == 2 and found["architectures"]
+    assert all((out / a["genotype"]).is_file() for a in found["architectures"])
 
 
 def _driver_pid(cluster, out) -> int | None:
@@ -113,7 +109,7 @@ def test_a_retrain_runs_trials_side_by_side_on_the_added_nodes(autoscaling_clust
     assert done.returncode == 0, done.console[-4000:]
     trials = pd.read_parquet(out / "trials.parquet")
     keys = sorted(set(trials["key"]))
-    assert len(keys) == len(_records(search)["architectures"]) >= 2
+    assert len(keys) == len(records(search)["architectures"]) >= 2
     spans, nodes = [], set()
     for key in keys:
         log = [json.loads(line) for line in (out / ".trials" / f"{key}.jsonl").read_text().splitlines()]
@@ -135,7 +131,7 @@ def test_a_sweep_of_two_searches_finishes(autoscaling_cluster, tmp_path):
     assert done.returncode == 0, done.console[-4000:]
     folders = sorted(p for p in out.iterdir() if p.is_dir() and (p / "records.json").is_file())
     assert len(folders) == 2
-    assert all(_records(p)["finished"] and _records(p)["architectures"] for p in folders)
+    assert all(records(p)["finished"] and records(p)["architectures"] for p in folders)
     assert (out / "sweep_searches.csv").is_file()
 
 
@@ -158,23 +154,34 @@ def test_a_killed_driver_resubmitted_then_a_node_lost_ends_as_an_uninterrupted_r
     pid = wait_for(lambda: (out / "checkpoints" / "latest.pt").is_file() and (workers / "rank-0.json").is_file()
                    and _driver_pid(cluster, out), timeout=600, every=0.1)
     assert pid, job_logs(cluster, first)[-3000:]
-    # its rank 0 held (SIGSTOP) first: the checkpoint it leaves is the first epoch's
+    # its rank 0 held (SIGSTOP) first, so that it writes nothing more while the driver dies: the
+    # first try ends at the last checkpoint it had written by then (the first epoch's or a later one)
     rank0 = json.loads((workers / "rank-0.json").read_text())["pid"]
     os.kill(rank0, signal.SIGSTOP)
     os.kill(pid, signal.SIGKILL)
     assert wait_for(lambda: job_state(cluster, first) == "failed", timeout=120), job_state(cluster, first)
     with contextlib.suppress(ProcessLookupError):  # nothing of the killed job goes on
         os.kill(rank0, signal.SIGKILL)
-    assert not (out / "records.json").is_file() or not _records(out)["finished"]  # it was cut short
+    assert not (out / "records.json").is_file() or not records(out)["finished"]  # it was cut short
+    # what the first try left: reports.jsonl is only appended to, and rank-1.json describes the
+    # first try's rank 1 until the new group's rank 1 rewrites it
+    reports, rank1 = workers / "reports.jsonl", workers / "rank-1.json"
+    seen = len(reports.read_text().splitlines()) if reports.is_file() else 0
+    first_rank1 = json.loads(rank1.read_text())["pid"] if rank1.is_file() else None
 
     again = f"resubmitted-{os.getpid()}-{int(time.time())}"
     sent = submit(cluster, "search.py", *args, job_id=again)
     assert sent.returncode == 0, sent.stderr[-3000:]
-    reports, rank1 = workers / "reports.jsonl", workers / "rank-1.json"
-    # once its report of epoch 2 has returned, Ray Train holds that epoch's checkpoint (kill_rank_after_report)
-    node = wait_for(lambda: reports.is_file() and rank1.is_file()
-                    and any(json.loads(line)["epoch"] >= 2 for line in reports.read_text().splitlines() if line.strip())
-                    and json.loads(rank1.read_text())["node_id"], timeout=600, every=0.1)
+
+    def new_group_past_epoch_2():
+        """The node of the resubmitted job's rank 1 once that job's rank 0 has reported an epoch
+        >= 2 (Ray Train then holds a checkpoint of this try: kill_rank_after_report), else None."""
+        if not (reports.is_file() and rank1.is_file()):
+            return None
+        now = json.loads(rank1.read_text())
+        new = [json.loads(line)["epoch"] for line in reports.read_text().splitlines()[seen:] if line.strip()]
+        return now["node_id"] if now["pid"] != first_rank1 and any(e >= 2 for e in new) else None
+    node = wait_for(new_group_past_epoch_2, timeout=600, every=0.1)
     assert node, job_logs(cluster, again)[-3000:]
     kill_node(node, cluster["mark"])  # the node is gone, as a preempted instance
     # a node comes in its place (by hand: this provider does not replace a killed node itself),
