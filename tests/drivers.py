@@ -78,6 +78,11 @@ class Running:
     def printed(self) -> str:
         return os.pread(self._stdout, 1 << 26, 0).decode("utf-8", "replace")
 
+    def poll(self) -> int | None:
+        """None while the run goes on, as ``subprocess.Popen.poll`` (so conftest's
+        kill_rank_after_report watches an in-process run as it watches a process)."""
+        return 0 if self.ended.is_set() else None
+
     def wait_for(self, pattern: str) -> bool:
         """Whether the run printed a line matching ``pattern`` (re.M) before it ended."""
         while not re.search(pattern, self.printed(), re.M):

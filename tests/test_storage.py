@@ -200,14 +200,6 @@ def test_a_search_job_of_two_workers_on_two_nodes_lives_in_the_bucket_and_in_mlf
     assert sorted(table["arch_id"]) == sorted(a["id"] for a in archs)
 
 
-class _Running:
-    """What kill_rank_after_report polls of a driver run in this process: None until it ends."""
-    returncode = None
-
-    def poll(self):
-        return self.returncode
-
-
 @pytest.mark.mlflow
 def test_a_killed_worker_is_replaced_and_the_search_in_the_bucket_records_what_the_job_did(
         job_search, ray_cluster, s3, mlflow_s3_server, tmp_path):
@@ -217,15 +209,10 @@ def test_a_killed_worker_is_replaced_and_the_search_in_the_bucket_records_what_t
     uninterrupted, logging into the same MLflow run, each epoch once."""
     straight, _ = job_search
     out = location(s3["uri"]("killed"))
-    running, killed = _Running(), []
-    killer = threading.Thread(target=lambda: killed.append(kill_rank_after_report(out, 2, running)))
-    killer.start()
-    try:
-        done = drive("search.py", *SEARCH, "--mlflow-uri", mlflow_s3_server, "--experiment", "ci-killed",
-                     "--out", out.uri, cluster=ray_cluster, cwd=tmp_path)
-    finally:
-        running.returncode = -1 if running.returncode is None else running.returncode
-        killer.join()
+    killed = []
+    done = drive("search.py", *SEARCH, "--mlflow-uri", mlflow_s3_server, "--experiment", "ci-killed",
+                 "--out", out.uri, cluster=ray_cluster, cwd=tmp_path,
+                 during=lambda run: killed.append(kill_rank_after_report(out, 2, run)))
     assert killed[0] is not None, "the run ended before a worker could be killed"
     assert done.returncode == 0, done.console[-3000:]
     assert list(tmp_path.iterdir()) == []  # the bucket run wrote nothing locally
