@@ -5,7 +5,9 @@ process of its own (the sync and peer parts' commands still through gpu_check.ru
 import contextlib
 import io
 import json
+import math
 import runpy
+import signal
 import sys
 import time
 import traceback
@@ -42,20 +44,36 @@ def _script(path: Path, argv: list[str]) -> Driven:
     return Driven(code, console.getvalue(), "")
 
 
+class PartTimedOut(BaseException):
+    """A part run in this process outlived its --part-timeout: raised in it by SIGALRM, a
+    BaseException so that no ``except Exception`` of the part takes it; the test fails."""
+
+
+def _on_alarm(signum, frame):
+    raise PartTimedOut("a part ran past its --part-timeout")
+
+
 def _in_process(cluster, run):
     """gpu_check.run for the rehearsal: a pipeline's command (drivers.drive, joined to
-    ``cluster``) or a benchmark script's run in this process, answered as ``run`` answers; the
-    other commands (the sync part's ``python -c``, the peer's step, which imports the public
-    code's modules) through ``run`` itself."""
+    ``cluster``) or a benchmark script's run in this process, answered as ``run`` answers, and
+    ended by :class:`PartTimedOut` after the part's timeout (SIGALRM); the other commands (the
+    sync part's ``python -c``, the peer's step, which imports the public code's modules) through
+    ``run`` itself."""
     def in_process(cmd: list[str], timeout: float, log: Path) -> tuple[bool, str]:
         script = cmd[1]
         if not script.startswith(("pipelines/", "benchmarks/")) or script.endswith("peer_step.py"):
             return run(cmd, timeout, log)
         started = time.time()
-        if script.startswith("pipelines/"):
-            done = drive(Path(script).name, *cmd[2:], cluster=cluster)
-        else:
-            done = _script(ROOT / script, cmd[2:])
+        before = signal.signal(signal.SIGALRM, _on_alarm)
+        signal.alarm(math.ceil(timeout))
+        try:
+            if script.startswith("pipelines/"):
+                done = drive(Path(script).name, *cmd[2:], cluster=cluster)
+            else:
+                done = _script(ROOT / script, cmd[2:])
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, before)
         log.write_text(done.console)
         lines = [line for line in done.console.splitlines() if line.strip()]
         if done.returncode != 0:

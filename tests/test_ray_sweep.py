@@ -3,12 +3,14 @@ drivers run in the test process (tests/drivers.py) but where a stop signal is wh
 
 One module-wide sweep of 2 x 2 grid points x 2 seeds of smoke searches, where one grid value
 (w_lr=1e30) makes its searches diverge; its report, its MLflow runs (on a tracking server), its
-retrain; a sweep of two-worker searches (Ray Train runs over both nodes) on the default sqlite
-store, stopped mid-way and resumed, against an uninterrupted two-worker search of the same
-config, whose drivers are the only processes that open the store; and a sweep whose report
-fails after its trials, its MLflow runs all ended."""
+retrain; a sweep of one-worker searches stopped mid-way and resumed, against the first sweep's
+searches of the same configs; a sweep of two-worker searches (Ray Train runs over both nodes)
+on the default sqlite store, stopped mid-way and resumed, against an uninterrupted two-worker
+search of the same config, whose drivers are the only processes that open the store; and a
+sweep whose report fails after its trials, its MLflow runs all ended."""
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -74,6 +76,29 @@ def _records(folder: Path) -> list[tuple]:
     assert records["finished"]
     return [(a["id"], a["epoch"], a["flops"], {k: v for k, v in json.loads((folder / a["genotype"]).read_text()).items()
                                               if k != "metadata"}) for a in records["architectures"]]
+
+
+def _interrupted(run: subprocess.Popen, enough) -> tuple[list[str], str]:
+    """The lines ``run`` prints until ``enough(lines)`` holds, the driver then paused (SIGSTOP),
+    still running, sent SIGINT and let go; with what it wrote on stderr once it ended."""
+    printed = []
+    for line in run.stdout:
+        printed.append(line)
+        if enough(printed):
+            os.kill(run.pid, signal.SIGSTOP)
+            break
+    assert run.poll() is None, "".join(printed)[-3000:]
+    try:
+        run.send_signal(signal.SIGINT)
+    finally:
+        os.kill(run.pid, signal.SIGCONT)
+    _, err = run.communicate(timeout=120)
+    return printed, err
+
+
+def _epoch_lines(lines: list[str], epoch: int) -> set[str]:
+    """The searches that printed their line of epoch ``epoch`` (of 3) among ``lines``."""
+    return {m.group(1) for line in lines if (m := re.match(rf"(p\d-s\d) +epoch +{epoch}/3", line))}
 
 
 def test_eight_searches_one_failing_grid_value_the_others_finish_and_the_sweep_says_why(sweep, mlflow_server):
@@ -180,35 +205,62 @@ def test_a_sweep_retrained_gives_each_grid_points_hypervolume_over_its_seeds(swe
     assert "r: lambda0=1.0 w_lr=0.05" in shown.stdout and "r: lambda0=0.5 w_lr=0.05" in shown.stdout
 
 
+def test_a_sweep_of_one_worker_searches_stopped_mid_way_and_resumed_records_what_the_first_sweep_did(
+        sweep, ray_cluster, tmp_path):
+    """The first sweep's p0 and p2 configs (lambda0=1.0 and 0.5, the default w_lr=0.05, seed 0), one search
+    each, one trial per node: stopped (SIGINT, the driver paused while it is sent) once both
+    have printed their first epoch, one at least unfinished then; resumed in this
+    process (each search continued from its checkpoint in its trial): status 0, sweep.png
+    written, and each search records exactly what the first sweep's did."""
+    first, _ = sweep
+    out = tmp_path / "sw"
+    env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"], PYTHONUNBUFFERED="1")
+    run = subprocess.Popen([sys.executable, "pipelines/sweep.py", "--smoke-test", "--out", str(out), "--grid",
+                            "search.lambda0=1.0,0.5", "--seeds", "0"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    printed, err = _interrupted(run, lambda lines: _epoch_lines(lines, 1) == {"p0-s0", "p1-s0"})
+    assert run.returncode == 130, "".join(printed)[-2000:] + err[-3000:]
+    assert "resume with: python pipelines/sweep.py --resume --out" in err, err
+    # the later of the two had just ended its first of three epochs: it at least is unfinished
+    # (pausing the driver does not pause the searches' workers: the other may have finished)
+    unfinished = [name for name in ("p0-s0", "p1-s0")
+                  if not json.loads((out / name / "records.json").read_text())["finished"]]
+    assert unfinished, printed[-20:]
+    assert not (out / "sweep.png").exists()
+
+    resumed = drive("sweep.py", "--resume", "--out", str(out), cluster=ray_cluster)
+    assert resumed.returncode == 0, resumed.console[-4000:]
+    assert (out / "sweep.png").stat().st_size > 10_000
+    assert _records(out / "p0-s0") == _records(first / "p0-s0")  # lambda0=1.0
+    assert _records(out / "p1-s0") == _records(first / "p2-s0")  # lambda0=0.5
+
+
 def test_a_sweep_of_two_worker_searches_stopped_mid_way_and_resumed_records_what_an_uninterrupted_one_does(
         ray_cluster, monkeypatch, tmp_path):
     """--workers-per-search 2: each search a Ray Train run over both one-CPU nodes, driven by its
     trial, on the default sqlite store; one grid value (w_lr=1e30) diverges inside the workers.
-    Stopped (SIGINT) during epoch 2 of the other search: exit 130, one stop line with the command
-    that resumes it, every MLflow run KILLED, not started or (the diverged one) FAILED. Resumed: the diverged search is
+    Stopped (SIGINT, the driver paused while it is sent) during epoch 2 of the other search: exit
+    130, one stop line with the command that resumes it, that search unfinished, every MLflow run
+    KILLED, not started or (the diverged one) FAILED. Resumed: the diverged search is
     reported with its own message (status 2), the other records exactly what an uninterrupted
     two-worker search of its config does, and its child run holds every epoch of it once. The
-    store's only writer is a sweep's driver: no worker process of either run opens it, the
-    epochs rank 0 reports reach the child run through the driver."""
+    store's only writer is a sweep's driver: no worker process of either run opens it (each run's
+    workers noted in a file of its own), the epochs rank 0 reports reach the child run through
+    the driver."""
     out = tmp_path / "sw"
     store, opens = out / "mlflow.db", tmp_path / "opens.txt"
     plan = ["--smoke-test", "--grid", "search.w_lr=0.05,1e30", "--seeds", "0", "--workers-per-search", "2"]
     env = dict(ray_cluster["env"], RAY_ADDRESS=ray_cluster["address"], PYTHONUNBUFFERED="1")
     run = subprocess.Popen([sys.executable, "-c", AUDITED_SWEEP, str(store), str(opens), *plan, "--out", str(out)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    printed = []
-    for line in run.stdout:
-        printed.append(line)
-        if re.match(r"p0-s0 +epoch +2/3", line):
-            break
-    assert run.poll() is None, "".join(printed)[-3000:]
-    run.send_signal(signal.SIGINT)
-    _, err = run.communicate(timeout=120)
+    printed, err = _interrupted(run, lambda lines: "p0-s0" in _epoch_lines(lines, 1))
     assert run.returncode == 130, "".join(printed)[-2000:] + err[-3000:]
     stopped = [line for line in err.splitlines() if line.startswith("stopped:")]
     assert stopped and stopped[0].endswith(f"resume with: python pipelines/sweep.py --resume --out {out}"), err
     done = int(re.match(r"stopped: (\d) of 2 searches finished", stopped[0]).group(1))
-    assert done < 2, stopped  # stopped mid-way: --resume has a search to continue
+    assert done < 2, stopped  # the diverged search never finishes
+    # p0-s0 may have finished its last epoch before the stop reached its workers (pausing the
+    # driver does not pause them): the one-worker test above is the one that stops mid-search
     assert not (out / "sweep_searches.csv").exists()
     from mlflow.tracking import MlflowClient
 
@@ -219,7 +271,8 @@ def test_a_sweep_of_two_worker_searches_stopped_mid_way_and_resumed_records_what
                for s in manifest["searches"])  # FAILED: the diverged search, when it came first
 
     # resumed in this process, its workers audited as the stopped run's were
-    audit = {"__name__": "sweep_audit", "STORE": str(store.resolve()), "OPENS": str(opens)}
+    reopens = tmp_path / "opens-resumed.txt"
+    audit = {"__name__": "sweep_audit", "STORE": str(store.resolve()), "OPENS": str(reopens)}
     exec(AUDIT, audit)  # noqa: S102 - a function of no importable module: sent to the workers by value
     hook = audit["audit_store"]
     monkeypatch.setattr(cli, "runtime_env", lambda args, job_env=cli.runtime_env: job_env(args) | {
@@ -240,10 +293,13 @@ def test_a_sweep_of_two_worker_searches_stopped_mid_way_and_resumed_records_what
     assert _records(out / "p0-s0") == _records(straight)
 
     # the store: opened by the stopped driver, by none of either run's worker processes (the
-    # trials and the searches' Ray Train workers among them)
+    # trials and the searches' Ray Train workers among them: a trial and two workers at least)
     notes = {tuple(line.split()) for line in opens.read_text().splitlines()}
     assert {(pid, role) for pid, role, what in notes if what == "opened"} == {(str(run.pid), "driver")}, notes
-    assert len({pid for pid, role, what in notes if role == "worker"}) >= 4, notes  # the hook ran in them
+    assert len({pid for pid, role, what in notes if role == "worker"}) >= 3, notes  # the hook ran in them
+    renotes = [line.split() for line in reopens.read_text().splitlines()]
+    assert not [n for n in renotes if n[2] == "opened"], renotes
+    assert len({pid for pid, role, what in renotes if role == "worker"}) >= 3, renotes
     assert "database is locked" not in err + "".join(printed) + resumed.console
     assert client.get_run(manifest["mlflow_run_id"]).info.status == "FAILED"
     finished, diverged = (s["mlflow_run_id"] for s in manifest["searches"])
