@@ -196,8 +196,11 @@ def test_a_sweep_retrained_gives_each_grid_points_hypervolume_over_its_seeds(swe
     assert [p["point"] for p in points] == [0, 2]  # the grid points whose searches finished
     for p in points:
         seeds = [mine[f"p{p['point']}-s{seed}"] for seed in (0, 1)]
-        assert p["seeds"] == 2 and p["value"] == pytest.approx(sum(seeds) / 2), (p, seeds)
-        assert (p["low"], p["high"]) == pytest.approx((min(seeds), max(seeds))), (p, seeds)
+        half = 12.7062 * abs(seeds[0] - seeds[1]) / 2  # Student-t, 1 degree of freedom: t(0.975, 1) = 12.7062
+        assert p["seeds"] == 2 and p["hypervolume"]["n"] == 2, (p, seeds)
+        assert p["hypervolume"]["method"] == "student-t over 2 search seeds", p
+        assert [p["hypervolume"][k] for k in ("value", "low", "high")] == pytest.approx(
+            [sum(seeds) / 2, sum(seeds) / 2 - half, sum(seeds) / 2 + half], rel=1e-5), (p, seeds)
         assert f"hypervolume {p['grid_point']}" in done.stdout
 
     shown = drive("compare.py", str(retrain), "--out", str(tmp_path / "c.png"))

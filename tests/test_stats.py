@@ -1,10 +1,14 @@
-"""Searched against random: hypervolume and bootstrap intervals on hand-made results."""
+"""Searched against random: hypervolume, Student-t and bootstrap intervals on hand-made results."""
 import math
+
+import numpy as np
 
 import pandas as pd
 import pytest
 
-from goldnas_ray.retrain.stats import compare_fronts, describe, hypervolume
+from scipy import stats as scipy_stats
+
+from goldnas_ray.retrain.stats import compare_fronts, describe, hypervolume, summary, t_interval
 
 
 def test_hypervolume_of_a_staircase():
@@ -27,24 +31,77 @@ def _results(acc_searched, acc_random, seeds=3, noise=0.01):
     return pd.DataFrame(rows), archs
 
 
-def test_a_better_searched_front_has_the_larger_hypervolume_and_a_positive_interval():
+def _t(values):
+    """The 95% Student-t interval of the mean, from the formula."""
+    x = np.asarray(values, float)
+    half = scipy_stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return x.mean() - half, x.mean() + half
+
+
+def test_a_better_searched_front_has_the_larger_hypervolume_and_t_intervals_over_seeds_and_pairs():
     last, archs = _results([0.95, 0.90], [0.85, 0.80])
+    # arch-000's seeds differ from random-000's by +0.10 each, but not exactly: seed 1 of the
+    # searched one gains 0.01, so the paired differences are 0.10, 0.11, 0.10
+    last.loc[(last["arch_id"] == "arch-000") & (last["seed"] == 1), "test_acc"] += 0.01
     stats = compare_fronts(last, archs, resamples=500)
     hv = stats["hypervolume"]
     assert hv["searched"]["value"] > hv["random"]["value"]
-    assert hv["difference"]["low"] > 0 and hv["difference"]["low"] <= hv["difference"]["value"] <= hv["difference"]["high"]
+    # two architectures of a kind are too few to bootstrap: no interval, and it says so
+    assert hv["difference"]["low"] is None and hv["difference"]["n"] == 2
+    assert "fewer than 5" in hv["difference"]["method"]
     assert stats["reference"]["log10_flops"] == pytest.approx(math.log10(1.1 * 2.1e6))
     matched = {m["arch_id"]: m for m in stats["matched"]}
     assert matched["arch-000"]["random_id"] == "random-000" and matched["arch-001"]["random_id"] == "random-001"
-    assert matched["arch-000"]["difference"] == pytest.approx(0.10)
-    assert 0 < matched["arch-000"]["low"] <= 0.10 <= matched["arch-000"]["high"]
-    assert any("arch-000 vs random-000" in line for line in describe(stats))
+    d0 = matched["arch-000"]["difference"]
+    assert d0["value"] == pytest.approx(0.31 / 3) and d0["n"] == 3 and d0["method"] == "student-t over 3 paired seeds"
+    assert (d0["low"], d0["high"]) == pytest.approx(_t([0.10, 0.11, 0.10]))
+    assert matched["arch-000"]["verdict"] == "better"
+    # arch-001's differences are exactly 0.10 at every seed: a zero-width interval, above 0
+    assert (matched["arch-001"]["difference"]["low"], matched["arch-001"]["difference"]["high"]) == pytest.approx((0.1, 0.1))
+    # overall: t over the 2 pairs' mean differences
+    overall = stats["overall"]
+    assert overall["difference"]["value"] == pytest.approx((0.31 / 3 + 0.1) / 2) and overall["difference"]["n"] == 2
+    assert (overall["difference"]["low"], overall["difference"]["high"]) == pytest.approx(_t([0.31 / 3, 0.1]))
+    assert overall["verdict"] == "better" and (overall["pairs"], overall["better"], overall["worse"]) == (2, 2, 0)
+    a0 = stats["architectures"]["arch-000"]
+    assert (a0["low"], a0["high"]) == pytest.approx(_t([0.94, 0.96, 0.96])) and a0["n"] == 3
+    lines = describe(stats)
+    assert any("arch-000 vs random-000" in line and "student-t over 3 paired seeds" in line and line.endswith("better")
+               for line in lines)
+    assert any(line.startswith("hypervolume difference") and "not resolved" in line for line in lines)
+    metrics, tags = summary(stats)
+    assert metrics["matched_low"] == pytest.approx(overall["difference"]["low"]) and metrics["matched_pairs_better"] == 2
+    assert "hypervolume_difference_low" not in metrics
+    assert tags["goldnas.hypervolume_difference.verdict"] == "not resolved" and tags["goldnas.matched.verdict"] == "better"
 
 
-def test_one_seed_gives_a_point_interval_and_equal_fronts_a_zero_difference():
+def test_an_interval_that_contains_zero_is_not_resolved_and_five_architectures_are_bootstrapped():
+    rng = np.random.default_rng(1)
+    archs = pd.DataFrame({"arch_id": [f"s{i}" for i in range(5)] + [f"r{i}" for i in range(5)],
+                          "kind": ["searched"] * 5 + ["random"] * 5, "flops": [1e6 * (i + 1) for i in range(5)] * 2})
+    last = pd.DataFrame([{"arch_id": a, "seed": s, "test_acc": 0.9 + 0.02 * rng.standard_normal()}
+                         for a in archs["arch_id"] for s in range(2)])
+    stats = compare_fronts(last, archs, resamples=300)
+    hv = stats["hypervolume"]["difference"]
+    assert hv["n"] == 5 and hv["method"] == "percentile bootstrap over 5 architectures of each kind and their seeds, 300 resamples"
+    assert hv["low"] < hv["value"] < hv["high"] and hv["low"] < 0 < hv["high"]
+    lines = describe(stats)
+    assert any(line.startswith("hypervolume difference") and "not resolved" in line for line in lines)
+    o = stats["overall"]
+    assert o["difference"]["low"] < 0 < o["difference"]["high"] and o["verdict"] == "not resolved"
+    assert "not resolved" in lines[-1] and "better" not in lines[-1].split(";")[0]
+    assert summary(stats)[1]["goldnas.matched.verdict"] == "not resolved"
+
+
+def test_one_seed_gives_no_interval_and_equal_fronts_a_zero_difference():
     last, archs = _results([0.9, 0.8], [0.9, 0.8], seeds=1)
-    hv = compare_fronts(last, archs, resamples=100)["hypervolume"]
-    assert hv["searched"]["low"] == hv["searched"]["value"] == hv["searched"]["high"]
+    stats = compare_fronts(last, archs, resamples=100)
+    hv = stats["hypervolume"]
+    assert hv["searched"]["low"] is None and hv["searched"]["high"] is None
+    d = stats["matched"][0]["difference"]
+    assert (d["low"], d["high"], d["n"], d["method"]) == (None, None, 1, "none: 1 paired seeds, no interval")
+    assert stats["matched"][0]["verdict"] == "not resolved"
+    assert t_interval([0.5]) == {"value": 0.5, "low": None, "high": None, "n": 1, "method": "none: 1 seeds, no interval"}
     # worked by hand: against (error 1, log10 2.31e6), each front is two steps; the cheaper
     # point (error 0.2) holds 0.8 of height from its log FLOPs to the dearer one's, the dearer
     # (error 0.1) 0.9 from there to the reference
@@ -75,3 +132,20 @@ def test_the_hypervolume_in_latency_space_uses_the_measured_latency():
     assert matched == {"arch-000": "random-001", "arch-001": "random-000"}
     assert any("arch-000 vs random-001 (8.000 vs 8.000 ms)" in line for line in describe(stats))
     assert any("error x log10 latency" in line for line in describe(stats))
+
+
+def test_the_mlflow_parent_run_holds_each_interval_and_says_not_resolved(tmp_path):
+    """The summary as metrics and tags of a retrain's parent run in a real (sqlite) store: a
+    difference without an interval is "not resolved" there too, never a win."""
+    from goldnas_ray.tracking.retrain import RetrainTracker
+
+    last, archs = _results([0.95, 0.90], [0.85, 0.80])
+    metrics, tags = summary(compare_fronts(last, archs, resamples=100))
+    tracker = RetrainTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
+    parent, _ = tracker.start("exp", "retrain", {"seeds": 3}, {}, {})
+    tracker.log_report(parent, tmp_path, metrics, None, tags)
+    run = tracker.client.get_run(parent)
+    assert run.data.tags["goldnas.hypervolume_difference.verdict"] == "not resolved"
+    assert run.data.tags["goldnas.matched.verdict"] == "better"
+    assert run.data.tags["goldnas.matched.interval"] == "n=2, student-t over 2 matched pairs"
+    assert run.data.metrics["matched_low"] == pytest.approx(_t([0.1, 0.1])[0]) and "hypervolume_difference_low" not in run.data.metrics

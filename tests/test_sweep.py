@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from goldnas_ray.core.config import Config, ConfigError
 from goldnas_ray.files.search_files import OutputDirError
@@ -12,7 +13,7 @@ from goldnas_ray.files.store import location
 from goldnas_ray.retrain.stats import hypervolume
 from goldnas_ray.sweep.plan import Sweep, parse_grid, parse_seeds, plan_sweep, point_label
 from goldnas_ray.sweep.report import seed_gap
-from goldnas_ray.sweep.retrain import point_hypervolumes
+from goldnas_ray.sweep.retrain import describe_points, point_hypervolumes
 
 
 def test_every_grid_point_and_seed_is_one_search_with_its_values_applied():
@@ -81,22 +82,29 @@ def test_each_grid_points_front_hypervolume_is_the_mean_over_its_seeds_with_an_i
                          {"arch_id": "b", "seed": 0, "test_acc": 0.5}, {"arch_id": "c", "seed": 0, "test_acc": 0.7}])
     searches = {"p0-s0": {"point": 0, "label": "x=1", "seed": 0}, "p0-s1": {"point": 0, "label": "x=1", "seed": 1},
                 "p1-s0": {"point": 1, "label": "x=2", "seed": 0}, "p1-s1": {"point": 1, "label": "x=2", "seed": 1}}
-    stats = point_hypervolumes(last, archs, searches, resamples=200)
+    stats = point_hypervolumes(last, archs, searches)
     ref = (1.0, math.log10(1100))
     assert stats["searches"]["p0-s0"] == pytest.approx(hypervolume([1 - 0.85], [3.0], ref))
     assert stats["searches"]["p1-s0"] == pytest.approx(hypervolume([0.15, 0.3], [3.0, math.log10(500)], ref))
     assert stats["searches"]["p1-s1"] == pytest.approx(hypervolume([0.3], [math.log10(500)], ref))
     p0, p1 = stats["points"]
-    assert p0["value"] == pytest.approx((stats["searches"]["p0-s0"] + stats["searches"]["p0-s1"]) / 2)
-    # two seeds: a resample's mean is the lower one, the mean of both, or the higher one, each of
-    # the extremes with probability 1/4, so the 2.5 and 97.5 percentiles are exactly those
-    hvs = sorted([stats["searches"]["p0-s0"], stats["searches"]["p0-s1"]])
-    assert p0["seeds"] == 2 and (p0["low"], p0["high"]) == pytest.approx(hvs)
+    # two seeds: the Student-t interval with 1 degree of freedom, mean +- t(0.975, 1) x sd / sqrt(2),
+    # 12.7 times the half-range (the percentile bootstrap gave the range itself, a 50% interval)
+    hvs = [stats["searches"]["p0-s0"], stats["searches"]["p0-s1"]]
+    mean, half = sum(hvs) / 2, scipy_stats.t.ppf(0.975, 1) * abs(hvs[0] - hvs[1]) / 2
+    assert p0["seeds"] == 2 and p0["hypervolume"] == pytest.approx(
+        {"value": mean, "low": mean - half, "high": mean + half, "n": 2, "method": "student-t over 2 search seeds"})
+    assert half == pytest.approx(12.706 * abs(hvs[0] - hvs[1]) / 2, rel=1e-4)
     assert p1["grid_point"] == "x=2"
+    assert any(line.startswith("hypervolume x=1") and line.endswith(f"[{mean - half:.4f}, {mean + half:.4f}] "
+                                                                      "(student-t over 2 search seeds)")
+               for line in describe_points(stats))
+    one = point_hypervolumes(last, archs, {k: v for k, v in searches.items() if k != "p0-s1"})["points"][0]
+    assert one["hypervolume"]["low"] is None and one["hypervolume"]["method"] == "none: 1 search seeds, no interval"
     # a random architecture (no sources) counts for no search and moves no reference point
     archs.loc[len(archs)] = {"arch_id": "r", "flops": 5000, "sources": None}
     last.loc[len(last)] = {"arch_id": "r", "seed": 0, "test_acc": 0.99}
-    again = point_hypervolumes(last, archs, searches, resamples=200)
+    again = point_hypervolumes(last, archs, searches)
     assert again["reference"] == stats["reference"] and again["searches"] == pytest.approx(stats["searches"])
 
 

@@ -319,12 +319,8 @@ def _track_report(tracker: RetrainTracker, out: Location, manifest: Manifest, tr
             net = trainer.model.eval().to(memory_format=torch.contiguous_format)  # exported as NCHW
             networks[manifest.mlflow_child_run_ids[key]] = (net, (g.in_channels, g.input_size, g.input_size))
     tracker.log_models(networks)
-    summary = report.front_summary(table) | {
-        f"hypervolume_{k}": v["value"] for k, v in (comparison or {}).get("hypervolume", {}).items()} | {
-        f"hypervolume_latency_{k}": v["value"]
-        for k, v in (comparison or {}).get("latency", {}).get("hypervolume", {}).items()} | {
-        f"hypervolume_point{p['point']}": p["value"] for p in (comparison or {}).get("sweep", {}).get("points", [])}
-    tracker.log_report(manifest.mlflow_run_id, out, summary, table)
+    summary, verdicts = stats.summary(comparison or {})
+    tracker.log_report(manifest.mlflow_run_id, out, report.front_summary(table) | summary, table, verdicts)
     tracker.end_run(manifest.mlflow_run_id, "FAILED" if failed else "FINISHED")
     tracker.client.close()  # says how many writes still wait for an unreachable server
     log(f"MLflow run {manifest.mlflow_run_id}: open with {how_to_open(tracker.uri)}")
@@ -362,8 +358,7 @@ def _write_report(out: Location, trials: pd.DataFrame, manifest: Manifest, log: 
         if report.has_latency(table):  # the same comparison with measured latency on the axis
             comparison["latency"] = stats.compare_fronts(last, archs, seed=manifest.config.seed, column="latency_ms")
     if manifest.sweep:  # which grid point's searches gave the better fronts, over their seeds
-        comparison = (comparison or {}) | {"sweep": point_hypervolumes(report.last_epochs(done), archs, manifest.sweep,
-                                                                       seed=manifest.config.seed)}
+        comparison = (comparison or {}) | {"sweep": point_hypervolumes(report.last_epochs(done), archs, manifest.sweep)}
     if comparison:
         (out / COMPARISON).write_text(json.dumps(comparison, indent=1))
     return table, comparison

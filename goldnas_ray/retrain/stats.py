@@ -1,13 +1,25 @@
 """Searched against random, with statistics: hypervolumes of the two fronts and FLOPs-matched
-accuracy differences, each with a bootstrap interval over the seeds.
+accuracy differences, each with an interval that says its method and n.
 
 Hypervolume is measured in (test error, log10 FLOPs), both minimised, against the reference
 point (error 1, log10 of 1.1 x the largest FLOPs of any architecture in the report): the area
 of that plane the front dominates. The same in (test error, log10 measured latency) when the
-report measured latencies (``column="latency_ms"``). The bootstrap resamples, for every architecture, its seeds'
-final test accuracies with replacement (B times, a fixed generator), recomputes the mean
-accuracies and the statistic, and reports the 2.5 and 97.5 percentiles. With one seed per
-architecture there is nothing to resample: the interval is the point.
+report measured latencies (``column="latency_ms"``).
+
+Every interval is an object ``{value, low, high, n, method}`` at 95%:
+- an architecture's accuracy, a matched pair's accuracy difference (searched - random, paired
+  by seed), a grid point's hypervolume over its search seeds: Student-t over the n seeds
+  (``t_interval``); with n = 1 there is no interval (low and high None, the method says so);
+- the overall "searched better than random at matched cost": the mean of the pairs' mean
+  differences (every pair has the same seeds, so the mean over all (pair, seed) differences),
+  Student-t over the n pairs, with how many pairs' own intervals are above 0 or below it;
+- a front's hypervolume and the difference of the two: a percentile bootstrap that resamples
+  the architectures of each kind with replacement and, for each, its seeds (B resamples, a
+  fixed generator), n = the fewer architectures of a kind; below 5 architectures no interval
+  (a percentile bootstrap of so few values covers far less than 95%).
+An interval that contains 0, or a missing one, is "not resolved" (``verdict``), never a win.
+The percentile bootstrap over seeds these replaced covered the mean about half the time with
+2 seeds (its interval is the two values' range): tests/test_coverage.py measures both.
 """
 from __future__ import annotations
 
@@ -16,6 +28,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
+
+LEVEL = 0.95
+T_METHOD = "student-t over {n} {what}"
+MIN_BOOTSTRAP = 5  # fewer values give a percentile bootstrap far below its nominal level
 
 
 def hypervolume(errors, log_flops, reference: tuple[float, float]) -> float:
@@ -30,8 +47,44 @@ def hypervolume(errors, log_flops, reference: tuple[float, float]) -> float:
     return area
 
 
-def interval95(samples: np.ndarray) -> tuple[float, float]:
-    return float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))
+def t_interval(values, what: str = "seeds") -> dict[str, Any]:
+    """The mean of ``values`` with its 95% Student-t interval over them (n - 1 degrees of
+    freedom); with one value, no interval."""
+    x = np.asarray(values, float)
+    n = len(x)
+    if n < 2:
+        return {"value": float(x.mean()) if n else None, "low": None, "high": None, "n": n,
+                "method": f"none: {n} {what}, no interval"}
+    half = float(scipy_stats.t.ppf(0.5 + LEVEL / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    mean = float(x.mean())
+    return {"value": mean, "low": mean - half, "high": mean + half, "n": n,
+            "method": T_METHOD.format(n=n, what=what)}
+
+
+def bootstrap_interval(value: float, samples: np.ndarray, n: int, what: str) -> dict[str, Any]:
+    """``value`` with the 2.5 and 97.5 percentiles of its bootstrap ``samples``, drawn from n
+    values; below ``MIN_BOOTSTRAP`` values, no interval."""
+    if n < MIN_BOOTSTRAP:
+        return {"value": value, "low": None, "high": None, "n": n,
+                "method": f"none: {n} {what}, fewer than {MIN_BOOTSTRAP} to bootstrap"}
+    return {"value": value, "low": float(np.percentile(samples, 2.5)), "high": float(np.percentile(samples, 97.5)),
+            "n": n, "method": f"percentile bootstrap over {n} {what} and their seeds, {len(samples)} resamples"}
+
+
+def verdict(interval: dict[str, Any]) -> str:
+    """"better" or "worse" when the interval lies above or below 0, else "not resolved"."""
+    if interval["low"] is None:
+        return "not resolved"
+    return "better" if interval["low"] > 0 else "worse" if interval["high"] < 0 else "not resolved"
+
+
+def show(interval: dict[str, Any], scale: float = 1.0, fmt: str = ".4f") -> str:
+    """``value  95% [low, high] (method)``, or the value and why it has no interval."""
+    value = f"{scale * interval['value']:{fmt}}"
+    if interval["low"] is None:
+        return f"{value}  ({interval['method']})"
+    return (f"{value}  95% [{scale * interval['low']:{fmt}}, {scale * interval['high']:{fmt}}] "
+            f"({interval['method']})")
 
 
 def compare_fronts(last: pd.DataFrame, architectures: pd.DataFrame, resamples: int = 1000,
@@ -40,46 +93,56 @@ def compare_fronts(last: pd.DataFrame, architectures: pd.DataFrame, resamples: i
     ``architectures``: arch_id, kind (searched | random) and ``column`` (flops, or the
     measured latency_ms): the resource axis, in log10."""
     archs = architectures.set_index("arch_id")
-    accs = {a: g["test_acc"].to_numpy(float) for a, g in last.groupby("arch_id") if a in archs.index}
-    ids = sorted(accs)
+    by_seed = {a: dict(zip(g["seed"], g["test_acc"].astype(float))) for a, g in last.groupby("arch_id")
+               if a in archs.index}
+    ids = sorted(by_seed)
+    accs = {a: np.array(list(by_seed[a].values())) for a in ids}
     kinds = {a: archs.loc[a, "kind"] for a in ids}
+    members = {k: [a for a in ids if kinds[a] == k] for k in ("searched", "random")}
     logf = {a: math.log10(float(archs.loc[a, column])) for a in ids}
     reference = (1.0, math.log10(1.1 * float(archs.loc[ids, column].max()))) if ids else (1.0, 0.0)
     rng = np.random.default_rng(seed)
-    seeds = max((len(v) for v in accs.values()), default=0)
-    draws = {a: accs[a][rng.integers(0, len(accs[a]), (resamples, len(accs[a])))].mean(1) for a in ids}
-    means = {a: float(accs[a].mean()) for a in ids}
 
-    def hv(kind: str, acc_of) -> float:
-        members = [a for a in ids if kinds[a] == kind]
-        return hypervolume([1 - acc_of(a) for a in members], [logf[a] for a in members], reference)
+    def hv(chosen: list[str], acc_of) -> float:
+        return hypervolume([1 - acc_of(a) for a in chosen], [logf[a] for a in chosen], reference)
+
+    def resampled(kind: str) -> np.ndarray:  # architectures of the kind, then each one's seeds
+        pool = members[kind]
+        out = np.empty(resamples)
+        for b in range(resamples):
+            chosen = [pool[i] for i in rng.integers(0, len(pool), len(pool))]
+            means = {i: float(accs[a][rng.integers(0, len(accs[a]), len(accs[a]))].mean())
+                     for i, a in enumerate(chosen)}
+            out[b] = hypervolume([1 - means[i] for i in range(len(chosen))], [logf[a] for a in chosen], reference)
+        return out
 
     out: dict[str, Any] = {"axis": column, "reference": {"error": reference[0], f"log10_{column}": reference[1]},
-                           "resamples": resamples, "max_seeds": seeds, "hypervolume": {}}
-    boot = {}
-    for kind in ("searched", "random"):
-        if not any(kinds[a] == kind for a in ids):
-            continue
-        boot[kind] = np.array([hv(kind, lambda a, b=b: draws[a][b]) for b in range(resamples)])
-        low, high = interval95(boot[kind])
-        out["hypervolume"][kind] = {"value": hv(kind, means.get), "low": low, "high": high}
-    if len(boot) == 2:
-        diff = boot["searched"] - boot["random"]
-        low, high = interval95(diff)
-        value = out["hypervolume"]["searched"]["value"] - out["hypervolume"]["random"]["value"]
-        out["hypervolume"]["difference"] = {"value": value, "low": low, "high": high}
-    randoms = [a for a in ids if kinds[a] == "random"]
+                           "resamples": resamples, "max_seeds": max((len(v) for v in accs.values()), default=0),
+                           "architectures": {a: t_interval(accs[a]) for a in ids}, "hypervolume": {}}
+    present = [k for k in ("searched", "random") if members[k]]
+    boot = {k: resampled(k) for k in present if len(members[k]) >= MIN_BOOTSTRAP}
+    values = {k: hv(members[k], lambda a: accs[a].mean()) for k in present}
+    for k in present:
+        out["hypervolume"][k] = bootstrap_interval(values[k], boot.get(k), len(members[k]), "architectures")
+    if len(present) == 2:
+        n = min(len(v) for v in members.values())
+        diff = boot["searched"] - boot["random"] if len(boot) == 2 else None
+        out["hypervolume"]["difference"] = bootstrap_interval(values["searched"] - values["random"], diff, n,
+                                                              "architectures of each kind")
     matched = []
-    for a in (a for a in ids if kinds[a] == "searched"):
-        if not randoms:
-            break
-        r = min(randoms, key=lambda x: (abs(logf[x] - logf[a]), x))
-        diff = draws[a] - draws[r]
-        low, high = interval95(diff)
+    for a in members["searched"] if members["random"] else []:
+        r = min(members["random"], key=lambda x: (abs(logf[x] - logf[a]), x))
+        common = sorted(set(by_seed[a]) & set(by_seed[r]))
+        difference = t_interval([by_seed[a][s] - by_seed[r][s] for s in common], "paired seeds")
         matched.append({"arch_id": a, "random_id": r, column: float(archs.loc[a, column]),
-                        f"random_{column}": float(archs.loc[r, column]), "difference": means[a] - means[r],
-                        "low": low, "high": high})
+                        f"random_{column}": float(archs.loc[r, column]), "difference": difference,
+                        "verdict": verdict(difference)})
     out["matched"] = matched
+    if matched:
+        overall = t_interval([m["difference"]["value"] for m in matched], "matched pairs")
+        out["overall"] = {"difference": overall, "verdict": verdict(overall), "pairs": len(matched),
+                          "better": sum(m["verdict"] == "better" for m in matched),
+                          "worse": sum(m["verdict"] == "worse" for m in matched)}
     return out
 
 
@@ -89,10 +152,38 @@ def describe(stats: dict[str, Any]) -> list[str]:
     ref, column = stats["reference"], stats.get("axis", "flops")
     name_of, scale, unit = {"flops": ("FLOPs", 1e-6, "MFLOPs"), "latency_ms": ("latency", 1.0, "ms")}[column]
     for name, hv in stats["hypervolume"].items():
-        lines.append(f"hypervolume {name:<10} {hv['value']:.4f}  95% [{hv['low']:.4f}, {hv['high']:.4f}]"
+        tail = f"  {verdict(hv)}" if name == "difference" else ""
+        lines.append(f"hypervolume {name:<10} {show(hv)}{tail}"
                      f"  (error x log10 {name_of}, reference ({ref['error']:g}, {ref[f'log10_{column}']:.3f}))")
     for m in stats["matched"]:
         lines.append(f"{m['arch_id']} vs {m['random_id']} ({m[column] * scale:.3f} vs "
-                     f"{m[f'random_{column}'] * scale:.3f} {unit}): accuracy {100 * m['difference']:+.2f} points, "
-                     f"95% [{100 * m['low']:+.2f}, {100 * m['high']:+.2f}]")
+                     f"{m[f'random_{column}'] * scale:.3f} {unit}): accuracy points "
+                     f"{show(m['difference'], 100, '+.2f')}  {m['verdict']}")
+    if "overall" in stats:
+        o = stats["overall"]
+        lines.append(f"searched - random at matched {name_of}: accuracy points {show(o['difference'], 100, '+.2f')}"
+                     f"  {o['verdict']}; {o['better']} of {o['pairs']} pairs better, {o['worse']} worse")
     return lines
+
+
+def summary(comparison: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    """A retrain's comparison as MLflow metrics (each interval's value, and its low and high
+    where it has them) and tags: each verdict ("better", "worse", "not resolved") and method."""
+    overall = {name: part["overall"] for name, part in (("matched", comparison),
+                                                         ("matched_latency", comparison.get("latency", {})))
+               if "overall" in part}
+    intervals = {f"hypervolume_{k}": v for k, v in comparison.get("hypervolume", {}).items()}
+    intervals |= {f"hypervolume_latency_{k}": v for k, v in comparison.get("latency", {}).get("hypervolume", {}).items()}
+    intervals |= {f"hypervolume_point{p['point']}": p["hypervolume"] for p in comparison.get("sweep", {}).get("points", [])}
+    intervals |= {name: o["difference"] for name, o in overall.items()}
+    metrics, tags = {}, {}
+    for name, iv in intervals.items():
+        metrics |= {f"{name}{end}": iv[key] for key, end in (("value", ""), ("low", "_low"), ("high", "_high"))
+                    if iv[key] is not None}
+        tags[f"goldnas.{name}.interval"] = f"n={iv['n']}, {iv['method']}"
+    for name in ("hypervolume_difference", "hypervolume_latency_difference", *overall):
+        if name in intervals:
+            tags[f"goldnas.{name}.verdict"] = verdict(intervals[name])
+    for name, o in overall.items():
+        metrics |= {f"{name}_pairs": o["pairs"], f"{name}_pairs_better": o["better"], f"{name}_pairs_worse": o["worse"]}
+    return metrics, tags

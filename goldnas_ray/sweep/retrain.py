@@ -6,8 +6,8 @@ by genotype merged, whichever searches recorded it). The searches must agree on 
 (but what only a search reads: its batch size, cutout and subset) and their recipe. Each candidate knows the searches it
 came from, so the report can rebuild each search's front from the retrained accuracies: its
 hypervolume in (test error, log10 FLOPs), against one reference point for the whole sweep,
-and per grid point the mean over its seeds with a bootstrap interval (the seeds' hypervolumes
-resampled with replacement): "which schedule" with its uncertainty.
+and per grid point the mean over its search seeds with a 95% Student-t interval over them
+(``retrain.stats.t_interval``; one seed: no interval): "which schedule" with its uncertainty.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pandas as pd
 from goldnas_ray.core.config import Config
 from goldnas_ray.files.search_files import OutputDirError
 from goldnas_ray.retrain.candidates import Candidate, SearchResult, load_search
-from goldnas_ray.retrain.stats import interval95, hypervolume
+from goldnas_ray.retrain.stats import hypervolume, show, t_interval
 from goldnas_ray.sweep.plan import Sweep, point_label, search_state
 from goldnas_ray.sweep.report import union
 from goldnas_ray.files.store import location
@@ -80,11 +80,12 @@ def sources(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, (list, tuple, np.ndarray)) else []
 
 
-def point_hypervolumes(last: pd.DataFrame, architectures: pd.DataFrame, searches: dict[str, dict[str, Any]],
-                       resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+def point_hypervolumes(last: pd.DataFrame, architectures: pd.DataFrame, searches: dict[str, dict[str, Any]]
+                       ) -> dict[str, Any]:
     """Each search's front hypervolume from the retrained accuracies (``last``: one row per
     finished trial, arch_id and test_acc; ``architectures``: arch_id, flops, sources), and per
-    grid point their mean over seeds with a bootstrap interval."""
+    grid point their mean over its search seeds with a Student-t interval (an object: value,
+    low, high, n, method; ``retrain.stats.t_interval``)."""
     archs = architectures.set_index("arch_id")
     acc = last.groupby("arch_id")["test_acc"].mean()
     # the searches' architectures (random ones, with no sources, move no reference point)
@@ -98,24 +99,20 @@ def point_hypervolumes(last: pd.DataFrame, architectures: pd.DataFrame, searches
         if mine:
             per_search[name] = hypervolume([1 - acc[a] for a in mine],
                                            [math.log10(float(archs.loc[a, "flops"])) for a in mine], reference)
-    rng = np.random.default_rng(seed)
     points = []
     for point in sorted({v["point"] for v in searches.values()}):
         names = [n for n, v in searches.items() if v["point"] == point and n in per_search]
         if not names:
             continue
-        values = np.array([per_search[n] for n in names])
-        low, high = interval95(values[rng.integers(0, len(values), (resamples, len(values)))].mean(1))
         points.append({"point": point, "grid_point": searches[names[0]]["label"], "seeds": len(names),
-                       "value": float(values.mean()), "low": low, "high": high})
-    return {"reference": {"error": reference[0], "log10_flops": reference[1]}, "resamples": resamples,
-            "searches": per_search, "points": points}
+                       "hypervolume": t_interval([per_search[n] for n in names], "search seeds")})
+    return {"reference": {"error": reference[0], "log10_flops": reference[1]}, "searches": per_search,
+            "points": points}
 
 
 def describe_points(stats: dict[str, Any]) -> list[str]:
     """Console lines: each grid point's front hypervolume over its seeds."""
     lines = []
-    for p in sorted(stats["points"], key=lambda p: -p["value"]):
-        lines.append(f"hypervolume {p['grid_point']:<28} {p['value']:.4f}  95% [{p['low']:.4f}, {p['high']:.4f}]"
-                     f"  over {p['seeds']} seed(s)")
+    for p in sorted(stats["points"], key=lambda p: -p["hypervolume"]["value"]):
+        lines.append(f"hypervolume {p['grid_point']:<28} {show(p['hypervolume'])}")
     return lines

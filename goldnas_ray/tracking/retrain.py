@@ -178,11 +178,12 @@ class RetrainTracker:
         self.client.set_terminated(parent_id, status=status)
 
     def log_report(self, parent_id: str, out: "Path | Location", summary: dict[str, float],
-                   table: Any = None) -> None:
+                   table: Any = None, tags: dict[str, str] | None = None) -> None:
         """The report files and genotypes as the parent's artifacts, ``summary`` as metrics,
+        ``tags`` (the comparison's verdicts and interval methods, ``retrain.stats.summary``),
         the front as the MLflow table ``front.json`` (``MlflowClient.load_table(experiment_id,
         "front.json", run_ids=[...])`` puts many retrains' fronts in one DataFrame)."""
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         log_files(self.client, parent_id, out,
                    ("frontier.parquet", "frontier.csv", "frontier.png", "frontier_latency.png", "trials.parquet",
@@ -190,7 +191,8 @@ class RetrainTracker:
         if table is not None and len(table):
             self.client.log_table(parent_id, data=table, artifact_file=FRONT_TABLE)
         ts = int(time.time() * 1000)
-        self.client.log_batch(parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in summary.items()])
+        self.client.log_batch(parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in summary.items()],
+                              tags=[RunTag(k, v) for k, v in (tags or {}).items()])
 
 
     def log_models(self, models: dict[str, Any]) -> None:
