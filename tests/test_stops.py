@@ -1,7 +1,7 @@
 """Stops that end the same way whenever they come: a retrain stopped five times at different
-moments with a second CPU load beside it (each Ctrl-C while trials train on its embedded Ray,
-where the terminal's signal reaches Ray's own processes too; the SIGTERM and the Ctrl-C while
-the report is written on a driver joined to the session's cluster, which stays up), and a
+moments with a second CPU load beside it (the first Ctrl-C while its trials start on its
+embedded Ray, where the terminal's signal reaches Ray's own processes too; the other four on a
+driver joined to the session's cluster, which stays up), and a
 search on Ray Train on its embedded Ray, each ending through Tune's or Train's own graceful stop
 (cli.fit_until_stopped): exit 130 (143 after SIGTERM), the console's last line the one stop
 line, nothing of Ray's own processes on it, and `--resume` (in the test process, on the
@@ -179,10 +179,11 @@ def search_dir(tmp_path_factory):
 @pytest.mark.services
 def test_a_retrain_stopped_five_times_under_load_ends_the_same_way_and_resumes_without_retraining(
         search_dir, busy, ray_cluster, tmp_path):
-    """3 trials x 2 epochs, 2 at once, stopped: as the first trial starts, in a first epoch, as
-    the driver prints a trial's last epoch (SIGTERM: 143; joined to the cluster), the instant a
-    trial's process writes that it finished (before Tune may have registered its last
-    checkpoint), and while the report is written (joined to the cluster); each a clean stop,
+    """3 trials x 2 epochs, 2 at once, stopped: as the first trial starts (Ctrl-C, on its
+    embedded Ray), then joined to the session's cluster: in a first epoch, as the driver prints
+    a trial's last epoch (SIGTERM: 143), the instant a trial's process writes that it finished
+    (before Tune may have registered its last checkpoint), and while the report is written;
+    each a clean stop,
     and the cluster the stopped drivers joined still up after them (its daemons are in sessions
     of their own, so no signal here is sent to them: what this guards is a driver's stop path
     ending the cluster it joined); the last --resume finishes, and no trial starts again once
@@ -205,9 +206,9 @@ def test_a_retrain_stopped_five_times_under_load_ends_the_same_way_and_resumes_w
     joined = ray_cluster
     moments = [(first, lambda: lambda text: any((out / ".trials").glob("*.jsonl")), signal.SIGINT,
                 "as a trial starts", None),
-               (resume, line(r" epoch +1/2 "), signal.SIGINT, "in a first epoch", None),
+               (resume, line(r" epoch +1/2 "), signal.SIGINT, "in a first epoch", joined),
                (resume, line(r" epoch +2/2 "), signal.SIGTERM, "as the driver prints a trial's last epoch", joined),
-               (resume, another_finishes, signal.SIGINT, "as a trial's process writes that it finished", None),
+               (resume, another_finishes, signal.SIGINT, "as a trial's process writes that it finished", joined),
                (resume, lambda: lambda text: (out / "trials.parquet").exists(), signal.SIGINT, "writing the report",
                 joined)]
     progress = []
