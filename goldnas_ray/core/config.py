@@ -241,6 +241,9 @@ class RetrainConfig(Section):
     auxiliary_weight: NonNegativeFloat = Field(0.4, description="weight of the auxiliary head's loss")
     drop_path: Fraction = Field(0.2, description="drop-path probability reached at the last epoch")
     seeds: PositiveInt = Field(1, description="trials per architecture: seeds seed .. seed + seeds - 1")
+    init: Literal["scratch", "inherited"] = Field(
+        "scratch", description="searched networks' initial weights: scratch (the paper's protocol) or "
+        "inherited from the supernet at record time (random ones: always scratch)")
     color_jitter: StrictBool = Field(False, description="brightness/contrast/saturation 0.4, hue 0.2")
     label_smoothing: Fraction = Field(0.0, description="label smoothing of the loss (DARTS ImageNet: 0.1)")
     schedule: Literal["cosine", "step"] = Field(

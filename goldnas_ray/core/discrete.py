@@ -1,4 +1,6 @@
-"""The discrete network of one architecture, built from its genotype for retraining."""
+"""The discrete network of one architecture, built from its genotype for retraining, from
+scratch or from the weights the search's supernet had when it recorded the architecture
+(``SuperNet.inherited_state``)."""
 from __future__ import annotations
 
 import torch
@@ -20,18 +22,27 @@ def drop_path(x: torch.Tensor, drop_prob: float, generator: torch.Generator | No
 
 
 class PlainEdge(nn.Module):
-    """Sum of the edge's operators; drop-path on every operator but the identity (DARTS)."""
+    """Sum of the edge's operators; drop-path on every operator but the identity (DARTS).
+
+    An inherited network's edge may carry ``scale``, a fixed output scale per operator (a
+    buffer, in ``ops`` order): the search's gate of an operator with no affine layer to fold
+    it into (the identity), 1 for the others."""
+
+    scale: torch.Tensor | None
 
     def __init__(self, ops: tuple[str, ...], c: int, stride: int, affine: bool):
         super().__init__()
         self.ops = nn.ModuleDict({name: OPS[name](c, stride, affine) for name in ops})
+        self.register_buffer("scale", None)
         self.drop_prob = 0.0
         self.generator: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = None
-        for op in self.ops.values():
+        for i, op in enumerate(self.ops.values()):
             y = op(x)
+            if self.scale is not None:
+                y = y * self.scale[i]
             if self.training and self.drop_prob > 0 and not isinstance(op, nn.Identity):
                 y = drop_path(y, self.drop_prob, self.generator)
             out = y if out is None else out + y
@@ -43,12 +54,33 @@ class DiscreteNet(Network):
         super().__init__(geno, affine=True, edge_factory=PlainEdge, auxiliary=auxiliary)
         self.genotype = geno
 
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        """As nn.Module's; an edge's ``scale`` (an inherited network's) is made when ``state``
+        holds one."""
+        for name, module in self.named_modules():
+            if isinstance(module, PlainEdge) and f"{name}.scale" in state:
+                module.scale = torch.ones(len(module.ops), device=state[f"{name}.scale"].device)
+        return super().load_state_dict(state, strict, assign)
+
     def set_drop_path(self, prob: float, generator: torch.Generator | None = None) -> None:
         """Drop-path probability of every edge, its masks drawn from ``generator`` (on the
         network's device; None: the global RNG)."""
         for module in self.modules():
             if isinstance(module, PlainEdge):
                 module.drop_prob, module.generator = prob, generator
+
+
+def load_inherited(net: DiscreteNet, state: dict[str, torch.Tensor]) -> None:
+    """Give ``net`` the weights its architecture had in the search (``SuperNet.inherited_state``):
+    every part but the auxiliary head, which keeps its own initial weights."""
+    try:
+        found = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
+        raise ValueError(f"the inherited weights are not this architecture's: {exc}") from exc
+    missing = [k for k in found.missing_keys if not k.startswith("aux_head.")]
+    if missing or found.unexpected_keys:
+        raise ValueError(f"the inherited weights are not this architecture's: missing {missing[:3]}, "
+                         f"unexpected {found.unexpected_keys[:3]}")
 
 
 def build_network(geno: Genotype, auxiliary: bool = False) -> DiscreteNet:

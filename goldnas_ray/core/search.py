@@ -132,6 +132,8 @@ class GoldSearch:
             self.latency_min = stop_latency(cfg, self.model.full_latency_ms)
         self.schedule = LambdaSchedule(q.lambda0, q.c0, q.n0)
         self.recorder = ParetoRecorder(q.t0, q.record_rule, q.record_gap, q.record_min_gap)
+        # record id -> its inherited weights (SuperNet.inherited_state), kept until written out
+        self.inherited: dict[str, dict[str, torch.Tensor]] = {}
         self.epoch = 0  # epochs completed
         self.finished = False
         self.history: list[dict[str, Any]] = []
@@ -297,6 +299,8 @@ class GoldSearch:
                             self.latency.latency_ms(geno) if self.latency is not None else None)
         geno.metadata = record.fields()
         records.append(record)
+        # the pruned supernet's weights as the discrete network's, until the outputs are written
+        self.inherited[record.id] = self.model.inherited_state()
         return record.id
 
     @property

@@ -194,6 +194,33 @@ class SuperNet(Network):
         if self.aux_head is not None and not self.live[self.aux_index]:
             self.aux_head = None
 
+    @torch.no_grad()
+    def inherited_state(self) -> dict[str, torch.Tensor]:
+        """The state of the discrete network of :meth:`genotype` (``DiscreteNet``; an auxiliary
+        head is not inherited) that computes what this supernet computes, in training mode (batch
+        statistics) and in eval mode (the running statistics, copied): the weights, each
+        operator's gate sigmoid(alpha) folded into the affine scale of its last batch norm (the
+        supernet's cell batch norms have none: scale 1, shift 0 before the gate), or, for an
+        operator without one (the identity), kept as its edge's fixed output scale. CPU tensors."""
+        state = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()
+                 if ".alphas." not in k and not k.startswith("aux_head.")}
+        for name, module in self.named_modules():
+            if isinstance(module, nn.BatchNorm2d) and not module.affine and not name.startswith("aux_head."):
+                state[f"{name}.weight"] = torch.ones(module.num_features)
+                state[f"{name}.bias"] = torch.zeros(module.num_features)
+        for key, gate in self.gates().items():
+            prefix = f"cells.{key.cell}.edges.{key.edge.key}"
+            op = self.cells[key.cell].edges[key.edge.key].ops[key.op]
+            norms = [n for n, m in op.named_modules() if isinstance(m, nn.BatchNorm2d)]
+            if norms:  # the operator ends with it: gate x BN(x) = BN(x) with gate x its affine
+                state[f"{prefix}.ops.{key.op}.{norms[-1]}.weight"] *= gate
+                state[f"{prefix}.ops.{key.op}.{norms[-1]}.bias"] *= gate
+            else:
+                ops = list(self.cells[key.cell].edges[key.edge.key].ops)
+                scale = state.setdefault(f"{prefix}.scale", torch.ones(len(ops)))
+                scale[ops.index(key.op)] = gate
+        return state
+
     def restrict_to(self, geno: Genotype) -> None:
         """Prune everything that ``geno`` does not keep (used to restore a saved search)."""
         keep = set(geno.op_keys())

@@ -3,6 +3,8 @@
     <out>/records.json         the recorded architectures (fields of each, genotype path),
                                the run's config, space size and supernet FLOPs
     <out>/genotypes/<id>.json  one architecture each (see core/genotype.py)
+    <out>/genotypes/<id>.safetensors  its weights in the supernet when recorded, as the discrete
+                               network's state (SuperNet.inherited_state; size in records.json)
     <out>/history.parquet      one row per epoch
     <out>/config.yaml          the resolved config
     <out>/checkpoints/latest.pt  the whole search state (torch.save of tensors and plain data;
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Union
 import pandas as pd
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from goldnas_ray.core.genotype import Genotype
 from goldnas_ray.files.store import PROBE, Location, location
@@ -111,6 +114,11 @@ def write_outputs(out: Where, search: "GoldSearch", info: dict[str, Any]) -> Non
     for rec in search.records:
         if rec.genotype_path not in have:
             write_genotype(out / rec.genotype_path, rec.genotype)
+    for rec_id, state in list(search.inherited.items()):  # safetensors: no code runs on loading
+        if f"genotypes/{rec_id}.safetensors" not in have:
+            (out / f"genotypes/{rec_id}.safetensors").write(lambda tmp, state=state: save_file(state, str(tmp)))
+        del search.inherited[rec_id]
+    weights = {n: (out / "genotypes" / n).size() for n in (out / "genotypes").names() if n.endswith(".safetensors")}
     config = search.cfg.to_dict()
     (out / RECORDS).write_text(json.dumps({
         "format": RECORDS_FORMAT,
@@ -120,7 +128,9 @@ def write_outputs(out: Where, search: "GoldSearch", info: dict[str, Any]) -> Non
         "flops_convention": "FLOPs of one image; a multiply-add counts 2 (torch.utils.flop_counter)",
         **info,
         "config": config,
-        "architectures": [rec.fields() | {"genotype": rec.genotype_path} for rec in search.records],
+        "architectures": [rec.fields() | {"genotype": rec.genotype_path} | (
+            {"weights": f"genotypes/{rec.id}.safetensors", "weights_bytes": weights[f"{rec.id}.safetensors"]}
+            if f"{rec.id}.safetensors" in weights else {}) for rec in search.records],
     }, indent=1))
     (out / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
     if search.latency is not None and not (out / LATENCY).is_file():  # the table its costs came from

@@ -149,6 +149,12 @@ class Location:
             return self.local.is_dir()
         return bool(self.names())
 
+    def size(self) -> int:
+        """Bytes of this file."""
+        if self.local is not None:
+            return self.local.stat().st_size
+        return self._guard(lambda: self._info().size)
+
     def exists(self) -> bool:
         return self.is_file() or self.is_dir()
 

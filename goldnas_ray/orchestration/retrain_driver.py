@@ -113,7 +113,8 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
             log(f"data: streaming {manifest.stream.num_train} training images of {manifest.stream.name} through "
                 f"Ray Data (test split {test})")
         for c in manifest.candidates:
-            log(f"  {c.arch_id:<12} {c.kind:<9} {c.flops / 1e6:7.3f} MFLOPs {c.params:>9} params")
+            log(f"  {c.arch_id:<12} {c.kind:<9} {c.flops / 1e6:7.3f} MFLOPs {c.params:>9} params"
+                f"  {'inherited weights' if c.weights else 'from scratch'}")
         started = time.perf_counter()
         tuner = _tuner(out, manifest, specs, trial, at_once, max_failures, resume,
                        RetrainCallback(tracker, manifest.mlflow_child_run_ids, epochs, log))
@@ -355,6 +356,7 @@ def _write_report(out: Location, trials: pd.DataFrame, manifest: Manifest, log: 
     if {"searched", "random"} <= set(table["kind"]):
         last = report.last_epochs(done)
         comparison = stats.compare_fronts(last, archs, seed=manifest.config.seed)
+        comparison["init"] = {"searched": manifest.config.retrain.init, "random": "scratch"}
         if report.has_latency(table):  # the same comparison with measured latency on the axis
             comparison["latency"] = stats.compare_fronts(last, archs, seed=manifest.config.seed, column="latency_ms")
     if manifest.sweep:  # which grid point's searches gave the better fronts, over their seeds

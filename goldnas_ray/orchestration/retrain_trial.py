@@ -37,6 +37,7 @@ import ray
 import ray.train
 import ray.train.torch
 import ray.tune
+import safetensors.torch
 import torch
 
 from goldnas_ray.core.comm import Communicator, DistributedComm, LocalComm
@@ -177,8 +178,11 @@ def run_trial(spec: TrialSpec, side: TuneSide | TrainSide) -> None:
         with checkpoint.as_directory() as d:
             trainer = Retrainer.from_state_dict(load_checkpoint(Path(d) / STATE_FILE), device)
     else:
+        weights = safetensors.torch.load(location(spec.weights).read_bytes()) if spec.weights else None
         trainer = Retrainer(Genotype.from_dict(spec.genotype), RetrainConfig.from_dict(spec.recipe), spec.seed,
-                            device)
+                            device, weights)
+        if weights is not None:
+            trainer.calibrate(data, data_cfg, comm)
     lead = comm.rank == 0
     trial_log = location(spec.out) / TRIALS_LOG / f"{spec.key}.jsonl"
     ranks = comm.all_gather({"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()})

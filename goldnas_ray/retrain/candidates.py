@@ -31,22 +31,30 @@ class Candidate:
     search_epoch: int | None = None
     search_lambda: float | None = None
     sources: list[str] = field(default_factory=list)  # a sweep's searches that recorded it
+    # its inherited weights (retrain.init=inherited): in the search's folder (a URI) until
+    # save_genotypes copies them to the retrain's weights_path
+    weights: str | None = None
 
     @property
     def genotype_path(self) -> str:
         return f"genotypes/{self.arch_id}.json"
 
+    @property
+    def weights_path(self) -> str:
+        return f"genotypes/{self.arch_id}.safetensors"
+
     def row(self) -> dict[str, Any]:
         return {"arch_id": self.arch_id, "kind": self.kind, "flops": self.flops,
                 "params": self.params, "search_epoch": self.search_epoch,
                 "search_lambda": self.search_lambda, "genotype": self.genotype_path} | (
-                    {"sources": list(self.sources)} if self.sources else {})
+                    {"sources": list(self.sources)} if self.sources else {}) | (
+                    {"weights": self.weights} if self.weights else {})
 
     @classmethod
     def from_row(cls, row: dict[str, Any], folder: Path) -> "Candidate":
         return cls(row["arch_id"], row["kind"], load_genotype(location(folder) / row["genotype"]),
                    row["flops"], row["params"], row.get("search_epoch"), row.get("search_lambda"),
-                   list(row.get("sources") or []))
+                   list(row.get("sources") or []), row.get("weights"))
 
 
 @dataclass
@@ -85,8 +93,9 @@ def load_search(folder: Path) -> SearchResult:
             raise GenotypeError(
                 f"genotype file {path}: its network has {flops} FLOPs but {where.name} records "
                 f"{arch['flops']} for {arch['id']}; the file was changed or belongs to another search")
+        weights = (location(folder) / arch["weights"]).uri if arch.get("weights") else None
         searched.append(Candidate(arch["id"], SEARCHED, geno, flops, int(arch["params"]),
-                                  int(arch["epoch"]), float(arch["lambda"])))
+                                  int(arch["epoch"]), float(arch["lambda"]), weights=weights))
     ids = [c.arch_id for c in searched]
     if len(set(ids)) != len(ids):
         raise OutputDirError(f"{where} lists an architecture id twice")
@@ -107,3 +116,6 @@ def save_genotypes(out: Path, candidates: list[Candidate]) -> None:
         geno.metadata = dict(geno.metadata) | {"id": c.arch_id, "kind": c.kind, "flops": c.flops,
                                                "params": c.params}
         write_genotype(location(out) / c.genotype_path, geno)
+        if c.weights and c.weights != c.weights_path:
+            (location(out) / c.weights_path).write_bytes(location(c.weights).read_bytes())
+            c.weights = c.weights_path

@@ -73,6 +73,7 @@ class TrialSpec:
     gpus_per_worker: float = 0.0
     stream: dict[str, Any] | None = None  # StreamInfo of a streamed training split
     eval_stream: bool = False  # the test split streamed too (else decoded into memory)
+    weights: str | None = None  # its inherited weights (a URI), else trained from scratch
 
     @property
     def threads(self) -> int:
@@ -125,7 +126,7 @@ class Manifest:
         return {trial_key(c.arch_id, s): TrialSpec(
             trial_key(c.arch_id, s), c.arch_id, s, c.genotype.to_dict(), self.config.retrain.model_dump(),
             data.model_dump(), location(out).uri, resources.workers, resources.cpus, resources.gpus,
-            stream_dict, eval_stream)
+            stream_dict, eval_stream, (location(out) / c.weights).uri if c.weights else None)
             for c in self.candidates for s in self.seeds}
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,6 +186,12 @@ def plan_retrain(out: "Path | Location", search_dir: Path, *, search_run_id: str
         raise OutputDirError(f"data {cfg.data.dataset} has images {list(data.input_shape)} and "
                              f"{data.num_classes} classes; the search ran on {shape} and {classes}")
     manifest.dataset, manifest.stream, manifest.num_train = data.name, stream, data.num_train
+    for c in manifest.candidates:  # inherited weights travel only where they are used
+        if cfg.retrain.init == "scratch":
+            c.weights = None
+        elif not c.weights:
+            raise ConfigError(f"retrain.init=inherited: {c.arch_id} has no inherited weights in {search.folder} "
+                              f"(a search keeps them since 2026-12-03): use retrain.init=scratch")
     manifest.candidates += random_candidates(search, random_k, cfg.seed) if random_k else []
     manifest.sweep = searches
     return manifest

@@ -32,7 +32,7 @@ from torch import nn
 from goldnas_ray.core.comm import Communicator, LocalComm
 from goldnas_ray.core.config import DataConfig, RetrainConfig
 from goldnas_ray.core.costs import count_params, total_flops
-from goldnas_ray.core.discrete import build_network
+from goldnas_ray.core.discrete import build_network, load_inherited
 from goldnas_ray.core.genotype import Genotype
 from goldnas_ray.core.network import seeded
 from goldnas_ray.data import Augment, Dataset
@@ -41,18 +41,23 @@ from goldnas_ray.data.from_config import eval_augment, train_augment
 
 STATE_VERSION = 1
 EVAL_BATCH = 512
+CALIBRATION_IMAGES = 2000  # an inherited network's batch-norm statistics are recomputed on these
 
 
 class Retrainer:
     """Network, optimizer, schedule and per-epoch history of one (architecture, seed)."""
 
     def __init__(self, geno: Genotype, cfg: RetrainConfig, seed: int,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", weights: dict[str, torch.Tensor] | None = None):
+        """``weights``: the architecture's inherited weights (``SuperNet.inherited_state``), or
+        None to start from scratch."""
         self.geno, self.cfg, self.seed = geno, cfg, seed
         self.device = torch.device(device)
         with seeded(seed):  # the initial weights depend on the seed only
             # a head weighted 0 gets no gradient, which DDP refuses: it is not built at all
             self.model = build_network(geno, auxiliary=cfg.auxiliary and cfg.auxiliary_weight > 0)
+        if weights is not None:
+            load_inherited(self.model, weights)
         shape = (geno.in_channels, geno.input_size, geno.input_size)
         self.flops = total_flops(self.model, shape)
         self.params = count_params(self.model)
@@ -64,6 +69,7 @@ class Retrainer:
         self.scheduler = make_scheduler(self.optimizer, cfg)
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
+        self.start_test_acc: float | None = None  # an inherited network's, before its first step (calibrate)
 
     @property
     def finished(self) -> bool:
@@ -101,9 +107,36 @@ class Retrainer:
             "seconds": time.perf_counter() - start,
             "images_per_second": images_total / max(train_seconds, 1e-9),
             "end_time": time.time(),
-        }
+        } | ({"start_test_acc": self.start_test_acc} if self.start_test_acc is not None else {})
         self.history.append(row)
         return row
+
+    def calibrate(self, data: Dataset, data_cfg: DataConfig | None = None, comm: Communicator | None = None
+                  ) -> float:
+        """Before an inherited network's first step: recompute its batch-norm running statistics
+        as the mean over up to ``CALIBRATION_IMAGES`` training images (epoch 0's order, no
+        augmentation; once-for-all's calibration) and measure its test accuracy, kept as
+        ``start_test_acc``. The supernet's running statistics lag behind weights that changed at
+        every step of the search, whose own accuracies were measured with batch statistics."""
+        comm = comm if comm is not None else LocalComm()
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative mean over the calibration batches
+        self.model.train()
+        images = 0
+        with torch.no_grad():
+            for x, _ in data.train_batches(self.cfg.batch_size, self.seed, 0, comm.rank, comm.world_size,
+                                           device=self.device):
+                self.model(x.to(memory_format=self.memory_format))
+                images += len(x)
+                if images * comm.world_size >= CALIBRATION_IMAGES:
+                    break
+        for m in norms:
+            m.momentum = 0.1  # nn.BatchNorm2d's default, which every network here uses
+        comm.sync_buffers(self.model)
+        self.start_test_acc = self.evaluate(data, data_cfg, comm)
+        return self.start_test_acc
 
     def train_steps(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], drop_prob: float,
                     comm: Communicator) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -163,6 +196,7 @@ class Retrainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "history": list(self.history),
+            "start_test_acc": self.start_test_acc,
         }
 
     @classmethod
@@ -177,6 +211,7 @@ class Retrainer:
         trainer.scheduler.load_state_dict(state["scheduler"])
         trainer.epoch = int(state["epoch"])
         trainer.history = list(state["history"])
+        trainer.start_test_acc = state.get("start_test_acc")
         return trainer
 
 

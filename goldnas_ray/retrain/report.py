@@ -83,7 +83,9 @@ def summarise(trials: pd.DataFrame, architectures: pd.DataFrame) -> pd.DataFrame
     last = last_epochs(trials)
     acc = last.groupby("arch_id").agg(accuracy_mean=("test_acc", "mean"),
                                       accuracy_std=("test_acc", "std"),
-                                      seeds=("seed", "nunique"), epochs=("epoch", "min"))
+                                      seeds=("seed", "nunique"), epochs=("epoch", "min"),
+                                      **({"start_test_acc": ("start_test_acc", "mean")}
+                                         if "start_test_acc" in last else {}))
     table = architectures.merge(acc, left_on="arch_id", right_index=True, how="inner")
     table["on_front"] = non_dominated(table["flops"], table["accuracy_mean"])
     if has_latency(table):  # the front in the (latency, accuracy) plane
@@ -91,7 +93,8 @@ def summarise(trials: pd.DataFrame, architectures: pd.DataFrame) -> pd.DataFrame
     for col in COLUMNS:
         if col not in table:
             table[col] = None
-    kept = COLUMNS + (["sources"] if "sources" in table else [])  # a sweep's: the searches that recorded it
+    # a sweep's: the searches that recorded it; inherited networks': their accuracy before any step
+    kept = COLUMNS + [c for c in ("sources", "start_test_acc") if c in table]
     return table[kept].sort_values(["flops", "arch_id"]).reset_index(drop=True)
 
 

@@ -149,6 +149,9 @@ def compare_fronts(last: pd.DataFrame, architectures: pd.DataFrame, resamples: i
 def describe(stats: dict[str, Any]) -> list[str]:
     """Console lines for a comparison."""
     lines = []
+    if stats.get("init", {}).get("searched") == "inherited":
+        lines.append("searched networks started from their inherited weights, random ones from scratch "
+                     "(they have none): the comparison is not like for like")
     ref, column = stats["reference"], stats.get("axis", "flops")
     name_of, scale, unit = {"flops": ("FLOPs", 1e-6, "MFLOPs"), "latency_ms": ("latency", 1.0, "ms")}[column]
     for name, hv in stats["hypervolume"].items():

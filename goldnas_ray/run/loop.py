@@ -173,6 +173,8 @@ def search_loop(search: GoldSearch, data: Dataset, out: Location, info: dict[str
             if tracker is not None:
                 tracker.log_epoch(row)
             log(format_epoch(row, cfg.search.max_epochs, search.model.full_flops))
+        else:
+            search.inherited.clear()  # rank 0 writes the inherited weights
         if report is not None:
             report(row, checkpoint)
     if lead:

@@ -66,7 +66,7 @@ def load_sweep(folder: Path, union_front: bool = False) -> tuple[SearchResult, d
         name, arch = group[0]
         c = of[(name, arch)]
         candidates.append(Candidate(f"{name}.{arch}", c.kind, c.genotype, c.flops, c.params, c.search_epoch,
-                                    c.search_lambda, sources=[n for n, _ in group]))
+                                    c.search_lambda, sources=[n for n, _ in group], weights=c.weights))
     records = dict(first.records) | {"mlflow_run_id": sweep.mlflow_run_id,
                                      "mlflow_tracking_uri": sweep.mlflow_tracking_uri}
     # the first search's config: data and recipe are shared; the schedule is not
