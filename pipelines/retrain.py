@@ -4,6 +4,7 @@
     python pipelines/retrain.py --search-dir runs/search-X --random 4 --seeds 2
     python pipelines/retrain.py --search-run <mlflow run id> --mlflow-uri http://mlflow:5000
     python pipelines/retrain.py --search-dir runs/search-X --smoke-test    # about a minute
+    python pipelines/retrain.py --search-dir runs/search-X --quick         # inherited weights, a tenth of the epochs
     python pipelines/retrain.py --resume --out runs/retrain-Y              # continue an interrupted one
     python pipelines/retrain.py --resume --out runs/r1 --search-dir runs/s1  # continue runs/r1, or start it
     python pipelines/retrain.py --search-dir runs/sweep-Z --union-front    # a sweep's records, once each
@@ -35,10 +36,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--union-front", action="store_true",
                    help="--search-dir is a sweep: train every distinct architecture its searches recorded "
                         "once (default: every search's records, each its own)")
+    p.add_argument("--quick", action="store_true",
+                   help="a quick front: each searched network fine-tuned from its inherited weights for a tenth "
+                        "of the epochs (retrain.quick); no random networks")
     cli.add_common_flags(p)
     cli.add_retrain_flags(p)
     cli.add_worker_flags(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.overrides.append("retrain.quick=true")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

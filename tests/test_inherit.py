@@ -104,3 +104,21 @@ def test_a_search_keeps_each_records_weights_and_a_retrain_starts_from_them(smal
     with pytest.raises(ConfigError, match="retrain.init=inherited: arch-000 has no inherited weights"):
         plan_retrain(tmp_path / "rt2", bare, overrides=["retrain.init=inherited"])
     assert all(c.weights is None for c in plan_retrain(tmp_path / "rt3", out).candidates)  # scratch: none
+
+
+def test_a_quick_front_fine_tunes_inherited_weights_for_a_tenth_of_the_epochs(small_search, tmp_path):
+    import importlib.util
+
+    from goldnas_ray.core.config import ConfigError
+    from goldnas_ray.retrain.plan import plan_retrain
+
+    spec = importlib.util.spec_from_file_location("retrain_pipeline", "pipelines/retrain.py")
+    pipeline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pipeline)
+    args = pipeline.parse_args(["--search-dir", str(small_search.out), "--quick", "--set", "retrain.epochs=25"])
+    manifest = plan_retrain(tmp_path / "q", small_search.out, overrides=args.overrides)
+    recipe = manifest.config.retrain
+    assert (recipe.quick, recipe.init, recipe.epochs) == (True, "inherited", 3)  # ceil(2.5)
+    assert all(c.weights for c in manifest.candidates)
+    with pytest.raises(ConfigError, match="drop --random"):
+        plan_retrain(tmp_path / "q2", small_search.out, overrides=args.overrides, random_k=1)

@@ -244,6 +244,8 @@ class RetrainConfig(Section):
     init: Literal["scratch", "inherited"] = Field(
         "scratch", description="searched networks' initial weights: scratch (the paper's protocol) or "
         "inherited from the supernet at record time (random ones: always scratch)")
+    quick: StrictBool = Field(
+        False, description="a quick front: init inherited, a tenth of epochs (rounded up), searched networks only")
     color_jitter: StrictBool = Field(False, description="brightness/contrast/saturation 0.4, hue 0.2")
     label_smoothing: Fraction = Field(0.0, description="label smoothing of the loss (DARTS ImageNet: 0.1)")
     schedule: Literal["cosine", "step"] = Field(

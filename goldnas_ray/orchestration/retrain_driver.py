@@ -350,8 +350,11 @@ def _write_report(out: Location, trials: pd.DataFrame, manifest: Manifest, log: 
         except (RuntimeError, MemoryError) as exc:  # the report is written without latencies
             log(f"latency not measured: {exc}")
     table = report.summarise(done, archs)
-    report.write_report(out, table, title=f"{out.name}: {len(manifest.seeds)} seed(s), "
-                                          f"{manifest.config.retrain.epochs} epochs")
+    kind = "quick front: inherited weights fine-tuned for " if recipe.quick else ""
+    report.write_report(out, table, title=f"{out.name}: {len(manifest.seeds)} seed(s), {kind}{recipe.epochs} epochs")
+    if recipe.quick:
+        log(f"a quick front: inherited weights fine-tuned for {recipe.epochs} epochs (a tenth of the recipe's); "
+            f"start_test_acc is each network's accuracy before the first step")
     comparison = None
     if {"searched", "random"} <= set(table["kind"]):
         last = report.last_epochs(done)

@@ -9,6 +9,7 @@ Tune trial receives. Plain data and checks: testable without Ray.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,6 +36,8 @@ class RetrainError(RuntimeError):
 
 def trial_key(arch_id: str, seed: int) -> str:
     return f"{arch_id}-s{seed}"
+
+QUICK_FRACTION = 0.1  # a quick front's epochs: this fraction of retrain.epochs, rounded up
 
 
 @dataclass
@@ -177,6 +180,12 @@ def plan_retrain(out: "Path | Location", search_dir: Path, *, search_run_id: str
     if config_file is not None:
         cfg = cfg.merge_yaml(config_file)
     cfg = cfg.override(list(overrides))
+    if cfg.retrain.quick:  # a short fine-tune of inherited weights, never set beside scratch-trained ones
+        if random_k:
+            raise ConfigError("a quick front (--quick, retrain.quick) fine-tunes inherited weights: random networks "
+                              "have none, and trained from scratch as briefly they are no baseline; drop --random")
+        cfg = cfg.override(["retrain.init=inherited",
+                            f"retrain.epochs={math.ceil(QUICK_FRACTION * cfg.retrain.epochs)}"])
     manifest = Manifest(str(search.folder), search_run_id or search.records.get("mlflow_run_id"),
                         cfg.data.dataset, cfg, search.searched)
     stream = stream_info(manifest.data())  # metadata only for a streamed set; else read it all

@@ -166,8 +166,10 @@ def format_table(table: pd.DataFrame) -> str:
         std = "" if pd.isna(row["accuracy_std"]) else f" +- {100 * row['accuracy_std']:.2f}"
         ms = f"{row['latency_ms']:>9.3f}" if latency else ""
         marks = ("*" if row["on_front"] else " ") + (("  *" if row["on_front_latency"] else "") if latency else "")
+        start = (f"  start {100 * row['start_test_acc']:.2f}%" if pd.notna(row.get("start_test_acc", float("nan")))
+                 else "")
         lines.append(f"{row['arch_id']:<13} {row['kind']:<9} {row['flops'] / 1e6:>8.3f} {row['params']:>8} {ms}"
-                     f"{100 * row['accuracy_mean']:>7.2f}%{std:<9} {marks.rstrip()}")
+                     f"{100 * row['accuracy_mean']:>7.2f}%{std:<9} {marks.rstrip()}{start}")
     return "\n".join(lines)
 
 
