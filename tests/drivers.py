@@ -91,6 +91,36 @@ class Running:
         return True
 
 
+def signal_paused(pid: int, sig: int, group: bool = False) -> None:
+    """``sig`` to a driver process paused where it is (SIGSTOP before, SIGCONT after), to its
+    process group when ``group`` (as Ctrl-C in a terminal): the stop lands at the moment the
+    test saw, however loaded the machine."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        (os.killpg if group else os.kill)(pid, sig)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def stop_when(run, enough: Callable[[list[str]], bool], sig: int = signal.SIGINT, timeout: float = 300) -> list[str]:
+    """The lines a driver process ``run`` (a ``subprocess.Popen`` with text stdout) prints until
+    ``enough(lines)`` holds, when it gets ``sig`` by :func:`signal_paused`; all of its lines if it
+    ends first (no signal then: the caller asserts it came). ``run`` is killed after
+    ``timeout`` seconds, so a hang fails instead of waiting."""
+    watchdog = threading.Timer(timeout, run.kill)
+    watchdog.start()
+    lines = []
+    try:
+        for line in run.stdout:
+            lines.append(line)
+            if enough(lines):
+                signal_paused(run.pid, sig)
+                break
+    finally:
+        watchdog.cancel()
+    return lines
+
+
 def drive(script: str, *argv: str, cluster: dict | None = None, env: dict[str, str | None] | None = None,
           cwd: str | Path | None = None, during: Callable[[Running], Any] | None = None) -> Driven:
     """``python pipelines/<script> argv...`` in this process: its exit status (SystemExit's code

@@ -10,16 +10,14 @@ search of the same config, whose drivers are the only processes that open the st
 sweep whose report fails after its trials, its MLflow runs all ended."""
 import json
 import math
-import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from drivers import drive
+from drivers import drive, stop_when
 
 from goldnas_ray import cli
 
@@ -79,19 +77,10 @@ def _records(folder: Path) -> list[tuple]:
 
 
 def _interrupted(run: subprocess.Popen, enough) -> tuple[list[str], str]:
-    """The lines ``run`` prints until ``enough(lines)`` holds, the driver then paused (SIGSTOP),
-    still running, sent SIGINT and let go; with what it wrote on stderr once it ended."""
-    printed = []
-    for line in run.stdout:
-        printed.append(line)
-        if enough(printed):
-            os.kill(run.pid, signal.SIGSTOP)
-            break
-    assert run.poll() is None, "".join(printed)[-3000:]
-    try:
-        run.send_signal(signal.SIGINT)
-    finally:
-        os.kill(run.pid, signal.SIGCONT)
+    """The lines ``run`` prints until ``enough(lines)`` holds, when it gets SIGINT (the driver
+    paused while it is sent); with what it wrote on stderr once it ended."""
+    printed = stop_when(run, enough)
+    assert enough(printed), "".join(printed)[-3000:]  # the moment came before the run ended
     _, err = run.communicate(timeout=120)
     return printed, err
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from drivers import drive
+from drivers import drive, signal_paused
 
 import ray_nodes
 
@@ -66,13 +66,10 @@ def _run(script: str, args: list[str], moment=None, sig=signal.SIGINT, timeout: 
     def stop():
         if sent.is_set() or run.poll() is not None:
             return
-        os.kill(run.pid, signal.SIGSTOP)  # the driver, where it is now
         sent.set()
-        if sig == signal.SIGINT:  # Ctrl-C: the terminal's whole process group
-            os.killpg(run.pid, sig)
-        else:  # `kill`, `ray job stop`: the driver (a job's driver holds none of Ray's processes)
-            os.kill(run.pid, sig)
-        os.kill(run.pid, signal.SIGCONT)
+        # Ctrl-C: the terminal's whole process group; `kill`, `ray job stop`: the driver alone
+        # (a job's driver holds none of Ray's processes)
+        signal_paused(run.pid, sig, group=sig == signal.SIGINT)
 
     if moment is not None:
         def poll():

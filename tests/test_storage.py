@@ -10,7 +10,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 import torch
 from conftest import BIN, kill_rank_after_report, straight_retrain, submit, trial_histories
 from datafiles import frontier_summary, pixel_digests, records, upload, write_imagefolder, write_parquet
-from drivers import drive
+from drivers import drive, stop_when
 
 from goldnas_ray.data import DataError
 from goldnas_ray.files.store import StorageError, location
@@ -236,24 +235,6 @@ def test_a_killed_worker_is_replaced_and_the_search_in_the_bucket_records_what_t
     assert sorted(m.step for m in client.get_metric_history(found["mlflow_run_id"], "flops")) == EPOCHS
 
 
-def _read_until(run: subprocess.Popen, pattern: str, timeout: float = 300) -> list[str]:
-    """The lines ``run`` prints up to the first matching ``pattern`` (all of them if it ends
-    first), the driver paused (SIGSTOP) the instant that line is read; ``run`` is killed after
-    ``timeout`` seconds, so a hang fails instead of waiting."""
-    watchdog = threading.Timer(timeout, run.kill)
-    watchdog.start()
-    lines = []
-    try:
-        for line in run.stdout:
-            lines.append(line)
-            if re.search(pattern, line):
-                os.kill(run.pid, signal.SIGSTOP)
-                break
-    finally:
-        watchdog.cancel()
-    return lines
-
-
 @pytest.mark.ray
 @pytest.mark.mlflow
 def test_ctrl_c_stops_a_retrain_in_the_bucket_in_one_line_and_resume_finishes_it(ray_cluster, s3, mlflow_s3_server,
@@ -279,12 +260,8 @@ def test_ctrl_c_stops_a_retrain_in_the_bucket_in_one_line_and_resume_finishes_it
                                 "--mlflow-uri", mlflow_s3_server, "--random", "1", "--epochs", "4",
                                 "--set", "retrain.batch_size=128", "--out", out.uri],
                                stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT)
-        printed = _read_until(run, r" epoch +2/4 ")
-        try:
-            assert run.poll() is None, "".join(printed)[-3000:]
-            run.send_signal(signal.SIGINT)
-        finally:
-            os.kill(run.pid, signal.SIGCONT)
+        printed = stop_when(run, lambda lines: re.search(r" epoch +2/4 ", lines[-1]))
+        assert re.search(r" epoch +2/4 ", printed[-1]), "".join(printed)[-3000:]  # it came before the end
         rest, _ = run.communicate(timeout=120)
     console = "".join(printed) + rest + errors.read_text()
     assert run.returncode == 130, console[-3000:]
