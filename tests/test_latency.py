@@ -26,6 +26,7 @@ SHAPE = (1, 8, 8)
 def tiny_table(tmp_path_factory):
     """A table of the tiny space on digits' input, timed quickly (3 repeats)."""
     cfg = tiny_config()
+    torch.set_num_threads(1)  # as every test runs (conftest): a module fixture sets up before
     table = measure(cfg.space, SHAPE, 10, batch=1, warmup=1, repeats=3)
     path = tmp_path_factory.mktemp("latency") / "tiny.json"
     path.write_text(json.dumps(table.to_dict()))
@@ -152,23 +153,59 @@ def test_a_search_carries_its_table_in_its_checkpoint(tiny_table, tmp_path):
         GoldSearch(cfg, SHAPE, 10, latency=LatencyTable.from_dict(partial))
 
 
-def test_a_latency_search_records_predicted_latency(tiny_table, tmp_path, digits):
+def test_a_latency_search_records_dense_in_predicted_latency(tiny_table, tmp_path, digits):
+    """Digits with the default recording (gaps of 12%, none within 3%) down to the stop at 30%
+    of the supernet's latency: the gaps are in predicted latency, so at least 6 records, and
+    each still carries its FLOPs."""
     from goldnas_ray.run.loop import run_local
 
-    cfg, table, path = tiny_table
-    cfg = tiny_config(lambda0=1.0, xi_max=0.2, t0=0, max_epochs=2, record_gap=0.02, record_min_gap=0.0,
-                      cost="latency", latency_table=str(path), latency_min_ratio=0.05).override(["data.subset=0.25"])
+    _, table, path = tiny_table
+    cfg = tiny_config(lambda0=0.2, max_epochs=60, cost="latency", latency_table=str(path))
+    cfg = cfg.override(["data.subset=0.25"])
     search = run_local(cfg, tmp_path / "s", log=lambda _: None)
-    assert len(search.records) > 1  # pruned from the first epoch: several records, their order checked
+    full, q = search.model.full_latency_ms, cfg.search
     records = json.loads((tmp_path / "s" / "records.json").read_text())["architectures"]
-    for rec in records:  # each record's latency is its genotype's, by the table
+    assert len(records) >= 6 and records[-1]["latency_ms"] <= q.latency_min_ratio * full < records[-2]["latency_ms"]
+    for rec in records:  # each record's latency is its genotype's, by the table, and its FLOPs too
         geno = Genotype.from_dict(json.loads((tmp_path / "s" / rec["genotype"]).read_text()))
         assert rec["latency_ms"] == pytest.approx(table.latency_ms(geno))
-    assert [r["latency_ms"] for r in records] == sorted((r["latency_ms"] for r in records), reverse=True)
+        assert rec["flops"] == search.network_costs.flops(geno) > 0
+    # the decisions, replayed in latency: a record before a pruning that would take the latency
+    # more than 12% below the last record's (or after t0 quiet epochs), none otherwise
+    latency = [full] + [row["latency_ms"] for row in search.history]  # before each epoch's pruning, then last
+    by_id, last = {r["id"]: r for r in records}, full
+    for epoch, row in enumerate(search.history, 1):
+        before, after = latency[epoch - 1], latency[epoch]
+        ids = [i for i in row["recorded"].split(",") if i and i != records[-1]["id"]]
+        quiet = epoch > q.t0 + 1 and len(set(latency[epoch - q.t0 - 2:epoch])) == 1
+        if ids:
+            assert by_id[ids[0]]["latency_ms"] == pytest.approx(before)
+            assert quiet or last - after > q.record_gap * full
+            last = before
+        elif after != before and last - before >= q.record_min_gap * full:
+            assert last - after <= q.record_gap * full and not quiet
     import pandas as pd
     history = pd.read_parquet(tmp_path / "s" / "history.parquet")
     assert history["latency_ms"].is_monotonic_decreasing and len(history) == len(search.history)
     assert json.loads((tmp_path / "s" / "latency.json").read_text()) == table.to_dict()
+
+
+def test_the_dense_rule_measures_its_gaps_in_the_cost_it_is_given():
+    """The same architectures, recorded by FLOPs and by latency: a pruning that takes the
+    latency 20% below the last record but the FLOPs only 5% below is recorded before only when
+    the gaps are in latency."""
+    from goldnas_ray.core.records import ArchRecord
+    from goldnas_ray.core.schedule import ParetoRecorder
+
+    full = Genotype.full(1, 2, ["skip_connect"], 4, 3, 8, 1, 10)
+    last = ArchRecord("arch-000", 1, 1000, 10, 0.1, 5, full, latency_ms=10.0)
+    by_flops = ParetoRecorder(t0=9, rule="dense", records=[last])
+    by_latency = ParetoRecorder(t0=9, rule="dense", cost="latency", records=[last])
+    assert not by_flops.end_epoch(True, 1000 * 0.96, 1000 * 0.91, 1000)
+    assert by_latency.end_epoch(True, 10.0 * 0.96, 10.0 * 0.76, 10.0)
+    assert not by_latency.end_epoch(True, 10.0 * 0.99, 10.0 * 0.76, 10.0)  # within 3% of the last record
+    with pytest.raises(ValueError, match="arch-000 has no predicted latency"):
+        ArchRecord("arch-000", 1, 1000, 10, 0.1, 5, full).cost("latency")
 
 
 def test_profile_latency_writes_a_described_table_and_never_overwrites(tmp_path):
@@ -185,3 +222,61 @@ def test_profile_latency_writes_a_described_table_and_never_overwrites(tmp_path)
     again = drive("profile_latency.py", *cmd)
     assert again.returncode == 2 and again.stderr.startswith("error: --out") and "never overwritten" in again.stderr
     assert json.loads(out.read_text()) == raw
+
+
+def slowed(monkeypatch, part: str, networks: int):
+    """The profiler's full network with ``part`` made 2 ms slower (a busy loop before it runs)
+    in the first ``networks`` networks built: a busy spell that hits one part."""
+    import time
+
+    from goldnas_ray.core import discrete
+
+    real, built = discrete.build_network, []
+
+    def build(geno):
+        net = real(geno)
+        built.append(net)
+        if len(built) <= networks:
+            module = {part_name(label): m for label, m in net.parts()}[part]
+            module.register_forward_pre_hook(lambda *_: _busy(time.perf_counter() + 0.002))
+        return net
+    monkeypatch.setattr(discrete, "build_network", build)
+
+
+def _busy(until: float) -> None:
+    import time
+    while time.perf_counter() < until:
+        pass
+
+
+SLOW = "op/2/2/3/sep_conv_3x3"  # the reduction cell's, on its smallest input
+
+
+def test_a_profile_whose_part_disagrees_is_measured_again_then_refused_naming_it(monkeypatch, tiny_table):
+    _, clean, _ = tiny_table  # a clean profile passes the same checks, and the table keeps their figures
+    assert clean.checks["disagreeing"] == []
+    assert clean.checks["same_op_worst_ratio"] <= clean.checks["same_op_ratio_limit"]
+    assert LatencyTable.from_dict(clean.to_dict()).checks == clean.checks
+    cfg = tiny_config()
+    lines = []
+    slowed(monkeypatch, SLOW, networks=1)  # a busy spell during the first profile only: measured again
+    table = measure(cfg.space, SHAPE, 10, batch=1, warmup=1, repeats=3, log=lines.append)
+    assert table.checks["attempts"] == 2 and table.checks["disagreeing"] == []
+    assert any(line.startswith("  profile 1 of 3 disagrees") and SLOW in line for line in lines)
+    slowed(monkeypatch, SLOW, networks=99)  # busy through every profile: refused, naming the part
+    with pytest.raises(LatencyTableError, match=rf"machine looked busy.*2 profile\(s\).*{SLOW} took \d+x op/"):
+        measure(cfg.space, SHAPE, 10, batch=1, warmup=1, repeats=3, attempts=2)
+    kept = measure(cfg.space, SHAPE, 10, batch=1, warmup=1, repeats=3, check=False)  # unchecked: kept, figures say
+    assert kept.checks["disagreeing"][0][0] == SLOW and kept.checks["same_op_worst"][0] == SLOW
+
+
+def test_a_calibration_scale_outside_its_range_fails_the_checks(tiny_table):
+    from goldnas_ray.core.latency import check_profile
+
+    _, clean, _ = tiny_table
+    table = LatencyTable.from_dict(clean.to_dict())
+    table.correction = {"scale": 0.022, "constant": 1.0}
+    figures, failures = check_profile(table, {}, [10.0, -30.0])
+    assert failures == ["the calibration's scale 0.022 is outside 0.5-3"] and figures["residuals_pct"] == [10.0, -30.0]
+    table.correction["scale"] = 1.2
+    assert check_profile(table, {}, [10.0])[1] == []

@@ -7,6 +7,7 @@ Never pickle: genotypes are exchanged between runs, people and tools.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass, field
@@ -55,6 +56,18 @@ class Genotype:
     def op_keys_of(self, cell: int) -> list[OpKey]:
         """The operators cell ``cell`` keeps."""
         return [OpKey(cell, e.src, e.dst, op) for e, ops in self.cells[cell].edges.items() for op in ops]
+
+    def without(self, keys: Iterable[OpKey]) -> "Genotype":
+        """A copy with the operators ``keys`` removed (an edge left empty goes)."""
+        geno = copy.deepcopy(self)
+        for key in keys:
+            cell = geno.cells[key.cell]
+            remaining = tuple(o for o in cell.edges.get(key.edge, ()) if o != key.op)
+            if remaining:
+                cell.edges[key.edge] = remaining
+            else:
+                cell.edges.pop(key.edge, None)
+        return geno
 
     def live_cells(self) -> list[bool]:
         """Which cells feed the classifier; a cell whose output no later live cell reads

@@ -101,6 +101,7 @@ class LatencyTable:
     cells_ms: dict[int, dict[str, float]] = field(default_factory=dict)  # cell -> {"concat", "add"}
     measured: dict[str, Any] = field(default_factory=dict)  # warmup, repeats, seconds, full network
     correction: dict[str, float] = field(default_factory=dict)  # scale, constant (ms)
+    checks: dict[str, Any] = field(default_factory=dict)  # the profile's checks' figures (check_profile)
 
     # ---- predictions -------------------------------------------------------------------
     def op_ms(self, key: OpKey) -> float:
@@ -128,6 +129,18 @@ class LatencyTable:
             overhead = self.cells_ms.get(k, {})
             total += overhead.get("concat", 0.0) + overhead.get("add", 0.0) * sum(n - 1 for n in inputs.values())
         return total
+
+    def describe_checks(self) -> str:
+        """The profile's checks in one line (a table made before them: says so)."""
+        c = self.checks
+        if not c:
+            return "no checks recorded (a table made before goldnas-ray checked its profiles)"
+        res = [abs(r) for r in c.get("residuals_pct", [])]
+        fit = (f"scale {c['scale']:.3g} (range {c['scale_range'][0]:g}-{c['scale_range'][1]:g}), residuals "
+               f"median {statistics.median(res):.1f}% max {max(res):.1f}% over {len(res)} networks"
+               if res else "no calibration")
+        return (f"worst same-operator ratio {c['same_op_worst_ratio']:.3g}x (limit {c['same_op_ratio_limit']:g}x: "
+                f"{len(c['disagreeing'])} part(s) over), {fit}; profile {c['attempts']}")
 
     # ---- checks ------------------------------------------------------------------------
     def check(self, expected: dict[str, Any], where: str = "the latency table") -> None:
@@ -160,7 +173,8 @@ class LatencyTable:
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps({  # a copy: editing it leaves the table as it is
             "format": FORMAT, "key": self.key, "device": self.device, "measured": self.measured,
-            "correction": self.correction, "parts_ms": self.parts_ms, "spread_ms": self.spread_ms,
+            "correction": self.correction, "checks": self.checks, "parts_ms": self.parts_ms,
+            "spread_ms": self.spread_ms,
             "cells_ms": {str(k): v for k, v in self.cells_ms.items()}}))
 
     @classmethod
@@ -173,7 +187,8 @@ class LatencyTable:
             table = cls(dict(raw["key"]), dict(raw["device"]), parts,
                         {str(k): float(v) for k, v in raw.get("spread_ms", {}).items()}, cells,
                         dict(raw.get("measured", {})),
-                        {str(k): float(v) for k, v in raw.get("correction", {}).items()})
+                        {str(k): float(v) for k, v in raw.get("correction", {}).items()},
+                        dict(raw.get("checks", {})))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise LatencyTableError(f"{where} is malformed: {exc!r}") from None
         for name in ("stem", "head"):
@@ -234,17 +249,28 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
 CALLS_PER_SAMPLE = {"cuda": 10}
 
 
-def timer(device: torch.device, warmup: int, repeats: int, statistic: str = "min"
-          ) -> Callable[[Callable[[], Any]], tuple[float, float]]:
-    """A function timing a call: (:func:`summarise` of ``repeats`` calls after ``warmup``
-    untimed ones) in ms; on a GPU the device is synchronised before and after each."""
-    sync, calls = synchronizer(device), CALLS_PER_SAMPLE.get(device.type, 1)
-
-    def measure(fn: Callable[[], Any]) -> tuple[float, float]:
+def time_interleaved(calls: Sequence[Callable[[], Any]], device: torch.device, warmup: int, repeats: int,
+                     rounds: int | None = None, statistic: str = "min", per_sample: int | None = None
+                     ) -> list[tuple[float, float]]:
+    """(:func:`summarise` of ``repeats`` timed calls, in ms) of each of ``calls``, after
+    ``warmup`` untimed ones each. The calls are taken in ``rounds`` (default: one call of each
+    per round) over all of them, in a fresh order each round, so that a slow spell of the
+    machine hits every call alike instead of the ones timed during it; on a GPU the device is
+    synchronised around each sample of several calls."""
+    sync, per_sample = synchronizer(device), per_sample or CALLS_PER_SAMPLE.get(device.type, 1)
+    for fn in calls:
         for _ in range(warmup):
             fn()
-        return summarise([elapsed_ms(fn, sync, calls) for _ in range(repeats)], statistic)
-    return measure
+    times: list[list[float]] = [[] for _ in calls]
+    order = list(range(len(calls)))
+    shuffle = torch.Generator().manual_seed(1)
+    rounds = max(1, min(rounds or repeats, repeats))
+    for r in range(rounds):  # ``repeats`` samples in all, spread over the rounds
+        order = [order[i] for i in torch.randperm(len(order), generator=shuffle).tolist()]
+        for i in order:
+            for _ in range(repeats // rounds + (1 if r < repeats % rounds else 0)):
+                times[i].append(elapsed_ms(calls[i], sync, per_sample))
+    return [summarise(t, statistic) for t in times]
 
 
 def elapsed_ms(fn: Callable[[], Any], sync: Callable[[], None], calls: int = 1) -> float:
@@ -257,19 +283,89 @@ def elapsed_ms(fn: Callable[[], Any], sync: Callable[[], None], calls: int = 1) 
     return (time.perf_counter() - start) * 1e3 / calls
 
 
+# The checks a profile passes before it is written (see the module). On a quiet 2-core CPU
+# (the digits default, batch 1 and 64, docs/latency.md) the worst same-operator ratio was
+# 1.7-2.0x and the scale 0.99-1.06; a busy spell once made 140x and a scale of 0.022.
+SAME_OP_RATIO = 10.0  # a part may cost at most this x the same operator's on an input as large or larger
+SCALE_RANGE = (0.5, 3.0)  # the calibration's scale: the parts' sum can miss time, not hold 2x too much
+ATTEMPTS = 3  # profiles taken before a table that fails the checks is refused
+
+
+def same_op_ratios(parts_ms: dict[str, float], shapes: dict[str, tuple[int, int]]
+                   ) -> dict[str, tuple[str, float]]:
+    """Each operator part's worst ratio: part -> (reference, part / reference) over the parts
+    of the same operator and stride whose input is as large or larger (``shapes``: part ->
+    (input elements, stride))."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for name, (_, stride) in shapes.items():
+        groups.setdefault((name.rsplit("/", 1)[-1], stride), []).append(name)
+    worst = {}
+    for names in groups.values():
+        for part in names:
+            worst[part] = max(((ref, parts_ms[part] / max(parts_ms[ref], 1e-9)) for ref in names
+                               if shapes[part][0] <= shapes[ref][0]), key=lambda f: f[1])
+    return worst
+
+
+def check_profile(table: LatencyTable, shapes: dict[str, tuple[int, int]], residuals_pct: Sequence[float],
+                  ratio: float = SAME_OP_RATIO, scale_range: tuple[float, float] = SCALE_RANGE
+                  ) -> tuple[dict[str, Any], list[str]]:
+    """The checks' figures (kept in the table as ``checks``) and what failed, in words."""
+    worst = same_op_ratios(table.parts_ms, shapes)
+    bad = sorted(((p, r, x) for p, (r, x) in worst.items() if x > ratio), key=lambda f: -f[2])
+    top = max(worst.items(), key=lambda w: w[1][1], default=("", ("", 1.0)))
+    scale = table.correction.get("scale")
+    figures = {"same_op_ratio_limit": ratio, "same_op_worst_ratio": round(top[1][1], 2),
+               "same_op_worst": [top[0], top[1][0]], "disagreeing": [[p, r, round(x, 1)] for p, r, x in bad],
+               "scale": scale, "scale_range": list(scale_range),
+               "residuals_pct": [round(r, 2) for r in residuals_pct]}
+    failures = [f"{p} took {x:.0f}x {r}" for p, r, x in bad[:5]]
+    if len(bad) > 5:
+        failures.append(f"{len(bad) - 5} more part(s) like them")
+    if bad:
+        failures[0] = f"same operator on an input as large or larger: {failures[0]}"
+    if scale is not None and not scale_range[0] <= scale <= scale_range[1]:
+        failures.append(f"the calibration's scale {scale:.3g} is outside {scale_range[0]:g}-{scale_range[1]:g}")
+    return figures, failures
+
+
 @torch.no_grad()
 def measure(space: "SpaceConfig", input_shape: tuple[int, int, int], num_classes: int, batch: int,
             device: torch.device | str = "cpu", dtype: str = "float32", channels_last: bool = True,
             warmup: int = 5, repeats: int = 30, calibration: Sequence[Genotype] = (),
-            statistic: str = "min", log: Callable[[str], None] = lambda _: None) -> LatencyTable:
+            statistic: str = "min", log: Callable[[str], None] = lambda _: None,
+            attempts: int = ATTEMPTS, check: bool = True) -> LatencyTable:
     """Time every part of ``space``'s full network at ``batch`` on ``device``, then the
-    ``calibration`` architectures (and the full one) end to end to fit the correction (see the
-    module)."""
+    ``calibration`` architectures (and the full one) end to end to fit the correction, and
+    check the profile (:func:`check_profile`): one that fails is taken again, up to
+    ``attempts`` profiles in all, then refused (LatencyTableError naming what disagreed).
+    ``check=False`` keeps the first profile whatever its checks say (their figures are kept)."""
+    started = time.perf_counter()
+    for attempt in range(1, max(1, attempts) + 1):
+        table, shapes, residuals = _profile(space, input_shape, num_classes, batch, torch.device(device), dtype,
+                                            channels_last, warmup, repeats, calibration, statistic, log)
+        table.checks, failures = check_profile(table, shapes, residuals)
+        table.checks["attempts"] = attempt
+        table.measured["seconds"] = round(time.perf_counter() - started, 1)
+        log(f"  checks: {table.describe_checks()}")
+        if not check or not failures:
+            return table
+        log(f"  profile {attempt} of {attempts} disagrees with itself: " + "; ".join(failures))
+    raise LatencyTableError(
+        f"the machine looked busy while profiling: {attempts} profile(s) disagreed with themselves ("
+        + "; ".join(failures) + "). No table was written: profile again when the machine is quiet "
+        "(fewer --threads than free cores helps)")
+
+
+def _profile(space: "SpaceConfig", input_shape: tuple[int, int, int], num_classes: int, batch: int,
+             device: torch.device, dtype: str, channels_last: bool, warmup: int, repeats: int,
+             calibration: Sequence[Genotype], statistic: str, log: Callable[[str], None]
+             ) -> tuple[LatencyTable, dict[str, tuple[int, int]], list[float]]:
+    """One profile: the table, each operator part's (input elements, stride), and the
+    calibration's residuals (%, predicted against measured, the full network's first)."""
     from goldnas_ray.core.discrete import build_network
     from goldnas_ray.core.network import seeded
 
-    device = torch.device(device)
-    started = time.perf_counter()
     c, h, _ = input_shape
     full = Genotype.full(space.num_cells, space.num_nodes, space.operators, space.init_channels,
                          space.stem_multiplier, h, c, num_classes, space.stem)
@@ -280,10 +376,16 @@ def measure(space: "SpaceConfig", input_shape: tuple[int, int, int], num_classes
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, c, h, h, generator=gen).to(device, DTYPES[dtype]).contiguous(memory_format=fmt)
 
-    # every part's input, caught in one forward pass of the full network
+    # every part's input (and an operator's input size and stride), caught in one forward pass
     inputs: dict[str, tuple] = {}
+    shapes: dict[str, tuple[int, int]] = {}
     parts = {part_name(label): module for label, module in net.parts()}
-    hooks = [module.register_forward_pre_hook(lambda _m, args, name=name: inputs.__setitem__(name, args))
+
+    def caught(name: str, args: tuple, out: torch.Tensor) -> None:
+        inputs[name] = args
+        if name.startswith("op/"):
+            shapes[name] = (args[0][0].numel(), max(1, args[0].shape[-1] // out.shape[-1]))
+    hooks = [module.register_forward_hook(lambda _m, args, out, name=name: caught(name, args, out))
              for name, module in parts.items() if name != "classifier"]
     nodes: dict[int, torch.Tensor] = {}
     for k, cell in enumerate(net.cells):
@@ -294,36 +396,34 @@ def measure(space: "SpaceConfig", input_shape: tuple[int, int, int], num_classes
     for hook in hooks:
         hook.remove()
 
-    time_it = timer(device, warmup, repeats, statistic)
-    parts_ms, spread = {}, {}
-    names = [n for n in parts if n != "classifier"]
-    for i, name in enumerate(names):
-        module, args = parts[name], inputs[name]
-        parts_ms[name], spread[name] = time_it(lambda: module(*args))
-        if i % 50 == 0:
-            log(f"  timed {i + 1} of {len(names) + 1} parts")
-    parts_ms["head"], spread["head"] = time_it(lambda: net.forward_head(features))
-    cells_ms = {}
+    calls = {name: (lambda module=parts[name], args=inputs[name]: module(*args))
+             for name in parts if name != "classifier"}
+    calls["head"] = lambda: net.forward_head(features)
     for k, out in nodes.items():
-        chunks = list(out.chunk(space.num_nodes, dim=1))
-        chunks = [t.contiguous(memory_format=fmt) for t in chunks]
-        concat, spread[f"cell/{k}/concat"] = time_it(lambda: torch.cat(chunks, dim=1))
-        add, spread[f"cell/{k}/add"] = time_it(lambda: chunks[0] + chunks[1])
-        cells_ms[k] = {"concat": concat, "add": add}
-    end_to_end, end_spread = time_it(lambda: net(x))
+        chunks = [t.contiguous(memory_format=fmt) for t in out.chunk(space.num_nodes, dim=1)]
+        calls[f"cell/{k}/concat"] = lambda chunks=chunks: torch.cat(chunks, dim=1)
+        calls[f"cell/{k}/add"] = lambda chunks=chunks: chunks[0] + chunks[1]
+    calls["network"] = lambda: net(x)
+    log(f"  timing {len(calls)} parts in {repeats} interleaved rounds")
+    timed = dict(zip(calls, time_interleaved(list(calls.values()), device, warmup, repeats, statistic=statistic)))
+    spread = {name: s for name, (_, s) in timed.items() if name != "network"}
+    parts_ms = {name: m for name, (m, _) in timed.items() if not name.startswith(("cell/", "network"))}
+    cells_ms = {k: {"concat": timed[f"cell/{k}/concat"][0], "add": timed[f"cell/{k}/add"][0]} for k in nodes}
     table = LatencyTable(table_key(space, input_shape, num_classes, batch),
                          device_description(device, dtype, channels_last), parts_ms, spread, cells_ms)
+    residuals: list[float] = []
     if calibration:
         log(f"  timing {len(calibration)} calibration architectures end to end")
         genos = [full, *calibration]
         measured = [m for m, _ in measure_networks(genos, batch, device, dtype, channels_last, warmup, repeats,
                                                    statistic=statistic)]
         table.correction = fit_correction(table, genos, measured)
+        residuals = [100 * (table.latency_ms(g) - m) / m for g, m in zip(genos, measured)]
+    end_to_end, end_spread = timed["network"]
     table.measured = {"warmup": warmup, "repeats": repeats, "statistic": statistic, "calibration": len(calibration),
-                      "seconds": round(time.perf_counter() - started, 1),
                       "full_network_ms": end_to_end, "full_network_spread_ms": end_spread,
                       "full_network_predicted_ms": table.latency_ms(full)}
-    return table
+    return table, shapes, residuals
 
 
 def fit_correction(table: LatencyTable, genos: Sequence[Genotype], measured_ms: Sequence[float]) -> dict[str, float]:
@@ -348,24 +448,12 @@ def measure_networks(genos: Sequence[Genotype], batch: int, device: torch.device
 
     device = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    sync = synchronizer(device)
-    nets, inputs = [], []
+    calls = []
     gen = torch.Generator().manual_seed(0)
     for geno in genos:
         with seeded(0):
-            nets.append(build_network(geno).to(device, dtype=DTYPES[dtype], memory_format=fmt).eval())
-        inputs.append(torch.randn(batch, geno.in_channels, geno.input_size, geno.input_size,
-                                  generator=gen).to(device, DTYPES[dtype]).contiguous(memory_format=fmt))
-    for net, x in zip(nets, inputs):
-        for _ in range(warmup):
-            net(x)
-    times: list[list[float]] = [[] for _ in genos]
-    order = list(range(len(genos)))
-    shuffle = torch.Generator().manual_seed(1)
-    rounds = max(1, min(rounds, repeats))
-    for r in range(rounds):  # ``repeats`` passes in all, spread over the rounds
-        order = [order[i] for i in torch.randperm(len(order), generator=shuffle).tolist()]
-        for i in order:
-            for _ in range(repeats // rounds + (1 if r < repeats % rounds else 0)):
-                times[i].append(elapsed_ms(lambda: nets[i](inputs[i]), sync))
-    return [summarise(t, statistic) for t in times]
+            net = build_network(geno).to(device, dtype=DTYPES[dtype], memory_format=fmt).eval()
+        x = torch.randn(batch, geno.in_channels, geno.input_size, geno.input_size,
+                        generator=gen).to(device, DTYPES[dtype]).contiguous(memory_format=fmt)
+        calls.append(lambda net=net, x=x: net(x))
+    return time_interleaved(calls, device, warmup, repeats, rounds, statistic, per_sample=1)

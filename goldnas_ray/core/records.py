@@ -23,6 +23,14 @@ class ArchRecord:
     genotype: Genotype
     latency_ms: float | None = None  # predicted by the search's latency table (cost=latency)
 
+    def cost(self, name: str) -> float:
+        """What records are decided by: the predicted latency for ``latency``, else the FLOPs."""
+        if name == "latency":
+            if self.latency_ms is None:
+                raise ValueError(f"record {self.id} has no predicted latency")
+            return self.latency_ms
+        return self.flops
+
     @property
     def genotype_path(self) -> str:
         """Where the genotype file lies, relative to the search's output folder."""

@@ -94,13 +94,15 @@ class ParetoRecorder:
     architecture is also recorded before a pruning that would take the FLOPs more than
     ``gap`` x the supernet's below the last record, so consecutive records are never further
     apart than that (unless one epoch's pruning alone is). No record is taken within
-    ``min_gap`` x the supernet's FLOPs of the last one.
+    ``min_gap`` x the supernet's FLOPs of the last one. ``cost`` ``latency``: the same, in
+    predicted latency instead of FLOPs (the caller passes latencies).
     """
 
     t0: int
     rule: str = "paper"
     gap: float = 0.12
     min_gap: float = 0.03
+    cost: str = "flops"  # or "latency": what the gaps are measured in (ArchRecord.cost)
     stable: int = 0
     records: list[ArchRecord] = field(default_factory=list)
 
@@ -117,7 +119,7 @@ class ParetoRecorder:
             return False
         if self.rule == "paper":
             return self.stable > self.t0
-        last = self.records[-1].flops if self.records else full_flops
+        last = self.records[-1].cost(self.cost) if self.records else full_flops
         if self.records and last - flops < self.min_gap * full_flops:
             return False
         return self.stable > self.t0 or last - flops_next > self.gap * full_flops

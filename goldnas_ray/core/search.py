@@ -131,7 +131,8 @@ class GoldSearch:
             self.model.use_latency(self.latency)
             self.latency_min = stop_latency(cfg, self.model.full_latency_ms)
         self.schedule = LambdaSchedule(q.lambda0, q.c0, q.n0)
-        self.recorder = ParetoRecorder(q.t0, q.record_rule, q.record_gap, q.record_min_gap)
+        self.recorder = ParetoRecorder(q.t0, q.record_rule, q.record_gap, q.record_min_gap,
+                                       "latency" if self.latency is not None else "flops")
         # record id -> its inherited weights (SuperNet.inherited_state), kept until written out
         self.inherited: dict[str, dict[str, torch.Tensor]] = {}
         self.epoch = 0  # epochs completed
@@ -250,14 +251,13 @@ class GoldSearch:
         self.epoch += 1
         lam_used, delta_used = self.schedule.lam, self.schedule.delta
         recorded = []
-        flops_before = self.model.flops()
-        flops_next = self.model.flops_after(prunes) if prunes else flops_before
-        if self.recorder.end_epoch(bool(prunes), flops_before, flops_next, self.model.full_flops):
+        before, after, full = self._recorded_cost(prunes)
+        if self.recorder.end_epoch(bool(prunes), before, after, full):
             recorded.append(self._record(lam_used))
         if prunes:
             self.model.prune(prunes)
             self._rebuild_optimizers()
-            self.recorder.changed(flops_changed=flops_next != flops_before)
+            self.recorder.changed(flops_changed=after != before)
         self.schedule.update(len(prunes))
         flops = self.model.flops()
         latency = self.latency.latency_ms(self.model.genotype()) if self.latency is not None else None
@@ -285,18 +285,28 @@ class GoldSearch:
         self.history.append(row)
         return row
 
+    def _recorded_cost(self, prunes: list[OpKey]) -> tuple[float, float, float]:
+        """What records are decided by, now, after ``prunes`` and in the full supernet: the
+        predicted latency with cost=latency (so that its records are dense in it), else FLOPs."""
+        if self.latency is None:
+            flops = self.model.flops()
+            return flops, self.model.flops_after(prunes) if prunes else flops, self.model.full_flops
+        geno = self.model.genotype()
+        return (self.latency.latency_ms(geno), self.latency.latency_ms(geno.without(prunes)),
+                self.model.full_latency_ms)
+
     def _record(self, lam: float) -> str | None:
         """Record the current architecture with the lambda its epoch trained under (skipped
-        when its FLOPs equal the last record's, e.g. when only free skip connections were
-        pruned since)."""
+        when its recorded cost equals the last record's, e.g. when only free skip connections
+        were pruned since a FLOPs search's last record)."""
         flops = self.model.flops()
         records = self.recorder.records
-        if records and records[-1].flops <= flops:
-            return None
         geno = self.model.genotype()
+        cost = self.latency.latency_ms(geno) if self.latency is not None else flops
+        if records and records[-1].cost(self.recorder.cost) <= cost:
+            return None
         record = ArchRecord(f"arch-{len(records):03d}", self.epoch, flops, self.network_costs.params(geno), lam,
-                            len(self.model.alive_ops()), geno,
-                            self.latency.latency_ms(geno) if self.latency is not None else None)
+                            len(self.model.alive_ops()), geno, cost if self.latency is not None else None)
         geno.metadata = record.fields()
         records.append(record)
         # the pruned supernet's weights as the discrete network's, until the outputs are written

@@ -120,8 +120,9 @@ def load_or_create(cfg: Config | None, device: torch.device | str,
 
 def read_latency(cfg: Config) -> LatencyTable | None:
     """A cost=latency search's table, read from search.latency_table (a path or a storage URI)
-    through the storage layer; None for another cost. LatencyTableError (a config error) when
-    the file is missing or not a table; a store that keeps failing raises its StorageError."""
+    through the storage layer (its checks' figures printed); None for another cost.
+    LatencyTableError (a config error) when the file is missing or not a table; a store that
+    keeps failing raises its StorageError."""
     if cfg.search.cost != "latency":
         return None
     where = location(cfg.search.latency_table)
@@ -132,7 +133,9 @@ def read_latency(cfg: Config) -> LatencyTable | None:
                                 f"pipelines/profile_latency.py)") from None
     except OSError as exc:  # a local folder, no permission
         raise LatencyTableError(f"latency table {where} is not readable: {exc}") from None
-    return parse_table(content, str(where))
+    table = parse_table(content, str(where))
+    print(f"latency table {where}: {table.describe_checks()}", flush=True)  # how far to trust it
+    return table
 
 
 def load_data(cfg: Config) -> Dataset:
