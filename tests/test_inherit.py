@@ -38,6 +38,9 @@ def test_the_inherited_network_computes_what_the_pruned_supernet_computes():
         with torch.no_grad():
             want, got = net(x), inherited(x)
         assert (got - want).abs().max() <= 1e-5 * want.abs().max(), train
+    # a channels-last supernet (channels_last=true) gives contiguous tensors, which safetensors stores
+    net.to(memory_format=torch.channels_last)
+    assert all(v.is_contiguous() for v in net.inherited_state().values())
     # the gates matter: the same network from scratch, or without its gates, computes something else
     plain = DiscreteNet(net.genotype())
     load_inherited(plain, {k: v for k, v in state.items() if not k.endswith(".scale")})

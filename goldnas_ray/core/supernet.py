@@ -202,7 +202,8 @@ class SuperNet(Network):
         operator's gate sigmoid(alpha) folded into the affine scale of its last batch norm (the
         supernet's cell batch norms have none: scale 1, shift 0 before the gate), or, for an
         operator without one (the identity), kept as its edge's fixed output scale. CPU tensors."""
-        state = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()
+        # contiguous: a channels-last network's weights are not, and safetensors stores only those
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()
                  if ".alphas." not in k and not k.startswith("aux_head.")}
         for name, module in self.named_modules():
             if isinstance(module, nn.BatchNorm2d) and not module.affine and not name.startswith("aux_head."):
