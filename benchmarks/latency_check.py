@@ -15,14 +15,23 @@ correction), the Spearman of FLOPs against the measured latency (how well FLOPs 
 rank them), and "remeasured": the median difference between two measurements of the same
 networks, one before the table is made and one after (the machine's own reproducibility, the
 floor under any prediction's error). --json writes every row.
+
+--load (at the first batch): the same table profiled again while a busy process (a Python
+loop this script starts and stops) shares this process's CPU, both pinned to it, once kept
+whatever its checks say (as tables were before goldnas-ray checked its profiles) and once as
+profile_latency.py keeps it (measured again, or refused); each set against the quiet
+measurements beside the quiet table.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +45,7 @@ from profile_latency import data_shape, random_architectures  # noqa: E402
 
 from goldnas_ray.core.config import Config  # noqa: E402
 from goldnas_ray.core.costs import CostTable  # noqa: E402
-from goldnas_ray.core.latency import measure, measure_networks  # noqa: E402
+from goldnas_ray.core.latency import LatencyTableError, measure, measure_networks  # noqa: E402
 from goldnas_ray.retrain.sampling import SpaceTable, sample_genotype  # noqa: E402
 
 
@@ -62,6 +71,47 @@ def networks(cfg: Config, shape, classes: int, n: int, search_dir: str | None) -
     return found
 
 
+@contextmanager
+def busy_beside():
+    """A busy process on this process's CPU (both pinned to one core) until the block ends."""
+    mine = os.sched_getaffinity(0)
+    core = {min(mine)}
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(busy.pid, core)
+        os.sched_setaffinity(0, core)
+        yield
+    finally:
+        os.sched_setaffinity(0, mine)
+        busy.kill()
+        busy.wait()
+
+
+def table_figures(table, nets, measured: list[float]) -> dict:
+    """How a table's checks and predictions look against ``measured`` (the quiet networks)."""
+    predicted = [table.latency_ms(g) for _, g in nets]
+    c = table.checks
+    return {"spearman": spearman(predicted, measured), "median_error_pct": median_error(predicted, measured),
+            "scale": table.correction.get("scale"), "worst_same_op_ratio": c["same_op_worst_ratio"],
+            "disagreeing": len(c["disagreeing"]), "profiles": c["attempts"], "seconds": table.measured["seconds"],
+            "max_residual_pct": max((abs(r) for r in c["residuals_pct"]), default=None)}
+
+
+def under_load(cfg: Config, shape, classes: int, batch: int, a, calibration, nets, measured) -> dict:
+    """The table profiled under load, before the checks (kept as it came) and after them."""
+    kw = dict(warmup=a.warmup, repeats=a.repeats, calibration=calibration, statistic=a.statistic)
+    found = {}
+    with busy_beside():
+        unchecked = measure(cfg.space, shape, classes, batch, a.device, check=False, **kw)
+        found["loaded, unchecked"] = table_figures(unchecked, nets, measured)
+        try:
+            checked = measure(cfg.space, shape, classes, batch, a.device, **kw)
+            found["loaded, checked"] = table_figures(checked, nets, measured)
+        except LatencyTableError as exc:
+            found["loaded, checked"] = {"refused": str(exc)}
+    return found
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path)
@@ -75,6 +125,8 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--calibration", type=int, default=12)
     p.add_argument("--statistic", default="min", choices=["min", "median"])
+    p.add_argument("--load", action="store_true",
+                   help="also profile the first batch's table beside a busy process (see above)")
     p.add_argument("--json", type=Path)
     a = p.parse_args()
     if a.threads:
@@ -113,6 +165,9 @@ def main() -> int:
             "correction": table.correction, "seconds": round(time.time() - started, 1),
         }
         out["batches"][str(batch)] = {"summary": summary, "rows": rows}
+        if a.load and batch == batches[0]:
+            out["load"] = {"batch": batch, "quiet": table_figures(table, nets, m)}
+            out["load"].update(under_load(cfg, shape, classes, batch, a, calibration, nets, m))
     d = out["device"]
     print(f"{d['name']} ({d['type']}), torch {d['torch']}, {d['threads']} thread(s), {d['dtype']}; "
           f"{len(nets)} networks, {a.statistic} of {a.repeats} passes")
@@ -124,6 +179,20 @@ def main() -> int:
         print(f"{batch:>6} {lo:>7.2f} - {hi:>6.2f} {s['spearman']:>9.3f} {s['median_error_pct']:>10.1f}% "
               f"{s['spearman_parts_only']:>9.3f} / {s['median_error_pct_parts_only']:>6.1f}% "
               f"{s['spearman_flops']:>15.3f} {s['repeat_error_pct']:>10.1f}% {s['table_seconds']:>8.1f}")
+    if "load" in out:
+        print(f"batch {out['load']['batch']}, against the quiet measurements: a table profiled quietly, and beside "
+              f"a busy process on the same core before and after the checks")
+        print(f"{'table':>18} {'Spearman':>9} {'median err':>11} {'scale':>7} {'worst ratio':>12} "
+              f"{'parts over':>11} {'max resid':>10} {'profiles':>9} {'s':>6}")
+        for name, f in out["load"].items():
+            if name == "batch":
+                continue
+            if "refused" in f:
+                print(f"{name:>18} refused: {f['refused']}")
+                continue
+            print(f"{name:>18} {f['spearman']:>9.3f} {f['median_error_pct']:>10.1f}% {f['scale']:>7.3f} "
+                  f"{f['worst_same_op_ratio']:>11.1f}x {f['disagreeing']:>11} {f['max_residual_pct'] or 0:>9.1f}% "
+                  f"{f['profiles']:>9} {f['seconds']:>6.1f}")
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
     return 0

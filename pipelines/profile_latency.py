@@ -14,7 +14,10 @@ Every (cell, edge, operator) is timed at the input it sees in the full network, 
 parts (stem, each cell's input preprocessing, additions and concatenation, pooling and
 classifier), at --batch, in eval mode without autograd, the minimum of --repeats calls (or the
 median); then a few random architectures of the space end to end, to fit what the parts alone
-miss as a scale and an offset (goldnas_ray/core/latency.py). The JSON
+miss as a scale and an offset (goldnas_ray/core/latency.py). The parts are timed in
+interleaved rounds and the profile is checked (the same operator's parts against each other,
+the scale against a sane range): one that fails is taken again, then refused, nothing written
+(docs/latency.md#checks-a-table-from-a-busy-machine-is-refused). The JSON
 names the device (CPU model or GPU name), torch version, threads, dtype and batch, and is keyed
 to the space, input shape, classes and batch: a search with anything else refuses it.
 """

@@ -219,6 +219,8 @@ def test_profile_latency_writes_a_described_table_and_never_overwrites(tmp_path)
     assert raw["key"]["batch"] == 1 and raw["key"]["input_shape"] == [1, 8, 8]
     assert raw["key"]["space"]["init_channels"] == 4 and raw["measured"]["calibration"] == 3
     assert set(raw["correction"]) == {"scale", "constant"} and raw["measured"]["statistic"] == "min"
+    assert len(raw["checks"]["residuals_pct"]) == 4 and raw["checks"]["scale"] == raw["correction"]["scale"]
+    assert "checks: worst same-operator ratio" in proc.stdout
     again = drive("profile_latency.py", *cmd)
     assert again.returncode == 2 and again.stderr.startswith("error: --out") and "never overwritten" in again.stderr
     assert json.loads(out.read_text()) == raw
@@ -277,6 +279,6 @@ def test_a_calibration_scale_outside_its_range_fails_the_checks(tiny_table):
     table = LatencyTable.from_dict(clean.to_dict())
     table.correction = {"scale": 0.022, "constant": 1.0}
     figures, failures = check_profile(table, {}, [10.0, -30.0])
-    assert failures == ["the calibration's scale 0.022 is outside 0.5-3"] and figures["residuals_pct"] == [10.0, -30.0]
+    assert failures == ["the calibration's scale 0.022 is outside 0.5-2"] and figures["residuals_pct"] == [10.0, -30.0]
     table.correction["scale"] = 1.2
     assert check_profile(table, {}, [10.0])[1] == []
