@@ -34,19 +34,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "pipelines"))
-
-from profile_latency import data_shape, random_architectures  # noqa: E402
-
-from goldnas_ray.core.config import Config  # noqa: E402
-from goldnas_ray.core.costs import CostTable  # noqa: E402
-from goldnas_ray.core.latency import LatencyTableError, measure, measure_networks  # noqa: E402
-from goldnas_ray.retrain.sampling import SpaceTable, sample_genotype  # noqa: E402
+from goldnas_ray.core.config import Config
+from goldnas_ray.core.costs import CostTable
+from goldnas_ray.core.latency import LatencyTableError, measure, measure_networks
+from goldnas_ray.data.from_config import data_shape
+from goldnas_ray.retrain.sampling import spread_architectures
 
 
 def spearman(a, b) -> float:
@@ -63,11 +58,8 @@ def networks(cfg: Config, shape, classes: int, n: int, search_dir: str | None) -
         from goldnas_ray.core.genotype import load_genotype
         records = json.loads((Path(search_dir) / "records.json").read_text())["architectures"]
         found = [(r["id"], load_genotype(Path(search_dir) / r["genotype"])) for r in records][:n]
-    table = SpaceTable.build(cfg.space, shape, classes)
-    rng = np.random.default_rng(2024)
-    rest = n - len(found)
-    found += [(f"random-{i:02d}", sample_genotype(table, 0.05 + 0.9 * i / max(rest - 1, 1), rng))
-              for i in range(rest)]
+    rest = spread_architectures(cfg.space, shape, classes, n - len(found), seed=2024, low=0.05, high=0.95)
+    found += [(f"random-{i:02d}", geno) for i, geno in enumerate(rest)]
     return found
 
 
@@ -132,11 +124,11 @@ def main() -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = (Config.from_yaml(a.config) if a.config else Config()).override(a.overrides)
-    shape, classes = data_shape(cfg)
+    shape, classes = data_shape(cfg.data)
     batches = [int(b) for b in a.batches.split(",")] if a.batches else [1, cfg.data.batch_size]
     flops_table = CostTable.for_space(cfg.space, shape, classes)
     nets = networks(cfg, shape, classes, a.networks, a.search_dir)
-    calibration = random_architectures(cfg, shape, classes, a.calibration)
+    calibration = spread_architectures(cfg.space, shape, classes, a.calibration, seed=12345)
     out = {"device": None, "batches": {}}
     for batch in batches:
         started = time.time()

@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from goldnas_ray.core.config import Config, ConfigError
         from goldnas_ray.core.latency import measure
+        from goldnas_ray.data.from_config import data_shape
+        from goldnas_ray.retrain.sampling import spread_architectures
         from goldnas_ray.files.store import location
 
         out = location(args.out)  # an unknown scheme or malformed URI: one line, before any timing
@@ -72,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         cfg = (Config.from_yaml(location(args.config)) if args.config else Config()).override(args.overrides)
-        shape, classes = data_shape(cfg)
-        calibration = random_architectures(cfg, shape, classes, args.calibration)
+        shape, classes = data_shape(cfg.data)
+        calibration = spread_architectures(cfg.space, shape, classes, args.calibration, seed=12345)
         print(f"timing the parts of {cfg.space.num_cells} cells x {cfg.space.num_nodes} nodes, operators "
               f"{','.join(cfg.space.operators)}, input {'x'.join(map(str, shape))}, batch {args.batch} on "
               f"{args.device} ({torch.get_num_threads()} threads, {args.dtype})", flush=True)
@@ -87,27 +89,6 @@ def main(argv: list[str] | None = None) -> int:
               f"predicted")
 
     return cli.run_main(body)
-
-
-def data_shape(cfg) -> tuple[tuple[int, int, int], int]:
-    """The input shape and classes of the config's data, from its metadata when it streams."""
-    from goldnas_ray.data.from_config import load_data
-    from goldnas_ray.data.stream import stream_info
-
-    data = stream_info(cfg.data) or load_data(cfg.data)
-    return tuple(data.input_shape), data.num_classes
-
-
-def random_architectures(cfg, shape, classes: int, n: int) -> list:
-    """``n`` random architectures of the space spread over its FLOPs (keep probabilities from
-    0.1 to 0.9), seeded: the calibration set."""
-    import numpy as np
-
-    from goldnas_ray.retrain.sampling import SpaceTable, sample_genotype
-
-    table = SpaceTable.build(cfg.space, shape, classes)
-    rng = np.random.default_rng(12345)
-    return [sample_genotype(table, 0.1 + 0.8 * i / max(n - 1, 1), rng) for i in range(n)]
 
 
 if __name__ == "__main__":

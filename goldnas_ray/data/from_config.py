@@ -15,6 +15,14 @@ def load_data(d: DataConfig) -> Dataset:
     return data
 
 
+def data_shape(d: DataConfig) -> tuple[tuple[int, int, int], int]:
+    """The input shape and classes of the data, from its metadata when it streams."""
+    from goldnas_ray.data.stream import stream_info
+
+    data = stream_info(d) or load_data(d)
+    return tuple(data.input_shape), data.num_classes
+
+
 def train_augment(d: DataConfig, cutout: int, color_jitter: bool = False) -> Augment:
     """A training batch's transforms: the config's, or its dataset's defaults where unset."""
     family = DATASETS[d.dataset].family

@@ -88,6 +88,16 @@ def sample_genotype(table: SpaceTable, keep_prob: float, rng: np.random.Generato
                     stem=s.stem)
 
 
+def spread_architectures(space: SpaceConfig, input_shape: Sequence[int], num_classes: int, n: int, seed: int,
+                         low: float = 0.1, high: float = 0.9) -> list[Genotype]:
+    """``n`` random architectures of ``space`` spread over its FLOPs (keep probabilities from
+    ``low`` to ``high``), drawn with ``seed``: a latency table's calibration set and the
+    networks its check measures."""
+    table = SpaceTable.build(space, tuple(input_shape), num_classes)
+    rng = np.random.default_rng(seed)
+    return [sample_genotype(table, low + (high - low) * i / max(n - 1, 1), rng) for i in range(n)]
+
+
 def _signature(geno: Genotype) -> tuple:
     return tuple(tuple(sorted((e, ops) for e, ops in cell.edges.items())) for cell in geno.cells)
 
