@@ -164,6 +164,7 @@ def test_a_latency_search_records_dense_in_predicted_latency(tiny_table, tmp_pat
     cfg = cfg.override(["data.subset=0.25"])
     search = run_local(cfg, tmp_path / "s", log=lambda _: None)
     full, q = search.model.full_latency_ms, cfg.search
+    assert search.recorder.cost == "latency" and search.state_dict()["recorder"]["records"][0]["latency_ms"] <= full
     records = json.loads((tmp_path / "s" / "records.json").read_text())["architectures"]
     assert len(records) >= 6 and records[-1]["latency_ms"] <= q.latency_min_ratio * full < records[-2]["latency_ms"]
     for rec in records:  # each record's latency is its genotype's, by the table, and its FLOPs too
@@ -227,7 +228,7 @@ def test_profile_latency_writes_a_described_table_and_never_overwrites(tmp_path)
 
 
 def slowed(monkeypatch, part: str, networks: int):
-    """The profiler's full network with ``part`` made 2 ms slower (a busy loop before it runs)
+    """The profiler's full network with ``part`` made 10 ms slower (a busy loop before it runs)
     in the first ``networks`` networks built: a busy spell that hits one part."""
     import time
 
@@ -240,7 +241,7 @@ def slowed(monkeypatch, part: str, networks: int):
         built.append(net)
         if len(built) <= networks:
             module = {part_name(label): m for label, m in net.parts()}[part]
-            module.register_forward_pre_hook(lambda *_: _busy(time.perf_counter() + 0.002))
+            module.register_forward_pre_hook(lambda *_: _busy(time.perf_counter() + 0.01))
         return net
     monkeypatch.setattr(discrete, "build_network", build)
 
@@ -263,7 +264,7 @@ def test_a_profile_whose_part_disagrees_is_measured_again_then_refused_naming_it
     lines = []
     slowed(monkeypatch, SLOW, networks=1)  # a busy spell during the first profile only: measured again
     table = measure(cfg.space, SHAPE, 10, batch=1, warmup=1, repeats=3, log=lines.append)
-    assert table.checks["attempts"] == 2 and table.checks["disagreeing"] == []
+    assert table.checks["attempts"] >= 2 and table.checks["disagreeing"] == []  # 3 if the machine was busy too
     assert any(line.startswith("  profile 1 of 3 disagrees") and SLOW in line for line in lines)
     slowed(monkeypatch, SLOW, networks=99)  # busy through every profile: refused, naming the part
     with pytest.raises(LatencyTableError, match=rf"machine looked busy.*2 profile\(s\).*{SLOW} took \d+x op/"):

@@ -19,13 +19,20 @@ so that a noisy calibration cannot bend the prediction; the scale keeps the oper
 ratios, so the search's cost term (which reads the operators' entries) ranks alike.
 
 Each figure is the minimum (or, asked for, the median) of ``repeats`` timed calls after
-``warmup`` untimed ones, in eval mode (batch norm with its running statistics) without
+``warmup`` untimed ones, taken in rounds over all the parts (:func:`time_interleaved`), in eval
+mode (batch norm with its running statistics) without
 autograd, with the device synchronised around every GPU timing; the spread (the interquartile
 range) is kept beside it. The minimum by default: on a shared CPU the timings of one forward
 pass are bimodal (the digits network at batch 64, 100 passes on one thread: 25% of them
 under 46 ms, the median 67 ms), and a median then jumps between the modes from one
 measurement to the next, while the minimum does not.
 ``benchmarks/latency_check.py`` sets the predicted sums against end-to-end measurements.
+
+A busy machine can still make a profile wrong (a spell that hits the late cells' parts, a
+process on the same core that slows whole networks but not short parts), and a search would
+optimise the wrong table quietly; so :func:`measure` checks each profile (:func:`check_profile`:
+an operator's parts against each other, the calibration's scale against a sane range, its
+residuals kept), takes a failing one again and then refuses it, naming what disagreed.
 
 A table is keyed by what its shapes depend on: the space (cells, nodes, channels, stem,
 operators), the input shape, the number of classes and the batch. :meth:`LatencyTable.check`
