@@ -135,14 +135,18 @@ def _inputs_per_node(keys, cell):
     return found
 
 
-def test_a_search_carries_its_table_in_its_checkpoint(tiny_table, tmp_path):
+def test_a_search_carries_its_table_in_its_checkpoint(tiny_table, tmp_path, capsys):
     """Workers on other nodes and a resume never read the file again: the state holds the
-    table, and a table missing an entry is refused rather than read as 0 ms."""
+    table, and a table missing an entry is refused rather than read as 0 ms. Reading it
+    prints its checks' figures."""
     _, table, path = tiny_table
     copy = tmp_path / "t.json"
     copy.write_text(path.read_text())
     cfg = tiny_config(cost="latency", latency_table=str(copy))
     search = GoldSearch(cfg, SHAPE, 10, latency=read_latency(cfg))
+    c = table.checks
+    assert (f"t.json: worst same-operator ratio {c['same_op_worst_ratio']:.3g}x (limit 10x: 0 part(s) over), "
+            f"no calibration; profile {c['attempts']}") in capsys.readouterr().out
     state = search.state_dict()
     copy.unlink()
     again = GoldSearch.from_state_dict(state)
