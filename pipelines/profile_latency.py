@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the figure kept of the timed calls (default min: see goldnas_ray/core/latency.py)")
     p.add_argument("--calibration", type=int, default=12,
                    help="random architectures timed end to end to fit the correction (default 12; 0: none)")
+    p.add_argument("--no-check", action="store_true",
+                   help="write the first profile whatever its checks say (their figures are kept in the table)")
     return p.parse_args(argv)
 
 
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.device} ({torch.get_num_threads()} threads, {args.dtype})", flush=True)
         table = measure(cfg.space, shape, classes, args.batch, args.device, args.dtype, not args.no_channels_last,
                         args.warmup, args.repeats, calibration, args.statistic,
-                        log=lambda line: print(line, flush=True))
+                        log=lambda line: print(line, flush=True), check=not args.no_check)
         out.write_text(json.dumps(table.to_dict(), indent=1))  # a local parent folder is made
         m = table.measured
         print(f"wrote {out}: {len(table.parts_ms)} parts on {table.device['name']} in {m['seconds']:.1f} s; "

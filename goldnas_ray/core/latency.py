@@ -356,9 +356,10 @@ def measure(space: "SpaceConfig", input_shape: tuple[int, int, int], num_classes
         table.checks["attempts"] = attempt
         table.measured["seconds"] = round(time.perf_counter() - started, 1)
         log(f"  checks: {table.describe_checks()}")
+        if failures:
+            log(f"  profile {attempt} of {attempts if check else 1} disagrees with itself: " + "; ".join(failures))
         if not check or not failures:
             return table
-        log(f"  profile {attempt} of {attempts} disagrees with itself: " + "; ".join(failures))
     raise LatencyTableError(
         f"the machine looked busy while profiling: {attempts} profile(s) disagreed with themselves ("
         + "; ".join(failures) + "). No table was written: profile again when the machine is quiet "
