@@ -1,4 +1,4 @@
-"""Searched against random: hypervolume, Student-t and bootstrap intervals on hand-made results."""
+"""Searched against random: hypervolumes and Student-t intervals on hand-made results."""
 import math
 
 import numpy as np
@@ -8,7 +8,7 @@ import pytest
 
 from scipy import stats as scipy_stats
 
-from goldnas_ray.retrain.stats import compare_fronts, describe, hypervolume, summary, t_interval
+from goldnas_ray.retrain.stats import compare_fronts, describe, hypervolume, summary, t_interval, verdict
 
 
 def test_hypervolume_of_a_staircase():
@@ -43,12 +43,20 @@ def test_a_better_searched_front_has_the_larger_hypervolume_and_t_intervals_over
     # arch-000's seeds differ from random-000's by +0.10 each, but not exactly: seed 1 of the
     # searched one gains 0.01, so the paired differences are 0.10, 0.11, 0.10
     last.loc[(last["arch_id"] == "arch-000") & (last["seed"] == 1), "test_acc"] += 0.01
-    stats = compare_fronts(last, archs, resamples=500)
+    stats = compare_fronts(last, archs)
     hv = stats["hypervolume"]
     assert hv["searched"]["value"] > hv["random"]["value"]
-    # two architectures of a kind are too few to bootstrap: no interval, and it says so
-    assert hv["difference"]["low"] is None and hv["difference"]["n"] == 2
-    assert "fewer than 5" in hv["difference"]["method"]
+    # each seed's two fronts, t over the 3 seeds, paired for the difference
+    per_seed = {k: [hypervolume(1 - g["test_acc"], [math.log10(archs.set_index("arch_id").loc[a, "flops"])
+                                                      for a in g["arch_id"]], (1.0, math.log10(1.1 * 2.1e6)))
+                    for _, g in last[last["arch_id"].str.startswith(prefix)].groupby("seed")]
+                for k, prefix in (("searched", "arch"), ("random", "random"))}
+    for k in ("searched", "random"):
+        assert hv[k]["n"] == 3 and (hv[k]["low"], hv[k]["high"]) == pytest.approx(_t(per_seed[k]))
+    difference = [s - r for s, r in zip(per_seed["searched"], per_seed["random"])]
+    assert hv["difference"]["method"] == "student-t over 3 paired seeds (each seed's two fronts)"
+    assert (hv["difference"]["value"], hv["difference"]["low"], hv["difference"]["high"]) == pytest.approx(
+        (np.mean(difference), *_t(difference)))
     assert stats["reference"]["log10_flops"] == pytest.approx(math.log10(1.1 * 2.1e6))
     matched = {m["arch_id"]: m for m in stats["matched"]}
     assert matched["arch-000"]["random_id"] == "random-000" and matched["arch-001"]["random_id"] == "random-001"
@@ -58,7 +66,7 @@ def test_a_better_searched_front_has_the_larger_hypervolume_and_t_intervals_over
     assert matched["arch-000"]["verdict"] == "better"
     # arch-001's differences are exactly 0.10 at every seed: a zero-width interval, above 0
     assert (matched["arch-001"]["difference"]["low"], matched["arch-001"]["difference"]["high"]) == pytest.approx((0.1, 0.1))
-    # overall: t over the 2 pairs' mean differences
+    # overall: t over the 2 random networks' (one pair each) mean differences
     overall = stats["overall"]
     assert overall["difference"]["value"] == pytest.approx((0.31 / 3 + 0.1) / 2) and overall["difference"]["n"] == 2
     assert (overall["difference"]["low"], overall["difference"]["high"]) == pytest.approx(_t([0.31 / 3, 0.1]))
@@ -68,39 +76,66 @@ def test_a_better_searched_front_has_the_larger_hypervolume_and_t_intervals_over
     lines = describe(stats)
     assert any("arch-000 vs random-000" in line and "student-t over 3 paired seeds" in line and line.endswith("better")
                for line in lines)
-    assert any(line.startswith("hypervolume difference") and "not resolved" in line for line in lines)
+    assert any(line.startswith("hypervolume difference") and f"  {verdict(hv['difference'])}  (error" in line
+               for line in lines)
     metrics, tags = summary(stats)
     assert metrics["matched_low"] == pytest.approx(overall["difference"]["low"]) and metrics["matched_pairs_better"] == 2
-    assert "hypervolume_difference_low" not in metrics
-    assert tags["goldnas.hypervolume_difference.verdict"] == "not resolved" and tags["goldnas.matched.verdict"] == "better"
+    assert metrics["hypervolume_difference_low"] == pytest.approx(hv["difference"]["low"])
+    assert tags["goldnas.hypervolume_difference.verdict"] == verdict(hv["difference"])
+    assert tags["goldnas.matched.verdict"] == "better"
 
 
-def test_an_interval_that_contains_zero_is_not_resolved_and_five_architectures_are_bootstrapped():
+def test_an_interval_that_contains_zero_is_not_resolved():
     rng = np.random.default_rng(1)
     archs = pd.DataFrame({"arch_id": [f"s{i}" for i in range(5)] + [f"r{i}" for i in range(5)],
                           "kind": ["searched"] * 5 + ["random"] * 5, "flops": [1e6 * (i + 1) for i in range(5)] * 2})
     last = pd.DataFrame([{"arch_id": a, "seed": s, "test_acc": 0.9 + 0.02 * rng.standard_normal()}
                          for a in archs["arch_id"] for s in range(2)])
-    stats = compare_fronts(last, archs, resamples=300)
+    stats = compare_fronts(last, archs)
     hv = stats["hypervolume"]["difference"]
-    assert hv["n"] == 5 and hv["method"] == "percentile bootstrap over 5 architectures of each kind and their seeds, 300 resamples"
+    assert hv["n"] == 2 and hv["method"] == "student-t over 2 paired seeds (each seed's two fronts)"
     assert hv["low"] < hv["value"] < hv["high"] and hv["low"] < 0 < hv["high"]
     lines = describe(stats)
     assert any(line.startswith("hypervolume difference") and "not resolved" in line for line in lines)
     o = stats["overall"]
+    assert o["difference"]["n"] == 5 and o["difference"]["method"] == "student-t over 5 random networks matched"
     assert o["difference"]["low"] < 0 < o["difference"]["high"] and o["verdict"] == "not resolved"
     assert "not resolved" in lines[-1] and "better" not in lines[-1].split(";")[0]
     assert summary(stats)[1]["goldnas.matched.verdict"] == "not resolved"
 
 
+def test_pairs_sharing_a_random_network_count_once_and_a_pair_without_a_common_seed_is_left_out():
+    """a0 and a1 are both nearest to r0 (differences 0.11 and 0.21 over seeds 0 and 1): one
+    random network, so the overall difference is their mean, 0.16, with n = 1 and no interval,
+    whatever the two pairs' own intervals say. a2's only seed is 0, its match r1's only seed 1:
+    no pair. No seed is finished by every architecture: the hypervolumes are the fronts of the
+    means, without an interval."""
+    archs = pd.DataFrame({"arch_id": ["a0", "a1", "a2", "r0", "r1"], "kind": ["searched"] * 3 + ["random"] * 2,
+                          "flops": [1e6, 1.05e6, 5e6, 1e6, 5e6]})
+    acc = {("a0", 0): 0.9, ("a0", 1): 0.92, ("a1", 0): 1.0, ("a1", 1): 1.02, ("r0", 0): 0.8, ("r0", 1): 0.8,
+           ("a2", 0): 0.9, ("r1", 1): 0.7}
+    last = pd.DataFrame([{"arch_id": a, "seed": s, "test_acc": v} for (a, s), v in acc.items()])
+    stats = compare_fronts(last, archs)
+    assert [(m["arch_id"], m["random_id"]) for m in stats["matched"]] == [("a0", "r0"), ("a1", "r0")]
+    o = stats["overall"]
+    assert o["difference"]["value"] == pytest.approx(0.16) and o["difference"]["n"] == 1
+    assert o["difference"]["low"] is None and o["verdict"] == "not resolved" and o["pairs"] == 2
+    for hv in stats["hypervolume"].values():
+        assert hv["n"] == 0 and hv["low"] is None and "no seed that every architecture finished" in hv["method"]
+    assert describe(stats)  # printable without intervals
+
+
 def test_one_seed_gives_no_interval_and_equal_fronts_a_zero_difference():
     last, archs = _results([0.9, 0.8], [0.9, 0.8], seeds=1)
-    stats = compare_fronts(last, archs, resamples=100)
+    stats = compare_fronts(last, archs)
     hv = stats["hypervolume"]
     assert hv["searched"]["low"] is None and hv["searched"]["high"] is None
     d = stats["matched"][0]["difference"]
     assert (d["low"], d["high"], d["n"], d["method"]) == (None, None, 1, "none: 1 paired seeds, no interval")
     assert stats["matched"][0]["verdict"] == "not resolved"
+    metrics, tags = summary(stats)  # without an interval: "not resolved" in MLflow too, never a win
+    assert tags["goldnas.matched.verdict"] == tags["goldnas.hypervolume_difference.verdict"] == "not resolved"
+    assert "hypervolume_difference_low" not in metrics and "hypervolume_searched_low" not in metrics
     assert t_interval([0.5]) == {"value": 0.5, "low": None, "high": None, "n": 1, "method": "none: 1 seeds, no interval"}
     # worked by hand: against (error 1, log10 2.31e6), each front is two steps; the cheaper
     # point (error 0.2) holds 0.8 of height from its log FLOPs to the dearer one's, the dearer
@@ -120,7 +155,7 @@ def test_the_hypervolume_in_latency_space_uses_the_measured_latency():
     are arch-000/random-000 and arch-001/random-001); worked by hand as above."""
     last, archs = _results([0.9, 0.8], [0.9, 0.8], seeds=1)
     archs["latency_ms"] = [8.0, 2.0, 2.0, 8.0]
-    stats = compare_fronts(last, archs, resamples=100, column="latency_ms")
+    stats = compare_fronts(last, archs, column="latency_ms")
     ref = math.log10(1.1 * 8.0)
     searched = 0.8 * (math.log10(8.0) - math.log10(2.0)) + 0.9 * (ref - math.log10(8.0))
     random = 0.9 * (ref - math.log10(2.0))
@@ -135,17 +170,19 @@ def test_the_hypervolume_in_latency_space_uses_the_measured_latency():
 
 
 def test_the_mlflow_parent_run_holds_each_interval_and_says_not_resolved(tmp_path):
-    """The summary as metrics and tags of a retrain's parent run in a real (sqlite) store: a
-    difference without an interval is "not resolved" there too, never a win."""
+    """The summary as metrics and tags of a retrain's parent run in a real (sqlite) store: each
+    interval's value, low and high, its method and n, and each difference's verdict."""
     from goldnas_ray.tracking.retrain import RetrainTracker
 
     last, archs = _results([0.95, 0.90], [0.85, 0.80])
-    metrics, tags = summary(compare_fronts(last, archs, resamples=100))
+    metrics, tags = summary(compare_fronts(last, archs))
     tracker = RetrainTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
     parent, _ = tracker.start("exp", "retrain", {"seeds": 3}, {}, {})
     tracker.log_report(parent, tmp_path, metrics, None, tags)
     run = tracker.client.get_run(parent)
-    assert run.data.tags["goldnas.hypervolume_difference.verdict"] == "not resolved"
+    assert run.data.tags["goldnas.hypervolume_difference.verdict"] == "better"  # every seed's fronts: the same gap
+    assert run.data.metrics["hypervolume_difference_low"] == pytest.approx(metrics["hypervolume_difference_low"])
+    assert metrics["hypervolume_difference_low"] > 0
     assert run.data.tags["goldnas.matched.verdict"] == "better"
-    assert run.data.tags["goldnas.matched.interval"] == "n=2, student-t over 2 matched pairs"
-    assert run.data.metrics["matched_low"] == pytest.approx(_t([0.1, 0.1])[0]) and "hypervolume_difference_low" not in run.data.metrics
+    assert run.data.tags["goldnas.matched.interval"] == "n=2, student-t over 2 random networks matched"
+    assert run.data.metrics["matched_low"] == pytest.approx(_t([0.1, 0.1])[0])

@@ -358,10 +358,10 @@ def _write_report(out: Location, trials: pd.DataFrame, manifest: Manifest, log: 
     comparison = None
     if {"searched", "random"} <= set(table["kind"]):
         last = report.last_epochs(done)
-        comparison = stats.compare_fronts(last, archs, seed=manifest.config.seed)
+        comparison = stats.compare_fronts(last, archs)
         comparison["init"] = {"searched": manifest.config.retrain.init, "random": "scratch"}
         if report.has_latency(table):  # the same comparison with measured latency on the axis
-            comparison["latency"] = stats.compare_fronts(last, archs, seed=manifest.config.seed, column="latency_ms")
+            comparison["latency"] = stats.compare_fronts(last, archs, column="latency_ms")
     if manifest.sweep:  # which grid point's searches gave the better fronts, over their seeds
         comparison = (comparison or {}) | {"sweep": point_hypervolumes(report.last_epochs(done), archs, manifest.sweep)}
     if comparison:

@@ -10,13 +10,16 @@ Every interval is an object ``{value, low, high, n, method}`` at 95%:
 - an architecture's accuracy, a matched pair's accuracy difference (searched - random, paired
   by seed), a grid point's hypervolume over its search seeds: Student-t over the n seeds
   (``t_interval``); with n = 1 there is no interval (low and high None, the method says so);
-- the overall "searched better than random at matched cost": the mean of the pairs' mean
-  differences (every pair has the same seeds, so the mean over all (pair, seed) differences),
-  Student-t over the n pairs, with how many pairs' own intervals are above 0 or below it;
-- a front's hypervolume and the difference of the two: a percentile bootstrap that resamples
-  the architectures of each kind with replacement and, for each, its seeds (B resamples, a
-  fixed generator), n = the fewer architectures of a kind; below 5 architectures no interval
-  (a percentile bootstrap of so few values covers far less than 95%).
+- the overall "searched better than random at matched cost": each searched network matched to
+  the random one nearest in cost, its difference the mean over the seeds both finished (a pair
+  with none is left out); the differences of searched networks matched to the same random one
+  averaged (they are not independent), then Student-t over the n random networks matched;
+  with how many pairs' own intervals are above 0 or below it;
+- a front's hypervolume and the difference of the two: for each seed that every architecture
+  finished, the front of each kind at that seed's accuracies; Student-t over those seeds
+  (paired by seed for the difference). It says how much the fronts move with the training
+  seed, for these architectures: it does not resample the architectures (resampling a front's
+  members only ever drops points, so such intervals sit below their own estimate).
 An interval that contains 0, or a missing one, is "not resolved" (``verdict``), never a win.
 The percentile bootstrap over seeds these replaced covered the mean about half the time with
 2 seeds (its interval is the two values' range): tests/test_coverage.py measures both.
@@ -32,7 +35,6 @@ from scipy import stats as scipy_stats
 
 LEVEL = 0.95
 T_METHOD = "student-t over {n} {what}"
-MIN_BOOTSTRAP = 5  # fewer values give a percentile bootstrap far below its nominal level
 
 
 def hypervolume(errors, log_flops, reference: tuple[float, float]) -> float:
@@ -61,16 +63,6 @@ def t_interval(values, what: str = "seeds") -> dict[str, Any]:
             "method": T_METHOD.format(n=n, what=what)}
 
 
-def bootstrap_interval(value: float, samples: np.ndarray, n: int, what: str) -> dict[str, Any]:
-    """``value`` with the 2.5 and 97.5 percentiles of its bootstrap ``samples``, drawn from n
-    values; below ``MIN_BOOTSTRAP`` values, no interval."""
-    if n < MIN_BOOTSTRAP:
-        return {"value": value, "low": None, "high": None, "n": n,
-                "method": f"none: {n} {what}, fewer than {MIN_BOOTSTRAP} to bootstrap"}
-    return {"value": value, "low": float(np.percentile(samples, 2.5)), "high": float(np.percentile(samples, 97.5)),
-            "n": n, "method": f"percentile bootstrap over {n} {what} and their seeds, {len(samples)} resamples"}
-
-
 def verdict(interval: dict[str, Any]) -> str:
     """"better" or "worse" when the interval lies above or below 0, else "not resolved"."""
     if interval["low"] is None:
@@ -87,8 +79,7 @@ def show(interval: dict[str, Any], scale: float = 1.0, fmt: str = ".4f") -> str:
             f"({interval['method']})")
 
 
-def compare_fronts(last: pd.DataFrame, architectures: pd.DataFrame, resamples: int = 1000,
-                   seed: int = 0, column: str = "flops") -> dict[str, Any]:
+def compare_fronts(last: pd.DataFrame, architectures: pd.DataFrame, column: str = "flops") -> dict[str, Any]:
     """``last``: one row per finished trial (arch_id, seed, test_acc of its last epoch);
     ``architectures``: arch_id, kind (searched | random) and ``column`` (flops, or the
     measured latency_ms): the resource axis, in log10."""
@@ -96,50 +87,54 @@ def compare_fronts(last: pd.DataFrame, architectures: pd.DataFrame, resamples: i
     by_seed = {a: dict(zip(g["seed"], g["test_acc"].astype(float))) for a, g in last.groupby("arch_id")
                if a in archs.index}
     ids = sorted(by_seed)
-    accs = {a: np.array(list(by_seed[a].values())) for a in ids}
     kinds = {a: archs.loc[a, "kind"] for a in ids}
     members = {k: [a for a in ids if kinds[a] == k] for k in ("searched", "random")}
     logf = {a: math.log10(float(archs.loc[a, column])) for a in ids}
     reference = (1.0, math.log10(1.1 * float(archs.loc[ids, column].max()))) if ids else (1.0, 0.0)
-    rng = np.random.default_rng(seed)
+    # the seeds every architecture finished: each gives one front of each kind
+    seeds = sorted(set.intersection(*(set(by_seed[a]) for a in ids))) if ids else []
 
-    def hv(chosen: list[str], acc_of) -> float:
+    def hv(kind: str, acc_of) -> float:
+        chosen = members[kind]
         return hypervolume([1 - acc_of(a) for a in chosen], [logf[a] for a in chosen], reference)
 
-    def resampled(kind: str) -> np.ndarray:  # architectures of the kind, then each one's seeds
-        pool = members[kind]
-        out = np.empty(resamples)
-        for b in range(resamples):
-            chosen = [pool[i] for i in rng.integers(0, len(pool), len(pool))]
-            means = {i: float(accs[a][rng.integers(0, len(accs[a]), len(accs[a]))].mean())
-                     for i, a in enumerate(chosen)}
-            out[b] = hypervolume([1 - means[i] for i in range(len(chosen))], [logf[a] for a in chosen], reference)
-        return out
+    def over_seeds(per_seed: list[float], mean_value: float, what: str) -> dict[str, Any]:
+        if not per_seed:  # no seed that every architecture finished: the fronts of the means alone
+            return {"value": mean_value, "low": None, "high": None, "n": 0,
+                    "method": "none: no seed that every architecture finished, no interval"}
+        return t_interval(per_seed, what)
 
     out: dict[str, Any] = {"axis": column, "reference": {"error": reference[0], f"log10_{column}": reference[1]},
-                           "resamples": resamples, "max_seeds": max((len(v) for v in accs.values()), default=0),
-                           "architectures": {a: t_interval(accs[a]) for a in ids}, "hypervolume": {}}
+                           "max_seeds": max((len(v) for v in by_seed.values()), default=0),
+                           "architectures": {a: t_interval(list(by_seed[a].values())) for a in ids},
+                           "hypervolume": {}}
     present = [k for k in ("searched", "random") if members[k]]
-    boot = {k: resampled(k) for k in present if len(members[k]) >= MIN_BOOTSTRAP}
-    values = {k: hv(members[k], lambda a: accs[a].mean()) for k in present}
+    fronts = {k: [hv(k, lambda a: by_seed[a][s]) for s in seeds] for k in present}
+    of_means = {k: hv(k, lambda a: float(np.mean(list(by_seed[a].values())))) for k in present}
     for k in present:
-        out["hypervolume"][k] = bootstrap_interval(values[k], boot.get(k), len(members[k]), "architectures")
+        out["hypervolume"][k] = over_seeds(fronts[k], of_means[k], "seeds (each seed's front)")
     if len(present) == 2:
-        n = min(len(v) for v in members.values())
-        diff = boot["searched"] - boot["random"] if len(boot) == 2 else None
-        out["hypervolume"]["difference"] = bootstrap_interval(values["searched"] - values["random"], diff, n,
-                                                              "architectures of each kind")
+        out["hypervolume"]["difference"] = over_seeds(
+            [a - b for a, b in zip(fronts["searched"], fronts["random"])], of_means["searched"] - of_means["random"],
+            "paired seeds (each seed's two fronts)")
     matched = []
     for a in members["searched"] if members["random"] else []:
         r = min(members["random"], key=lambda x: (abs(logf[x] - logf[a]), x))
         common = sorted(set(by_seed[a]) & set(by_seed[r]))
+        if not common:  # failed trials left no seed to pair: nothing to compare
+            continue
         difference = t_interval([by_seed[a][s] - by_seed[r][s] for s in common], "paired seeds")
         matched.append({"arch_id": a, "random_id": r, column: float(archs.loc[a, column]),
                         f"random_{column}": float(archs.loc[r, column]), "difference": difference,
                         "verdict": verdict(difference)})
     out["matched"] = matched
     if matched:
-        overall = t_interval([m["difference"]["value"] for m in matched], "matched pairs")
+        # searched networks matched to one random network are not independent of each other:
+        # their differences are averaged per random network, and the t interval is over those
+        per_random: dict[str, list[float]] = {}
+        for m in matched:
+            per_random.setdefault(m["random_id"], []).append(m["difference"]["value"])
+        overall = t_interval([float(np.mean(v)) for v in per_random.values()], "random networks matched")
         out["overall"] = {"difference": overall, "verdict": verdict(overall), "pairs": len(matched),
                           "better": sum(m["verdict"] == "better" for m in matched),
                           "worse": sum(m["verdict"] == "worse" for m in matched)}
