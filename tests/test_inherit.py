@@ -107,6 +107,18 @@ def test_a_search_keeps_each_records_weights_and_a_retrain_starts_from_them(smal
     with pytest.raises(ConfigError, match="retrain.init=inherited: arch-000 has no inherited weights"):
         plan_retrain(tmp_path / "rt2", bare, overrides=["retrain.init=inherited"])
     assert all(c.weights is None for c in plan_retrain(tmp_path / "rt3", out).candidates)  # scratch: none
+    # checked before any trial: a missing file, and another record's weights under this one's name
+    from goldnas_ray.files.search_files import OutputDirError
+
+    shutil.rmtree(bare)
+    shutil.copytree(out, bare, ignore=shutil.ignore_patterns("checkpoints"))
+    (bare / "genotypes" / "arch-000.safetensors").unlink()
+    with pytest.raises(OutputDirError, match="arch-000's inherited weights are missing"):
+        plan_retrain(tmp_path / "rt4", bare, overrides=["retrain.init=inherited"])
+    shutil.copy(bare / archs[-1]["weights"], bare / "genotypes" / "arch-000.safetensors")
+    with pytest.raises(OutputDirError, match="arch-000.safetensors: the inherited weights are not this architecture's"):
+        plan_retrain(tmp_path / "rt4", bare, overrides=["retrain.init=inherited"])
+    assert not (tmp_path / "rt4").exists()
 
 
 def test_a_quick_front_fine_tunes_inherited_weights_for_a_tenth_of_the_epochs(small_search, tmp_path):

@@ -56,10 +56,12 @@ class DiscreteNet(Network):
 
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):
         """As nn.Module's; an edge's ``scale`` (an inherited network's) is made when ``state``
-        holds one."""
+        holds one, on the network's device (a state read to the CPU may load into a network on
+        a GPU)."""
+        device = next(self.parameters()).device
         for name, module in self.named_modules():
             if isinstance(module, PlainEdge) and f"{name}.scale" in state:
-                module.scale = torch.ones(len(module.ops), device=state[f"{name}.scale"].device)
+                module.scale = torch.ones(len(module.ops), device=device)
         return super().load_state_dict(state, strict, assign)
 
     def set_drop_path(self, prob: float, generator: torch.Generator | None = None) -> None:

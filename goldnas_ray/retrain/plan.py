@@ -165,6 +165,24 @@ class Manifest:
         return manifest
 
 
+def _check_inherited(c: Candidate) -> None:
+    """``c``'s inherited weights are there and are its architecture's, before any trial."""
+    import safetensors.torch
+
+    from goldnas_ray.core.discrete import build_network, load_inherited
+
+    try:
+        state = safetensors.torch.load(location(c.weights).read_bytes())
+    except FileNotFoundError as exc:
+        raise OutputDirError(f"retrain.init=inherited: {c.arch_id}'s inherited weights are missing: {exc}") from exc
+    except safetensors.SafetensorError as exc:
+        raise OutputDirError(f"retrain.init=inherited: {c.weights} is not a safetensors file: {exc}") from exc
+    try:
+        load_inherited(build_network(c.genotype), state)
+    except ValueError as exc:
+        raise OutputDirError(f"retrain.init=inherited: {c.weights}: {exc}") from exc
+
+
 def plan_retrain(out: "Path | Location", search_dir: Path, *, search_run_id: str | None = None,
                  config_file: Location | None = None, overrides: Sequence[str] = (),
                  random_k: int = 0, sweep: "tuple[SearchResult, dict[str, dict[str, Any]]] | None" = None
@@ -201,6 +219,8 @@ def plan_retrain(out: "Path | Location", search_dir: Path, *, search_run_id: str
         elif not c.weights:
             raise ConfigError(f"retrain.init=inherited: {c.arch_id} has no inherited weights in {search.folder} "
                               f"(a search keeps them since 2026-12-03): use retrain.init=scratch")
+        else:
+            _check_inherited(c)
     manifest.candidates += random_candidates(search, random_k, cfg.seed) if random_k else []
     manifest.sweep = searches
     return manifest
