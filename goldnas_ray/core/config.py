@@ -202,8 +202,8 @@ class SearchConfig(Section):
         None, description="stop when the FLOPs (one image, multiply-add = 2) fall to this")
     flops_min_ratio: OpenFraction = Field(0.3, description="without flops_min: stop at this x the supernet's FLOPs")
     record_rule: Literal["paper", "dense"] = Field(
-        "dense", description="paper: held still > t0 epochs; dense: also before a FLOPs gap opens")
-    record_gap: OpenFraction = Field(0.12, description="dense: record before falling more than this x the supernet")
+        "dense", description="paper: held still > t0 epochs; dense: also before a gap opens in the cost (FLOPs or latency)")
+    record_gap: OpenFraction = Field(0.12, description="dense: record before falling more than this x the supernet's cost")
     record_min_gap: Fraction = Field(0.03, description="dense: no record within this x the supernet of the last")
     channels_last: StrictBool = Field(True, description="NHWC tensors: faster convolutions on CPUs and tensor cores")
     amp: Literal["off", "bf16"] = Field("off", description="bf16 autocast of the forward pass")
