@@ -185,7 +185,9 @@ def test_a_search_job_of_two_workers_on_two_nodes_lives_in_the_bucket_and_in_mlf
     assert {"records.json", "history.parquet", "genotypes", "plots"} <= top
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/flops.png", "plots/lambda.png"}
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "genotypes")}
-    assert logged == {a["genotype"] for a in archs} | {a["genotype"].replace(".json", ".png") for a in archs}
+    # each record's genotype, its drawing and its inherited weights
+    assert logged == {a["genotype"] for a in archs} | {a["genotype"].replace(".json", ".png") for a in archs} | {
+        a["weights"] for a in archs}
     assert any(f.startswith("mlflow/") and f.endswith("records.json") for f in _files(s3["uri"]("")))
 
     retrain = location(s3["uri"]("jobs-retrain"))
