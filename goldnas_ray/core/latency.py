@@ -292,8 +292,8 @@ def elapsed_ms(fn: Callable[[], Any], sync: Callable[[], None], calls: int = 1) 
 
 # The checks a profile passes before it is written (see the module). On a quiet 2-core CPU
 # (the digits default, batch 1 and 64, docs/latency.md) the worst same-operator ratio was
-# 1.7-2.0x and the scale 0.99-1.08; a busy spell once made 140x and a scale of 0.022, and a
-# busy process on the profiler's core a scale of 2.5 (whole networks slowed, short parts not).
+# 1.7-2.0x and the scale 0.99-1.19; a busy spell once made 140x and a scale of 0.022, and a
+# busy process on the profiler's core a scale of 2.3-2.6 (whole networks slowed, short parts not).
 SAME_OP_RATIO = 10.0  # a part may cost at most this x the same operator's on an input as large or larger
 SCALE_RANGE = (0.5, 2.0)  # the calibration's scale: the parts miss the Python around them, not half the time
 ATTEMPTS = 3  # profiles taken before a table that fails the checks is refused
