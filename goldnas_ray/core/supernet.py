@@ -102,15 +102,7 @@ class SuperNet(Network):
 
     def flops_after(self, keys: Iterable[OpKey]) -> int:
         """FLOPs the network would have with ``keys`` pruned (nothing is pruned)."""
-        geno = self.genotype()
-        for key in keys:
-            cell = geno.cells[key.cell]
-            remaining = tuple(o for o in cell.edges.get(key.edge, ()) if o != key.op)
-            if remaining:
-                cell.edges[key.edge] = remaining
-            else:
-                cell.edges.pop(key.edge, None)
-        return self.costs.flops(geno)
+        return self.costs.flops(self._geno.without(keys))
 
     def expected_cost(self, kind: str = "flops", ops_k: float = 10.0) -> torch.Tensor:
         """Differentiable resource term, normalised by the full supernet's value.
