@@ -15,29 +15,6 @@ from drivers import drive
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
 
 
-@pytest.fixture(scope="module")
-def pipeline(ray_cluster, mlflow_server, tmp_path_factory):
-    """pipelines/pipeline.py on the cluster: a 1-epoch smoke search (it records its final
-    architecture, and the one before the epoch's pruning when that pruning lowered the FLOPs:
-    the float trajectory decides), then their retrain beside one random architecture of matched
-    FLOPs: 2 or 3 trials x 2 epochs, one CPU each on a cluster of 2 one-CPU nodes. Beside it, the
-    most trials seen running at one moment: started (a start line in their .trials log) and not
-    finished (no finished line yet), so their processes were alive together."""
-    out = tmp_path_factory.mktemp("pipeline") / "p"
-    most = [0]
-
-    def count_running(run):
-        while not run.ended.wait(0.05):
-            logs = [p.read_text() for p in (out / "retrain" / ".trials").glob("*.jsonl")]
-            most[0] = max(most[0], sum('"start_epoch"' in log and '"finished_epoch"' not in log for log in logs))
-
-    done = drive("pipeline.py", "--smoke-test", "--max-epochs", "1", "--random", "1",
-                 "--out", str(out), "--mlflow-uri", mlflow_server, "--experiment", "ci-pipe-search",
-                 "--retrain-experiment", "ci-pipe-retrain", cluster=ray_cluster, during=count_running)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    return out, done.stdout, most[0]
-
-
 def _client(uri):
     from mlflow.tracking import MlflowClient
 
