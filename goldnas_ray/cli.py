@@ -536,6 +536,8 @@ def add_retrain_flags(p: argparse.ArgumentParser) -> None:
                         "multi-worker trial's Ray Train run does not restart its workers itself")
     p.add_argument("--retrain-experiment", default="goldnas-retrain",
                    help="MLflow experiment of the retrain runs (default goldnas-retrain)")
+    p.add_argument("--register-as", metavar="NAME", help="MLflow registered model of the retrained front "
+                                                         "(config: retrain.register_as; default goldnas-DATASET)")
 
 
 def _overrides(args: argparse.Namespace, smoke: list[str], flags: dict[str, str]) -> list[str]:
@@ -554,8 +556,9 @@ def search_config(args: argparse.Namespace) -> Config:
 
 
 def retrain_overrides(args: argparse.Namespace) -> list[str]:
-    """The retrain's config changes: --smoke-test, --set, --epochs, --seeds."""
-    return _overrides(args, RETRAIN_SMOKE, {"epochs": "retrain.epochs", "seeds": "retrain.seeds"})
+    """The retrain's config changes: --smoke-test, --set, --epochs, --seeds, --register-as."""
+    return _overrides(args, RETRAIN_SMOKE, {"epochs": "retrain.epochs", "seeds": "retrain.seeds",
+                                            "register_as": "retrain.register_as"})
 
 
 # ---- the pipelines' bodies -------------------------------------------------------------------

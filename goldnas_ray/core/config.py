@@ -259,6 +259,9 @@ class RetrainConfig(Section):
     latency_repeats: NonNegativeInt = Field(
         10, description="the report's latency_ms: timed passes per network and batch, on the driver's CPU "
                         "(0: not measured)")
+    register_as: str | None = Field(
+        None, description="MLflow registered model the retrain's front is registered under "
+                          "(default goldnas-DATASET, e.g. goldnas-digits)")
 
     @model_validator(mode="after")
     def _ordered(self) -> "RetrainConfig":

@@ -10,17 +10,22 @@ the server already holds).
 """
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from goldnas_ray.models.pick import MODELS
 from goldnas_ray.retrain.plan import Manifest, trial_key
 from goldnas_ray.files.search_files import LEGACY_RECORDS, RECORDS, OutputDirError
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.run.ending import ends_tracked_run
-from goldnas_ray.tracking.buffer import BufferedClient
+from goldnas_ray.tracking.buffer import BufferedClient, is_outage
 from goldnas_ray.tracking.common import ENDED, check_uri, experiment_id, log_files, log_params
+from goldnas_ray.tracking.datasets import SPLIT_METRICS, DataInput, data_inputs, split_sizes
+from goldnas_ray.tracking.registry import (FOLDER, MODEL_FILES, FrontPoint, front_points, log_registered,
+                                           register_front, registered_name)
 
 TRIAL_METRICS = ("test_acc", "train_loss", "train_acc", "lr", "drop_path", "seconds", "images_per_second")
 
@@ -195,31 +200,162 @@ class RetrainTracker:
                               tags=[RunTag(k, v) for k, v in (tags or {}).items()])
 
 
-    def log_models(self, models: dict[str, Any]) -> None:
+    def log_models(self, models: dict[str, Any], folders: "dict[str, Location] | None" = None,
+                   inputs: "dict[str, DataInput] | None" = None) -> dict[str, str]:
         """Each retrained network (child run id -> (eval-mode nn.Module, image shape)) as an
-        MLflow model in its child run's ``model`` folder: torch.export's pt2 format (no pickle:
+        MLflow 3 logged model ``model`` of its child run: torch.export's pt2 format (no pickle:
         loading runs no code of ours), a signature and an input example of the network's image
-        shape; ``mlflow.pytorch.load_model(f"runs:/{child}/model")`` brings it back. Saved to a
-        local folder and uploaded through the client: no active run, no global MLflow state.
-        A child left FAILED by an earlier report that failed ends FINISHED once it holds its model."""
-        import mlflow.pytorch
-        import numpy as np
-        import torch
-        from mlflow.models import infer_signature
-
-        requirement = f"torch=={torch.__version__.split('+')[0]}"
+        shape, and in its ``goldnas/`` folder the run's model folder (``folders``: run id ->
+        ``<out>/models/<key>/``) for ``registry.download_model``. The run's last-epoch metrics
+        are linked to it (the split ones to their dataset of ``inputs``). Both
+        ``mlflow.pytorch.load_model(f"runs:/{child}/model")`` and ``models:/<model_id>`` bring it
+        back. A run that already holds a READY one (a resumed report) keeps it. While the server
+        is away, the pt2 model goes to the run's ``model`` artifacts through the buffer
+        instead. A child left FAILED by an earlier report that failed ends FINISHED once it
+        holds its model. Returns run id -> logged model id."""
+        logged = {}
         for run_id, (net, shape) in models.items():
-            example = np.random.default_rng(0).random((2, *shape), dtype=np.float32)
-            with torch.no_grad():
-                logits = net(torch.from_numpy(example)).numpy()
             with tempfile.TemporaryDirectory(prefix="goldnas-model-") as tmp:
-                mlflow.pytorch.save_model(net, f"{tmp}/model", input_example=example,
-                                          signature=infer_signature(example, logits),
-                                          pip_requirements=[requirement], serialization_format="pt2")
-                self.client.log_artifacts(run_id, f"{tmp}/model", "model")
+                model_id = self._unbuffered(lambda: self._logged_model(
+                    run_id, net, shape, (folders or {}).get(run_id), inputs or {}, Path(tmp) / "logged"))
+                if model_id is None:
+                    _save_pt2(net, shape, Path(tmp) / "model")
+                    self.client.log_artifacts(run_id, f"{tmp}/model", "model")
+                else:
+                    logged[run_id] = model_id
             self.exported.add(run_id)
             if self.client.buffering or self.client.get_run(run_id).info.status != "FINISHED":
                 self.client.set_terminated(run_id, status="FINISHED")
+        return logged
+
+    def _unbuffered(self, call: Callable[[], Any]) -> Any:
+        """``call()``, or None while the tracking server is away: logged models, dataset inputs
+        and the registry are written to the server itself, never buffered."""
+        if self.client.buffering:
+            return None
+        try:
+            return call()
+        except Exception as exc:
+            if self.client.buffer is None or not is_outage(exc, self.uri):
+                raise
+            self.client.log(f"MLflow at {self.uri} unreachable ({type(exc).__name__}): logged models, dataset "
+                            f"inputs and the registry wait for a report that reaches it")
+            return None
+
+    def _logged_model(self, run_id: str, net: Any, shape: tuple[int, int, int], folder: "Location | None",
+                      inputs: "dict[str, DataInput]", tmp: Path) -> str:
+        """The logged model of child ``run_id`` (made, or the READY one it has): its id."""
+        from mlflow.entities import LoggedModelOutput
+        from mlflow.models import Model
+
+        client = self.client.client
+        run = client.get_run(run_id)
+        found = ready_model(client, run)
+        if found is not None:
+            return found
+        params = {k: run.data.params[k] for k in ("arch_id", "kind", "seed", "flops", "params")
+                  if k in run.data.params}
+        model = client.create_logged_model(run.info.experiment_id, name="model", source_run_id=run_id,
+                                           params=params, tags={"goldnas.key": run.info.run_name},
+                                           model_type=MODEL_TYPE)
+        last = _link_metrics(client, run, model.model_id, inputs)
+        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, last)])
+        _save_pt2(net, shape, tmp, Model(artifact_path=model.artifact_location, model_uuid=model.model_id,
+                                         run_id=run_id, model_id=model.model_id))
+        if folder is not None:
+            for name in MODEL_FILES:
+                (tmp / FOLDER / name).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / FOLDER / name).write_bytes((folder / name).read_bytes())
+        client.log_model_artifacts(model.model_id, str(tmp))
+        client.finalize_logged_model(model.model_id, "READY")
+        return model.model_id
+
+    def log_front(self, out: "Path | Location", manifest: "Manifest", networks: dict[str, Any],
+                  log: Callable[[str], None]) -> None:
+        """The finished trials' networks (child run id -> (net, shape)) as logged models with
+        their model folders (``<out>/models/<key>/``), the training and evaluation datasets as
+        inputs of the parent and every child, and the front registered under
+        ``registry.registered_name`` (all of it while the server answers)."""
+        out, runs = location(out), manifest.mlflow_child_run_ids
+        keys = {run: key for key, run in runs.items()}
+        folders = {run: out / MODELS / keys[run] for run in networks
+                   if run in keys and (out / MODELS / keys[run] / "model.json").is_file()}
+        info = json.loads((next(iter(folders.values())) / "model.json").read_text()) if folders else None
+        num_test = manifest.stream.num_test if manifest.stream is not None else None
+        inputs = data_inputs(manifest.config, split_sizes(info, manifest.num_train, num_test))
+        model_ids = self.log_models(networks, folders, inputs)
+        self.log_inputs([manifest.mlflow_run_id, *runs.values()], inputs)
+        if not self.client.buffering:
+            points = front_points(out, runs, model_ids)
+            if points:
+                self.register(registered_name(manifest.config), points, log)
+
+    def log_inputs(self, run_ids: list[str], inputs: "dict[str, DataInput]") -> None:
+        """The training and evaluation datasets as inputs of each run (none while the server
+        is away)."""
+        entities = [i.entity() for i in inputs.values()]
+        for run_id in run_ids:
+            self._unbuffered(lambda: self.client.client.log_inputs(run_id, datasets=entities))
+
+    def register(self, name: str, points: "list[FrontPoint]", log: Callable[[str], None]) -> None:
+        """The front's points as versions of registered model ``name`` with their aliases
+        (``registry.register_front``); said and skipped while the server is away."""
+        wanted = self._unbuffered(lambda: register_front(self.client.client, name, points))
+        if wanted is None:
+            log(f"MLflow at {self.uri} unreachable: the front is not registered as {name}")
+        else:
+            log_registered(name, wanted, log)
+
+
+MODEL_TYPE = "goldnas-ray/DiscreteNet"
+
+
+def ready_model(client, run) -> str | None:
+    """The id of the READY logged model ``model`` whose source is ``run``, or None."""
+    token = None
+    while True:
+        page = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                           filter_string="name = 'model'", page_token=token)
+        for m in page:
+            if m.source_run_id == run.info.run_id and str(m.status) in ("READY", "LoggedModelStatus.READY"):
+                return m.model_id
+        token = page.token
+        if not token:
+            return None
+
+
+def _link_metrics(client, run, model_id: str, inputs: "dict[str, DataInput]") -> int:
+    """Each metric of ``run`` at its last step logged again (same value, step and timestamp: the
+    run's history gains nothing) with ``model_id``, so the logged model shows them; test_acc
+    with the evaluation dataset, train_loss / train_acc with the training one. Returns the last
+    epoch."""
+    from mlflow.entities import Metric
+
+    metrics = []
+    for key in run.data.metrics:
+        last = max(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
+        split = inputs.get(SPLIT_METRICS.get(key, ""))
+        metrics.append(Metric(key, last.value, last.timestamp, last.step, model_id=model_id,
+                              dataset_name=split.name if split else None,
+                              dataset_digest=split.digest if split else None))
+    if metrics:
+        client.log_batch(run.info.run_id, metrics=metrics)
+    return max((m.step for m in metrics if m.key == "test_acc"), default=0)
+
+
+def _save_pt2(net: Any, shape: tuple[int, int, int], path: Path, mlflow_model: Any = None) -> None:
+    """``net`` as an MLflow pytorch model in folder ``path``: pt2, signature, input example."""
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    example = np.random.default_rng(0).random((2, *shape), dtype=np.float32)
+    with torch.no_grad():
+        logits = net(torch.from_numpy(example)).numpy()
+    mlflow.pytorch.save_model(net, str(path), input_example=example, signature=infer_signature(example, logits),
+                              pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                              serialization_format="pt2", mlflow_model=mlflow_model)
 
 
 FRONT_TABLE = "front.json"
