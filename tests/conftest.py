@@ -324,6 +324,7 @@ def pipeline(ray_cluster, mlflow_server, tmp_path_factory):
 
     done = drive("pipeline.py", "--smoke-test", "--max-epochs", "1", "--random", "1",
                  "--out", str(out), "--mlflow-uri", mlflow_server, "--experiment", "ci-pipe-search",
-                 "--retrain-experiment", "ci-pipe-retrain", cluster=ray_cluster, during=count_running)
+                 "--retrain-experiment", "ci-pipe-retrain", "--register-as", "ci-pipe", cluster=ray_cluster,
+                 during=count_running)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return out, done.stdout, most[0]
