@@ -236,6 +236,26 @@ def test_a_genotype_file_is_written_once(tmp_path, digits):
     assert path.read_text().endswith("}\n")
 
 
+def test_weights_sizes_are_noted_as_written_and_only_the_writing_rank_builds_weights(tmp_path, digits, monkeypatch):
+    """records.json's weights_bytes come from the writes (a store is not asked each epoch for
+    every file's size); a rank that does not write outputs builds no inherited weights."""
+    import json
+
+    from goldnas_ray.files.search_files import write_outputs
+    from goldnas_ray.files.store import Location
+
+    search = GoldSearch(tiny_config(max_epochs=5), digits.input_shape, 10)
+    search._record(0.0)
+    write_outputs(tmp_path, search, {})
+    monkeypatch.setattr(Location, "size", lambda self: pytest.fail(f"asked the size of {self}"))
+    write_outputs(tmp_path, search, {})
+    arch = json.loads((tmp_path / "records.json").read_text())["architectures"][0]
+    assert arch["weights_bytes"] == (tmp_path / arch["weights"]).stat().st_size > 0
+    other = GoldSearch(tiny_config(max_epochs=5), digits.input_shape, 10)
+    other.keeps_weights = False
+    assert other._record(0.0) == "arch-000" and not other.inherited
+
+
 def test_a_diverging_search_stops_before_it_records_prunes_or_writes_anything(tmp_path, digits):
     """A learning rate that overflows the weights makes the loss NaN in the first epoch: the
     search stops with an error naming the learning rates, its output folder holds no records

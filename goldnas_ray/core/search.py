@@ -133,8 +133,12 @@ class GoldSearch:
         self.schedule = LambdaSchedule(q.lambda0, q.c0, q.n0)
         self.recorder = ParetoRecorder(q.t0, q.record_rule, q.record_gap, q.record_min_gap,
                                        "latency" if self.latency is not None else "flops")
-        # record id -> its inherited weights (SuperNet.inherited_state), kept until written out
+        # record id -> its inherited weights (SuperNet.inherited_state), kept until written out;
+        # only where ``keeps_weights`` (the rank that writes the outputs: the others never build them)
         self.inherited: dict[str, dict[str, torch.Tensor]] = {}
+        self.keeps_weights = True
+        # record id -> bytes of its written weights file (files.search_files notes each as it writes it)
+        self.weights_bytes: dict[str, int] = {}
         self.epoch = 0  # epochs completed
         self.finished = False
         self.history: list[dict[str, Any]] = []
@@ -253,7 +257,7 @@ class GoldSearch:
         recorded = []
         before, after, full = self._recorded_cost(prunes)
         if self.recorder.end_epoch(bool(prunes), before, after, full):
-            recorded.append(self._record(lam_used))
+            recorded.append(self._record(lam_used, before))
         if prunes:
             self.model.prune(prunes)
             self._rebuild_optimizers()
@@ -264,7 +268,7 @@ class GoldSearch:
         if (flops <= self.flops_min or (latency is not None and latency <= self.latency_min)
                 or self.epoch >= self.cfg.search.max_epochs):
             self.finished = True
-            recorded.append(self._record(lam_used))
+            recorded.append(self._record(lam_used, latency if latency is not None else flops))
         row = {
             "epoch": self.epoch,
             "lambda": lam_used,
@@ -295,22 +299,23 @@ class GoldSearch:
         return (self.latency.latency_ms(geno), self.latency.latency_ms(geno.without(prunes)),
                 self.model.full_latency_ms)
 
-    def _record(self, lam: float) -> str | None:
-        """Record the current architecture with the lambda its epoch trained under (skipped
-        when its recorded cost equals the last record's, e.g. when only free skip connections
-        were pruned since a FLOPs search's last record)."""
+    def _record(self, lam: float, cost: float | None = None) -> str | None:
+        """Record the current architecture with the lambda its epoch trained under and ``cost``,
+        its recorded cost as the caller computed it (else :meth:`_recorded_cost`'s); skipped
+        when that equals the last record's, e.g. when only free skip connections were pruned
+        since a FLOPs search's last record."""
+        cost = cost if cost is not None else self._recorded_cost([])[0]
         flops = self.model.flops()
         records = self.recorder.records
         geno = self.model.genotype()
-        cost = self.latency.latency_ms(geno) if self.latency is not None else flops
         if records and records[-1].cost(self.recorder.cost) <= cost:
             return None
         record = ArchRecord(f"arch-{len(records):03d}", self.epoch, flops, self.network_costs.params(geno), lam,
                             len(self.model.alive_ops()), geno, cost if self.latency is not None else None)
         geno.metadata = record.fields()
         records.append(record)
-        # the pruned supernet's weights as the discrete network's, until the outputs are written
-        self.inherited[record.id] = self.model.inherited_state()
+        if self.keeps_weights:  # the pruned supernet's weights as the discrete network's, until written out
+            self.inherited[record.id] = self.model.inherited_state()
         return record.id
 
     @property

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Union
 import pandas as pd
 import torch
 import yaml
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from goldnas_ray.core.genotype import Genotype
 from goldnas_ray.files.store import PROBE, Location, location
@@ -110,15 +110,11 @@ def write_outputs(out: Where, search: "GoldSearch", info: dict[str, Any]) -> Non
     cost=latency search) of ``search`` as it stands
     (a genotype file already written is not written again: a record never changes)."""
     out = location(out)
-    have = {f"genotypes/{n}" for n in (out / "genotypes").names()}
+    have = set((out / "genotypes").names())
     for rec in search.records:
-        if rec.genotype_path not in have:
+        if rec.genotype_path.removeprefix("genotypes/") not in have:
             write_genotype(out / rec.genotype_path, rec.genotype)
-    for rec_id, state in list(search.inherited.items()):  # safetensors: no code runs on loading
-        if f"genotypes/{rec_id}.safetensors" not in have:
-            (out / f"genotypes/{rec_id}.safetensors").write(lambda tmp, state=state: save_file(state, str(tmp)))
-        del search.inherited[rec_id]
-    weights = {n: (out / "genotypes" / n).size() for n in (out / "genotypes").names() if n.endswith(".safetensors")}
+    weights = write_weights(out / "genotypes", search, have)
     config = search.cfg.to_dict()
     (out / RECORDS).write_text(json.dumps({
         "format": RECORDS_FORMAT,
@@ -129,14 +125,32 @@ def write_outputs(out: Where, search: "GoldSearch", info: dict[str, Any]) -> Non
         **info,
         "config": config,
         "architectures": [rec.fields() | {"genotype": rec.genotype_path} | (
-            {"weights": f"genotypes/{rec.id}.safetensors", "weights_bytes": weights[f"{rec.id}.safetensors"]}
-            if f"{rec.id}.safetensors" in weights else {}) for rec in search.records],
+            {"weights": f"genotypes/{rec.id}.safetensors", "weights_bytes": weights[rec.id]}
+            if rec.id in weights else {}) for rec in search.records],
     }, indent=1))
     (out / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
     if search.latency is not None and not (out / LATENCY).is_file():  # the table its costs came from
         (out / LATENCY).write_text(json.dumps(search.latency.to_dict(), indent=1))
     history = pd.DataFrame(search.history)
     (out / HISTORY).write(lambda tmp: history.to_parquet(tmp, index=False))
+
+
+def write_weights(folder: Location, search: "GoldSearch", have: set[str]) -> dict[str, int]:
+    """<id>.safetensors in ``folder`` (whose files are ``have``) for each record whose inherited
+    weights wait in ``search.inherited`` (safetensors: no code runs on loading); returns record id
+    -> bytes of its weights file. Each size is noted as its file is written (a file written
+    before a resume is asked of the store once), so an epoch asks the store for no sizes."""
+    for rec_id, state in list(search.inherited.items()):
+        if f"{rec_id}.safetensors" not in have:
+            data = save(state)
+            (folder / f"{rec_id}.safetensors").write_bytes(data)
+            search.weights_bytes[rec_id] = len(data)
+        del search.inherited[rec_id]
+    for name in have:
+        rec_id = name.removesuffix(".safetensors")
+        if name.endswith(".safetensors") and rec_id not in search.weights_bytes:
+            search.weights_bytes[rec_id] = (folder / name).size()
+    return search.weights_bytes
 
 
 def records_path(out: Where) -> Location | None:

@@ -156,6 +156,7 @@ def search_loop(search: GoldSearch, data: Dataset, out: Location, info: dict[str
     each epoch, with the serialised state just written on rank 0 (None on the others)."""
     comm = comm if comm is not None else LocalComm()
     cfg, lead = search.cfg, comm.rank == 0
+    search.keeps_weights = lead  # rank 0 writes the inherited weights: no other rank builds them
     steps = steps_per_epoch(data.num_train, cfg.data.batch_size, comm.world_size)
     augment = train_augment(cfg.data, cfg.data.cutout)
     drawn: set[str] = set()
@@ -176,8 +177,6 @@ def search_loop(search: GoldSearch, data: Dataset, out: Location, info: dict[str
             if tracker is not None:
                 tracker.log_epoch(row)
             log(format_epoch(row, cfg.search.max_epochs, search.model.full_flops))
-        else:
-            search.inherited.clear()  # rank 0 writes the inherited weights
         if report is not None:
             report(row, checkpoint)
     if lead:
