@@ -83,7 +83,8 @@ def test_logged_models_link_their_metrics_and_registering_twice_makes_no_new_ver
     assert len(client.search_model_versions("name = 'goldnas-digits'")) == 2
     # a shorter front registered later under the name takes the aliases; front-2 goes
     register_front(client, "goldnas-digits", points[:1])
-    assert client.get_registered_model("goldnas-digits").aliases == {"front-1": 1, "best": 1}
+    assert {a: int(v) for a, v in client.get_registered_model("goldnas-digits").aliases.items()} == \
+        {"front-1": 1, "best": 1}
     version = client.get_model_version("goldnas-digits", "2")
     assert version.tags["arch_id"] == "b" and version.tags["accuracy"] == "0.8" and version.tags["seed"] == "0"
 
@@ -125,3 +126,57 @@ def test_train_and_evaluation_inputs_differ_and_follow_the_data_they_name():
     assert one[TRAINING].digest != one[EVALUATION].digest
     fewer = data_inputs(Config().override(["retrain.subset=0.5"]), {})
     assert fewer[TRAINING].digest != one[TRAINING].digest and fewer[EVALUATION].digest == one[EVALUATION].digest
+
+
+@pytest.mark.ray
+@pytest.mark.mlflow
+def test_the_pipelines_retrain_registers_its_front_and_records_its_data(pipeline, mlflow_server, tmp_path):
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    import goldnas_ray
+    from goldnas_ray.models.pick import representatives
+    from goldnas_ray.retrain.plan import trial_key
+
+    retrain = pipeline[0] / "retrain"
+    manifest = json.loads((retrain / "retrain.json").read_text())
+    client = MlflowClient(mlflow_server)
+    table = representatives(retrain)
+    front = table[table["on_front"]].sort_values(["flops", "arch_id"])
+    versions = {v.tags["arch_id"]: v for v in client.search_model_versions("name = 'ci-pipe'")}
+    assert sorted(versions) == sorted(front["arch_id"]) and len(versions) == len(front)  # one per front point
+    for _, row in front.iterrows():
+        v = versions[row["arch_id"]]
+        assert v.tags["seed"] == str(row["seed"]) and int(v.tags["flops"]) == row["flops"]
+        assert v.run_id == manifest["mlflow_child_run_ids"][trial_key(row["arch_id"], int(row["seed"]))]
+    best = front.sort_values(["accuracy_mean", "flops"], ascending=[False, True]).iloc[0]
+    expected = {f"front-{k}": int(versions[a].version) for k, a in enumerate(front["arch_id"], start=1)}
+    aliases = {a: int(v) for a, v in client.get_registered_model("ci-pipe").aliases.items()}  # str on a server
+    assert aliases == expected | {"best": int(versions[best["arch_id"]].version)}
+
+    # models:/ci-pipe@best is the best architecture's model folder, as the retrain wrote it
+    got = download_model("models:/ci-pipe@best", mlflow_server, tmp_path / "best")
+    key = trial_key(best["arch_id"], int(best["seed"]))
+    for name in FILES:
+        assert (got / name).read_bytes() == (retrain / "models" / key / name).read_bytes()
+    info = json.loads((got / "model.json").read_text())
+    assert (info["arch_id"], info["seed"]) == (best["arch_id"], int(best["seed"]))
+    if hasattr(goldnas_ray, "load_model"):
+        data = info["dataset"]
+        x = torch.rand(4, data["in_channels"], data["input_size"], data["input_size"])
+        with torch.no_grad():
+            assert torch.equal(goldnas_ray.load_model(got)(x), goldnas_ray.load_model(retrain / "models" / key)(x))
+
+    # each child: its logged model with the last epoch linked, its training and evaluation data
+    trials = pd.read_parquet(retrain / "trials.parquet")
+    for key, run_id in manifest["mlflow_child_run_ids"].items():
+        run = client.get_run(run_id)
+        inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+        assert set(inputs) == {TRAINING, EVALUATION}
+        assert inputs[TRAINING].digest != inputs[EVALUATION].digest
+        assert (inputs[TRAINING].name, inputs[EVALUATION].name) == ("digits-train", "digits-test")
+        [output] = run.outputs.model_outputs
+        linked = {m.key: m for m in client.get_logged_model(output.model_id).metrics}
+        last = trials[trials["key"] == key].sort_values("epoch").iloc[-1]
+        assert linked["test_acc"].value == pytest.approx(last["test_acc"]) and linked["test_acc"].step == last["epoch"]
+        assert linked["test_acc"].dataset_digest == inputs[EVALUATION].digest

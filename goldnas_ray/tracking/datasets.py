@@ -7,7 +7,7 @@ scored on other images than it learned from.
 
 The digest names the data's source, not its bytes: a hash of the config that selects the
 images (dataset, ``data.root`` as a URI, labels, image size and columns; for the training
-split ``data.subset`` and ``retrain.subset`` too) and the split. Hashing the images would mean
+split ``retrain.subset``, the share of it a trial trains on) and the split. Hashing the images would mean
 reading a whole dataset (an ImageNet folder, a bucket of Parquet files) again at the end of a
 retrain; the config is what the retrain itself read them by. Two retrains with equal digests
 read the same files (unless the files under ``data.root`` were changed in between).
@@ -64,7 +64,7 @@ def data_inputs(config: Config, sizes: dict[str, int | None]) -> dict[str, DataI
     for context, split in SPLITS.items():
         source = base | {"split": split}
         if context == TRAINING:
-            source |= {"subset": d.subset, "retrain_subset": config.retrain.subset}
+            source |= {"subset": config.retrain.subset}  # a trial's share (retrain.plan.Manifest.data)
         digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
         found[context] = DataInput(context, f"{d.dataset}-{split}", digest, split, sizes.get(context), source)
     return found

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from goldnas_ray.models.pick import MODELS
+from goldnas_ray.models.pick import MODELS, PickError
 from goldnas_ray.retrain.plan import Manifest, trial_key
 from goldnas_ray.files.search_files import LEGACY_RECORDS, RECORDS, OutputDirError
 from goldnas_ray.files.store import Location, location
@@ -285,10 +285,15 @@ class RetrainTracker:
         inputs = data_inputs(manifest.config, split_sizes(info, manifest.num_train, num_test))
         model_ids = self.log_models(networks, folders, inputs)
         self.log_inputs([manifest.mlflow_run_id, *runs.values()], inputs)
-        if not self.client.buffering:
+        if self.client.buffering:
+            return
+        try:
             points = front_points(out, runs, model_ids)
-            if points:
-                self.register(registered_name(manifest.config), points, log)
+        except PickError as exc:  # a report without its tables: nothing to register
+            log(f"the front is not registered in MLflow: {exc}")
+            return
+        if points:
+            self.register(registered_name(manifest.config), points, log)
 
     def log_inputs(self, run_ids: list[str], inputs: "dict[str, DataInput]") -> None:
         """The training and evaluation datasets as inputs of each run (none while the server
