@@ -8,12 +8,13 @@ Layers, each importing only those before it:
     data           datasets (read through ``files``' storage layer) and each epoch's batches
     retrain        the retraining recipe, random baselines, retrain plans, the front report
     sweep          a sweep's plan, report and retrain (grid points x seeds)
+    models         trained networks kept as files (``load_model``), picked and exported
     run            the search loop shared by both backends, console output, plots
     tracking       MLflow
     orchestration  Ray Train (search) and Ray Tune (retrain, sweep)
     cli            what the pipelines/ scripts share
 
-The first six import neither Ray nor MLflow (tests/test_layers.py checks it). The names below
+The first seven import neither Ray nor MLflow (tests/test_layers.py checks it). The names below
 are imported when first used, so ``import goldnas_ray`` itself costs nothing.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ _EXPORTS = {
     "DiscreteNet": "core.discrete", "build_network": "core.discrete",
     "Genotype": "core.genotype", "GenotypeError": "core.genotype", "load_genotype": "core.genotype",
     "GoldSearch": "core.search", "SuperNet": "core.supernet", "plot_genotype": "run.drawing",
+    "load_model": "models.saved",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

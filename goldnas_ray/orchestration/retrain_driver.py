@@ -37,6 +37,8 @@ from goldnas_ray.core.config import ConfigError
 from goldnas_ray.files.store import INFRASTRUCTURE, Location, location
 from goldnas_ray.files.search_files import RECORDS, OutputDirError, read_records, records_path
 from goldnas_ray.data.batches import check_batches
+from goldnas_ray.data.from_config import load_data
+from goldnas_ray.models.saved import MODELS, dataset_info, save_model
 from goldnas_ray.orchestration.cluster import connect, interruptible
 from goldnas_ray.orchestration.placement import (PLACEMENT_TIMEOUT, ask_of, at_once_line, place_first,
                                                  trial_resources)
@@ -46,7 +48,7 @@ from goldnas_ray.retrain import report, stats
 from goldnas_ray.retrain.recipe import Retrainer
 from goldnas_ray.run.ending import RunStopped, ends_tracked_run
 from goldnas_ray.retrain.candidates import save_genotypes
-from goldnas_ray.retrain.plan import Manifest, Resources, RetrainError, TrialSpec, plan_retrain
+from goldnas_ray.retrain.plan import Manifest, Resources, RetrainError, TrialSpec, plan_retrain, trial_key
 from goldnas_ray.sweep.plan import Sweep, is_sweep
 from goldnas_ray.sweep.retrain import describe_points, load_sweep, point_hypervolumes
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
@@ -121,18 +123,11 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
         results = interruptible(tuner.fit)
     with _ending(tracker, manifest, out, log, "report"):
         trials, failed, finished = _collect(results, specs, epochs, out)
+        _save_models(out, manifest, finished, log)
         table, comparison = _write_report(out, trials, manifest, log)
         log(f"retrain {'finished' if not failed else 'stopped'} after {time.perf_counter() - started:.0f}s "
             f"here; report in {out / 'frontier.csv'}")
-        if not table.empty:
-            log(report.format_table(table))
-        described = []
-        if comparison and "hypervolume" in comparison:
-            described += stats.describe(comparison) + (stats.describe(comparison["latency"])
-                                                       if "latency" in comparison else [])
-        if comparison and "sweep" in comparison:
-            described += describe_points(comparison["sweep"])
-        for line in described:
+        for line in ([report.format_table(table)] if not table.empty else []) + _described(comparison):
             log(line)
         if tracker is not None:
             _track_report(tracker, out, manifest, trials, table, comparison, finished, failed, log)
@@ -301,6 +296,38 @@ def _collect(results, specs: dict[str, TrialSpec], epochs: int, out: Location
         rows += [{"key": key, "arch_id": spec.arch_id, "seed": spec.seed, "finished": finished} | h
                  for h in state["history"]]
     return pd.DataFrame(rows), failed, finished_states
+
+
+def _save_models(out: Location, manifest: Manifest, finished: dict[str, dict[str, Any]],
+                 log: Callable[[str], None]) -> None:
+    """<out>/models/<key>/ for every finished trial (``models.saved``): its trained network as
+    safetensors, its genotype, and model.json (data and normalisation, accuracy, costs, origin)."""
+    if not finished:
+        return
+    data_cfg = manifest.data()
+    dataset = dataset_info(data_cfg, manifest.stream or load_data(data_cfg))
+    trained = {trial_key(c.arch_id, s): (c, s) for c in manifest.candidates for s in manifest.seeds}
+    for key, state in finished.items():
+        trainer, (c, seed) = Retrainer.from_state_dict(state, "cpu"), trained[key]
+        save_model(out / MODELS / key, trainer.model, trainer.geno, {
+            "arch_id": c.arch_id, "seed": seed, "kind": c.kind, "init": "inherited" if c.weights else "scratch",
+            "dataset": dataset, "metrics": {"test_acc": trainer.history[-1]["test_acc"], "epochs": trainer.epoch},
+            "flops": trainer.flops, "params": trainer.params, "search": manifest.search_dir,
+            "search_run_id": manifest.search_run_id, "retrain": out.uri,
+            "mlflow_run_id": manifest.mlflow_child_run_ids.get(key)})
+    log(f"model folders: {out / MODELS}/<arch>-s<seed> ({len(finished)} trained networks; "
+        f"goldnas_ray.load_model(folder) reads one, docs/genotypes.md)")
+
+
+def _described(comparison: dict[str, Any] | None) -> list[str]:
+    """The report's lines on the searched-vs-random comparison and a sweep's grid points."""
+    described = []
+    if comparison and "hypervolume" in comparison:
+        described += stats.describe(comparison) + (stats.describe(comparison["latency"])
+                                                   if "latency" in comparison else [])
+    if comparison and "sweep" in comparison:
+        described += describe_points(comparison["sweep"])
+    return described
 
 
 def _track_report(tracker: RetrainTracker, out: Location, manifest: Manifest, trials: pd.DataFrame,
