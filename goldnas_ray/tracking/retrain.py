@@ -199,7 +199,6 @@ class RetrainTracker:
         self.client.log_batch(parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in summary.items()],
                               tags=[RunTag(k, v) for k, v in (tags or {}).items()])
 
-
     def log_models(self, models: dict[str, Any], folders: "dict[str, Location] | None" = None,
                    inputs: "dict[str, DataInput] | None" = None) -> dict[str, str]:
         """Each retrained network (child run id -> (eval-mode nn.Module, image shape)) as an
@@ -238,8 +237,8 @@ class RetrainTracker:
         except Exception as exc:
             if self.client.buffer is None or not is_outage(exc, self.uri):
                 raise
-            self.client.log(f"MLflow at {self.uri} unreachable ({type(exc).__name__}): logged models, dataset "
-                            f"inputs and the registry wait for a report that reaches it")
+            self.client.log(f"MLflow at {self.uri} unreachable ({type(exc).__name__}): no logged models, dataset "
+                            f"inputs or registered versions this time; the networks go to the runs' artifacts")
             return None
 
     def _logged_model(self, run_id: str, net: Any, shape: tuple[int, int, int], folder: "Location | None",
