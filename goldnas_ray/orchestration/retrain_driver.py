@@ -334,7 +334,9 @@ def _track_report(tracker: RetrainTracker, out: Location, manifest: Manifest, tr
                   table: pd.DataFrame, comparison: dict[str, Any] | None, finished: dict[str, dict[str, Any]],
                   failed: list[str], log: Callable[[str], None]) -> None:
     """Every epoch the checkpoints hold in its child run, the finished trials' networks as
-    MLflow models, the report on the parent run, and the parent's end."""
+    MLflow logged models with their model folders, the runs' dataset inputs, the front in the
+    model registry (``RetrainTracker.log_front``), the report on the parent run, and the
+    parent's end."""
     if not trials.empty:
         for key, rows in trials.groupby("key", sort=False):
             if key in manifest.mlflow_child_run_ids:
@@ -346,7 +348,7 @@ def _track_report(tracker: RetrainTracker, out: Location, manifest: Manifest, tr
             g = trainer.geno
             net = trainer.model.eval().to(memory_format=torch.contiguous_format)  # exported as NCHW
             networks[manifest.mlflow_child_run_ids[key]] = (net, (g.in_channels, g.input_size, g.input_size))
-    tracker.log_models(networks)
+    tracker.log_front(out, manifest, networks, log)
     summary, verdicts = stats.summary(comparison or {})
     tracker.log_report(manifest.mlflow_run_id, out, report.front_summary(table) | summary, table, verdicts)
     tracker.end_run(manifest.mlflow_run_id, "FAILED" if failed else "FINISHED")

@@ -32,8 +32,8 @@ SPLIT_METRICS = {"test_acc": EVALUATION, "train_loss": TRAINING, "train_acc": TR
 
 @dataclass(frozen=True)
 class DataInput:
-    """One split as MLflow records it: ``name`` (``digits-train``), ``digest``, ``split``,
-    ``size`` (images; None when unknown), ``source`` (the config that selects the images)."""
+    """One split as MLflow records it: ``name`` (``digits-train``), ``digest``, ``split`` (in
+    words), ``size`` (images; None when unknown), ``source`` (the config that selects the images)."""
 
     context: str
     name: str
@@ -52,9 +52,12 @@ class DataInput:
         return DatasetInput(dataset, tags=[InputTag(CONTEXT, self.context), InputTag("split", self.split)])
 
 
-def data_inputs(config: Config, sizes: dict[str, int | None]) -> dict[str, DataInput]:
+def data_inputs(config: Config, sizes: dict[str, int | None], splits: dict[str, str] | None = None
+                ) -> dict[str, DataInput]:
     """context -> :class:`DataInput` of the data ``config`` selects; ``sizes``: context ->
-    images of that split (from the retrain's model folders or its manifest)."""
+    images of that split (from the retrain's model folders or its manifest); ``splits``:
+    context -> the split in words (model.json's ``train_split`` / ``eval_split``: "train: 80%
+    stratified, seed 0"), else ``train`` / ``test``."""
     d = config.data
     base = {"dataset": d.dataset, "labels": d.labels, "image_size": d.image_size,
             "image_column": d.image_column, "label_column": d.label_column}
@@ -66,7 +69,8 @@ def data_inputs(config: Config, sizes: dict[str, int | None]) -> dict[str, DataI
         if context == TRAINING:
             source |= {"subset": config.retrain.subset}  # a trial's share (retrain.plan.Manifest.data)
         digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
-        found[context] = DataInput(context, f"{d.dataset}-{split}", digest, split, sizes.get(context), source)
+        found[context] = DataInput(context, f"{d.dataset}-{split}", digest, (splits or {}).get(context, split),
+                                   sizes.get(context), source)
     return found
 
 
@@ -76,3 +80,9 @@ def split_sizes(info: dict[str, Any] | None, num_train: int, num_test: int | Non
     data = (info or {}).get("dataset") or {}
     return {TRAINING: data.get("train_size", num_train or None),
             EVALUATION: data.get("eval_size", num_test or None)}
+
+
+def split_names(info: dict[str, Any] | None) -> dict[str, str]:
+    """context -> the split in words, from a model folder's model.json (none without one)."""
+    data = (info or {}).get("dataset") or {}
+    return {c: data[k] for c, k in ((TRAINING, "train_split"), (EVALUATION, "eval_split")) if data.get(k)}

@@ -23,7 +23,7 @@ from goldnas_ray.files.store import Location, location
 from goldnas_ray.run.ending import ends_tracked_run
 from goldnas_ray.tracking.buffer import BufferedClient, is_outage
 from goldnas_ray.tracking.common import ENDED, check_uri, experiment_id, log_files, log_params
-from goldnas_ray.tracking.datasets import SPLIT_METRICS, DataInput, data_inputs, split_sizes
+from goldnas_ray.tracking.datasets import SPLIT_METRICS, DataInput, data_inputs, split_names, split_sizes
 from goldnas_ray.tracking.registry import (FOLDER, MODEL_FILES, FrontPoint, front_points, log_registered,
                                            register_front, registered_name)
 
@@ -281,7 +281,7 @@ class RetrainTracker:
                    if run in keys and (out / MODELS / keys[run] / "model.json").is_file()}
         info = json.loads((next(iter(folders.values())) / "model.json").read_text()) if folders else None
         num_test = manifest.stream.num_test if manifest.stream is not None else None
-        inputs = data_inputs(manifest.config, split_sizes(info, manifest.num_train, num_test))
+        inputs = data_inputs(manifest.config, split_sizes(info, manifest.num_train, num_test), split_names(info))
         model_ids = self.log_models(networks, folders, inputs)
         self.log_inputs([manifest.mlflow_run_id, *runs.values()], inputs)
         if self.client.buffering:
