@@ -65,3 +65,76 @@ def test_not_json_and_missing_file(tmp_path):
         load_genotype(tmp_path / "nope.json")
     with pytest.raises(GenotypeError, match="JSON object"):
         load_genotype(_write(tmp_path, "[1, 2]"))
+
+
+# ---- the format: schema, version, widening (docs/genotypes.md) ------------------------------
+def _schema():
+    import subprocess
+    import sys
+
+    import jsonschema
+
+    done = subprocess.run([sys.executable, "-m", "goldnas_ray.core.genotype", "--schema"], capture_output=True,
+                          text=True, check=True)
+    schema = json.loads(done.stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_the_schema_validates_every_genotype_a_search_writes(small_search):
+    files = sorted((small_search.out / "genotypes").glob("*.json"))
+    assert len(files) >= 3
+    validator = _schema()
+    for path in files:
+        raw = json.loads(path.read_text())
+        assert list(validator.iter_errors(raw)) == [], path.name
+        assert raw["version"] == 1 and load_genotype(path).to_dict() == raw
+
+
+@pytest.mark.parametrize("mutate", [
+    pytest.param(lambda d: d.pop("format"), id="no-format"),
+    pytest.param(lambda d: d.update(format="darts"), id="other-format"),
+    pytest.param(lambda d: d.update(version=2), id="newer-version"),
+    pytest.param(lambda d: d.update(version="1"), id="version-as-text"),
+    pytest.param(lambda d: d.update(num_cells="3"), id="count-as-text"),
+    pytest.param(lambda d: d.update(num_classes=1), id="one-class"),
+    pytest.param(lambda d: d.update(stem="resnet"), id="unknown-stem"),
+    pytest.param(lambda d: d.update(extra=1), id="unknown-field"),
+    pytest.param(lambda d: d["cells"][0].update(reduction="no"), id="reduction-not-boolean"),
+    pytest.param(lambda d: d["cells"][1]["edges"][0].update(ops=["conv_9x9"]), id="unknown-operator"),
+    pytest.param(lambda d: d["cells"][1]["edges"][0].update(ops=[]), id="no-operator"),
+    pytest.param(lambda d: d["cells"][1]["edges"][0].update(ops=["skip_connect", "skip_connect"]), id="operator-twice"),
+    pytest.param(lambda d: d["cells"][1]["edges"][0].pop("dst"), id="edge-without-dst"),
+    pytest.param(lambda d: d.update(metadata={"flops": -1}), id="negative-flops"),
+])
+def test_the_schema_and_the_reader_reject_malformed_genotypes(tmp_path, geno, mutate):
+    raw = geno.to_dict()
+    mutate(raw)
+    assert list(_schema().iter_errors(raw)), "the schema accepted it"
+    with pytest.raises(GenotypeError):
+        load_genotype(_write(tmp_path, raw))
+
+
+def test_a_file_without_version_is_version_1_and_a_newer_one_is_refused_by_number(tmp_path, geno):
+    raw = geno.to_dict()
+    assert raw["version"] == goldnas_ray.core.genotype.VERSION == 1
+    del raw["version"]  # written before the field existed
+    assert load_genotype(_write(tmp_path, raw)).to_dict() == geno.to_dict()
+    with pytest.raises(GenotypeError, match="unsupported version 2: newer than this release reads"):
+        load_genotype(_write(tmp_path, raw | {"version": 2}))
+    with pytest.raises(GenotypeError, match="'version' must be a positive integer"):
+        load_genotype(_write(tmp_path, raw | {"version": 0}))
+
+
+def test_a_widened_network_has_the_same_cells_and_more_params_and_flops(geno):
+    base, wide = build_network(geno), build_network(geno, channels=2 * geno.init_channels)
+    assert wide.genotype.init_channels == 8 and wide.genotype.metadata["widened_from"] == 4
+    assert "flops" not in wide.genotype.metadata and "params" not in wide.genotype.metadata
+    assert set(wide.genotype.op_keys()) == set(geno.op_keys())
+    assert [c.reduction for c in wide.genotype.cells] == [c.reduction for c in geno.cells]
+    assert wide.flops() == total_flops(wide, (1, 8, 8)) > 3 * base.flops() > 0
+    assert wide.params() > 2 * base.params()
+    assert wide(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    assert build_network(geno, channels=2).flops() < base.flops()
+    with pytest.raises(ValueError, match="channels must be a positive integer"):
+        build_network(geno, channels=0)

@@ -1,11 +1,15 @@
 """The discrete network of one architecture, built from its genotype for retraining, from
 scratch or from the weights the search's supernet had when it recorded the architecture
-(``SuperNet.inherited_state``)."""
+(``SuperNet.inherited_state``), at the width it was searched at or another
+(``build_network(geno, channels=...)``: the same cells, more or fewer channels)."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from torch import nn
 
+from goldnas_ray.core.counting import count_params, total_flops
 from goldnas_ray.core.genotype import Genotype
 from goldnas_ray.core.network import Network
 from goldnas_ray.core.operations import OPS
@@ -64,6 +68,15 @@ class DiscreteNet(Network):
                 module.scale = torch.ones(len(module.ops), device=device)
         return super().load_state_dict(state, strict, assign)
 
+    def flops(self) -> int:
+        """FLOPs of one image through the network (``costs.total_flops``: a multiply-add is 2)."""
+        g = self.genotype
+        return total_flops(self, (g.in_channels, g.input_size, g.input_size))
+
+    def params(self) -> int:
+        """Trainable parameters, the auxiliary head excluded (``costs.count_params``)."""
+        return count_params(self)
+
     def set_drop_path(self, prob: float, generator: torch.Generator | None = None) -> None:
         """Drop-path probability of every edge, its masks drawn from ``generator`` (on the
         network's device; None: the global RNG)."""
@@ -85,6 +98,21 @@ def load_inherited(net: DiscreteNet, state: dict[str, torch.Tensor]) -> None:
                          f"unexpected {found.unexpected_keys[:3]}")
 
 
-def build_network(geno: Genotype, auxiliary: bool = False) -> DiscreteNet:
-    """The trainable network of ``geno`` (its FLOPs are the FLOPs recorded for it)."""
+def build_network(geno: Genotype, auxiliary: bool = False, channels: int | None = None) -> DiscreteNet:
+    """The trainable network of ``geno`` (its FLOPs are the FLOPs recorded for it). ``channels``:
+    the same cells at another width, ``channels`` in place of the genotype's ``init_channels``
+    (each cell's channels scale with it; reduction cells still double them); the network's
+    ``genotype`` is then the widened one and ``net.flops()`` / ``net.params()`` say its cost
+    (FLOPs grow about with the square of the width)."""
+    if channels is not None:
+        geno = widened(geno, channels)
     return DiscreteNet(geno, auxiliary=auxiliary)
+
+
+def widened(geno: Genotype, channels: int) -> Genotype:
+    """``geno`` with ``channels`` initial channels; its recorded FLOPs and parameters, which no
+    longer hold, are dropped from its metadata."""
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be a positive integer, got {channels!r}")
+    metadata = {k: v for k, v in geno.metadata.items() if k not in ("flops", "params")}
+    return replace(geno, init_channels=channels, metadata=metadata | {"widened_from": geno.init_channels})

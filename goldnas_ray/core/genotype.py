@@ -4,12 +4,21 @@ A genotype holds everything needed to rebuild the network (operators per edge of
 cell, reduction flags, channels, nodes, input size, classes). Files are versioned and
 checked on load; every problem is reported with its location (``cells[3].edges[2].ops``).
 Never pickle: genotypes are exchanged between runs, people and tools.
+
+The format (docs/genotypes.md) has a JSON Schema, printed by
+``python -m goldnas_ray.core.genotype --schema`` (:func:`json_schema`): it says the type and
+range of every field, which another tool can check files against; :func:`load_genotype` checks
+those and what a schema cannot say (an edge exists in a cell of ``num_nodes`` nodes, every node
+has an input, ``num_cells`` cells, reduction cells where the space puts them). ``version``: a
+file without one was written before the field (version 1); a newer version than
+:data:`VERSION` is refused, naming both.
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,7 +27,9 @@ from goldnas_ray.core.operations import PRIMITIVES
 from goldnas_ray.core.space import STEM_STRIDE, Edge, OpKey, cell_edges, check_spatial, reduction_cells
 
 FORMAT = "goldnas-ray/genotype"
-VERSION = 1
+VERSION = 1  # the format's version: raise it when a reader of the previous one would misread a file
+FIELDS = ("format", "version", "num_cells", "num_nodes", "init_channels", "stem_multiplier", "input_size",
+          "in_channels", "num_classes", "stem", "cells", "metadata")
 
 
 class GenotypeError(ValueError):
@@ -192,8 +203,15 @@ def _parse(raw: Any) -> Genotype:
         raise GenotypeError(f"a genotype must be a JSON object, got {type(raw).__name__}")
     if raw.get("format") != FORMAT:
         raise GenotypeError(f"field 'format' must be {FORMAT!r}, got {raw.get('format')!r}")
-    if raw.get("version") != VERSION:
-        raise GenotypeError(f"unsupported version {raw.get('version')!r}; this release reads {VERSION}")
+    version = raw.get("version", 1)  # files written before the field have none: version 1
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise GenotypeError(f"field 'version' must be a positive integer, got {version!r}")
+    if version > VERSION:
+        raise GenotypeError(f"unsupported version {version}: newer than this release reads (versions 1 to "
+                            f"{VERSION}); upgrade goldnas-ray")
+    unknown = sorted(set(raw) - set(FIELDS))
+    if unknown:
+        raise GenotypeError(f"unknown field(s) {', '.join(map(repr, unknown))}; a genotype has {', '.join(FIELDS)}")
     num_nodes = _int(raw, "num_nodes")
     num_cells = _int(raw, "num_cells")
     sizes = {name: _int(raw, name) for name in
@@ -230,3 +248,48 @@ def check_reductions(geno: Genotype) -> None:
             raise ValueError(f"cells[{k}].reduction is {cell.reduction}; with {geno.num_cells} cells "
                              f"the reduction cells are {sorted(expected)}")
     check_spatial(geno.input_size, geno.num_cells, geno.stem)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a genotype file: every field's type and range."""
+    count = {"type": "integer", "minimum": 1}
+    edge = {"type": "object", "required": ["src", "dst", "ops"], "additionalProperties": False, "properties": {
+        "src": {"type": "integer", "minimum": 0, "description": "0 and 1: the cell's inputs; 2..: its nodes"},
+        "dst": {"type": "integer", "minimum": 2, "description": "an intermediate node, > src"},
+        "ops": {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": list(PRIMITIVES)},
+                "description": "the operators the edge keeps; their outputs are summed"}}}
+    cell = {"type": "object", "required": ["reduction", "edges"], "additionalProperties": False, "properties": {
+        "reduction": {"type": "boolean", "description": "stride 2 and twice the channels (cells L/3 and 2L/3)"},
+        "edges": {"type": "array", "items": {"$ref": "#/$defs/edge"},
+                  "description": "the edges that keep an operator; every node needs one"}}}
+    positive = {"type": "number", "exclusiveMinimum": 0}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema", "title": "goldnas-ray genotype",
+        "description": f"One architecture of the GOLD-NAS space (format version {VERSION}); docs/genotypes.md",
+        "type": "object", "additionalProperties": False,
+        "required": ["format", "num_cells", "num_nodes", "init_channels", "stem_multiplier", "input_size",
+                     "in_channels", "num_classes", "cells"],
+        "properties": {
+            "format": {"const": FORMAT},
+            "version": {"type": "integer", "minimum": 1, "maximum": VERSION, "description": "absent: 1"},
+            "num_cells": count, "num_nodes": count, "init_channels": count, "stem_multiplier": count,
+            "input_size": count, "in_channels": count, "num_classes": {"type": "integer", "minimum": 2},
+            "stem": {"enum": list(STEM_STRIDE), "description": "absent: cifar"},
+            "cells": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/cell"}},
+            "metadata": {"type": "object", "properties": {"flops": positive, "params": positive},
+                         "description": "free-form; flops and params, when present, are positive"}},
+        "$defs": {"cell": cell, "edge": edge},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv != ["--schema"]:
+        print("usage: python -m goldnas_ray.core.genotype --schema", file=sys.stderr)
+        return 2
+    print(json.dumps(json_schema(), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
