@@ -385,7 +385,35 @@ def _profile(space: "SpaceConfig", input_shape: tuple[int, int, int], num_classe
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, c, h, h, generator=gen).to(device, DTYPES[dtype]).contiguous(memory_format=fmt)
 
-    # every part's input (and an operator's input size and stride), caught in one forward pass
+    calls, shapes, cells = _part_calls(net, x, space.num_nodes, fmt)
+    log(f"  timing {len(calls)} parts in {repeats} interleaved rounds")
+    timed = dict(zip(calls, time_interleaved(list(calls.values()), device, warmup, repeats, statistic=statistic)))
+    spread = {name: s for name, (_, s) in timed.items() if name != "network"}
+    parts_ms = {name: m for name, (m, _) in timed.items() if not name.startswith(("cell/", "network"))}
+    cells_ms = {k: {"concat": timed[f"cell/{k}/concat"][0], "add": timed[f"cell/{k}/add"][0]} for k in cells}
+    table = LatencyTable(table_key(space, input_shape, num_classes, batch),
+                         device_description(device, dtype, channels_last), parts_ms, spread, cells_ms)
+    residuals: list[float] = []
+    if calibration:
+        log(f"  timing {len(calibration)} calibration architectures end to end")
+        genos = [full, *calibration]
+        measured = [m for m, _ in measure_networks(genos, batch, device, dtype, channels_last, warmup, repeats,
+                                                   statistic=statistic)]
+        table.correction = fit_correction(table, genos, measured)
+        residuals = [100 * (table.latency_ms(g) - m) / m for g, m in zip(genos, measured)]
+    end_to_end, end_spread = timed["network"]
+    table.measured = {"warmup": warmup, "repeats": repeats, "statistic": statistic, "calibration": len(calibration),
+                      "full_network_ms": end_to_end, "full_network_spread_ms": end_spread,
+                      "full_network_predicted_ms": table.latency_ms(full)}
+    return table, shapes, residuals
+
+
+def _part_calls(net: Any, x: torch.Tensor, num_nodes: int, fmt: torch.memory_format
+                ) -> tuple[dict[str, Callable[[], Any]], dict[str, tuple[int, int]], list[int]]:
+    """What a profile times, each a call without arguments: every part of ``net`` on the input it
+    gets when ``net`` runs on ``x`` (caught in one forward pass), each live cell's concatenation
+    and addition of its nodes' outputs, the head, and the whole network ("network"). Also each
+    operator part's (input elements, stride), and the live cells."""
     inputs: dict[str, tuple] = {}
     shapes: dict[str, tuple[int, int]] = {}
     parts = {part_name(label): module for label, module in net.parts()}
@@ -409,30 +437,11 @@ def _profile(space: "SpaceConfig", input_shape: tuple[int, int, int], num_classe
              for name in parts if name != "classifier"}
     calls["head"] = lambda: net.forward_head(features)
     for k, out in nodes.items():
-        chunks = [t.contiguous(memory_format=fmt) for t in out.chunk(space.num_nodes, dim=1)]
+        chunks = [t.contiguous(memory_format=fmt) for t in out.chunk(num_nodes, dim=1)]
         calls[f"cell/{k}/concat"] = lambda chunks=chunks: torch.cat(chunks, dim=1)
         calls[f"cell/{k}/add"] = lambda chunks=chunks: chunks[0] + chunks[1]
     calls["network"] = lambda: net(x)
-    log(f"  timing {len(calls)} parts in {repeats} interleaved rounds")
-    timed = dict(zip(calls, time_interleaved(list(calls.values()), device, warmup, repeats, statistic=statistic)))
-    spread = {name: s for name, (_, s) in timed.items() if name != "network"}
-    parts_ms = {name: m for name, (m, _) in timed.items() if not name.startswith(("cell/", "network"))}
-    cells_ms = {k: {"concat": timed[f"cell/{k}/concat"][0], "add": timed[f"cell/{k}/add"][0]} for k in nodes}
-    table = LatencyTable(table_key(space, input_shape, num_classes, batch),
-                         device_description(device, dtype, channels_last), parts_ms, spread, cells_ms)
-    residuals: list[float] = []
-    if calibration:
-        log(f"  timing {len(calibration)} calibration architectures end to end")
-        genos = [full, *calibration]
-        measured = [m for m, _ in measure_networks(genos, batch, device, dtype, channels_last, warmup, repeats,
-                                                   statistic=statistic)]
-        table.correction = fit_correction(table, genos, measured)
-        residuals = [100 * (table.latency_ms(g) - m) / m for g, m in zip(genos, measured)]
-    end_to_end, end_spread = timed["network"]
-    table.measured = {"warmup": warmup, "repeats": repeats, "statistic": statistic, "calibration": len(calibration),
-                      "full_network_ms": end_to_end, "full_network_spread_ms": end_spread,
-                      "full_network_predicted_ms": table.latency_ms(full)}
-    return table, shapes, residuals
+    return calls, shapes, list(nodes)
 
 
 def fit_correction(table: LatencyTable, genos: Sequence[Genotype], measured_ms: Sequence[float]) -> dict[str, float]:

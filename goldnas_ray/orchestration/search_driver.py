@@ -23,12 +23,12 @@ from goldnas_ray.orchestration.errors import user_error
 from goldnas_ray.core.search import check_stop, latency_table
 from goldnas_ray.core.space import check_spatial
 from goldnas_ray.data.batches import check_batches
-from goldnas_ray.data.stream import stream_info
+from goldnas_ray.data.stream import StreamInfo, stream_info
 from goldnas_ray.orchestration.placement import PLACEMENT_TIMEOUT, Ask, check, cluster_shape, torch_trainer, \
     wait_until_placed
 from goldnas_ray.orchestration.streaming import train_dataset
 from goldnas_ray.retrain.plan import Resources
-from goldnas_ray.run.ending import RunStopped, ends_tracked_run
+from goldnas_ray.run.ending import Finish, RunStopped, ends_tracked_run
 from goldnas_ray.run.loop import load_data, read_latency, search_start
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
 from goldnas_ray.tracking.search import search_tracker
@@ -60,25 +60,12 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
         log(f"search in {out} already finished after epoch {start.epochs}; nothing to do")
         return read_records(out)
     cfg, run_id = start.config, start.run_id or mlflow_run_id
-    stream = stream_info(cfg.data)  # bad data fails here, before Ray starts
-    data = stream if stream is not None else load_data(cfg)
-    table = None  # a resumed search's table is in its checkpoint: the file is not read again
-    if not start.resume:
-        table = latency_table(cfg, data.input_shape, data.num_classes,  # read here, sent to the workers
-                              latency if latency is not None else read_latency(cfg))
-    check_search(cfg, data, workers, table, new=not start.resume)
-    dataset = data.name
+    stream, data, table = _checked_input(cfg, workers, start.resume, latency)
     uri = resolve_uri(out, mlflow_uri) if tracking else None
     if uri:
         check_uri(uri)
-    address = address or os.environ.get("RAY_ADDRESS")
-    resources = connect(address, log, runtime_env=runtime_env)
-    if cpus_per_worker is None:
-        cpus_per_worker = _worker_cpus(resources, Ask(workers, 0, 0, streaming=stream is not None), not address)
-    ask = Ask(workers, cpus_per_worker, gpus_per_worker, streaming=stream is not None)
-    if placement_timeout is not None:
-        check(cluster_shape(embedded=not address), ask)
-        wait_until_placed(ask, "the search's workers", placement_timeout, log)
+    cpus_per_worker = _place_workers(workers, cpus_per_worker, gpus_per_worker, stream is not None, address,
+                                     runtime_env, placement_timeout, log)
     out.mkdir()
     job = {"config": cfg.to_dict(), "out": out.uri, "resume": start.resume,
            "threads_per_worker": max(1, int(cpus_per_worker)), "mlflow_uri": uri,
@@ -88,16 +75,61 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     datasets = {"train": train_dataset(cfg.data, stream)} if stream is not None else None
     if stream is not None:
         log(f"data: streaming {stream.num_train} training images of {stream.name} through Ray Data")
+    run = None
     if uri:
         # the driver opens the run, so that a search stopped or failed before its first
         # checkpoint still ends it (KILLED / FAILED); rank 0 logs into it and ends it FINISHED
-        run = search_tracker(uri, experiment, out, workers)(cfg, dataset, run_id)
+        run = search_tracker(uri, experiment, out, workers)(cfg, data.name, run_id)
         job["mlflow_run_id"] = run.run_id
     trainer = _trainer(job, out, workers, cpus_per_worker, gpus_per_worker, max_failures, verbose, datasets,
                        callbacks)
     log(f"search: {workers} worker(s) x {cpus_per_worker:g} CPU, {gpus_per_worker:g} GPU; output in {out}")
     started = time.perf_counter()
-    finish = run.finish if uri else None
+    _fit(trainer, run.finish if run is not None else None, cfg, out, log)
+    records = read_records(out)
+    log(f"search finished after {records['epochs']} epochs ({time.perf_counter() - started:.0f}s on Ray); "
+        f"{len(records['architectures'])} architectures recorded in {out / RECORDS}")
+    if uri:
+        log(f"MLflow run {records.get('mlflow_run_id')}: open with {how_to_open(uri)}")
+    return records
+
+
+def _checked_input(cfg: Config, workers: int, resume: bool, latency: LatencyTable | None
+                   ) -> tuple[StreamInfo | None, Any, LatencyTable | None]:
+    """(the stream's info or None, the data or that info, a new cost=latency search's table),
+    checked (:func:`check_search`): bad data or a bad config fails here, before Ray starts. A
+    resumed search's table is in its checkpoint: the file is not read again."""
+    stream = stream_info(cfg.data)
+    data = stream if stream is not None else load_data(cfg)
+    table = None
+    if not resume:
+        table = latency_table(cfg, data.input_shape, data.num_classes,  # read here, sent to the workers
+                              latency if latency is not None else read_latency(cfg))
+    check_search(cfg, data, workers, table, new=not resume)
+    return stream, data, table
+
+
+def _place_workers(workers: int, cpus_per_worker: float | None, gpus_per_worker: float, streaming: bool,
+                   address: str | None, runtime_env: dict[str, Any] | None, placement_timeout: float | None,
+                   log: Callable[[str], None]) -> float:
+    """Connect to Ray (``address``, else RAY_ADDRESS, else an embedded one) and, unless
+    ``placement_timeout`` is None, check that the cluster can ever place the workers and wait
+    until it does; returns the CPUs per worker (:func:`_worker_cpus` when not given)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    resources = connect(address, log, runtime_env=runtime_env)
+    if cpus_per_worker is None:
+        cpus_per_worker = _worker_cpus(resources, Ask(workers, 0, 0, streaming=streaming), not address)
+    ask = Ask(workers, cpus_per_worker, gpus_per_worker, streaming=streaming)
+    if placement_timeout is not None:
+        check(cluster_shape(embedded=not address), ask)
+        wait_until_placed(ask, "the search's workers", placement_timeout, log)
+    return cpus_per_worker
+
+
+def _fit(trainer: Any, finish: Finish | None, cfg: Config, out: Location,
+         log: Callable[[str], None]) -> None:
+    """Run Ray Train's ``trainer`` to its end, ending the tracked run (``finish``) as the search
+    ends: a failure a user caused is raised as its one line, a stop as RunStopped."""
     import ray.train
 
     try:
@@ -111,12 +143,6 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     except (KeyboardInterrupt, SystemExit) as exc:
         epochs = read_records(out)["epochs"] if records_path(out) is not None else 0
         raise RunStopped(f"after epoch {epochs} of at most {cfg.search.max_epochs}", exc, out) from None
-    records = read_records(out)
-    log(f"search finished after {records['epochs']} epochs ({time.perf_counter() - started:.0f}s on Ray); "
-        f"{len(records['architectures'])} architectures recorded in {out / RECORDS}")
-    if uri:
-        log(f"MLflow run {records.get('mlflow_run_id')}: open with {how_to_open(uri)}")
-    return records
 
 
 def check_search(cfg: Config, data: Any, workers: int, table: LatencyTable | None, new: bool = True) -> None:

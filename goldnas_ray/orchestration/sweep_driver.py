@@ -70,20 +70,8 @@ def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[s
     ``failed`` names the searches that did not finish and why. ``placement_timeout``: how long to
     wait for the cluster to place the first search."""
     out = location(out).resolved()
-    if resume:
-        sweep = Sweep.read(out)
-        if sweep.mlflow_tracking_uri:
-            check_uri(sweep.mlflow_tracking_uri)
-    else:
-        check_new_out_dir(out, "sweep")
-        if workers < 1:
-            raise OutputDirError(f"--workers-per-search must be >= 1, got {workers}")
-        sweep = Sweep(grid or {}, list(seeds or []), plan_sweep(base or Config(), grid or {}, seeds or []),
-                      workers, cpus_per_worker if cpus_per_worker is not None else 1.0, gpus_per_worker,
-                      experiment)
-        if tracking:
-            sweep.mlflow_tracking_uri = resolve_uri(out, mlflow_uri)
-            check_uri(sweep.mlflow_tracking_uri)
+    sweep = _open_sweep(out, resume, base, grid, seeds, workers, cpus_per_worker, gpus_per_worker,
+                        tracking, mlflow_uri, experiment)
     states = {s.name: search_state(out / s.name) for s in sweep.searches}
     todo = [s for s in sweep.searches if states[s.name] != "finished"]
     tables = _latency_tables(todo, {s.name for s in todo if states[s.name] == "new"})
@@ -107,32 +95,68 @@ def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[s
                 tracker.resumed(sweep)
             sweep.failed, sweep.failed_kinds = {}, {}
             sweep.write(out)
-            log(f"sweep: {len(sweep.points)} grid point(s) x {len(sweep.seeds)} seed(s) = {len(sweep.searches)} "
-                f"searches{f', {len(sweep.searches) - len(todo)} finished before' if resume else ''}; "
-                f"{sweep.workers} worker(s) x {sweep.cpus_per_worker:g} CPU / {sweep.gpus_per_worker:g} GPU per "
-                f"search, {at_once_line(at_once)}; output in {out}")
-            for s in sweep.searches:
-                log(f"  {s.name:<8} {s.label}" + ("  (finished)" if states[s.name] == "finished" else ""))
+            _announce(out, sweep, states, at_once, resume, log)
             started = time.perf_counter()
             if todo:
                 jobs = {s.name: _job(s, out, sweep, max_failures, streams[s.name], verbose, tables[s.name])
                         for s in todo}
                 relay = tracker if tracker is not None and tracker.relays else None
                 tuner = _tuner(out, jobs, per_search, at_once, max_failures, SweepCallback(jobs, log, relay))
-                for result in interruptible(tuner.fit):
-                    name = result.config["name"]
-                    why = (result.metrics or {}).get("failed") or (_error_line(result.error) if result.error else None)
-                    if why is None and search_state(out / name) != "finished":
-                        why = (f"its trial ended, but {out / name} holds no finished search here: on a cluster of "
-                               f"several nodes --out must be storage they all share")
-                    if why:  # the trial's own report of an input error, or what Tune gave up retrying
-                        sweep.fail(name, why, (result.metrics or {}).get("failed_kind")
-                                   or (error_kind(result.error) if result.error else None))
+                _note_failures(out, sweep, interruptible(tuner.fit))
             _report(out, sweep, tracker, started, log)
     except (KeyboardInterrupt, SystemExit) as exc:  # the runs ended KILLED
         done = sum(search_state(out / s.name) == "finished" for s in sweep.searches)
         raise RunStopped(f"{done} of {len(sweep.searches)} searches finished", exc, out) from None
     return sweep
+
+
+def _open_sweep(out: Location, resume: bool, base: Config | None, grid: dict[str, list[str]] | None,
+                seeds: list[int] | None, workers: int, cpus_per_worker: float | None, gpus_per_worker: float,
+                tracking: bool, mlflow_uri: str | None, experiment: str) -> Sweep:
+    """The sweep stored in ``out`` (``resume``), its tracking URI checked, or a new one planned
+    from ``base``, ``grid`` and ``seeds`` into the new folder ``out``, with ``tracking`` at
+    ``mlflow_uri`` (tracking.common.resolve_uri); nothing is written."""
+    if resume:
+        sweep = Sweep.read(out)
+        if sweep.mlflow_tracking_uri:
+            check_uri(sweep.mlflow_tracking_uri)
+        return sweep
+    check_new_out_dir(out, "sweep")
+    if workers < 1:
+        raise OutputDirError(f"--workers-per-search must be >= 1, got {workers}")
+    sweep = Sweep(grid or {}, list(seeds or []), plan_sweep(base or Config(), grid or {}, seeds or []),
+                  workers, cpus_per_worker if cpus_per_worker is not None else 1.0, gpus_per_worker, experiment)
+    if tracking:
+        sweep.mlflow_tracking_uri = resolve_uri(out, mlflow_uri)
+        check_uri(sweep.mlflow_tracking_uri)
+    return sweep
+
+
+def _announce(out: Location, sweep: Sweep, states: dict[str, str], at_once: int | None, resume: bool,
+              log: Callable[[str], None]) -> None:
+    """The sweep's first lines: its searches, their resources, how many run at once."""
+    finished = sum(state == "finished" for state in states.values())
+    log(f"sweep: {len(sweep.points)} grid point(s) x {len(sweep.seeds)} seed(s) = {len(sweep.searches)} "
+        f"searches{f', {finished} finished before' if resume else ''}; "
+        f"{sweep.workers} worker(s) x {sweep.cpus_per_worker:g} CPU / {sweep.gpus_per_worker:g} GPU per "
+        f"search, {at_once_line(at_once)}; output in {out}")
+    for s in sweep.searches:
+        log(f"  {s.name:<8} {s.label}" + ("  (finished)" if states[s.name] == "finished" else ""))
+
+
+def _note_failures(out: Location, sweep: Sweep, results: Any) -> None:
+    """Each search of Tune's ``results`` that did not finish, failed in ``sweep`` with why: the
+    trial's own report of an input error, what Tune gave up retrying, or a trial that ended
+    without a finished search in ``out`` (a folder the nodes do not share)."""
+    for result in results:
+        name = result.config["name"]
+        why = (result.metrics or {}).get("failed") or (_error_line(result.error) if result.error else None)
+        if why is None and search_state(out / name) != "finished":
+            why = (f"its trial ended, but {out / name} holds no finished search here: on a cluster of "
+                   f"several nodes --out must be storage they all share")
+        if why:
+            sweep.fail(name, why, (result.metrics or {}).get("failed_kind")
+                       or (error_kind(result.error) if result.error else None))
 
 
 def _report(out: Location, sweep: Sweep, tracker: Any, started: float, log: Callable[[str], None]) -> None:
