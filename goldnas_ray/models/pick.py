@@ -21,11 +21,11 @@ from typing import Any
 import pandas as pd
 
 from goldnas_ray.files.store import Location, location
+from goldnas_ray.models.saved import MODELS, model_folders
 from goldnas_ray.retrain.plan import RetrainError, trial_key
 from goldnas_ray.retrain.report import last_epochs
 from goldnas_ray.retrain.stats import t_interval
 
-MODELS = "models"  # <retrain>/models/<arch>-s<seed>/: a finished trial's network
 KINDS = ("searched", "random")
 # budget name -> (column, its words in a message)
 BUDGETS = {"max_flops": ("flops", "FLOPs"), "max_params": ("params", "parameters"),
@@ -47,7 +47,7 @@ def representatives(retrain_dir: "str | Path | Location") -> pd.DataFrame:
     if "finished" in trials:
         trials = trials[trials["finished"].astype(bool)]
     last = last_epochs(trials)
-    saved = set((loc / MODELS).subfolders())
+    saved = set(model_folders(loc))  # complete ones only
     rows = []
     for _, arch in frontier.iterrows():
         runs = last[last["arch_id"] == arch["arch_id"]].sort_values("seed")
