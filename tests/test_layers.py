@@ -1,5 +1,5 @@
 """The package's layers: every import of every module (lazy ones inside functions included)
-goes downward, and the pure layers import neither Ray nor MLflow."""
+goes downward, no import cycle, and the pure layers import neither Ray nor MLflow."""
 import ast
 import json
 import os
@@ -93,6 +93,62 @@ def test_the_check_catches_relative_imports(tmp_path, monkeypatch):
     assert sorted(found) == ["rel.py:1 (core) imports upward: goldnas_ray.run",
                              "rel.py:1 (core) imports upward: goldnas_ray.run.loop",
                              "rel.py:2 (core) imports upward: goldnas_ray.tracking"], found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package's modules it imports, at any depth (lazy imports included).
+    ``from pkg import sub`` imports the module pkg.sub, not pkg's own names: pkg (its
+    __init__) counts only when no module is imported through it on that line."""
+    known = dict(modules())
+    graph = {}
+    for name, path in known.items():
+        by_line: dict[int, set[str]] = {}
+        for line, target in imports(path, name):
+            by_line.setdefault(line, set()).add(target)
+        graph[name] = {t for targets in by_line.values() for t in targets if t in known and t != name
+                       and not any(u in known and u.startswith(t + ".") for u in targets)}
+    return graph
+
+
+def import_cycle() -> list[str] | None:
+    """One import cycle among the package's modules (a, b, ..., a), or None."""
+    graph, state, path = import_graph(), {}, []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = "open"
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [target]
+            if target not in state and (found := visit(target)):
+                return found
+        state[module] = "done"
+        path.pop()
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (found := visit(module)):
+            return found
+    return None
+
+
+def test_no_import_cycle():
+    """No module imports one that imports it back, directly or through others, lazily or not:
+    a cycle hides which layer a module belongs to and breaks on import order."""
+    assert import_cycle() is None, " -> ".join(import_cycle())
+
+
+def test_the_cycle_check_catches_a_lazy_cycle_and_passes_a_package_importing_its_modules(tmp_path, monkeypatch):
+    fake = tmp_path / "goldnas_ray"
+    (fake / "core").mkdir(parents=True)
+    (fake / "core" / "__init__.py").write_text("from goldnas_ray.core.a import f\n")
+    (fake / "core" / "a.py").write_text("from goldnas_ray.core import b\ndef f():\n    pass\n")
+    (fake / "core" / "b.py").write_text("def g():\n    from .c import h\n")
+    (fake / "core" / "c.py").write_text("X = 1\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
+    assert import_cycle() is None
+    (fake / "core" / "c.py").write_text("def h():\n    from goldnas_ray.core.a import f\n")
+    assert import_cycle() == ["goldnas_ray.core.a", "goldnas_ray.core.b", "goldnas_ray.core.c", "goldnas_ray.core.a"]
 
 
 @pytest.mark.parametrize("module, expected", [("goldnas_ray.core.search", "core"),

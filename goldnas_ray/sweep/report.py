@@ -24,12 +24,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from goldnas_ray.core.genotype import Genotype
-from goldnas_ray.files.search_files import HISTORY, OutputDirError, read_records, records_path
+from goldnas_ray.files.search_files import HISTORY, OutputDirError, read_manifest, read_records, records_path
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.retrain.compare import Front, read_front
+from goldnas_ray.retrain.plan import MANIFEST, MANIFEST_FORMAT
 from goldnas_ray.retrain.report import non_dominated
 from goldnas_ray.sweep.plan import Sweep, is_sweep, point_label, search_state
 
@@ -185,14 +187,16 @@ def format_points(points: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def sources(value: Any) -> list[str]:
+    """A candidate's searches as a list, whatever a table made of them (None for a random one)."""
+    return [str(v) for v in value] if isinstance(value, (list, tuple, np.ndarray)) else []
+
+
 def read_fronts(where: "str | Path | Location") -> list[Front]:
     """The fronts a folder holds: a sweep's, one per finished search (its records); a retrain
     of a sweep's, one per grid point (the retrained searched architectures its searches
     recorded, over its seeds); any other, its one front (:func:`read_front`). A sweep's fronts
     are labelled with the folder's name first, so that two sweeps can share a chart."""
-    from goldnas_ray.retrain.plan import MANIFEST
-    from goldnas_ray.sweep.retrain import sources
-
     loc = location(where)
     if is_sweep(loc):
         sweep = Sweep.read(loc)
@@ -201,7 +205,9 @@ def read_fronts(where: "str | Path | Location") -> list[Front]:
         if not fronts:
             raise OutputDirError(f"sweep {loc}: no search has finished yet; nothing to draw")
         return fronts
-    searches = json.loads((loc / MANIFEST).read_text()).get("sweep") if (loc / MANIFEST).is_file() else None
+    manifest = loc / MANIFEST
+    searches = read_manifest(manifest, (MANIFEST_FORMAT,), "a goldnas-ray retrain manifest").get("sweep") \
+        if manifest.is_file() else None
     if not searches or not (loc / "frontier.parquet").is_file():
         return [read_front(loc)]
     everything = pd.read_parquet((loc / "frontier.parquet").open_buffer())

@@ -15,7 +15,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from goldnas_ray.core.config import Config
@@ -23,7 +22,7 @@ from goldnas_ray.files.search_files import OutputDirError
 from goldnas_ray.retrain.candidates import Candidate, SearchResult, load_search
 from goldnas_ray.retrain.stats import hypervolume, show, t_interval
 from goldnas_ray.sweep.plan import Sweep, point_label, search_state
-from goldnas_ray.sweep.report import union
+from goldnas_ray.sweep.report import sources, union
 from goldnas_ray.files.store import location
 
 # config that must agree across a sweep's searches for their networks to be retrained and
@@ -73,11 +72,6 @@ def load_sweep(folder: Path, union_front: bool = False) -> tuple[SearchResult, d
     result = SearchResult(Path(folder), records, first.config, first.table, candidates)
     info = {s.name: {"point": s.point, "label": point_label(s.values), "seed": s.seed} for s in done}
     return result, info
-
-
-def sources(value: Any) -> list[str]:
-    """A candidate's searches as a list, whatever a table made of them (None for a random one)."""
-    return [str(v) for v in value] if isinstance(value, (list, tuple, np.ndarray)) else []
 
 
 def point_hypervolumes(last: pd.DataFrame, architectures: pd.DataFrame, searches: dict[str, dict[str, Any]]
