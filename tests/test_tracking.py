@@ -40,3 +40,22 @@ def test_a_checkpointed_epoch_that_never_reached_the_callback_is_logged_at_the_e
     steps = {m.step: m.value for m in tracker.client.get_metric_history(run, "test_acc")}
     assert steps == {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4}
     assert len(tracker.client.get_metric_history(run, "train_loss")) == 4
+
+
+def test_params_past_mlflows_batch_and_length_limits_are_logged_whole(tmp_path):
+    """More params than one batch takes all arrive, and a value longer than MLflow's limit is
+    not cut: it is an artifact, and its param says where."""
+    from mlflow import MlflowClient
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    from goldnas_ray.tracking.common import log_params
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("exp", artifact_location=str(tmp_path / "artifacts")))
+    long = "x" * (MAX_PARAM_VAL_LENGTH + 10)
+    log_params(client, run.info.run_id, {"many": {f"p{i}": i for i in range(250)}, "data": {"path": long}})
+    params = client.get_run(run.info.run_id).data.params
+    assert len(params) == 251 and params["many.p249"] == "249"
+    assert "artifact params/data.path.txt" in params["data.path"]
+    path = client.download_artifacts(run.info.run_id, "params/data.path.txt", str(tmp_path))
+    assert open(path).read() == long

@@ -202,12 +202,20 @@ def experiment_id(client, name: str, log: Callable[[str], None] = print) -> str:
 
 
 def log_params(client, run_id: str, params: dict[str, Any]) -> None:
-    """Flattened params (``section.key``), in batches of the 100 MLflow accepts at once."""
+    """Flattened params (``section.key``; MlflowClient.log_batch splits them into the batches
+    MLflow accepts). A value longer than MLflow's limit is never cut: it is logged whole as the
+    artifact ``params/<key>.txt``, and the param says so."""
     from mlflow.entities import Param
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-    items = [Param(k, v[:6000]) for k, v in flatten(params).items()]
-    for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i:i + 100])
+    flat = flatten(params)
+    long = {k: v for k, v in flat.items() if len(v) > MAX_PARAM_VAL_LENGTH}
+    with tempfile.TemporaryDirectory(prefix="goldnas-params-") as tmp:
+        for key, value in long.items():
+            (Path(tmp) / f"{key}.txt").write_text(value)
+            client.log_artifact(run_id, str(Path(tmp) / f"{key}.txt"), "params")
+            flat[key] = f"({len(value)} characters, over MLflow's {MAX_PARAM_VAL_LENGTH}: artifact params/{key}.txt)"
+    client.log_batch(run_id, params=[Param(k, v) for k, v in flat.items()])
 
 
 def log_files(client, run_id: str, out: "Path | Location", names: tuple[str, ...]) -> None:
