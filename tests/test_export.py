@@ -203,3 +203,22 @@ def test_export_of_the_pipelines_retrain_picks_under_flops_and_runs_without_gold
                     "--out", str(tmp_path / "none"))
     assert refused.returncode == 2 and f"the smallest there is: {smallest} " in refused.stderr
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.mlflow
+def test_export_from_the_registry_takes_the_registered_best(pipeline, mlflow_server, tmp_path):
+    retrain = pipeline[0] / "retrain"
+    frontier = pd.read_parquet(retrain / "frontier.parquet")
+    trials = pd.read_parquet(retrain / "trials.parquet")
+    want, _ = expected(frontier, trials, "flops", float("inf"), set(frontier["arch_id"]))
+    out = tmp_path / "model"
+    done = drive("export.py", "--mlflow-model", "models:/ci-pipe@best", "--mlflow-uri", mlflow_server,
+                 "--out", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    info = json.loads((out / "model.json").read_text())
+    assert info["arch_id"] == want and (out / "model.onnx").is_file()
+    assert "## Accuracy" in (out / "MODEL_CARD.md").read_text()
+    refused = drive("export.py", "--mlflow-model", "models:/ci-pipe@best", "--mlflow-uri", mlflow_server,
+                    "--max-flops", "1", "--out", str(tmp_path / "none"))
+    assert refused.returncode == 2 and "--max-flops pick from a --retrain-dir" in refused.stderr

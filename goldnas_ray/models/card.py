@@ -101,7 +101,8 @@ def _quality(info: dict[str, Any], row: pd.Series | None) -> list[str]:
 
 def _cost(info: dict[str, Any], row: pd.Series | None) -> list[str]:
     latency = row["latency_ms"] if row is not None else None
-    measured = (f"{latency:.3f} ms at batch 1, measured end to end on {row['latency_device']} (float32, eval)"
+    measured = (f"{latency:.3f} ms at batch 1 (float32, eval), measured end to end by the retrain on "
+                f"{row['latency_device']} (the batch named there is its other timing, frontier.csv latency_ms_batch)"
                 if latency is not None and pd.notna(latency) else
                 "not measured (the retrain's reports were not at hand, or retrain.latency_repeats=0)")
     return ["## Cost", "",
