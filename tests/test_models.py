@@ -128,3 +128,20 @@ def test_a_damaged_folder_is_refused_naming_the_file_and_problem(saved, damage, 
     damage(folder)
     with pytest.raises(ModelError, match=message):
         load_model(folder)
+
+
+def test_a_model_folder_in_a_bucket_is_written_listed_and_loaded_by_its_uri(s3):
+    """A retrain whose --out is a bucket keeps its models there (moto S3 server)."""
+    from goldnas_ray.files.store import location
+
+    geno, net = small_net()
+    retrain = location(s3["uri"]("models-unit/retrain"))
+    save_model(retrain / "models" / "a1-s0", net, geno, INFO_FIELDS)
+    folders = model_folders(retrain)
+    assert list(folders) == ["a1-s0"] and folders["a1-s0"].is_remote
+    back = load_model(folders["a1-s0"].uri)
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(back(x), net(x)) and read_info(folders["a1-s0"])["arch_id"] == "a1"
+    (folders["a1-s0"] / WEIGHTS).delete()
+    with pytest.raises(ModelError, match="weights.safetensors is missing"):
+        load_model(folders["a1-s0"])
