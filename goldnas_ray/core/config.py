@@ -101,7 +101,7 @@ class Section(BaseModel):
 
 
 class SpaceConfig(Section):
-    """The relaxed search space (DESIGN.md section 2)."""
+    """The relaxed search space (docs/algorithm.md, "Space")."""
 
     prefix: ClassVar[str] = "space."
 
@@ -167,8 +167,8 @@ class DataConfig(Section):
 
 
 class SearchConfig(Section):
-    """One-level optimisation, gradual pruning and the variable resource constraint (DESIGN.md
-    sections 3 and 4)."""
+    """One-level optimisation, gradual pruning and the variable resource constraint
+    (docs/algorithm.md, "One-level optimisation" to "Stop")."""
 
     prefix: ClassVar[str] = "search."
 
@@ -222,7 +222,7 @@ class SearchConfig(Section):
 
 
 class RetrainConfig(Section):
-    """Training one architecture from scratch: DARTS's recipe (DESIGN.md section 4): SGD with a
+    """Training one architecture from scratch: DARTS's recipe (docs/retraining.md, "Recipe"): SGD with a
     cosine learning rate, cutout, auxiliary head, drop-path rising linearly to its maximum.
     DARTS's CIFAR-10 values: 600 epochs, batch 96, lr 0.025, cutout 16, drop_path 0.2; the
     defaults here suit the embedded digits data (8x8 images, 1,437 training images)."""

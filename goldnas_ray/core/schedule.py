@@ -1,7 +1,7 @@
 """GOLD-NAS's per-epoch decisions: which operators to prune, how lambda moves, what to record.
 
 Pure functions and small state objects, independent of the network, so they are tested on
-hand-made weights (DESIGN.md section 4).
+hand-made weights (docs/algorithm.md, "Pruning", "Lambda", "Recording").
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The files a search leaves behind (DESIGN.md section 5), each written atomically.
+"""The files a search leaves behind (docs/design.md, "Data flow"), each written atomically.
 
     <out>/records.json         the recorded architectures (fields of each, genotype path),
                                the run's config, space size and supernet FLOPs

@@ -1,6 +1,6 @@
 """Training one architecture from scratch: DARTS's retraining recipe, as a resumable state.
 
-Recipe (DESIGN.md section 4, every knob in :class:`~goldnas_ray.core.config.RetrainConfig`):
+Recipe (docs/retraining.md, "Recipe"; every knob in :class:`~goldnas_ray.core.config.RetrainConfig`):
 SGD with momentum and weight decay, learning rate annealed by a cosine over the epochs,
 gradient clipping, cutout, an auxiliary head on the 2L/3 cell weighted 0.4, and drop-path
 whose probability rises linearly from 0 to ``drop_path`` over the epochs. Test accuracy is
