@@ -3,6 +3,7 @@ pipelines/export.py): the pick rule against an independent computation on a synt
 folder, the refusals (a budget nothing meets, a seed never trained, an --out in use), and on the
 session's smoke pipeline, an ONNX export that onnxruntime runs in a process without goldnas_ray."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -161,6 +162,16 @@ def test_export_refuses_an_out_in_use_before_any_work(retrain_dir, tmp_path):
     assert "picked" not in done.stdout and [p.name for p in out.iterdir()] == ["keep.txt"]
     done = drive("export.py", "--retrain-dir", str(retrain_dir), "--max-flops", "10", "--out", str(tmp_path / "n"))
     assert done.returncode == 2 and "the smallest there is" in done.stderr and not (tmp_path / "n").exists()
+
+
+def test_export_of_a_damaged_model_folder_is_one_error_line(retrain_dir, tmp_path):
+    damaged = tmp_path / "r"
+    shutil.copytree(retrain_dir, damaged)
+    (damaged / "models" / "a1-s2" / "weights.safetensors").write_bytes(b"not safetensors")
+    done = drive("export.py", "--retrain-dir", str(damaged), "--arch", "a1", "--seed", "2", "--out", str(tmp_path / "o"))
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and last.startswith("error: ") and "weights.safetensors" in last, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and not (tmp_path / "o").exists()
 
 
 # the ONNX model run as a user without goldnas-ray would: onnxruntime and numpy alone

@@ -1,5 +1,5 @@
 """The errors that mean "the user's input or environment is wrong", not a bug: a bad config
-value, missing or malformed data or genotype files, an unusable output folder, an unreachable
+value, missing or malformed data, genotype or model files, an unusable output folder, an unreachable
 or too small cluster, an unreachable MLflow server or storage, trials left unfinished. A
 pipeline prints them as one line (``cli.run_main``).
 
@@ -22,6 +22,7 @@ from goldnas_ray.core.space import SpaceError
 from goldnas_ray.data import DataError
 from goldnas_ray.files.search_files import OutputDirError
 from goldnas_ray.files.store import INFRASTRUCTURE, INPUT, StorageError
+from goldnas_ray.models.saved import ModelError
 from goldnas_ray.orchestration.cluster import ClusterError
 from goldnas_ray.retrain.plan import RetrainError
 from goldnas_ray.sweep.plan import SweepError
@@ -30,7 +31,7 @@ from goldnas_ray.tracking.common import TrackingError
 # each user error's class and its kind (one with a ``kind`` of its own says it; this one when it
 # lost it on the way)
 KINDS: dict[type, str] = {ConfigError: INPUT, SpaceError: INPUT, GenotypeError: INPUT, DataError: INPUT,
-                          RetrainError: INPUT, SweepError: INPUT, OutputDirError: INFRASTRUCTURE,
+                          RetrainError: INPUT, SweepError: INPUT, ModelError: INPUT, OutputDirError: INFRASTRUCTURE,
                           ClusterError: INFRASTRUCTURE, TrackingError: INFRASTRUCTURE,
                           StorageError: INFRASTRUCTURE}
 USER_ERRORS = tuple(KINDS)
