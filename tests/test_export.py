@@ -18,8 +18,10 @@ from goldnas_ray.core.discrete import build_network
 from goldnas_ray.core.genotype import Genotype
 from goldnas_ray.core.space import OpKey
 from goldnas_ray.files.store import location
+from goldnas_ray.models.card import model_card
 from goldnas_ray.models.export import check_exports, export_folder
 from goldnas_ray.models.pick import PickError, pick, representatives
+from goldnas_ray.models.saved import read_info
 
 # architecture -> (kind, each seed's last-epoch test accuracy); seed 3 of a1 did not finish
 ACCURACY = {"a1": ("searched", {0: 0.80, 1: 0.60, 2: 0.70}),
@@ -146,6 +148,12 @@ def test_export_writes_checked_files_and_a_card(retrain_dir, tmp_path):
                  "pixels divided by 16 (to [0, 1]), then per channel `(x - mean) / std` with mean [0.3] and std [0.4]",
                  "70.00%", "Apache License", "`python x.py`"):
         assert fact in card, fact
+    # a1's seeds score 80, 60 and 70%: seed 2 is the one closest to the mean, seed 0 is not
+    table = representatives(retrain_dir)
+    for seed, closest in ((2, True), (0, False)):
+        row = pick(table, arch="a1", seed=seed)
+        card = model_card(read_info(retrain_dir / "models" / f"a1-s{seed}"), differences, ["x"], row)
+        assert ("this seed is the one closest to the mean" in card) == closest, seed
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(load_model(tmp_path / "m")(x), load_model(retrain_dir / "models" / "a1-s2")(x))
@@ -168,10 +176,12 @@ def test_export_of_a_damaged_model_folder_is_one_error_line(retrain_dir, tmp_pat
     damaged = tmp_path / "r"
     shutil.copytree(retrain_dir, damaged)
     (damaged / "models" / "a1-s2" / "weights.safetensors").write_bytes(b"not safetensors")
-    done = drive("export.py", "--retrain-dir", str(damaged), "--arch", "a1", "--seed", "2", "--out", str(tmp_path / "o"))
-    last = done.stderr.strip().splitlines()[-1]
-    assert done.returncode == 2 and last.startswith("error: ") and "weights.safetensors" in last, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr and not (tmp_path / "o").exists()
+    (damaged / "models" / "a2-s0" / "genotype.json").unlink()
+    for arch, seed, file in (("a1", "2", "weights.safetensors"), ("a2", "0", "genotype.json")):
+        done = drive("export.py", "--retrain-dir", str(damaged), "--arch", arch, "--seed", seed, "--out", str(tmp_path / "o"))
+        last = done.stderr.strip().splitlines()[-1]
+        assert done.returncode == 2 and last.startswith("error: ") and file in last, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr and not (tmp_path / "o").exists()
 
 
 # the ONNX model run as a user without goldnas-ray would: onnxruntime and numpy alone

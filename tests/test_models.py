@@ -51,7 +51,8 @@ def small_net(channels: int = 4, seed: int = 0, auxiliary: bool = True):
     return geno, net.eval()
 
 
-INFO_FIELDS = {"arch_id": "a1", "seed": 0, "kind": "searched", "init": "scratch", "metrics": {"test_acc": 0.5, "epochs": 2}}
+INFO_FIELDS = {"arch_id": "a1", "seed": 0, "kind": "searched", "init": "scratch", "dataset": {"name": "digits"},
+               "metrics": {"test_acc": 0.5, "epochs": 2}}
 
 
 @pytest.fixture
@@ -116,6 +117,8 @@ def _fewer_ops(folder):
     (lambda f: (f / INFO).write_text(json.dumps({"format": "goldnas-ray/model", "version": 2})),
      "version 2 is newer than this release reads"),
     (lambda f: (f / INFO).write_text(json.dumps({"format": "goldnas-ray/model"})), "version must be a positive integer"),
+    (lambda f: (f / INFO).write_text(json.dumps({"format": "goldnas-ray/model", "version": 1, "arch_id": "a1",
+                                                   "seed": 0, "kind": "searched"})), "model.json lacks dataset, metrics"),
     (lambda f: (f / GENOTYPE).write_text(json.dumps({"format": "goldnas-ray/genotype", "version": 7})),
      "genotype.json: unsupported version 7"),
     (lambda f: (f / WEIGHTS).write_bytes(b"PK\x03\x04 a zip, not safetensors"), "is not a safetensors file"),

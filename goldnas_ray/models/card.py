@@ -95,7 +95,7 @@ def _quality(info: dict[str, Any], row: pd.Series | None) -> list[str]:
     if row is not None:
         seeds = ", ".join(map(str, row["seeds"]))
         lines.append(f"- the architecture, mean over its seeds ({seeds}), in %: {show(row['accuracy'], 100, '.2f')}"
-                     + ("; this seed is the one closest to the mean" if int(row["seed"]) == int(info["seed"]) else ""))
+                     + ("; this seed is the one closest to the mean" if int(row.get("representative_seed", row["seed"])) == int(info["seed"]) else ""))
     return lines + [""]
 
 

@@ -18,7 +18,6 @@ logits is printed for each, and an export above :data:`TOLERANCE` is refused (Ex
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -104,9 +103,9 @@ def export_folder(model: "str | Path | Location", out: "str | Path | Location", 
 
     model, out = location(model), location(out)
     info = read_info(model)
-    genotype = Genotype.from_dict(json.loads((model / "genotype.json").read_text()))
+    net = load_model(model)  # checks every file of the folder, genotype.json among them
     with tempfile.TemporaryDirectory(prefix="goldnas-export-") as tmp:
-        differences = export_model(Path(tmp), load_model(model), genotype, info, log)
+        differences = export_model(Path(tmp), net, net.genotype, info, log)
         (Path(tmp) / CARD).write_text(model_card(info, differences, argv, row))
         out.mkdir()
         out.upload(Path(tmp))

@@ -135,7 +135,8 @@ def _with_seed(row: pd.Series, seed: int | None) -> pd.Series:
         raise PickError(f"{row['arch_id']} was not trained with seed {seed} (finished seeds: {row['seeds']})")
     if seed not in row["models"]:
         raise PickError(f"{row['arch_id']} seed {seed} left no model folder (seeds with one: {row['models']})")
-    row["seed"] = int(seed)
+    row = row.copy()
+    row["representative_seed"], row["seed"] = row["seed"], int(seed)
     return row
 
 

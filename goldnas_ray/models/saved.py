@@ -35,6 +35,9 @@ MODELS = "models"  # a retrain's model folders: <out>/models/<trial key>/
 WEIGHTS, GENOTYPE, INFO = "weights.safetensors", "genotype.json", "model.json"
 AUX_HEAD = "aux_head."
 
+# what model.json must hold beside format and version (the model card and load_model read them)
+REQUIRED = ("arch_id", "seed", "kind", "dataset", "metrics")
+
 
 class ModelError(ValueError):
     """A model folder cannot be read: the message names the file and what is wrong with it."""
@@ -76,6 +79,9 @@ def read_info(path: "str | Path | Location") -> dict[str, Any]:
     if version > VERSION:
         raise ModelError(f"{file}: version {version} is newer than this release reads ({VERSION}); "
                          f"upgrade goldnas-ray")
+    missing = [k for k in REQUIRED if k not in raw]
+    if missing:
+        raise ModelError(f"{file} lacks {', '.join(missing)}")
     return raw
 
 
