@@ -5,8 +5,9 @@
 (torch.onnx's exporter, opset :data:`ONNX_OPSET`, one input ``image`` of shape (batch, C, H, W),
 one output ``logits`` of shape (batch, classes), the batch dimension dynamic, weights inside the
 file) and ``model.pt2``
-(``torch.export.export`` with the same dynamic batch, ``torch.export.save``: no pickle; read
-back with ``torch.export.load(path).module()``).
+(``torch.export.export`` with the same dynamic batch, ``torch.export.save``, whose weights and constants go through torch.save, i.e. pickle:
+load it only from a source you trust, with ``torch.export.load(path).module()``; the
+safetensors weights and the genotype are the pickle-free copy).
 
 Both exports are then run and compared with the PyTorch network, in eval mode on the CPU, on
 random inputs (standard normal: what normalised images look like) at each batch size of

@@ -202,8 +202,8 @@ class RetrainTracker:
     def log_models(self, models: dict[str, Any], folders: "dict[str, Location] | None" = None,
                    inputs: "dict[str, DataInput] | None" = None) -> dict[str, str]:
         """Each retrained network (child run id -> (eval-mode nn.Module, image shape)) as an
-        MLflow 3 logged model ``model`` of its child run: torch.export's pt2 format (no pickle:
-        loading runs no code of ours), a signature and an input example of the network's image
+        MLflow 3 logged model ``model`` of its child run: torch.export's pt2 format (its weights go through
+        torch.save: load it from a server you trust; the safetensors copy is pickle-free), a signature and an input example of the network's image
         shape, and in its ``goldnas/`` folder the run's model folder (``folders``: run id ->
         ``<out>/models/<key>/``) for ``registry.download_model``. The run's last-epoch metrics
         are linked to it (the split ones to their dataset of ``inputs``). Both
