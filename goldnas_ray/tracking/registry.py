@@ -104,18 +104,18 @@ def front_points(retrain_dir: "Location", run_ids: dict[str, str], model_ids: di
     """The front of the retrain in ``retrain_dir`` (``on_front`` in frontier.parquet), each
     architecture at its representative seed (``models.pick.representatives``), whose child run
     (``run_ids``: trial key -> run id) holds a logged model (``model_ids``: run id -> model id);
-    empty when any front point lacks one (a front registered in part would move its aliases)."""
-    from goldnas_ray.models.pick import representatives
+    PickError, saying why, when the tables are missing or a front point lacks a logged model (a
+    front registered in part would move its aliases)."""
+    from goldnas_ray.models.pick import PickError, representatives
     from goldnas_ray.retrain.plan import trial_key
 
-    if not ((retrain_dir / "frontier.parquet").is_file() and (retrain_dir / "trials.parquet").is_file()):
-        return []
-    table = representatives(retrain_dir)
+    table = representatives(retrain_dir)  # PickError without frontier.parquet and trials.parquet
     points = []
     for _, row in table[table["on_front"]].iterrows():
         run = run_ids.get(trial_key(row["arch_id"], int(row["seed"])))
         if run not in model_ids:
-            return []
+            raise PickError(f"front point {row['arch_id']} (seed {row['seed']}) has no logged model, and a front "
+                            f"registered in part would move its aliases")
         points.append(FrontPoint(row["arch_id"], int(row["seed"]), row["kind"], int(row["flops"]), int(row["params"]),
                                  float(row["accuracy_mean"]), model_ids[run], run))
     return points

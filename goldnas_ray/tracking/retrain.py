@@ -291,8 +291,10 @@ class RetrainTracker:
         except PickError as exc:  # a report without its tables: nothing to register
             log(f"the front is not registered in MLflow: {exc}")
             return
-        if points:
-            self.register(registered_name(manifest.config), points, log)
+        if not points:
+            log("the front is not registered in MLflow: no architecture finished")
+            return
+        self.register(registered_name(manifest.config), points, log)
 
     def log_inputs(self, run_ids: list[str], inputs: "dict[str, DataInput]") -> None:
         """The training and evaluation datasets as inputs of each run (none while the server
