@@ -127,5 +127,7 @@ def test_a_retrain_whose_report_fails_after_the_trials_ends_every_run_failed(ray
     assert client.get_run(manifest["mlflow_run_id"]).info.status == "FINISHED"
     for child in children:
         assert client.get_run(child).info.status == "FINISHED"
-        assert "model/MLmodel" in _artifact_files(client, child)
-        assert (out / "mlartifacts" / child / "artifacts" / "model" / "MLmodel").is_file()
+        [output] = client.get_run(child).outputs.model_outputs  # its network: a logged model beside the store
+        kept = out / "mlartifacts" / "models" / output.model_id / "artifacts"
+        assert client.get_logged_model(output.model_id).artifact_location == kept.as_uri()
+        assert (kept / "MLmodel").is_file() and (kept / "goldnas" / "weights.safetensors").is_file()
