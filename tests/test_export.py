@@ -203,8 +203,11 @@ def test_export_of_the_pipelines_retrain_picks_under_flops_and_runs_without_gold
     frontier = pd.read_parquet(retrain / "frontier.parquet")
     trials = pd.read_parquet(retrain / "trials.parquet")
     saved = {p.name.rsplit("-s", 1)[0] for p in (retrain / "models").iterdir()}
-    limit = sorted(frontier["flops"])[-2] if len(frontier) > 1 else frontier["flops"].max()  # leaves one out
+    best, _ = expected(frontier, trials, "flops", frontier["flops"].max(), saved)  # with no budget
+    smaller = frontier["flops"][frontier["flops"] < frontier.set_index("arch_id").loc[best, "flops"]]
+    limit = smaller.max() if len(smaller) else frontier["flops"].max()  # a budget that leaves the best out
     want, seed = expected(frontier, trials, "flops", limit, saved)
+    assert want != best or not len(smaller)  # so a pick that ignored the budget would fail below
     out = tmp_path / "model"
     done = drive("export.py", "--retrain-dir", str(retrain), "--max-flops", str(int(limit)), "--out", str(out))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
