@@ -123,8 +123,8 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
         results = interruptible(tuner.fit)
     with _ending(tracker, manifest, out, log, "report"):
         trials, failed, finished = _collect(results, specs, epochs, out)
-        _save_models(out, manifest, finished, log)
         table, comparison = _write_report(out, trials, manifest, log)
+        _save_models(out, manifest, finished, log)  # after the report: a data error here loses no table
         log(f"retrain {'finished' if not failed else 'stopped'} after {time.perf_counter() - started:.0f}s "
             f"here; report in {out / 'frontier.csv'}")
         for line in ([report.format_table(table)] if not table.empty else []) + _described(comparison):
@@ -301,13 +301,15 @@ def _collect(results, specs: dict[str, TrialSpec], epochs: int, out: Location
 def _save_models(out: Location, manifest: Manifest, finished: dict[str, dict[str, Any]],
                  log: Callable[[str], None]) -> None:
     """<out>/models/<key>/ for every finished trial (``models.saved``): its trained network as
-    safetensors, its genotype, and model.json (data and normalisation, accuracy, costs, origin)."""
-    if not finished:
-        return
-    data_cfg = manifest.data()
-    dataset = dataset_info(data_cfg, manifest.stream or load_data(data_cfg))
+    safetensors, its genotype, and model.json (data and normalisation, accuracy, costs, origin).
+    A folder already complete (model.json is written last) came from the same final checkpoint
+    in an earlier report: it is kept as it is."""
+    todo = {key: state for key, state in finished.items() if not (out / MODELS / key / "model.json").is_file()}
+    if todo:
+        data_cfg = manifest.data()
+        dataset = dataset_info(data_cfg, manifest.stream or load_data(data_cfg))
     trained = {trial_key(c.arch_id, s): (c, s) for c in manifest.candidates for s in manifest.seeds}
-    for key, state in finished.items():
+    for key, state in todo.items():
         trainer, (c, seed) = Retrainer.from_state_dict(state, "cpu"), trained[key]
         save_model(out / MODELS / key, trainer.model, trainer.geno, {
             "arch_id": c.arch_id, "seed": seed, "kind": c.kind, "init": "inherited" if c.weights else "scratch",
@@ -315,6 +317,8 @@ def _save_models(out: Location, manifest: Manifest, finished: dict[str, dict[str
             "flops": trainer.flops, "params": trainer.params, "search": manifest.search_dir,
             "search_run_id": manifest.search_run_id, "retrain": out.uri,
             "mlflow_run_id": manifest.mlflow_child_run_ids.get(key)})
+    if not finished:
+        return
     log(f"model folders: {out / MODELS}/<arch>-s<seed> ({len(finished)} trained networks; "
         f"goldnas_ray.load_model(folder) reads one, docs/genotypes.md)")
 
