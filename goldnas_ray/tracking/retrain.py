@@ -10,13 +10,13 @@ the server already holds).
 """
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from goldnas_ray.models.pick import MODELS, PickError
+from goldnas_ray.models.pick import PickError
+from goldnas_ray.models.saved import model_folders, read_info
 from goldnas_ray.retrain.plan import Manifest, trial_key
 from goldnas_ray.files.search_files import LEGACY_RECORDS, RECORDS, OutputDirError
 from goldnas_ray.files.store import Location, location
@@ -277,9 +277,9 @@ class RetrainTracker:
         ``registry.registered_name`` (all of it while the server answers)."""
         out, runs = location(out), manifest.mlflow_child_run_ids
         keys = {run: key for key, run in runs.items()}
-        folders = {run: out / MODELS / keys[run] for run in networks
-                   if run in keys and (out / MODELS / keys[run] / "model.json").is_file()}
-        info = json.loads((next(iter(folders.values())) / "model.json").read_text()) if folders else None
+        complete = model_folders(out)
+        folders = {run: complete[keys[run]] for run in networks if keys.get(run) in complete}
+        info = read_info(next(iter(folders.values()))) if folders else None
         num_test = manifest.stream.num_test if manifest.stream is not None else None
         inputs = data_inputs(manifest.config, split_sizes(info, manifest.num_train, num_test), split_names(info))
         model_ids = self.log_models(networks, folders, inputs)
