@@ -244,7 +244,11 @@ def _tuner(out: Location, manifest: Manifest, specs: dict[str, TrialSpec], trial
         trainable, param_space={"key": ray.tune.grid_search(manifest.trials)},
         tune_config=ray.tune.TuneConfig(trial_name_creator=lambda t: t.config["key"],
                                         trial_dirname_creator=lambda t: t.config["key"],
-                                        max_concurrent_trials=at_once),
+                                        max_concurrent_trials=at_once,
+                                        # a finished trial's process takes the next trial: a
+                                        # new one would import torch and Ray Train again (about
+                                        # 4 s a trial on 2 cores; trials all ask the same resources)
+                                        reuse_actors=True),
         run_config=run_config)
 
 

@@ -372,7 +372,7 @@ def _tuner(out: Location, jobs: dict[str, dict[str, Any]], per_search: Resources
         trainable, param_space={"name": ray.tune.grid_search(list(jobs))},
         tune_config=ray.tune.TuneConfig(trial_name_creator=lambda t: t.config["name"],
                                         trial_dirname_creator=lambda t: t.config["name"],
-                                        max_concurrent_trials=at_once),
+                                        max_concurrent_trials=at_once, reuse_actors=True),
         run_config=ray.tune.RunConfig(
             name=time.strftime("sweep-%Y%m%d-%H%M%S"), storage_path=path, storage_filesystem=fs,
             callbacks=[callback], verbose=0, failure_config=ray.tune.FailureConfig(max_failures=max_failures)))
