@@ -28,21 +28,69 @@ BIN = Path(sys.executable).parent
 # else (tests/ray_nodes.py: `ray stop` would end every Ray cluster of the user on the machine);
 # Ray's files of the session go under a temp root of its own, so that a cluster of the user's
 # (/tmp/ray, its ray_current_cluster file) is never touched either.
-SESSION = f"gr{uuid.uuid4().hex[:8]}"
+#
+# pytest.ini runs the suite on 2 pytest-xdist workers (gw0, gw1) under a controller that runs no
+# test: each worker is a session of its own, marked "<controller's mark>-gw0" and so on, so that
+# the controller can stop whatever its workers left (a worker it had to kill, say). A process
+# counts as a worker only if the controller is its parent: a pytest that a test starts (as
+# tests/test_teardown.py does) inherits the variables and is a session of its own.
+_PARENT, _, _PARENT_SESSION = os.environ.get("GOLDNAS_TEST_CONTROLLER", "").partition(":")
+_IS_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER")) and _PARENT == str(os.getppid())
+if _IS_WORKER:
+    SESSION = f"{_PARENT_SESSION}-{os.environ['PYTEST_XDIST_WORKER']}"
+else:
+    SESSION = f"gr{uuid.uuid4().hex[:8]}"
+    os.environ["GOLDNAS_TEST_CONTROLLER"] = f"{os.getpid()}:{SESSION}"
 os.environ[ray_nodes.MARKER] = SESSION
 os.environ["RAY_TMPDIR"] = f"/tmp/{SESSION}"
+# Ray Train's controller looks at its workers every 2 s by default: a run's reports, its end and
+# a stop land up to that late, and the suite runs a hundred such runs. Inherited by the clusters
+# the tests start (their raylets) and by embedded Ray.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 def pytest_configure(config):
     """SIGTERM (a CI runner's timeout, `kill`) ends the session as Ctrl-C does: pytest stops
     the test it is in and runs every fixture's teardown, so the session's Ray cluster, MLflow
     server and S3 endpoint are stopped; without this, SIGTERM ends pytest at once and leaves
-    them running (tests/test_teardown.py)."""
+    them running (tests/test_teardown.py). Under xdist the controller passes the signal on to
+    its workers, where the fixtures are, and waits for their teardown."""
+    global _WORKERS
+    _WORKERS = bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
     signal.signal(signal.SIGTERM, _interrupt)
 
 
+_WORKERS = False  # this process is an xdist controller, with workers to pass signals on to
+
+
 def _interrupt(signum, frame):
+    if _WORKERS:
+        workers = [pid for pid in ray_nodes.descendants(os.getpid()) if _parent(pid) == os.getpid()]
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        # a worker's process outlives its session (execnet serves until the controller ends
+        # it): what is waited for is its fixtures' teardown, the end of what they started
+        deadline = time.time() + 240
+        while time.time() < deadline and ray_nodes.marked(f"{SESSION}-", prefix=True):
+            time.sleep(0.5)
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(") ", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def pytest_unconfigure(config):
+    """The controller, last: whatever a worker started and left (its fixtures' teardown cut short)."""
+    if not _IS_WORKER:
+        ray_nodes.stop(f"{SESSION}-", timeout=5, prefix=True)
+        for left in Path("/tmp").glob(f"{SESSION}-*"):
+            shutil.rmtree(left, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,9 +106,10 @@ def _stop_what_the_session_started():
 
 
 def tiny_config(**search) -> Config:
-    """A 3-cell, 4-channel space: a search epoch on digits takes about a second."""
+    """A 3-cell, 4-channel space: a search epoch on digits takes about a second; its retrain
+    times each network 3 times (as the smoke preset's does)."""
     return Config.from_dict({"space": {"num_cells": 3, "init_channels": 4}, "data": {"batch_size": 128},
-                             "search": search})
+                             "search": search, "retrain": {"latency_repeats": 3}})
 
 
 # a test that uses one of these fixtures starts (or joins) the service: marked for it, so that
@@ -70,6 +119,11 @@ SERVICE_FIXTURES = {"ray_cluster": "ray", "mlflow_server": "mlflow", "mlflow_s3_
 
 def pytest_collection_modifyitems(items):
     for item in items:
+        # xdist (--dist loadgroup): the tests on the session's Ray cluster run one after another
+        # on one worker (one such cluster, of 2 one-CPU nodes, on the machine); the others by
+        # file, so that a file's module fixtures are made once
+        group = "ray-cluster" if "ray_cluster" in item.fixturenames else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
         for fixture, mark in SERVICE_FIXTURES.items():
             if fixture in item.fixturenames:
                 item.add_marker(mark)

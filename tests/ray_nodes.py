@@ -22,9 +22,10 @@ import time
 MARKER = "GOLDNAS_TEST_SESSION"
 
 
-def marked(value: str) -> list[int]:
-    """Pids of the processes whose environment has MARKER=value and of all their descendants
-    (this process and the ones it runs under, a shell say, excluded)."""
+def marked(value: str, prefix: bool = False) -> list[int]:
+    """Pids of the processes whose environment has MARKER=value (``prefix``: a value that starts
+    with ``value``) and of all their descendants (this process and the ones it runs under, a
+    shell say, excluded)."""
     needle = f"{MARKER}={value}".encode()
     mine = _ancestry()
     parents, roots = {}, set()
@@ -39,7 +40,7 @@ def marked(value: str) -> list[int]:
                 continue
             parents[pid] = int(parent)
             with open(f"/proc/{pid}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
+                if any(e == needle or (prefix and e.startswith(needle)) for e in f.read().split(b"\0")):
                     roots.add(pid)
         except (OSError, IndexError, ValueError):  # gone, or not ours to read
             continue
@@ -71,13 +72,13 @@ def _with_descendants(roots: set[int], parents: dict[int, int]) -> set[int]:
     return found
 
 
-def stop(value: str, timeout: float = 10.0, rounds: int = 3) -> int:
+def stop(value: str, timeout: float = 10.0, rounds: int = 3, prefix: bool = False) -> int:
     """SIGTERM every marked process, then SIGKILL what is left after ``timeout``; again, up to
     ``rounds`` times, for what a dying process started meanwhile (a raylet restarting a worker,
     an agent's helper). Returns how many were marked."""
     seen: set[int] = set()
     for _ in range(rounds):
-        left = marked(value)
+        left = marked(value, prefix)
         if not left:
             break
         seen.update(left)
@@ -88,9 +89,9 @@ def stop(value: str, timeout: float = 10.0, rounds: int = 3) -> int:
                 except ProcessLookupError:
                     pass
             deadline = time.time() + (timeout if sig == signal.SIGTERM else 5)
-            while time.time() < deadline and any(_alive(p) for p in left):
+            while time.time() < deadline and any(alive(p) for p in left):
                 time.sleep(0.2)
-            left = [p for p in left if _alive(p)]
+            left = [p for p in left if alive(p)]
             if not left:
                 break
     return len(seen)
@@ -121,7 +122,7 @@ def _ancestry() -> set[int]:
     return pids
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(") ")[-1][:1] != "Z"  # a zombie has exited
