@@ -77,16 +77,7 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
                           f"x ({trial.cpus:g} CPU, {trial.gpus:g} GPU)")
     with _staging(search_run is not None or (search_dir is not None and search_dir.is_remote)) as staging:
         if resume:
-            manifest = Manifest.read(out)
-            if manifest.resources is not None and manifest.resources != trial:
-                log(f"--resume: each trial holds what it held when the retrain started: "
-                    f"{manifest.resources.workers} worker(s) x {manifest.resources.cpus:g} CPU / "
-                    f"{manifest.resources.gpus:g} GPU (the flags given now are not used)")
-            trial = manifest.resources or trial
-            if manifest.mlflow_tracking_uri:
-                check_uri(manifest.mlflow_tracking_uri)
-            if not tune_saved(out):
-                raise OutputDirError(f"--resume: {out / 'ray' / EXPERIMENT_DIR} holds no Ray Tune experiment")
+            manifest, trial = _resumed(out, trial, log)
         else:
             manifest = _plan(out, search_dir, search_run, staging, config_file, overrides, random_k,
                              mlflow_uri, tracking, union_front)
@@ -105,18 +96,8 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
             tracker.client.update_run(manifest.mlflow_run_id, status="RUNNING")
         specs = manifest.specs(out, trial)
         epochs = manifest.config.retrain.epochs
-        shape = f"{trial.workers} worker(s) x " if trial.workers > 1 else ""
-        log(f"retraining {len(manifest.candidates)} architectures x {len(manifest.seeds)} seed(s) = "
-            f"{len(specs)} trials of {epochs} epochs; {shape}{trial.cpus:g} CPU / {trial.gpus:g} GPU per trial, "
-            + (at_once_line(at_once) if not resume else "as many at once as when it started (Tune keeps that)")
-            + f"; output in {out}")
-        if manifest.stream is not None:
-            test = "streamed" if next(iter(specs.values())).eval_stream else "held in memory"
-            log(f"data: streaming {manifest.stream.num_train} training images of {manifest.stream.name} through "
-                f"Ray Data (test split {test})")
-        for c in manifest.candidates:
-            log(f"  {c.arch_id:<12} {c.kind:<9} {c.flops / 1e6:7.3f} MFLOPs {c.params:>9} params"
-                f"  {'inherited weights' if c.weights else 'from scratch'}")
+        _announce(out, manifest, specs, trial, at_once_line(at_once) if not resume
+                  else "as many at once as when it started (Tune keeps that)", log)
         started = time.perf_counter()
         tuner = _tuner(out, manifest, specs, trial, at_once, max_failures, resume,
                        RetrainCallback(tracker, manifest.mlflow_child_run_ids, epochs, log))
@@ -135,6 +116,38 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
         raise RetrainError(f"{len(failed)} of {len(specs)} trials did not finish: {', '.join(failed)}; "
                            f"continue with --resume --out {out}", INFRASTRUCTURE)
     return table
+
+
+def _resumed(out: Location, trial: Resources, log: Callable[[str], None]) -> tuple[Manifest, Resources]:
+    """--resume: the retrain's manifest and what each of its trials holds (what it held when the
+    retrain started, whatever the flags say now)."""
+    manifest = Manifest.read(out)
+    if manifest.resources is not None and manifest.resources != trial:
+        log(f"--resume: each trial holds what it held when the retrain started: "
+            f"{manifest.resources.workers} worker(s) x {manifest.resources.cpus:g} CPU / "
+            f"{manifest.resources.gpus:g} GPU (the flags given now are not used)")
+    if manifest.mlflow_tracking_uri:
+        check_uri(manifest.mlflow_tracking_uri)
+    if not tune_saved(out):
+        raise OutputDirError(f"--resume: {out / 'ray' / EXPERIMENT_DIR} holds no Ray Tune experiment")
+    return manifest, manifest.resources or trial
+
+
+def _announce(out: Location, manifest: Manifest, specs: dict[str, TrialSpec], trial: Resources,
+              at_once: str, log: Callable[[str], None]) -> None:
+    """The retrain's opening lines: its trials, what each holds and how many run at once, its
+    data and its architectures."""
+    shape = f"{trial.workers} worker(s) x " if trial.workers > 1 else ""
+    log(f"retraining {len(manifest.candidates)} architectures x {len(manifest.seeds)} seed(s) = "
+        f"{len(specs)} trials of {manifest.config.retrain.epochs} epochs; {shape}{trial.cpus:g} CPU / "
+        f"{trial.gpus:g} GPU per trial, {at_once}; output in {out}")
+    if manifest.stream is not None:
+        test = "streamed" if next(iter(specs.values())).eval_stream else "held in memory"
+        log(f"data: streaming {manifest.stream.num_train} training images of {manifest.stream.name} through "
+            f"Ray Data (test split {test})")
+    for c in manifest.candidates:
+        log(f"  {c.arch_id:<12} {c.kind:<9} {c.flops / 1e6:7.3f} MFLOPs {c.params:>9} params"
+            f"  {'inherited weights' if c.weights else 'from scratch'}")
 
 
 def tune_saved(out: Location) -> bool:
