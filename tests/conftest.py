@@ -29,8 +29,8 @@ BIN = Path(sys.executable).parent
 # Ray's files of the session go under a temp root of its own, so that a cluster of the user's
 # (/tmp/ray, its ray_current_cluster file) is never touched either.
 #
-# pytest.ini runs the suite on 2 pytest-xdist workers (gw0, gw1) under a controller that runs no
-# test: each worker is a session of its own, marked "<controller's mark>-gw0" and so on, so that
+# With pytest-xdist (`-n 2`: the fast selection, CONTRIBUTING.md) a controller that runs no test
+# hands the tests to workers gw0, gw1...: each worker is a session of its own, marked "<controller's mark>-gw0" and so on, so that
 # the controller can stop whatever its workers left (a worker it had to kill, say). A process
 # counts as a worker only if the controller is its parent: a pytest that a test starts (as
 # tests/test_teardown.py does) inherits the variables and is a session of its own.

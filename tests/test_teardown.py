@@ -2,8 +2,8 @@
 it started: a small pytest session with this suite's fixtures (conftest.py, loaded as a plugin)
 starts a Ray head with the README's 'cluster-start' block (as the session's cluster starts),
 an MLflow server and an S3 endpoint, is sent SIGTERM once they are up, and afterwards no process
-carries its mark (tests/ray_nodes.py), on pytest.ini's xdist workers as the README's command
-runs them. Ctrl-C ends a session the same way (pytest's own
+carries its mark (tests/ray_nodes.py), in one process as the README's command runs it and on
+xdist workers. Ctrl-C ends a session the same way (pytest's own
 KeyboardInterrupt): conftest.py turns SIGTERM into it."""
 import os
 import re
@@ -39,13 +39,14 @@ def test_holds_the_services(readme_shell, mlflow_server, s3):
 
 
 @pytest.mark.services
-def test_sigterm_to_a_session_leaves_none_of_its_processes(tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"])  # the README's command; the xdist run CONTRIBUTING.md gives
+def test_sigterm_to_a_session_leaves_none_of_its_processes(tmp_path, workers):
     (tmp_path / "test_holder.py").write_text(HOLDER)
     probe = tmp_path / "session"
     env = dict(os.environ, GOLDNAS_PROBE=str(probe), PYTHONPATH=str(ROOT / "tests"))
     session = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-c", str(ROOT / "pytest.ini"),
-         "-p", "no:cacheprovider", str(tmp_path / "test_holder.py")],
+         "-p", "no:cacheprovider", "-n", workers, str(tmp_path / "test_holder.py")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     mark = None
     try:
@@ -60,10 +61,10 @@ def test_sigterm_to_a_session_leaves_none_of_its_processes(tmp_path):
             assert any(program in line for line in said), (program, said)
         session.send_signal(signal.SIGTERM)
         console = session.communicate(timeout=300)[0]
-        # the README's command runs the tests on xdist workers: the services are a worker's
-        # ("<controller's mark>-gw0"), and nothing of the controller's or any worker's is left
-        assert re.fullmatch(r"gr[0-9a-f]{8}-gw\d+", mark), mark
-        left = ray_nodes.marked(mark.rsplit("-", 1)[0], prefix=True)
+        # on xdist workers the services are a worker's ("<controller's mark>-gw0"), and nothing
+        # of the controller's or any worker's is left
+        assert re.fullmatch(r"gr[0-9a-f]{8}" + (r"-gw\d+" if workers != "0" else ""), mark), mark
+        left = ray_nodes.marked(mark.split("-")[0], prefix=True)
         assert left == [], ray_nodes.describe(left) + [console[-3000:]]
         assert session.returncode == 2 and "KeyboardInterrupt" in console, console[-3000:]  # pytest's "interrupted"
         assert not Path(f"/tmp/{mark}").exists()  # the session's RAY_TMPDIR
