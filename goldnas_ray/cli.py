@@ -33,7 +33,7 @@ from goldnas_ray.core.config import Config
 from goldnas_ray.orchestration.errors import USER_ERRORS
 from goldnas_ray.files.search_files import (OutputDirError, is_mlflow_store, left_by_a_probe, read_records,
                                             records_path)
-from goldnas_ray.files.store import INFRASTRUCTURE, INPUT, Location, is_uri, location, working_copy_note
+from goldnas_ray.files.store import Location, is_uri, location, working_copy_note
 from goldnas_ray.run.ending import GRACEFUL, RunStopped
 
 
@@ -628,11 +628,11 @@ def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:
     the flags that plan it only when they plan the same searches, so the first try's command
     serves every retry. A sweep that ends with failed searches is an error (status 2)."""
     from goldnas_ray.orchestration.sweep_driver import run_sweep
-    from goldnas_ray.sweep.plan import SweepError, parse_grid, parse_seeds
+    from goldnas_ray.sweep.plan import check_finished, check_same_plan, not_as_planned, parse_grid, parse_seeds
 
     if args.resume and resumes(out, "sweep"):
-        _same_plan(out, args)
-        other = _not_as_planned(out, args)
+        check_same_plan(out, args, sweep_base)
+        other = not_as_planned(out, args)
         if other:
             print(f"--resume: the sweep keeps the resources per search and MLflow store it was planned "
                   f"with; not used: {', '.join(other)}")
@@ -646,53 +646,10 @@ def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:
                           tracking=not args.no_mlflow, experiment=args.experiment, max_failures=args.max_failures,
                           address=args.address, runtime_env=runtime_env(args), verbose=args.verbose,
                           placement_timeout=args.placement_timeout)
-    if sweep.failed:
-        inputs = sweep.failed_on_input()  # the kind each failure was recorded with
-        others = [name for name in sweep.failed if name not in inputs]
-        message = f"{len(sweep.failed)} of {len(sweep.searches)} searches did not finish: {', '.join(sweep.failed)}"
-        if inputs:
-            message += f"; failed on their own input: {', '.join(inputs)} (change those grid values: --resume " \
-                       f"fails them again)"
-        if others:
-            message += f"; continue {', '.join(others)} with --resume --out {out.uri}"
-        raise SweepError(message, INFRASTRUCTURE if others else INPUT)
+    check_finished(sweep, out)
 
 
 def sweep_base(args: argparse.Namespace) -> Config:
     """The config every search of a new sweep starts from: --config, --smoke-test, --set."""
     base = Config.from_yaml(location(args.config)) if args.config else Config()
     return base.override(_overrides(args, SEARCH_SMOKE, {}))
-
-
-def _not_as_planned(out: Location, args: argparse.Namespace) -> list[str]:
-    """The resource and MLflow flags of a continued sweep that were given (differ from their
-    defaults) with another value than its sweep.json's, as ``--flag value``: the first try's
-    command, given again, names none."""
-    from goldnas_ray.sweep.plan import Sweep
-
-    planned = Sweep.read(out)
-    plan = {"workers_per_search": (1, planned.workers), "cpus_per_worker": (None, planned.cpus_per_worker),
-            "gpus_per_worker": (0.0, planned.gpus_per_worker), "experiment": ("goldnas-sweep", planned.experiment),
-            "mlflow_uri": (None, planned.mlflow_tracking_uri),
-            "no_mlflow": (False, planned.mlflow_tracking_uri is None)}
-    flags = [(f, getattr(args, f)) for f, (default, kept) in plan.items() if getattr(args, f) not in (default, kept)]
-    return [f"--{f.replace('_', '-')}" + ("" if value is True else f" {value}") for f, value in flags]
-
-
-def _same_plan(out: Location, args: argparse.Namespace) -> None:
-    """A continued sweep's planning flags (--grid, --seeds, --config, --set, --smoke-test), when
-    given, must plan the searches of its sweep.json: else a ConfigError."""
-    import json
-
-    from goldnas_ray.core.config import ConfigError
-    from goldnas_ray.sweep.plan import Sweep, parse_grid, parse_seeds, plan_sweep
-
-    if not (args.grid or args.overrides or args.config or args.smoke_test or args.seeds != "0"):
-        return
-    planned = Sweep.read(out)
-    given = plan_sweep(sweep_base(args), parse_grid(args.grid), parse_seeds(args.seeds)) if args.grid else []
-    same = lambda searches: json.loads(json.dumps([(s.name, s.config) for s in searches]))  # noqa: E731
-    if same(given) != same(planned.searches):
-        raise ConfigError(f"--resume: the sweep in {out} was planned with other --grid, --seeds, --config, --set or "
-                          f"--smoke-test values than these; give the ones it was started with (or none) to continue "
-                          f"it, or a new --out for a new sweep")

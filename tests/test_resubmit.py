@@ -20,7 +20,7 @@ from goldnas_ray import cli
 from goldnas_ray.core.config import Config, ConfigError
 from goldnas_ray.files.search_files import CHECKPOINT, OutputDirError
 from goldnas_ray.files.store import location
-from goldnas_ray.sweep.plan import Sweep, plan_sweep
+from goldnas_ray.sweep.plan import Sweep, check_same_plan, not_as_planned, plan_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = [sys.executable, str(ROOT / "pipelines" / "search.py"), "--local", "--smoke-test", "--resume"]
@@ -212,13 +212,15 @@ def test_a_continued_sweep_takes_its_planning_flags_only_when_they_plan_the_same
     args = sweep_py.parse_args(["--resume", "--out", str(tmp_path), *flags])
     grid = {"search.lambda0": ["0.001", "0.002"]}  # what the first try's driver wrote in sweep.json
     Sweep(grid, [0, 1], plan_sweep(cli.sweep_base(args), grid, [0, 1])).write(tmp_path)
-    cli._same_plan(location(tmp_path), args)  # the first try's command: taken
-    cli._same_plan(location(tmp_path), sweep_py.parse_args(["--resume", "--out", str(tmp_path)]))  # none given
+    check_same_plan(location(tmp_path), args, cli.sweep_base)  # the first try's command: taken
+    none_given = sweep_py.parse_args(["--resume", "--out", str(tmp_path)])
+    check_same_plan(location(tmp_path), none_given, cli.sweep_base)
     for other in (["--grid", "search.lambda0=0.001,0.004", "--seeds", "0,1", "--smoke-test"],
                   ["--grid", "search.lambda0=0.001,0.002", "--seeds", "0", "--smoke-test"],
                   [*flags, "--set", "search.c0=1.5"], flags[:-1]):
         with pytest.raises(ConfigError, match="was planned with other"):
-            cli._same_plan(location(tmp_path), sweep_py.parse_args(["--resume", "--out", str(tmp_path), *other]))
+            check_same_plan(location(tmp_path), sweep_py.parse_args(["--resume", "--out", str(tmp_path), *other]),
+                            cli.sweep_base)
     assert cli.resumes(location(tmp_path), "sweep") is True
     empty = tmp_path / "new"
     (empty / ".mlflow-buffer").mkdir(parents=True)
@@ -235,12 +237,12 @@ def test_a_continued_sweep_names_only_the_resource_and_mlflow_flags_that_differ_
     grid = {"search.lambda0": ["0.001"]}
     Sweep(grid, [0], plan_sweep(cli.sweep_base(args), grid, [0]), workers=2, cpus_per_worker=2.0,
           experiment="mine", mlflow_tracking_uri="http://mlflow:5000").write(tmp_path)
-    assert cli._not_as_planned(location(tmp_path), args) == []
-    assert cli._not_as_planned(location(tmp_path), sweep_py.parse_args(["--resume", "--out", str(tmp_path)])) == []
+    assert not_as_planned(location(tmp_path), args) == []
+    assert not_as_planned(location(tmp_path), sweep_py.parse_args(["--resume", "--out", str(tmp_path)])) == []
     other = sweep_py.parse_args(["--resume", "--out", str(tmp_path), "--workers-per-search", "2",
                                  "--cpus-per-worker", "4", "--gpus-per-worker", "1", "--no-mlflow",
                                  "--experiment", "mine", "--mlflow-uri", "http://other:5000"])
-    assert cli._not_as_planned(location(tmp_path), other) == [
+    assert not_as_planned(location(tmp_path), other) == [
         "--cpus-per-worker 4.0", "--gpus-per-worker 1.0", "--mlflow-uri http://other:5000", "--no-mlflow"]
 
 

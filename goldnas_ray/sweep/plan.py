@@ -6,7 +6,10 @@ crossed with seeds: every (grid point, seed) is one ordinary search with its own
 is no value of its field, or a combination the config refuses, stops the sweep before anything
 runs, naming the point) and returns a :class:`Sweep`; :meth:`Sweep.write` stores it as
 ``<sweep>/sweep.json`` and :meth:`Sweep.read` brings it back for ``--resume`` and for the
-retrain of a sweep. Plain data and checks: testable without Ray.
+retrain of a sweep. A ``--resume`` takes the flags that plan a sweep only when they plan the
+same searches (:func:`check_same_plan`) and names the resource and MLflow flags its sweep.json
+overrides (:func:`not_as_planned`); a sweep that ends with failed searches is a
+:class:`SweepError` (:func:`check_finished`). Plain data and checks: testable without Ray.
 """
 from __future__ import annotations
 
@@ -14,11 +17,11 @@ import itertools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from goldnas_ray.core.config import Config, ConfigError
 from goldnas_ray.files.search_files import CHECKPOINT, OutputDirError, read_manifest, read_records, records_path
-from goldnas_ray.files.store import INPUT, Location, location
+from goldnas_ray.files.store import INFRASTRUCTURE, INPUT, Location, location
 
 SWEEP_FILE = "sweep.json"
 SWEEP_FORMAT = "goldnas-ray/sweep"
@@ -181,3 +184,49 @@ def search_state(folder: Location) -> str:
     if records_path(folder) is not None and read_records(folder).get("finished"):
         return "finished"
     return "started" if (folder / str(CHECKPOINT)).is_file() else "new"
+
+
+# ---- a continued sweep's flags, and how a sweep that did not finish ends --------------------
+# ``args``: pipelines/sweep.py's flags
+def not_as_planned(out: Location, args: Any) -> list[str]:
+    """The resource and MLflow flags of a continued sweep that were given (differ from their
+    defaults) with another value than its sweep.json's, as ``--flag value``: the first try's
+    command, given again, names none."""
+    planned = Sweep.read(out)
+    plan = {"workers_per_search": (1, planned.workers), "cpus_per_worker": (None, planned.cpus_per_worker),
+            "gpus_per_worker": (0.0, planned.gpus_per_worker), "experiment": ("goldnas-sweep", planned.experiment),
+            "mlflow_uri": (None, planned.mlflow_tracking_uri),
+            "no_mlflow": (False, planned.mlflow_tracking_uri is None)}
+    flags = [(f, getattr(args, f)) for f, (default, kept) in plan.items() if getattr(args, f) not in (default, kept)]
+    return [f"--{f.replace('_', '-')}" + ("" if value is True else f" {value}") for f, value in flags]
+
+
+def check_same_plan(out: Location, args: Any, base: Callable[[Any], Config]) -> None:
+    """A continued sweep's planning flags (--grid, --seeds, --config, --set, --smoke-test), when
+    given, must plan the searches of its sweep.json: else a ConfigError. ``base(args)``: the
+    config every search of a new sweep of ``args`` starts from (``cli.sweep_base``)."""
+    if not (args.grid or args.overrides or args.config or args.smoke_test or args.seeds != "0"):
+        return
+    planned = Sweep.read(out)
+    given = plan_sweep(base(args), parse_grid(args.grid), parse_seeds(args.seeds)) if args.grid else []
+    same = lambda searches: json.loads(json.dumps([(s.name, s.config) for s in searches]))  # noqa: E731
+    if same(given) != same(planned.searches):
+        raise ConfigError(f"--resume: the sweep in {out} was planned with other --grid, --seeds, --config, --set or "
+                          f"--smoke-test values than these; give the ones it was started with (or none) to continue "
+                          f"it, or a new --out for a new sweep")
+
+
+def check_finished(sweep: Sweep, out: Location) -> None:
+    """A sweep that ends with failed searches is an error (status 2): a SweepError naming them,
+    those that failed on their own input (--resume fails them again) and the command that
+    continues the others."""
+    if sweep.failed:
+        inputs = sweep.failed_on_input()  # the kind each failure was recorded with
+        others = [name for name in sweep.failed if name not in inputs]
+        message = f"{len(sweep.failed)} of {len(sweep.searches)} searches did not finish: {', '.join(sweep.failed)}"
+        if inputs:
+            message += f"; failed on their own input: {', '.join(inputs)} (change those grid values: --resume " \
+                       f"fails them again)"
+        if others:
+            message += f"; continue {', '.join(others)} with --resume --out {out.uri}"
+        raise SweepError(message, INFRASTRUCTURE if others else INPUT)
