@@ -22,6 +22,7 @@ import argparse
 import sys
 
 from goldnas_ray import cli
+from goldnas_ray.cli.outputs import output_folder, resumes
 from goldnas_ray.files.search_files import CHECKPOINT, OutputDirError, check_new_out_dir, left_by_a_probe
 from goldnas_ray.files.store import Location
 from goldnas_ray.run.ending import RunStopped
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def body() -> None:
-        out = cli.output_folder(args.out, args.resume, "pipeline")
+        out = output_folder(args.out, args.resume, "pipeline")
         search_out, retrain_out = out / "search", out / "retrain"
         resume = args.resume and resume_search(out)
         if not args.resume:
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cli.run_search_on_ray(cfg, search_out, args, resume)
             # the retrain: continued, or (none in retrain/ yet) started from the finished search
-            resume_retrain = resume and cli.resumes(retrain_out, "retrain")
+            resume_retrain = resume and resumes(retrain_out, "retrain")
             cli.run_retrain_on_ray(retrain_out, args, search_dir=None if resume_retrain else search_out,
                                    resume=resume_retrain)
         except RunStopped as exc:  # either stage: the pipeline resumes as a whole
@@ -72,7 +73,7 @@ def resume_search(out: Location) -> bool:
     """--resume: whether the pipeline in ``out`` has a search to continue (its retrain then
     continues or starts when the search is done), or holds none yet (missing, empty, or left by
     a start stopped before the search's first checkpoint): a new pipeline, said in the first
-    line (cli.resumes). A storage probe's object a killed driver left in ``out`` is removed."""
+    line (cli.outputs.resumes). A storage probe's object a killed driver left in ``out`` is removed."""
     names = out.names()
     foreign = [name for name in names if name not in ("search", "retrain") and not left_by_a_probe(name)]
     if foreign:
@@ -83,7 +84,7 @@ def resume_search(out: Location) -> bool:
     for name in names:
         if left_by_a_probe(name):
             (out / name).delete()
-    return cli.resumes(out / "search", "search", starting=f"pipeline in {out}")
+    return resumes(out / "search", "search", starting=f"pipeline in {out}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import argparse
 import sys
 
 from goldnas_ray import cli
+from goldnas_ray.cli.outputs import output_folder, resumes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,10 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def body() -> None:
-        out = cli.output_folder(args.out, args.resume, "retrain")
+        out = output_folder(args.out, args.resume, "retrain")
         # no retrain there yet: a new one, from --search-dir / --search-run and the other flags
-        resume = args.resume and cli.resumes(out, "retrain", needs=None if args.search_dir or args.search_run
-                                             else "--search-dir or --search-run")
+        resume = args.resume and resumes(out, "retrain", needs=None if args.search_dir or args.search_run
+                                         else "--search-dir or --search-run")
         cli.run_retrain_on_ray(out, args, search_dir=args.search_dir, search_run=args.search_run,
                                config_file=args.config, resume=resume)
 

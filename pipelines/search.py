@@ -19,6 +19,7 @@ import argparse
 import sys
 
 from goldnas_ray import cli
+from goldnas_ray.cli.outputs import output_folder, resumes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def body() -> None:
-        out = cli.output_folder(args.out, args.resume, "search")
-        resume = args.resume and cli.resumes(out, "search")  # no search there yet: a new one, from the flags
+        out = output_folder(args.out, args.resume, "search")
+        resume = args.resume and resumes(out, "search")  # no search there yet: a new one, from the flags
         cfg = None if resume else cli.search_config(args)
         if args.local:
             cli.run_search_locally(cfg, out, args, resume)

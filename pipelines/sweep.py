@@ -26,6 +26,7 @@ import argparse
 import sys
 
 from goldnas_ray import cli
+from goldnas_ray.cli.outputs import output_folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def body() -> None:
-        out = cli.output_folder(args.out, args.resume, "sweep")
+        out = output_folder(args.out, args.resume, "sweep")
         cli.run_sweep_on_ray(out, args)
 
     return cli.run_main(body, args.verbose)

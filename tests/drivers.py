@@ -12,12 +12,12 @@ runs. Without it the pipeline runs as the command line would here (``--local``, 
 Ray that it starts and shuts down).
 
 The test process is left as it was found: signal handlers (cli.configure_process installs
-SIGINT/SIGTERM/SIGUSR1 handlers), os.environ, sys.argv, the working directory, cli's module
-state (_FOLDER, _STOP, run.ending.GRACEFUL), MLflow's global tracking URI, experiment and
-active runs, every logger's level, filters and handlers, warning filters, torch's thread count
-and Ray's connection (``ray.shutdown()`` when the driver left it connected: ``connect()``
-returns early on a connected Ray, so a leftover connection would give the next driver this
-one's runtime_env). tests/test_drivers.py checks it.
+SIGINT/SIGTERM/SIGUSR1 handlers), os.environ, sys.argv, the working directory, the cli
+package's module state (cli.outputs._FOLDER, cli._STOP, run.ending.GRACEFUL), MLflow's global
+tracking URI, experiment and active runs, every logger's level, filters and handlers, warning
+filters, torch's thread count and Ray's connection (``ray.shutdown()`` when the driver left it
+connected: ``connect()`` returns early on a connected Ray, so a leftover connection would give
+the next driver this one's runtime_env). tests/test_drivers.py checks it.
 
 Where a process boundary is what a test checks (signals, exit codes of a killed process, job
 submission, the README's commands) the test starts the process itself.
@@ -185,12 +185,13 @@ def _as_found() -> Iterator[None]:
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     from goldnas_ray import cli
+    from goldnas_ray.cli import outputs
     from goldnas_ray.run import ending
 
     for name in ("ray.tune.tune", "ray.train.v2.api.data_parallel_trainer"):  # cli.configure_process's
         logging.getLogger(name)
     handlers = {s: signal.getsignal(s) for s in SIGNALS}
-    folder, stop, graceful = dict(cli._FOLDER), dict(cli._STOP), list(ending.GRACEFUL)
+    folder, stop, graceful = dict(outputs._FOLDER), dict(cli._STOP), list(ending.GRACEFUL)
     uri, experiment = tracking_utils._tracking_uri, fluent._active_experiment_id
     runs = list(fluent._active_run_stack.get())
     loggers = {name: _logger_state(logging.getLogger(name)) for name in [None, *logging.root.manager.loggerDict]}
@@ -200,7 +201,7 @@ def _as_found() -> Iterator[None]:
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
-        cli._FOLDER.clear(), cli._FOLDER.update(folder)
+        outputs._FOLDER.clear(), outputs._FOLDER.update(folder)
         cli._STOP.clear(), cli._STOP.update(stop)
         ending.GRACEFUL[:] = graceful
         tracking_utils._tracking_uri, fluent._active_experiment_id = uri, experiment

@@ -117,10 +117,10 @@ def test_a_stop_before_the_runs_work_began_names_the_resume_command_when_its_fol
         tmp_path, capsys, stage, marker):
     """Ctrl-C (or SIGTERM) while a run waits for the cluster to place it: a folder holding a run
     gets the resume line, a new run's folder the bare stop line."""
-    from goldnas_ray import cli
+    from goldnas_ray.cli.outputs import output_folder
 
     def waiting():
-        cli.output_folder(tmp_path / "run", True, stage)
+        output_folder(tmp_path / "run", True, stage)
         raise KeyboardInterrupt
 
     assert run_main(waiting) == 130
@@ -132,7 +132,7 @@ def test_a_stop_before_the_runs_work_began_names_the_resume_command_when_its_fol
     assert err == f"stopped; resume with: python {sys.argv[0]} --resume --out {tmp_path / 'run'}\n"
 
     def terminated():
-        cli.output_folder(tmp_path / "run", True, stage)
+        output_folder(tmp_path / "run", True, stage)
         raise SystemExit(143)
 
     with pytest.raises(SystemExit) as ended:

@@ -17,6 +17,7 @@ import pytest
 from drivers import drive
 
 from goldnas_ray import cli
+from goldnas_ray.cli.outputs import resumes
 from goldnas_ray.core.config import Config, ConfigError
 from goldnas_ray.files.search_files import CHECKPOINT, OutputDirError
 from goldnas_ray.files.store import location
@@ -116,7 +117,7 @@ def test_resume_refuses_what_it_cannot_tell_from_someone_elses_files(first_try, 
     (kept / CHECKPOINT).unlink()
     before = (kept / "records.json").read_bytes()
     with pytest.raises(OutputDirError, match="finished search's records.json"):
-        cli.resumes(location(kept), "search")
+        resumes(location(kept), "search")
     assert (kept / "records.json").read_bytes() == before and (kept / "genotypes").is_dir()
     assert capsys.readouterr().out == ""
 
@@ -130,22 +131,22 @@ def test_a_retrain_killed_before_retrain_json_or_tunes_experiment_starts_anew(tm
     (out / ".mlflow-buffer").mkdir()
     # the command line cannot start one: said before anything is removed
     with pytest.raises(OutputDirError, match="starting one needs --search-dir or --search-run"):
-        cli.resumes(location(out), "retrain", needs="--search-dir or --search-run")
+        resumes(location(out), "retrain", needs="--search-dir or --search-run")
     assert (out / "genotypes" / "arch-000.json").is_file()
-    assert cli.resumes(location(out), "retrain") is False
+    assert resumes(location(out), "retrain") is False
     assert sorted(p.name for p in out.iterdir()) == []
     assert capsys.readouterr().out == (f"--resume: no retrain in {out} yet; starting a new one (removed what a start "
                                        f"stopped before its first checkpoint left in {out}: .mlflow-buffer, "
                                        f"genotypes)\n")
     (out / "retrain.json").write_text("{}")
     (out / "mlflow.db").write_text("")  # a store beside it stays
-    assert cli.resumes(location(out), "retrain") is False
+    assert resumes(location(out), "retrain") is False
     assert sorted(p.name for p in out.iterdir()) == ["mlflow.db"]
     # with a finished trial it is a retrain: the driver continues it (or says what is missing)
     (out / "retrain.json").write_text("{}")
     (out / ".trials").mkdir()
     (out / ".trials" / "a-s0.jsonl").write_text('{"finished_epoch": 2}\n')
-    assert cli.resumes(location(out), "retrain") is True
+    assert resumes(location(out), "retrain") is True
 
 
 def test_a_probe_object_left_by_a_driver_killed_in_the_probe_is_a_leftover_not_someone_elses_file(tmp_path, capsys):
@@ -159,12 +160,12 @@ def test_a_probe_object_left_by_a_driver_killed_in_the_probe_is_a_leftover_not_s
         out.mkdir()
         (out / f"{PROBE}0a1b2c3d").write_bytes(b"probe")
         (out / "mlflow.db").write_text("")
-        assert cli.resumes(location(out), stage) is False
+        assert resumes(location(out), stage) is False
         assert sorted(p.name for p in out.iterdir()) == ["mlflow.db"]
         assert f"left in {out}: {PROBE}0a1b2c3d)" in capsys.readouterr().out
         (out / ".goldnas-notes").write_text("")  # not a probe's name: someone else's
         with pytest.raises(OutputDirError, match="holds what no"):
-            cli.resumes(location(out), stage)
+            resumes(location(out), stage)
     pipeline = load_pipeline("pipeline")
     out = tmp_path / "p1"
     (out / "search").mkdir(parents=True)
@@ -221,10 +222,10 @@ def test_a_continued_sweep_takes_its_planning_flags_only_when_they_plan_the_same
         with pytest.raises(ConfigError, match="was planned with other"):
             check_same_plan(location(tmp_path), sweep_py.parse_args(["--resume", "--out", str(tmp_path), *other]),
                             cli.sweep_base)
-    assert cli.resumes(location(tmp_path), "sweep") is True
+    assert resumes(location(tmp_path), "sweep") is True
     empty = tmp_path / "new"
     (empty / ".mlflow-buffer").mkdir(parents=True)
-    assert cli.resumes(location(empty), "sweep") is False and not (empty / ".mlflow-buffer").exists()
+    assert resumes(location(empty), "sweep") is False and not (empty / ".mlflow-buffer").exists()
 
 
 def test_a_continued_sweep_names_only_the_resource_and_mlflow_flags_that_differ_from_its_plan(tmp_path):

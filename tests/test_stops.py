@@ -29,7 +29,7 @@ from drivers import drive, signal_paused
 import ray_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
-from goldnas_ray.cli import resumes
+from goldnas_ray.cli.outputs import resumes
 from goldnas_ray.files.store import location
 from goldnas_ray.orchestration.retrain_driver import tune_saved
 

@@ -62,7 +62,7 @@ def check_new_out_dir(out: Where, stage: str) -> None:
     """A new run's output folder must not exist or be empty: earlier results are never
     overwritten. An MLflow sqlite store alone (mlflow.db, its mlartifacts/) does not count: the
     new run is added to it (a start stopped before its first checkpoint leaves one, and
-    ``--resume`` starts the run anew beside it, cli.resumes)."""
+    ``--resume`` starts the run anew beside it, cli.outputs.resumes)."""
     out = location(out)
     if out.is_file() or [n for n in out.names() if not is_mlflow_store(n)]:
         raise OutputDirError(f"output folder {out} already exists and is not empty; pass a new "
