@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from goldnas_ray import cli
+from goldnas_ray.cli.process import run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(shown.to_string(index=False))
         print(f"chart: {chart}")
 
-    return cli.run_main(body)
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from goldnas_ray import cli
+from goldnas_ray.cli.process import run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"exported to {out}: model.onnx, model.pt2, weights.safetensors, genotype.json, model.json, "
               f"MODEL_CARD.md; goldnas_ray.load_model({str(out)!r}) loads it")
 
-    return cli.run_main(body)
+    return run_main(body)
 
 
 def _picked(args: argparse.Namespace):

@@ -23,6 +23,7 @@ import sys
 
 from goldnas_ray import cli
 from goldnas_ray.cli.outputs import output_folder, resumes
+from goldnas_ray.cli.process import run_main
 from goldnas_ray.files.search_files import CHECKPOINT, OutputDirError, check_new_out_dir, left_by_a_probe
 from goldnas_ray.files.store import Location
 from goldnas_ray.run.ending import RunStopped
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             exc.out = out
             raise
 
-    return cli.run_main(body, args.verbose)
+    return run_main(body, args.verbose)
 
 
 def resume_search(out: Location) -> bool:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from goldnas_ray import cli
+from goldnas_ray.cli.process import run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
               f"the full network {m['full_network_ms']:.3f} ms measured, {m['full_network_predicted_ms']:.3f} ms "
               f"predicted")
 
-    return cli.run_main(body)
+    return run_main(body)
 
 
 if __name__ == "__main__":

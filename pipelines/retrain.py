@@ -25,6 +25,7 @@ import sys
 
 from goldnas_ray import cli
 from goldnas_ray.cli.outputs import output_folder, resumes
+from goldnas_ray.cli.process import run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         cli.run_retrain_on_ray(out, args, search_dir=args.search_dir, search_run=args.search_run,
                                config_file=args.config, resume=resume)
 
-    return cli.run_main(body, args.verbose)
+    return run_main(body, args.verbose)
 
 
 if __name__ == "__main__":

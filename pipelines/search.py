@@ -20,6 +20,7 @@ import sys
 
 from goldnas_ray import cli
 from goldnas_ray.cli.outputs import output_folder, resumes
+from goldnas_ray.cli.process import run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cli.run_search_on_ray(cfg, out, args, resume)
 
-    return cli.run_main(body, args.verbose)
+    return run_main(body, args.verbose)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import sys
 
 from goldnas_ray import cli
 from goldnas_ray.cli.outputs import output_folder
+from goldnas_ray.cli.process import run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         out = output_folder(args.out, args.resume, "sweep")
         cli.run_sweep_on_ray(out, args)
 
-    return cli.run_main(body, args.verbose)
+    return run_main(body, args.verbose)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ its auth token, RAY_AUTH_MODE=token) and RAY_ADDRESS are the process's only whil
 runs. Without it the pipeline runs as the command line would here (``--local``, or an embedded
 Ray that it starts and shuts down).
 
-The test process is left as it was found: signal handlers (cli.configure_process installs
-SIGINT/SIGTERM/SIGUSR1 handlers), os.environ, sys.argv, the working directory, the cli
-package's module state (cli.outputs._FOLDER, cli._STOP, run.ending.GRACEFUL), MLflow's global
-tracking URI, experiment and active runs, every logger's level, filters and handlers, warning
-filters, torch's thread count and Ray's connection (``ray.shutdown()`` when the driver left it
-connected: ``connect()`` returns early on a connected Ray, so a leftover connection would give
-the next driver this one's runtime_env). tests/test_drivers.py checks it.
+The test process is left as it was found: signal handlers (cli.process.configure_process
+installs SIGINT/SIGTERM/SIGUSR1 handlers), os.environ, sys.argv, the working directory, the cli
+package's module state (cli.outputs._FOLDER, cli.process._STOP, run.ending.GRACEFUL), MLflow's
+global tracking URI, experiment and active runs, every logger's level, filters and handlers,
+warning filters, torch's thread count and Ray's connection (``ray.shutdown()`` when the driver
+left it connected: ``connect()`` returns early on a connected Ray, so a leftover connection
+would give the next driver this one's runtime_env). tests/test_drivers.py checks it.
 
 Where a process boundary is what a test checks (signals, exit codes of a killed process, job
 submission, the README's commands) the test starts the process itself.
@@ -133,10 +133,11 @@ def drive(script: str, *argv: str, cluster: dict | None = None, env: dict[str, s
     Popen: wait for a line, then act), to return within DURING_S of ``ended`` being set; what
     it raises is raised here once the run has ended.
 
-    The pipeline's stop handlers take SIGINT and SIGTERM while it runs (cli.configure_process);
-    no test signals its own process, so a stop status (130, 143) is a Ctrl-C or SIGTERM sent to
-    pytest: it is raised as KeyboardInterrupt once the test process's handlers are back, and
-    the session ends as it would have outside the driver (conftest.py's pytest_configure)."""
+    The pipeline's stop handlers take SIGINT and SIGTERM while it runs
+    (cli.process.configure_process); no test signals its own process, so a stop status (130,
+    143) is a Ctrl-C or SIGTERM sent to pytest: it is raised as KeyboardInterrupt once the test
+    process's handlers are back, and the session ends as it would have outside the driver
+    (conftest.py's pytest_configure)."""
     main = pipeline(script).main
     raised: list[BaseException] = []
 
@@ -184,14 +185,13 @@ def _as_found() -> Iterator[None]:
     from mlflow.tracking import fluent
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    from goldnas_ray import cli
-    from goldnas_ray.cli import outputs
+    from goldnas_ray.cli import outputs, process
     from goldnas_ray.run import ending
 
-    for name in ("ray.tune.tune", "ray.train.v2.api.data_parallel_trainer"):  # cli.configure_process's
+    for name in ("ray.tune.tune", "ray.train.v2.api.data_parallel_trainer"):  # cli.process.configure_process's
         logging.getLogger(name)
     handlers = {s: signal.getsignal(s) for s in SIGNALS}
-    folder, stop, graceful = dict(outputs._FOLDER), dict(cli._STOP), list(ending.GRACEFUL)
+    folder, stop, graceful = dict(outputs._FOLDER), dict(process._STOP), list(ending.GRACEFUL)
     uri, experiment = tracking_utils._tracking_uri, fluent._active_experiment_id
     runs = list(fluent._active_run_stack.get())
     loggers = {name: _logger_state(logging.getLogger(name)) for name in [None, *logging.root.manager.loggerDict]}
@@ -202,7 +202,7 @@ def _as_found() -> Iterator[None]:
         for s, handler in handlers.items():
             signal.signal(s, handler)
         outputs._FOLDER.clear(), outputs._FOLDER.update(folder)
-        cli._STOP.clear(), cli._STOP.update(stop)
+        process._STOP.clear(), process._STOP.update(stop)
         ending.GRACEFUL[:] = graceful
         tracking_utils._tracking_uri, fluent._active_experiment_id = uri, experiment
         fluent._active_run_stack.get()[:] = runs

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from drivers import drive
 
-from goldnas_ray.cli import run_main
+from goldnas_ray.cli.process import run_main
 from goldnas_ray.core.config import ConfigError
 from goldnas_ray.files.atomic import atomic_write
 from goldnas_ray.run.console import EpochProgress
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _no_process_settings(monkeypatch):
     """run_main called in the test process: its settings (environment, SIGTERM handler) are
     for a pipeline's own process, not pytest's."""
-    monkeypatch.setattr("goldnas_ray.cli.configure_process", lambda verbose=False: None)
+    monkeypatch.setattr("goldnas_ray.cli.process.configure_process", lambda verbose=False: None)
 
 
 def test_user_errors_are_one_line_and_exit_2(capsys):
@@ -52,7 +52,7 @@ def test_a_pipeline_bug_prints_a_traceback_and_exits_1(tmp_path):
     # ... while a crash inside the code keeps Python's traceback and status 1 (the process's
     # own exit status: a process of its own)
     crash = subprocess.run([sys.executable, "-c",
-                            "import sys; from goldnas_ray.cli import run_main\n"
+                            "import sys; from goldnas_ray.cli.process import run_main\n"
                             "def body(): {}['missing']\n"
                             "sys.exit(run_main(body))"], capture_output=True, text=True, timeout=60)
     assert crash.returncode == 1 and "Traceback" in crash.stderr and "KeyError" in crash.stderr
@@ -100,7 +100,7 @@ def test_a_placement_timeout_not_above_0_is_refused_naming_the_flag(value, capsy
 
 
 def test_ray_trains_group_start_timeout_follows_the_placement_timeout_above_a_floor(monkeypatch):
-    from goldnas_ray.cli import TRAIN_GROUP_START_FLOOR_S, ray_runtime_env
+    from goldnas_ray.cli.process import TRAIN_GROUP_START_FLOOR_S, ray_runtime_env
 
     name = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
     monkeypatch.delenv(name, raising=False)

@@ -12,8 +12,7 @@ import ray
 import torch
 from drivers import SIGNALS, _logger_state, drive
 
-from goldnas_ray import cli
-from goldnas_ray.cli import outputs
+from goldnas_ray.cli import outputs, process
 from goldnas_ray.run import ending
 
 
@@ -26,7 +25,7 @@ def _state(loggers=None):
 
     names = [None, *logging.root.manager.loggerDict] if loggers is None else list(loggers)
     return ({s: signal.getsignal(s) for s in SIGNALS}, dict(os.environ), list(sys.argv), os.getcwd(),
-            dict(outputs._FOLDER), dict(cli._STOP), list(ending.GRACEFUL), mlflow.get_tracking_uri(),
+            dict(outputs._FOLDER), dict(process._STOP), list(ending.GRACEFUL), mlflow.get_tracking_uri(),
             fluent._active_experiment_id, mlflow.active_run(), ray.is_initialized(), torch.get_num_threads(),
             list(warnings.filters), {name: _logger_state(logging.getLogger(name)) for name in names})
 

@@ -33,7 +33,7 @@ AUDIT = """
 import os, sys
 
 def audit_store(role="worker"):
-    from goldnas_ray.cli import quiet_ray_worker
+    from goldnas_ray.cli.process import quiet_ray_worker
     quiet_ray_worker()
     def note(what):
         with open(OPENS, "a") as f:

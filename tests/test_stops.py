@@ -3,7 +3,7 @@ moments with a second CPU load beside it (the first Ctrl-C while its trials star
 embedded Ray, where the terminal's signal reaches Ray's own processes too; the other four on a
 driver joined to the session's cluster, which stays up), and a
 search on Ray Train on its embedded Ray, each ending through Tune's or Train's own graceful stop
-(cli.fit_until_stopped): exit 130 (143 after SIGTERM), the console's last line the one stop
+(cli.process.fit_until_stopped): exit 130 (143 after SIGTERM), the console's last line the one stop
 line, nothing of Ray's own processes on it, and `--resume` (in the test process, on the
 session's cluster: no signal in it) training no trial that had finished again;
 and a retrain stopped before Tune's first experiment snapshot, which --resume starts anew.

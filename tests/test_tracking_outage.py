@@ -370,16 +370,16 @@ def test_only_connection_failures_and_gateway_answers_are_outages(tmp_path, monk
 
 
 def test_a_pipelines_processes_get_the_short_http_budget_and_keep_the_users(monkeypatch):
-    """The short MLflow budget is set by cli.py, the one place that sets process state (a fresh
+    """The short MLflow budget is set by cli.process, the one place that sets process state (a fresh
     pipeline process, and every Ray process of its job through the runtime_env); a value the
     user set is kept, and the library sets none."""
-    from goldnas_ray import cli
+    from goldnas_ray.cli import process
 
     env = {k: v for k, v in os.environ.items() if k not in buffer.BUDGET}
     env["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "7"
-    code = ("import os; from goldnas_ray import cli, tracking; from goldnas_ray.tracking import buffer; "
+    code = ("import os; from goldnas_ray import tracking; from goldnas_ray.cli import process; from goldnas_ray.tracking import buffer; "
             "import json; print(json.dumps({k: os.environ.get(k) for k in buffer.BUDGET})); "
-            "cli.configure_process(); print(json.dumps({k: os.environ.get(k) for k in buffer.BUDGET}))")
+            "process.configure_process(); print(json.dumps({k: os.environ.get(k) for k in buffer.BUDGET}))")
     before, after = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                    check=True).stdout.splitlines()
     assert json.loads(before) == {name: ("7" if name == "MLFLOW_HTTP_REQUEST_TIMEOUT" else None)
@@ -389,5 +389,5 @@ def test_a_pipelines_processes_get_the_short_http_budget_and_keep_the_users(monk
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
     for verbose in (False, True):
-        assert cli.ray_runtime_env(verbose)["env_vars"].items() >= {**buffer.BUDGET,
+        assert process.ray_runtime_env(verbose)["env_vars"].items() >= {**buffer.BUDGET,
                                                                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "7"}.items()

@@ -24,7 +24,8 @@ def output_folder(out: str | Path | None, resume: bool, stage: str) -> Location:
     path without GOLDNAS_RUNS is refused: the job runs in a temporary copy of the working
     directory, deleted with the job. A storage location is probed (a small object written
     and deleted) so that a missing bucket or missing rights fail now. The folder is kept for
-    :func:`run_main`'s stop line (a stop before the run's work began names how to resume)."""
+    ``cli.process.run_main``'s stop line (a stop before the run's work began names how to
+    resume)."""
     root = os.environ.get("GOLDNAS_RUNS")
     if out is None:
         if resume:

@@ -35,9 +35,9 @@ def auth_hint() -> str:
 def connect(address: str | None = None, log: Callable[[str], None] = print,
             num_cpus: int | None = None, runtime_env: dict[str, Any] | None = None) -> dict[str, float]:
     """Join ``address`` (or RAY_ADDRESS), else start an embedded local Ray; returns the
-    cluster's resources. ``runtime_env`` is the job's (``cli.ray_runtime_env``): inside a
-    ``ray job submit`` job, what the job's own runtime_env already sets is left to it. A
-    pipeline that searches, then retrains, connects once."""
+    cluster's resources. ``runtime_env`` is the job's (``cli.process.ray_runtime_env``):
+    inside a ``ray job submit`` job, what the job's own runtime_env already sets is left to it.
+    A pipeline that searches, then retrains, connects once."""
     import ray
 
     if ray.is_initialized():
@@ -114,16 +114,17 @@ def check_address(address: str, timeout: float = 5.0) -> None:
 
 
 def interruptible(call: Callable[[], T]) -> T:
-    """``call()`` (a Tuner's or a Ray Train trainer's ``fit``) so that a stop ends it through Ray's
-    own graceful stop. In a pipeline's process (``cli.configure_process``: ``run.ending.
-    GRACEFUL``) it runs on this, the main, thread, where Ctrl-C or SIGTERM asks Tune to stop
-    (its experiment state saved one last time) or Ray Train to abort; once ``call`` has returned,
-    the stop is raised here as KeyboardInterrupt (SIGINT) or SystemExit(143) (SIGTERM), and the
-    caller ends its tracked runs KILLED. Elsewhere (the library called from a program of its
-    own) ``call`` runs in a thread of its own, so that Ray installs no signal handler in the
-    caller's process, and this thread waits for it: a stop reaches this thread at once, and
-    what ``call`` left on storage (its checkpoints) is what ``--resume`` continues from. The
-    outcome of ``call`` is returned or raised as ``call`` would."""
+    """``call()`` (a Tuner's or a Ray Train trainer's ``fit``) so that a stop ends it through
+    Ray's own graceful stop. In a pipeline's process (``cli.process.configure_process``:
+    ``run.ending.GRACEFUL``) it runs on this, the main, thread, where Ctrl-C or SIGTERM asks
+    Tune to stop (its experiment state saved one last time) or Ray Train to abort; once
+    ``call`` has returned, the stop is raised here as KeyboardInterrupt (SIGINT) or
+    SystemExit(143) (SIGTERM), and the caller ends its tracked runs KILLED. Elsewhere (the
+    library called from a program of its own) ``call`` runs in a thread of its own, so that Ray
+    installs no signal handler in the caller's process, and this thread waits for it: a stop
+    reaches this thread at once, and what ``call`` left on storage (its checkpoints) is what
+    ``--resume`` continues from. The outcome of ``call`` is returned or raised as ``call``
+    would."""
     from goldnas_ray.run.ending import GRACEFUL
 
     if GRACEFUL and threading.current_thread() is threading.main_thread():

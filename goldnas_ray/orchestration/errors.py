@@ -1,7 +1,7 @@
 """The errors that mean "the user's input or environment is wrong", not a bug: a bad config
 value, missing or malformed data, genotype or model files, an unusable output folder, an unreachable
 or too small cluster, an unreachable MLflow server or storage, trials left unfinished. A
-pipeline prints them as one line (``cli.run_main``).
+pipeline prints them as one line (``cli.process.run_main``).
 
 Each has a kind (:func:`kind_of`): :data:`INPUT` when it is a fault of the run's own input
 (its config, space, data, genotypes, a location or bucket that does not exist; a diverged

@@ -68,7 +68,7 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
     """Retrain (or, with ``resume``, continue retraining) and return the report table.
     ``search_dir`` may be a sweep's folder (``union_front``: its records' union, once each).
     ``trial``: what each trial holds (one worker: the Tune trial trains; more: a Ray Train run
-    of that many workers). ``runtime_env``: the Ray job's (``cli.ray_runtime_env``).
+    of that many workers). ``runtime_env``: the Ray job's (``cli.process.ray_runtime_env``).
     ``placement_timeout``: how long to wait for the cluster to place the first trial."""
     out = location(out).resolved()
     search_dir = location(search_dir) if search_dir is not None else None

@@ -44,7 +44,7 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     """Run (or resume) a search on Ray Train; returns the content of records.json.
 
     ``cpus_per_worker`` None: on an embedded local Ray the workers share all its CPUs, on a
-    joined cluster each gets 1. ``runtime_env``: the job's (``cli.ray_runtime_env``).
+    joined cluster each gets 1. ``runtime_env``: the job's (``cli.process.ray_runtime_env``).
     ``mlflow_run_id``: a new search logs into this run (a sweep's child) instead of a new one;
     ``callbacks``: Ray Train's (a sweep's trial passes rank 0's reports on to Tune).
     ``latency``: a new cost=latency search's table as the caller read it (a sweep's driver),

@@ -3,17 +3,17 @@ retrain (Ray Tune).
 
 A run whose work returns ends FINISHED (its driver says so after the last files are written);
 one that was stopped ends KILLED: Ctrl-C raises KeyboardInterrupt, and ``ray job stop``'s
-SIGTERM raises SystemExit in the pipelines' processes (``cli.configure_process``); any other
-error ends it FAILED. Marking the tracker never hides what ended the run: when the tracker
-itself fails (a tracking server gone, say), that is logged in one line and the original error
-goes on.
+SIGTERM raises SystemExit in the pipelines' processes (``cli.process.configure_process``); any
+other error ends it FAILED. Marking the tracker never hides what ended the run: when the
+tracker itself fails (a tracking server gone, say), that is logged in one line and the original
+error goes on.
 
 A stop that comes while Ray Tune or Ray Train runs asks them to stop through their own graceful
 stop (Tune saves its experiment state one last time, Train aborts its workers; their
-checkpoints stay): ``cli.configure_process`` installs the signal handlers and puts the way to
-run such a fit in :data:`GRACEFUL`, which ``orchestration.cluster.interruptible`` uses. The fit
-returns, and the driver that called it sees the stop as KeyboardInterrupt or SystemExit, as if
-the signal had come then.
+checkpoints stay): ``cli.process.configure_process`` installs the signal handlers and puts the
+way to run such a fit in :data:`GRACEFUL`, which ``orchestration.cluster.interruptible`` uses.
+The fit returns, and the driver that called it sees the stop as KeyboardInterrupt or
+SystemExit, as if the signal had come then.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterator
 
 # the tracker's way to end its run(s) with a status: FINISHED, KILLED or FAILED
 Finish = Callable[[str], None]
-# how this process runs a fit that a stop signal ends gracefully (cli.fit_until_stopped, put
-# here by cli.configure_process); empty in a process cli did not set up
+# how this process runs a fit that a stop signal ends gracefully (cli.process.fit_until_stopped,
+# put here by cli.process.configure_process); empty in a process cli did not set up
 GRACEFUL: list[Callable[[Callable[[], Any]], Any]] = []
 
 

@@ -4,9 +4,9 @@ outlive an outage of a tracking server.
 A tracking server that stops answering after a good start (a restart, a redeploy) is not the
 run's failure. Every write (params, metrics with their steps and timestamps, tags, statuses,
 artifacts, tables) first goes to the server with a short budget: in a pipeline's processes
-(``cli.configure_process`` and the Ray job's runtime_env set :data:`BUDGET` where the user set
-none), MLflow's ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` /
-``MLFLOW_HTTP_REQUEST_TIMEOUT`` are 2 / 1 / 10, so one write blocks an epoch for at most
+(``cli.process.configure_process`` and the Ray job's runtime_env set :data:`BUDGET` where the
+user set none), MLflow's ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``
+/ ``MLFLOW_HTTP_REQUEST_TIMEOUT`` are 2 / 1 / 10, so one write blocks an epoch for at most
 about 35 s (a refused connection: about 3 s); this module sets no environment. When it
 fails on the connection, a timeout or a 502/503/504 (a 500 only when ``/health`` fails too:
 :func:`is_outage`), the console says so once ("MLflow at URI unreachable since epoch N:
@@ -45,7 +45,7 @@ BUFFER = ".mlflow-buffer"
 FAILED = ".mlflow-buffer.failed.jsonl"  # beside the buffer: the lines a healthy server refused
 KIND = "__buffered__"  # marks a value encoded by Buffer (an MLflow entity, a table, a file)
 PROBE_EVERY = 30.0  # seconds between /health probes while buffering
-# MLflow's HTTP retries for a pipeline's processes (set by cli.py, the user's values kept)
+# MLflow's HTTP retries for a pipeline's processes (set by cli.process, the user's values kept)
 BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
           "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 # the MlflowClient methods that write; any other attribute (reads) goes to the client as it is
