@@ -56,7 +56,7 @@ def pytest_configure(config):
     them running (tests/test_teardown.py). Under xdist the controller passes the signal on to
     its workers, where the fixtures are, and waits for their teardown."""
     global _WORKERS
-    _WORKERS = bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+    _WORKERS = bool(getattr(config.option, "tx", None)) and not hasattr(config, "workerinput")
     signal.signal(signal.SIGTERM, _interrupt)
 
 
@@ -64,6 +64,9 @@ _WORKERS = False  # this process is an xdist controller, with workers to pass si
 
 
 def _interrupt(signum, frame):
+    # once: a second SIGTERM (a runner that signals the whole process group reaches a worker
+    # directly and through its controller) would cut short the teardown the first one started
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if _WORKERS:
         workers = [pid for pid in ray_nodes.descendants(os.getpid()) if _parent(pid) == os.getpid()]
         for pid in workers:
@@ -117,6 +120,7 @@ def tiny_config(**search) -> Config:
 SERVICE_FIXTURES = {"ray_cluster": "ray", "mlflow_server": "mlflow", "mlflow_s3_server": "mlflow", "s3": "s3"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups off the items
 def pytest_collection_modifyitems(items):
     for item in items:
         # xdist (--dist loadgroup): the tests on the session's Ray cluster run one after another

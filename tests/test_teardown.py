@@ -26,8 +26,18 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
-def test_holds_the_services(readme_shell, mlflow_server, s3):
+
+@pytest.fixture(scope="session")
+def torn_down():
+    """Set up first, so torn down last: its file says the session's own teardown ran to the end
+    (not the controller's stopping of what a worker left)."""
+    yield
+    Path(os.environ["GOLDNAS_PROBE"] + ".torn-down").write_text("")
+
+
+def test_holds_the_services(torn_down, readme_shell, mlflow_server, s3):
     # the token a default run leaves in ~/.ray, which the README's head requires
     subprocess.run([str(Path(sys.executable).parent / "ray"), "get-auth-token", "--generate"],
                    env=readme_shell.env, check=True, capture_output=True)
@@ -68,10 +78,10 @@ def test_sigterm_to_a_session_leaves_none_of_its_processes(tmp_path, workers):
         assert left == [], ray_nodes.describe(left) + [console[-3000:]]
         assert session.returncode == 2 and "KeyboardInterrupt" in console, console[-3000:]  # pytest's "interrupted"
         assert not Path(f"/tmp/{mark}").exists()  # the session's RAY_TMPDIR
+        assert Path(f"{probe}.torn-down").is_file(), console[-3000:]  # by the fixtures' own teardown
     finally:
         if session.poll() is None:
             session.kill()
             session.wait()
-        if mark:  # what a broken teardown left: stopped here, by its mark
-            ray_nodes.stop(mark, timeout=5)
-            ray_nodes.stop(f"{mark}-cluster", timeout=5)
+        if mark:  # what a broken teardown left (the controller's and every worker's): stopped here
+            ray_nodes.stop(mark.split("-")[0], timeout=5, prefix=True)
