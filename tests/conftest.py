@@ -30,10 +30,11 @@ BIN = Path(sys.executable).parent
 # (/tmp/ray, its ray_current_cluster file) is never touched either.
 #
 # With pytest-xdist (`-n 2`: the fast selection, CONTRIBUTING.md) a controller that runs no test
-# hands the tests to workers gw0, gw1...: each worker is a session of its own, marked "<controller's mark>-gw0" and so on, so that
-# the controller can stop whatever its workers left (a worker it had to kill, say). A process
-# counts as a worker only if the controller is its parent: a pytest that a test starts (as
-# tests/test_teardown.py does) inherits the variables and is a session of its own.
+# hands the tests to workers gw0, gw1...: each worker is a session of its own, marked
+# "<controller's mark>-gw0" and so on, so that the controller can stop whatever its workers
+# left (a worker it had to kill, say). A process counts as a worker only if the controller is
+# its parent: a pytest that a test starts (as tests/test_teardown.py does) inherits the
+# variables and is a session of its own.
 _PARENT, _, _PARENT_SESSION = os.environ.get("GOLDNAS_TEST_CONTROLLER", "").partition(":")
 _IS_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER")) and _PARENT == str(os.getppid())
 if _IS_WORKER:
@@ -49,6 +50,9 @@ os.environ["RAY_TMPDIR"] = f"/tmp/{SESSION}"
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
+_WORKERS = False  # this process is an xdist controller, with workers to pass signals on to
+
+
 def pytest_configure(config):
     """SIGTERM (a CI runner's timeout, `kill`) ends the session as Ctrl-C does: pytest stops
     the test it is in and runs every fixture's teardown, so the session's Ray cluster, MLflow
@@ -60,16 +64,12 @@ def pytest_configure(config):
     signal.signal(signal.SIGTERM, _interrupt)
 
 
-_WORKERS = False  # this process is an xdist controller, with workers to pass signals on to
-
-
 def _interrupt(signum, frame):
     # once: a second SIGTERM (a runner that signals the whole process group reaches a worker
     # directly and through its controller) would cut short the teardown the first one started
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if _WORKERS:
-        workers = [pid for pid in ray_nodes.descendants(os.getpid()) if _parent(pid) == os.getpid()]
-        for pid in workers:
+        for pid in ray_nodes.children(os.getpid()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         # a worker's process outlives its session (execnet serves until the controller ends
@@ -78,14 +78,6 @@ def _interrupt(signum, frame):
         while time.time() < deadline and ray_nodes.marked(f"{SESSION}-", prefix=True):
             time.sleep(0.5)
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(") ", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def pytest_unconfigure(config):

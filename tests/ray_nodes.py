@@ -49,6 +49,16 @@ def marked(value: str, prefix: bool = False) -> list[int]:
 
 def descendants(pid: int) -> list[int]:
     """Pids of every process under ``pid`` (its children, theirs, ...)."""
+    return sorted(_with_descendants({pid}, _parents()) - {pid})
+
+
+def children(pid: int) -> list[int]:
+    """Pids of the processes ``pid`` started itself."""
+    return sorted(child for child, parent in _parents().items() if parent == pid)
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process /proc shows."""
     parents = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -57,7 +67,7 @@ def descendants(pid: int) -> list[int]:
                     parents[int(entry)] = int(f.read().rsplit(") ", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-    return sorted(_with_descendants({pid}, parents) - {pid})
+    return parents
 
 
 def _with_descendants(roots: set[int], parents: dict[int, int]) -> set[int]:
@@ -89,9 +99,9 @@ def stop(value: str, timeout: float = 10.0, rounds: int = 3, prefix: bool = Fals
                 except ProcessLookupError:
                     pass
             deadline = time.time() + (timeout if sig == signal.SIGTERM else 5)
-            while time.time() < deadline and any(alive(p) for p in left):
+            while time.time() < deadline and any(_alive(p) for p in left):
                 time.sleep(0.2)
-            left = [p for p in left if alive(p)]
+            left = [p for p in left if _alive(p)]
             if not left:
                 break
     return len(seen)
@@ -122,7 +132,7 @@ def _ancestry() -> set[int]:
     return pids
 
 
-def alive(pid: int) -> bool:
+def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(") ")[-1][:1] != "Z"  # a zombie has exited
