@@ -110,7 +110,7 @@ class SpaceConfig(Section):
     init_channels: PositiveInt = Field(8, description="channels C of the first cells")
     stem_multiplier: PositiveInt = Field(3, description="the CIFAR stem's output: this x C channels")
     operators: list[Operator] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: ["skip_connect", "sep_conv_3x3"], min_length=1,
+        default=["skip_connect", "sep_conv_3x3"], min_length=1,
         description="candidate operators on every edge (a YAML list, or names joined by commas)")
     auxiliary: StrictBool = Field(False, description="auxiliary head on the 2L/3 cell during the search")
     stem: Literal["cifar", "imagenet"] = Field(
@@ -421,63 +421,37 @@ def json_schema() -> dict[str, Any]:
             "title": "goldnas-ray config", **{k: v for k, v in schema.items() if k != "title"}}
 
 
-def _type_name(annotation: Any, info: Any) -> str:
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is Literal:
-        return " \\| ".join(f"`{a}`" for a in args) if len(args) <= 8 else "name"
-    if origin in (Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        return " \\| ".join(_type_name(a, None) for a in inner) + " \\| null"
-    if origin is list:
-        return "list of " + ("operator names" if args and typing.get_origin(args[0]) is Literal else "str")
-    if origin is Annotated:
-        return _type_name(args[0], None)
-    return getattr(annotation, "__name__", str(annotation)).replace("StrictBool", "bool")
+_TYPES = {"integer": "int", "number": "float", "string": "str", "boolean": "bool", "null": "null"}
+BAR = " \\| "  # a bar inside a Markdown table's cell
+_BOUNDS = {"exclusiveMinimum": ">", "minimum": ">=", "exclusiveMaximum": "<", "maximum": "<=", "minItems": "at least"}
 
 
-def _bounds(info: Any) -> str:
-    words = []
-    metadata = list(info.metadata)
-    for arg in typing.get_args(info.annotation):  # an optional bounded value: Annotated inside a Union
-        if typing.get_origin(arg) is Annotated:
-            metadata += [m for a in arg.__metadata__ for m in getattr(a, "metadata", [a])]
-    for meta in metadata:
-        for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
-            value = getattr(meta, attr, None)
-            if value is not None:
-                words.append(f"{sign} {value}")
-        if getattr(meta, "min_length", None):
-            words.append(f"at least {meta.min_length}")
-    return ", ".join(words)
-
-
-def _default(info: Any) -> str:
-    value = info.default_factory() if info.default_factory is not None else info.default
-    if value is None:
-        return "unset"
-    if isinstance(value, list):
-        return "`[" + ", ".join(map(str, value)) + "]`"
-    return f"`{json.dumps(value) if isinstance(value, bool) else value}`"
+def _row(key: str, prop: dict[str, Any]) -> str:
+    """The reference table's row of one field, from its JSON Schema (``prop``)."""
+    parts = prop.get("anyOf", [prop])  # an optional value: its type, then null
+    choices = [c for p in parts for c in p.get("enum", p.get("items", {}).get("enum", []))]
+    names = [_TYPES.get(p.get("type"), "") for p in parts]
+    if "enum" in prop:
+        names = ["name"] if len(choices) > 8 else [f"`{c}`" for c in choices]
+    elif prop.get("type") == "array":
+        names = ["list of " + ("operator names" if choices else "str")]
+    listed = choices if len(choices) > 8 or prop.get("type") == "array" else []
+    bounds = [f"{sign} {p[word]}" for p in parts for word, sign in _BOUNDS.items() if word in p]
+    allowed = "; ".join(x for x in (", ".join(bounds), ", ".join(listed)) if x)
+    value = prop.get("default")
+    default = ("unset" if value is None else "`[" + ", ".join(map(str, value)) + "]`" if isinstance(value, list)
+               else f"`{json.dumps(value) if isinstance(value, bool) else value}`")
+    return f"| `{key}` | {BAR.join(names)} | {default} | {allowed} | {prop.get('description', '')} |"
 
 
 def reference_table() -> str:
-    """The Markdown table of every field (key, type, default, allowed values, meaning), then
-    the datasets' (what data.root holds, whether it streams)."""
+    """The Markdown table of every field (key, type, default, allowed values, meaning), read from
+    the config's JSON Schema, then the datasets' (what data.root holds, whether it streams)."""
+    schema = json_schema()
     lines = ["| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
-    for name, info in Config.model_fields.items():
-        section = _section(info.annotation)
-        fields = section.model_fields.items() if section else [(None, info)]
-        for field, finfo in fields:
-            key = f"{name}.{field}" if field else name
-            annotation = finfo.annotation
-            choices = ""
-            if typing.get_origin(annotation) is Literal and len(typing.get_args(annotation)) > 8:
-                choices = ", ".join(typing.get_args(annotation))
-            if typing.get_origin(annotation) is list:
-                choices = ", ".join(typing.get_args(typing.get_args(annotation)[0]))
-            allowed = "; ".join(x for x in (_bounds(finfo), choices) if x)
-            lines.append(f"| `{key}` | {_type_name(annotation, finfo)} | {_default(finfo)} | {allowed} | "
-                         f"{finfo.description or ''} |")
+    for name, prop in schema["properties"].items():
+        section = schema["$defs"][prop["$ref"].rsplit("/", 1)[1]]["properties"] if "$ref" in prop else None
+        lines += ([_row(f"{name}.{k}", p) for k, p in section.items()] if section else [_row(name, prop)])
     lines += ["", "| `data.dataset` | `data.root` holds | data.path=stream |", "| --- | --- | --- |"]
     lines += [f"| `{d.name}` | {d.root} | {'yes' if d.streamable else 'no'} |" for d in DATASETS.values()]
     return "\n".join(lines) + "\n"
