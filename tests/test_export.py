@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from drivers import drive
-from goldnas_ray.core.costs import count_params, total_flops
+from goldnas_ray.core.counting import count_params, total_flops
 from goldnas_ray.core.discrete import build_network
 from goldnas_ray.core.genotype import Genotype
 from goldnas_ray.core.space import OpKey

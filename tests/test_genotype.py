@@ -6,7 +6,7 @@ import torch
 
 import goldnas_ray
 from goldnas_ray import GenotypeError, build_network, load_genotype
-from goldnas_ray.core.costs import total_flops
+from goldnas_ray.core.counting import total_flops
 from goldnas_ray.files.search_files import write_genotype
 from goldnas_ray.core.space import OpKey
 from goldnas_ray.core.supernet import SuperNet

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from goldnas_ray.core.costs import total_flops
+from goldnas_ray.core.counting import total_flops
 from goldnas_ray.core.operations import OPS, PRIMITIVES
 
 

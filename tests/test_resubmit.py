@@ -18,7 +18,7 @@ from drivers import drive
 
 from goldnas_ray import cli
 from goldnas_ray.cli.outputs import resumes
-from goldnas_ray.core.config import Config, ConfigError
+from goldnas_ray.core.config import ConfigError
 from goldnas_ray.files.search_files import CHECKPOINT, OutputDirError
 from goldnas_ray.files.store import location
 from goldnas_ray.sweep.plan import Sweep, check_same_plan, not_as_planned, plan_sweep

@@ -12,7 +12,7 @@ from conftest import tiny_config
 from goldnas_ray.files.search_files import OutputDirError
 from goldnas_ray.retrain.candidates import load_search, random_candidates
 from goldnas_ray.core.config import ConfigError, RetrainConfig, SpaceConfig
-from goldnas_ray.core.costs import count_params, total_flops
+from goldnas_ray.core.counting import count_params, total_flops
 from goldnas_ray.data import Dataset
 from goldnas_ray.core.discrete import build_network
 from goldnas_ray.retrain.report import non_dominated, staircase, summarise, write_report

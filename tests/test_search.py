@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from conftest import tiny_config
 from goldnas_ray import build_network, load_genotype
 from goldnas_ray.files.search_files import load_checkpoint, save_checkpoint
-from goldnas_ray.core.costs import count_params, total_flops
+from goldnas_ray.core.counting import count_params, total_flops
 from goldnas_ray.data import Dataset, eval_batches, iterate_batches
 from goldnas_ray.retrain.recipe import count_correct
 from goldnas_ray.run.loop import run_local

@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from goldnas_ray import build_network
-from goldnas_ray.core.costs import count_params, total_flops
+from goldnas_ray.core.counting import count_params, total_flops
 from goldnas_ray.core.operations import PRIMITIVES
 from goldnas_ray.core.space import OpKey, cell_edges, log10_space_size
 from goldnas_ray.core.supernet import SuperNet

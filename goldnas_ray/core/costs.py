@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Hashable, Sequence
 
-from goldnas_ray.core.counting import count_flops, count_params, total_flops  # noqa: F401 (the last two re-exported)
+from goldnas_ray.core.counting import count_flops
 from goldnas_ray.core.genotype import Genotype
 
 if TYPE_CHECKING:  # networks import this module (the supernet measures itself with a table):

@@ -69,12 +69,12 @@ class DiscreteNet(Network):
         return super().load_state_dict(state, strict, assign)
 
     def flops(self) -> int:
-        """FLOPs of one image through the network (``costs.total_flops``: a multiply-add is 2)."""
+        """FLOPs of one image through the network (``counting.total_flops``: a multiply-add is 2)."""
         g = self.genotype
         return total_flops(self, (g.in_channels, g.input_size, g.input_size))
 
     def params(self) -> int:
-        """Trainable parameters, the auxiliary head excluded (``costs.count_params``)."""
+        """Trainable parameters, the auxiliary head excluded (``counting.count_params``)."""
         return count_params(self)
 
     def set_drop_path(self, prob: float, generator: torch.Generator | None = None) -> None:

@@ -52,7 +52,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from goldnas_ray.files.atomic import atomic_write
 

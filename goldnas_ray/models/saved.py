@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from goldnas_ray.core.config import DATASETS, DataConfig
-from goldnas_ray.core.costs import count_params, total_flops
+from goldnas_ray.core.counting import count_params, total_flops
 from goldnas_ray.core.discrete import DiscreteNet, build_network
 from goldnas_ray.core.genotype import Genotype, GenotypeError, load_genotype
 from goldnas_ray.files.store import Location, location

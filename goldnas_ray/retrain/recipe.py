@@ -31,7 +31,7 @@ from torch import nn
 
 from goldnas_ray.core.comm import Communicator, LocalComm
 from goldnas_ray.core.config import DataConfig, RetrainConfig
-from goldnas_ray.core.costs import count_params, total_flops
+from goldnas_ray.core.counting import count_params, total_flops
 from goldnas_ray.core.discrete import build_network, load_inherited
 from goldnas_ray.core.genotype import Genotype
 from goldnas_ray.core.network import seeded

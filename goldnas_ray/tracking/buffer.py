@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import re
 import shutil
 import tempfile

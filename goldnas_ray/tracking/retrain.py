@@ -149,8 +149,7 @@ class RetrainTracker:
         ts = int(time.time() * 1000)
         metrics = [Metric(n, float(row[n]), ts, int(row["epoch"])) for row in missing for n in TRIAL_METRICS
                    if row.get(n) is not None and not math.isnan(float(row[n]))]
-        for i in range(0, len(metrics), 1000):  # MLflow's limit per batch
-            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        self.client.log_batch(run_id, metrics=metrics)  # MlflowClient splits it at MLflow's limits
         self._logged.setdefault(run_id, set()).update(int(row["epoch"]) for row in missing)
         return len(missing)
 
