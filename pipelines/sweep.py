@@ -38,17 +38,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="a config key and its values, e.g. search.lambda0=0.001,0.002 (repeatable: "
                         "the sweep runs every combination)")
-    p.add_argument("--seeds", default="0", help="seeds of every grid point, e.g. 0,1,2 (default 0)")
+    # the flags a continued sweep checks against its plan default to None (not given); the
+    # drivers' own defaults apply then, as the help says
+    p.add_argument("--seeds", default=None, help="seeds of every grid point, e.g. 0,1,2 (default 0)")
     cli.add_common_flags(p)
-    p.add_argument("--workers-per-search", type=int, default=1, metavar="N",
+    p.add_argument("--workers-per-search", type=int, default=None, metavar="N",
                    help="Ray Train workers (DDP ranks) of each search (default 1: the search runs in "
                         "its Tune trial's process)")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries of a search that fails with an error other than its input's (default 2)")
-    p.add_argument("--experiment", default="goldnas-sweep", help="MLflow experiment name")
+    p.add_argument("--experiment", default=None, help="MLflow experiment name (default goldnas-sweep)")
     p.add_argument("--cpus-per-worker", type=float, default=None,
                    help="CPUs per search worker (default 1); a worker of k CPUs runs k torch threads")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+    p.add_argument("--gpus-per-worker", type=float, default=None,
                    help="GPUs per search worker; > 0 trains on CUDA (default 0: CPU)")
     return p.parse_args(argv)
 

@@ -121,6 +121,29 @@ def run_search(args: list[str], tmp_path: Path, hold_cpus: float = 0, timeout: f
     return subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.parametrize("workers, cpus, gpus", [(0, 1.0, 0.0), (1, 0.0, 0.0), (1, 1.0, -1.0)])
+def test_each_driver_refuses_a_worker_count_or_size_that_cannot_run_before_connecting(tmp_path, workers, cpus, gpus):
+    """The search, the sweep and the retrain name the same impossible resources with one
+    ConfigError, before Ray is started (no address given: an embedded Ray would start) and
+    before anything is written."""
+    from goldnas_ray.core.config import ConfigError
+    from goldnas_ray.orchestration.retrain_driver import run_retrain
+    from goldnas_ray.orchestration.search_driver import run_ray
+    from goldnas_ray.orchestration.sweep_driver import run_sweep
+
+    runs = {"search": lambda out: run_ray(None, out, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus),
+            "sweep": lambda out: run_sweep(out, grid={"search.lambda0": ["0.001"]}, seeds=[0], workers=workers,
+                                           cpus_per_worker=cpus, gpus_per_worker=gpus),
+            "retrain": lambda out: run_retrain(out, search_dir=tmp_path / "no-search", trial=Resources(workers, cpus, gpus))}
+    for name, run in runs.items():
+        with pytest.raises(ConfigError, match=r"a run needs at least one worker of > 0 CPUs and >= 0 GPUs, got "
+                                              rf"{workers} worker\(s\) x \({cpus:g} CPU, {gpus:g} GPU\)"):
+            run(tmp_path / name)
+        assert not (tmp_path / name).exists(), name
+    import ray
+    assert not ray.is_initialized()
+
+
 @pytest.mark.ray
 def test_a_worker_larger_than_any_node_is_refused_before_any_work(tmp_path):
     out = tmp_path / "x"

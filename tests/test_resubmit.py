@@ -245,6 +245,10 @@ def test_a_continued_sweep_names_only_the_resource_and_mlflow_flags_that_differ_
                                  "--experiment", "mine", "--mlflow-uri", "http://other:5000"])
     assert not_as_planned(location(tmp_path), other) == [
         "--cpus-per-worker 4.0", "--gpus-per-worker 1.0", "--mlflow-uri http://other:5000", "--no-mlflow"]
+    # a value given is named even when it is the flag's default (the plan has 2 workers, not 1)
+    defaults = sweep_py.parse_args(["--resume", "--out", str(tmp_path), "--workers-per-search", "1",
+                                    "--experiment", "goldnas-sweep", "--gpus-per-worker", "0"])
+    assert not_as_planned(location(tmp_path), defaults) == ["--workers-per-search 1", "--experiment goldnas-sweep"]
 
 
 def test_resume_on_an_empty_bucket_prefix_starts_the_search_there(s3, readme_shell):

@@ -209,12 +209,14 @@ def run_sweep_on_ray(out: Location, args: argparse.Namespace) -> None:
                           max_failures=args.max_failures, verbose=args.verbose,
                           placement_timeout=args.placement_timeout)
     else:
+        given = {"workers": args.workers_per_search, "gpus_per_worker": args.gpus_per_worker,
+                 "experiment": args.experiment}  # not given (None): run_sweep's defaults
         sweep = run_sweep(out, base=sweep_base(args), grid=parse_grid(args.grid), seeds=parse_seeds(args.seeds),
-                          workers=args.workers_per_search, cpus_per_worker=args.cpus_per_worker,
-                          gpus_per_worker=args.gpus_per_worker, mlflow_uri=args.mlflow_uri,
-                          tracking=not args.no_mlflow, experiment=args.experiment, max_failures=args.max_failures,
+                          cpus_per_worker=args.cpus_per_worker, mlflow_uri=args.mlflow_uri,
+                          tracking=not args.no_mlflow, max_failures=args.max_failures,
                           address=args.address, runtime_env=runtime_env(args), verbose=args.verbose,
-                          placement_timeout=args.placement_timeout)
+                          placement_timeout=args.placement_timeout,
+                          **{k: v for k, v in given.items() if v is not None})
     check_finished(sweep, out)
 
 

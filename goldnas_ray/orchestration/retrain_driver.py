@@ -48,7 +48,7 @@ from goldnas_ray.retrain import report, stats
 from goldnas_ray.retrain.recipe import Retrainer
 from goldnas_ray.run.ending import RunStopped, ends_tracked_run
 from goldnas_ray.retrain.candidates import save_genotypes
-from goldnas_ray.retrain.plan import Manifest, Resources, RetrainError, TrialSpec, plan_retrain, trial_key
+from goldnas_ray.retrain.plan import Manifest, Resources, RetrainError, TrialSpec, check_workers, plan_retrain, trial_key
 from goldnas_ray.sweep.plan import Sweep, is_sweep
 from goldnas_ray.sweep.retrain import describe_points, load_sweep, point_hypervolumes
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
@@ -72,9 +72,7 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
     ``placement_timeout``: how long to wait for the cluster to place the first trial."""
     out = location(out).resolved()
     search_dir = location(search_dir) if search_dir is not None else None
-    if trial.workers < 1 or trial.cpus <= 0 or trial.gpus < 0:
-        raise ConfigError(f"a trial needs at least one worker of > 0 CPUs and >= 0 GPUs, got {trial.workers} "
-                          f"x ({trial.cpus:g} CPU, {trial.gpus:g} GPU)")
+    check_workers(trial.workers, trial.cpus, trial.gpus)
     with _staging(search_run is not None or (search_dir is not None and search_dir.is_remote)) as staging:
         if resume:
             manifest, trial = _resumed(out, trial, log)

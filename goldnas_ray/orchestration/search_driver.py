@@ -18,7 +18,7 @@ from goldnas_ray.core.config import Config
 from goldnas_ray.core.latency import LatencyTable
 from goldnas_ray.files.search_files import RECORDS, read_records, records_path
 from goldnas_ray.files.store import Location, location
-from goldnas_ray.orchestration.cluster import ClusterError, connect, interruptible
+from goldnas_ray.orchestration.cluster import connect, interruptible
 from goldnas_ray.orchestration.errors import user_error
 from goldnas_ray.core.search import check_stop, latency_table
 from goldnas_ray.core.space import check_spatial
@@ -27,7 +27,7 @@ from goldnas_ray.data.stream import StreamInfo, stream_info
 from goldnas_ray.orchestration.placement import PLACEMENT_TIMEOUT, Ask, check, cluster_shape, torch_trainer, \
     wait_until_placed
 from goldnas_ray.orchestration.streaming import train_dataset
-from goldnas_ray.retrain.plan import Resources
+from goldnas_ray.retrain.plan import Resources, check_workers
 from goldnas_ray.run.ending import Finish, RunStopped, ends_tracked_run
 from goldnas_ray.run.loop import load_data, read_latency, search_start
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
@@ -53,8 +53,7 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     how long to wait for the cluster to place the workers (ClusterError after); None inside a
     sweep's trial, whose driver checked the cluster and waited."""
     out = location(out).resolved()
-    if workers < 1:
-        raise ClusterError(f"--workers must be >= 1, got {workers}")
+    check_workers(workers, cpus_per_worker, gpus_per_worker)
     start = search_start(out, resume, cfg)
     if start.finished:
         log(f"search in {out} already finished after epoch {start.epochs}; nothing to do")

@@ -43,13 +43,13 @@ from goldnas_ray.core.config import Config
 from goldnas_ray.core.latency import LatencyTable
 from goldnas_ray.data.stream import stream_info
 from goldnas_ray.orchestration.errors import USER_ERRORS, error_kind, user_error
-from goldnas_ray.files.search_files import OutputDirError, check_new_out_dir
+from goldnas_ray.files.search_files import check_new_out_dir
 from goldnas_ray.files.store import INPUT, Location, location
 from goldnas_ray.orchestration.cluster import connect, interruptible
 from goldnas_ray.orchestration.placement import PLACEMENT_TIMEOUT, ask_of, at_once_line, place_first, trial_resources
 from goldnas_ray.orchestration.retrain_trial import RETRIES_INSIDE_A_TRIAL
 from goldnas_ray.orchestration.search_driver import check_search
-from goldnas_ray.retrain.plan import Resources
+from goldnas_ray.retrain.plan import Resources, check_workers
 from goldnas_ray.run.ending import RunStopped, ends_tracked_run
 from goldnas_ray.run.loop import load_data, read_latency
 from goldnas_ray.sweep import report
@@ -122,8 +122,7 @@ def _open_sweep(out: Location, resume: bool, base: Config | None, grid: dict[str
             check_uri(sweep.mlflow_tracking_uri)
         return sweep
     check_new_out_dir(out, "sweep")
-    if workers < 1:
-        raise OutputDirError(f"--workers-per-search must be >= 1, got {workers}")
+    check_workers(workers, cpus_per_worker, gpus_per_worker)
     sweep = Sweep(grid or {}, list(seeds or []), plan_sweep(base or Config(), grid or {}, seeds or []),
                   workers, cpus_per_worker if cpus_per_worker is not None else 1.0, gpus_per_worker, experiment)
     if tracking:

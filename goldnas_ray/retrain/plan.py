@@ -59,6 +59,14 @@ class Resources:
         return max(1, int(self.cpus))
 
 
+def check_workers(workers: int, cpus: float | None = 1.0, gpus: float = 0.0) -> None:
+    """A run of ``workers`` workers of ``cpus`` CPUs (None: the driver chooses) and ``gpus``
+    GPUs each needs at least one worker, > 0 CPUs and >= 0 GPUs: else a ConfigError."""
+    if workers < 1 or (cpus is not None and cpus <= 0) or gpus < 0:
+        raise ConfigError(f"a run needs at least one worker of > 0 CPUs and >= 0 GPUs, got {workers} worker(s) "
+                          f"x ({'default' if cpus is None else f'{cpus:g}'} CPU, {gpus:g} GPU)")
+
+
 @dataclass
 class TrialSpec:
     """One Tune trial: an architecture, a seed, the recipe, the data (streamed: its metadata),

@@ -57,8 +57,10 @@ def parse_grid(flags: Sequence[str]) -> dict[str, list[str]]:
     return grid
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` -> [0, 1, 2] (distinct non-negative integers)."""
+def parse_seeds(text: str | None) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2] (distinct non-negative integers); None (--seeds not given): [0]."""
+    if text is None:
+        return [0]
     try:
         seeds = [int(s) for s in text.split(",")]
     except ValueError:
@@ -189,23 +191,23 @@ def search_state(folder: Location) -> str:
 # ---- a continued sweep's flags, and how a sweep that did not finish ends --------------------
 # ``args``: pipelines/sweep.py's flags
 def not_as_planned(out: Location, args: Any) -> list[str]:
-    """The resource and MLflow flags of a continued sweep that were given (differ from their
-    defaults) with another value than its sweep.json's, as ``--flag value``: the first try's
+    """The resource and MLflow flags of a continued sweep that were given (not None, or
+    --no-mlflow) with another value than its sweep.json's, as ``--flag value``: the first try's
     command, given again, names none."""
     planned = Sweep.read(out)
-    plan = {"workers_per_search": (1, planned.workers), "cpus_per_worker": (None, planned.cpus_per_worker),
-            "gpus_per_worker": (0.0, planned.gpus_per_worker), "experiment": ("goldnas-sweep", planned.experiment),
-            "mlflow_uri": (None, planned.mlflow_tracking_uri),
-            "no_mlflow": (False, planned.mlflow_tracking_uri is None)}
-    flags = [(f, getattr(args, f)) for f, (default, kept) in plan.items() if getattr(args, f) not in (default, kept)]
-    return [f"--{f.replace('_', '-')}" + ("" if value is True else f" {value}") for f, value in flags]
+    kept = {"workers_per_search": planned.workers, "cpus_per_worker": planned.cpus_per_worker,
+            "gpus_per_worker": planned.gpus_per_worker, "experiment": planned.experiment,
+            "mlflow_uri": planned.mlflow_tracking_uri, "no_mlflow": planned.mlflow_tracking_uri is None}
+    given = {f: getattr(args, f) for f in kept if getattr(args, f) is not None and getattr(args, f) is not False}
+    return [f"--{f.replace('_', '-')}" + ("" if value is True else f" {value}")
+            for f, value in given.items() if value != kept[f]]
 
 
 def check_same_plan(out: Location, args: Any, base: Callable[[Any], Config]) -> None:
     """A continued sweep's planning flags (--grid, --seeds, --config, --set, --smoke-test), when
     given, must plan the searches of its sweep.json: else a ConfigError. ``base(args)``: the
     config every search of a new sweep of ``args`` starts from (``cli.sweep_base``)."""
-    if not (args.grid or args.overrides or args.config or args.smoke_test or args.seeds != "0"):
+    if not (args.grid or args.overrides or args.config or args.smoke_test or args.seeds is not None):
         return
     planned = Sweep.read(out)
     given = plan_sweep(base(args), parse_grid(args.grid), parse_seeds(args.seeds)) if args.grid else []
