@@ -351,3 +351,21 @@ def test_the_code_that_raises_a_user_error_decides_its_kind():
     unfinished = pickle.loads(pickle.dumps(RetrainError("2 of 4 trials did not finish", INFRASTRUCTURE)))
     assert kind_of(unfinished) == INFRASTRUCTURE and kind_of(RetrainError("a source is named twice")) == INPUT
     assert kind_of(SweepError("1 of 2 searches did not finish", INFRASTRUCTURE)) == INFRASTRUCTURE
+
+
+def test_the_tune_callbacks_leave_the_drivers_log_and_tracker_behind_when_pickled():
+    """Tune may pickle its callbacks with the experiment state: a sweep's tracker (an MLflow
+    client of this process) and either log function stay behind; restored, log is print."""
+    import pickle
+
+    from goldnas_ray.orchestration.retrain_trial import RetrainCallback
+    from goldnas_ray.orchestration.sweep_driver import SweepCallback
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise TypeError("a driver-only object was pickled")
+
+    sweep = pickle.loads(pickle.dumps(SweepCallback({"p0-s0": {}}, log=Unpicklable(), tracker=Unpicklable())))
+    assert (sweep.jobs, sweep.tracker, sweep.log, sweep.store_failed) == ({"p0-s0": {}}, None, print, False)
+    retrain = pickle.loads(pickle.dumps(RetrainCallback(None, {"a": "run"}, 3, log=Unpicklable())))
+    assert (retrain.run_ids, retrain.epochs, retrain.log) == ({"a": "run"}, 3, print)

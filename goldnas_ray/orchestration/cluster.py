@@ -19,6 +19,21 @@ class ClusterError(RuntimeError):
     """Ray cannot be reached or cannot host the requested work."""
 
 
+class DriverOnly:
+    """Mixed into a Ray Tune callback, which Tune may pickle with its experiment state: the
+    attributes named in ``DRIVER_ONLY`` belong to this driver process (its log function, a
+    tracker's client) and are left out; unpickled, they are None, and ``log`` is print."""
+
+    DRIVER_ONLY: tuple[str, ...] = ("log",)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | dict.fromkeys(self.DRIVER_ONLY)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.log = self.log or print
+
+
 def auth_hint() -> str:
     """What to set when joining a cluster failed and token authentication may be the cause
     (a cluster started where ~/.ray/auth_token exists requires tokens, Ray 2.60)."""

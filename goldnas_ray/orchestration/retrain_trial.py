@@ -47,6 +47,7 @@ from goldnas_ray.data.from_config import load_data
 from goldnas_ray.data.stream import StreamInfo, StreamSource, load_eval_split
 from goldnas_ray.files.search_files import load_checkpoint
 from goldnas_ray.files.store import Location, location
+from goldnas_ray.orchestration.cluster import DriverOnly
 from goldnas_ray.orchestration.placement import torch_trainer
 from goldnas_ray.orchestration.streaming import dataset as stream_dataset
 from goldnas_ray.retrain.plan import Resources, TrialSpec
@@ -239,20 +240,13 @@ def last_state(result: Any, out: Location) -> dict[str, Any] | None:
         return load_checkpoint(Path(d) / STATE_FILE)
 
 
-class RetrainCallback(ray.tune.Callback):
+class RetrainCallback(DriverOnly, ray.tune.Callback):
     """One progress line per trial epoch; the MLflow child runs, fed from the driver. Tune
     saves it with the experiment, so a ``--resume`` gets it back."""
 
     def __init__(self, tracker: RetrainTracker | None, run_ids: dict[str, str], epochs: int,
                  log: Callable[[str], None] = print):
         self.tracker, self.run_ids, self.epochs, self.log = tracker, run_ids, epochs, log
-
-    def __getstate__(self) -> dict[str, Any]:  # the log function stays behind (print on restore)
-        return self.__dict__ | {"log": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.log = self.log or print
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if self.tracker is not None:

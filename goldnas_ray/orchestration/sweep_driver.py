@@ -45,7 +45,7 @@ from goldnas_ray.data.stream import stream_info
 from goldnas_ray.orchestration.errors import USER_ERRORS, error_kind, user_error
 from goldnas_ray.files.search_files import check_new_out_dir
 from goldnas_ray.files.store import INPUT, Location, location
-from goldnas_ray.orchestration.cluster import connect, interruptible
+from goldnas_ray.orchestration.cluster import DriverOnly, connect, interruptible
 from goldnas_ray.orchestration.placement import PLACEMENT_TIMEOUT, ask_of, at_once_line, place_first, trial_resources
 from goldnas_ray.orchestration.retrain_trial import RETRIES_INSIDE_A_TRIAL
 from goldnas_ray.orchestration.search_driver import check_search
@@ -310,12 +310,14 @@ def _search_here(job: dict[str, Any], cfg: Config | None, out: Location, resume:
               device="cuda" if job["gpus_per_worker"] > 0 else "cpu", latency=latency)
 
 
-class SweepCallback(ray.tune.Callback):
+class SweepCallback(DriverOnly, ray.tune.Callback):
     """One progress line per search epoch, and one when a search ends or fails. With a
     ``tracker`` (a file store's, ``SweepTracker.relays``), each epoch a trial reports is
     logged into its search's child run here, in the driver. A store that fails such a write (a
     locked or full database) ends no search: it is said once, and the epochs it missed are
     logged from the searches' history.parquet when the sweep ends."""
+
+    DRIVER_ONLY = ("log", "tracker")
 
     def __init__(self, jobs: dict[str, dict[str, Any]], log: Callable[[str], None] = print, tracker: Any = None):
         self.jobs, self.log, self.tracker = jobs, log, tracker
@@ -329,13 +331,6 @@ class SweepCallback(ray.tune.Callback):
                 self.log(f"MLflow store {self.tracker.uri} failed a write ({type(exc).__name__}: {exc}); the "
                          f"searches go on, their epochs missing from MLflow logged from their folders at the end")
             self.store_failed = True
-
-    def __getstate__(self) -> dict[str, Any]:  # Tune may pickle its callbacks; log and tracker stay behind
-        return self.__dict__ | {"log": None, "tracker": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.log = self.log or print
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if self.tracker is not None:
