@@ -165,6 +165,9 @@ class _Tracker:
         if self.broken:
             raise ConnectionError("tracking server gone")
 
+    def page(self):
+        return "memory://runs"
+
 
 def test_a_tracker_that_fails_to_end_its_run_never_hides_the_error_that_ended_it(tmp_path, monkeypatch):
     from goldnas_ray.run import loop

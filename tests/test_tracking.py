@@ -20,6 +20,9 @@ def test_a_reopened_run_logs_each_epoch_once(tmp_path):
     assert sorted(m.step for m in history) == [1, 2, 3]
     run = again.client.get_run(first.run_id)
     assert run.info.status == "FINISHED" and run.data.params["search.lambda0"] == "0.1"
+    # where the run is shown: its experiment's runs page, after the command that serves the file
+    exp = run.info.experiment_id
+    assert again.page() == f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/#/experiments/{exp}/runs"
 
 
 def test_a_checkpointed_epoch_that_never_reached_the_callback_is_logged_at_the_end(tmp_path):

@@ -371,8 +371,9 @@ def _track_report(tracker: RetrainTracker, out: Location, manifest: Manifest, tr
     summary, verdicts = stats.summary(comparison or {})
     tracker.log_report(manifest.mlflow_run_id, out, report.front_summary(table) | summary, table, verdicts)
     tracker.end_run(manifest.mlflow_run_id, "FAILED" if failed else "FINISHED")
+    where = how_to_open(tracker.client, manifest.mlflow_run_id)
     tracker.client.close()  # says how many writes still wait for an unreachable server
-    log(f"MLflow run {manifest.mlflow_run_id}: open with {how_to_open(tracker.uri)}")
+    log(f"MLflow run {manifest.mlflow_run_id}: open {where}")
 
 
 def _write_report(out: Location, trials: pd.DataFrame, manifest: Manifest, log: Callable[[str], None] = print

@@ -30,7 +30,7 @@ from goldnas_ray.orchestration.streaming import train_dataset
 from goldnas_ray.retrain.plan import Resources, check_workers
 from goldnas_ray.run.ending import Finish, RunStopped, ends_tracked_run
 from goldnas_ray.run.loop import load_data, read_latency, search_start
-from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
+from goldnas_ray.tracking.common import check_uri, resolve_uri
 from goldnas_ray.tracking.search import search_tracker
 
 
@@ -88,8 +88,8 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     records = read_records(out)
     log(f"search finished after {records['epochs']} epochs ({time.perf_counter() - started:.0f}s on Ray); "
         f"{len(records['architectures'])} architectures recorded in {out / RECORDS}")
-    if uri:
-        log(f"MLflow run {records.get('mlflow_run_id')}: open with {how_to_open(uri)}")
+    if run is not None:
+        log(f"MLflow run {run.run_id}: open {run.page()}")
     return records
 
 

@@ -178,7 +178,7 @@ def _report(out: Location, sweep: Sweep, tracker: Any, started: float, log: Call
             outcome = row.to_dict() if row["status"] == "finished" else None
             tracker.end_search(plan.mlflow_run_id, outcome, sweep.failed.get(row["search"]), out / plan.name)
         tracker.log_report(sweep, out, points, failed=bool(sweep.failed))
-        log(f"MLflow run {sweep.mlflow_run_id}: open with {how_to_open(sweep.mlflow_tracking_uri)}")
+        log(f"MLflow run {sweep.mlflow_run_id}: open {how_to_open(tracker.client, sweep.mlflow_run_id)}")
 
 
 def _error_line(error: BaseException) -> str:

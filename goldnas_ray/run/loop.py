@@ -50,6 +50,8 @@ class Tracker(Protocol):
 
     def finish(self, status: str = "FINISHED") -> None: ...
 
+    def page(self) -> str: ...
+
 
 # (history row, the serialised state rank 0 just wrote, None on other ranks), every epoch
 Reporter = Callable[[dict[str, Any], "bytes | None"], None]
@@ -232,5 +234,5 @@ def run_local(cfg: Config | None, out: "str | Path | Location", resume: bool = F
     log(f"search finished after {search.epoch} epochs ({time.perf_counter() - started:.0f}s here); "
         f"{len(search.records)} architectures recorded in {out / RECORDS}")
     if run is not None:
-        log(f"tracked in run {run.run_id} of {run.uri}")
+        log(f"MLflow run {run.run_id}: open {run.page()}")
     return search

@@ -236,9 +236,17 @@ def log_files(client, run_id: str, out: "Path | Location", names: tuple[str, ...
             client.log_artifacts(run_id, str(folder / "genotypes"), "genotypes")
 
 
-def how_to_open(uri: str) -> str:
-    """The command (or address) that shows the runs of ``uri`` in the MLflow UI."""
-    kind = store_kind(uri)
+def how_to_open(client: Any, run_id: str) -> str:
+    """Where the MLflow UI shows run ``run_id`` of ``client``'s store (a ``BufferedClient``):
+    its experiment's runs page, ``<server>/#/experiments/<id>/runs`` (the UI would open the
+    experiment on its GenAI overview); a sqlite file's after the command that serves it. Without
+    an answer about the run (the server away), the UI's address alone."""
+    uri, kind = client.uri, store_kind(client.uri)
+    try:
+        run = client.ask("get_run", run_id) if kind in (SERVER, SQLITE) else None
+    except Exception:  # noqa: BLE001 - only an address to print: the run's outcome stands
+        run = None
+    page = f"/#/experiments/{run.info.experiment_id}/runs" if run is not None else ""
     if kind == SQLITE:
-        return f"mlflow ui --backend-store-uri {uri}"
-    return f"the MLflow UI at {uri}" if kind == SERVER else f"MLflow store {uri}"
+        return f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000{page}"
+    return f"{uri.rstrip('/')}{page}" if kind == SERVER else f"MLflow store {uri}"

@@ -17,7 +17,7 @@ from goldnas_ray.core.space import log10_space_size
 from goldnas_ray.files.search_files import CONFIG, HISTORY, LATENCY, RECORDS, read_records
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.tracking.buffer import BufferedClient
-from goldnas_ray.tracking.common import experiment_id, log_files, log_params
+from goldnas_ray.tracking.common import experiment_id, how_to_open, log_files, log_params
 
 METRICS = {  # history column -> MLflow metric name
     "lambda": "lambda",
@@ -97,6 +97,10 @@ class SearchTracker:
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
         self.client.close()  # says how many writes still wait for the server
+
+    def page(self) -> str:
+        """Where the MLflow UI shows this run among its experiment's (``common.how_to_open``)."""
+        return how_to_open(self.client, self.run_id)
 
 
 
