@@ -40,6 +40,27 @@ def test_every_finished_trial_keeps_a_model_that_scores_its_recorded_accuracy(pi
         assert correct / total == pytest.approx(last.loc[key, "test_acc"], abs=0.5 / total), key
 
 
+def test_a_model_folder_says_the_normalisation_a_set_normalised_when_loaded_got():
+    """digits is normalised when loaded: model.json's (pixels / scale - mean) / std, applied to
+    scikit-learn's raw pixels, gives the test images the network saw, a subset's too."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from goldnas_ray.core.config import DataConfig
+    from goldnas_ray.models.saved import dataset_info
+
+    d = DataConfig(dataset="digits", subset=0.5)
+    data = load_data(d)
+    info = dataset_info(d, data)
+    bunch = load_digits()
+    _, raw_test = train_test_split(bunch.images.astype(np.float32), test_size=0.2, random_state=0, stratify=bunch.target)
+    assert info["scale"] == 16 and len(info["mean"]) == len(info["std"]) == info["in_channels"] == 1
+    expected = (torch.from_numpy(raw_test) / info["scale"] - info["mean"][0]) / info["std"][0]
+    torch.testing.assert_close(expected, data.x_test[:, 0], rtol=1e-5, atol=1e-5)
+    assert data.num_train < 1437 * 0.6  # the subset was taken
+
+
 def small_net(channels: int = 4, seed: int = 0, auxiliary: bool = True):
     geno = Genotype.full(3, 2, ["skip_connect", "sep_conv_3x3"], channels, 3, 8, 1, 10)
     torch.manual_seed(seed)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import io
 import tarfile
 import urllib.request
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -71,6 +72,8 @@ class Dataset:
     mean: tuple[float, ...] | None = None  # per channel, of pixels / 255 (uint8 sets)
     std: tuple[float, ...] | None = None
     model_size: int | None = None  # the size crops are cut to, when stored images are larger
+    # float32 sets, normalised when loaded: (scale, mean, std) of (pixels / scale - mean) / std
+    loaded_as: tuple[int, tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def num_train(self) -> int:
@@ -146,8 +149,7 @@ def subset_indices(labels: torch.Tensor, num_classes: int, fraction: float, seed
 def keep_subset(data: Dataset, fraction: float, seed: int = 0) -> Dataset:
     """The same dataset with ``fraction`` of each class's training images (:func:`subset_indices`)."""
     order = subset_indices(data.y_train, data.num_classes, fraction, seed)
-    return Dataset(data.name, data.x_train[order], data.y_train[order], data.x_test, data.y_test,
-                   data.num_classes, data.mean, data.std, data.model_size)
+    return dataclasses.replace(data, x_train=data.x_train[order], y_train=data.y_train[order])
 
 
 def check_labels(labels: Sequence | np.ndarray, where: str, num_classes: int | None = None) -> np.ndarray:
@@ -189,7 +191,8 @@ def load_digits(test_fraction: float = 0.2, **_: object) -> Dataset:
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=0, stratify=y)
     mean, std = x_tr.mean(), x_tr.std()
     to_t = lambda a: torch.from_numpy((a - mean) / std).unsqueeze(1).contiguous()  # noqa: E731
-    return Dataset("digits", to_t(x_tr), torch.from_numpy(y_tr), to_t(x_te), torch.from_numpy(y_te), 10)
+    return Dataset("digits", to_t(x_tr), torch.from_numpy(y_tr), to_t(x_te), torch.from_numpy(y_te), 10,
+                   loaded_as=(16, (float(mean),), (float(std),)))
 
 
 # ---- CIFAR ----------------------------------------------------------------------------------

@@ -116,29 +116,14 @@ def dataset_info(d: DataConfig, data: Any) -> dict[str, Any]:
     expects: ``(pixels / scale - mean) / std`` per channel, ``in_channels`` x ``input_size``
     squared. ``data``: the loaded ``Dataset`` or a streamed set's ``StreamInfo``."""
     c, size, _ = data.input_shape
-    if d.dataset == "digits":  # normalised when loaded (datasets.load_digits): the same numbers here
-        mean, std = _digits_stats()
-        mean, std, scale = [mean], [std], 16
-    else:
-        mean, std, scale = [float(v) for v in data.mean], [float(v) for v in data.std], 255
+    # a set normalised when loaded (digits) says how; the others are normalised per batch
+    scale, mean, std = getattr(data, "loaded_as", None) or (255, data.mean, data.std)
     eval_size = getattr(data, "num_test", 0) or len(getattr(data, "y_test", ()))
     train, test = _splits(d, data)
     return {"name": d.dataset, "root": d.root, "train_split": train, "eval_split": test,
             "train_size": int(data.num_train), "eval_size": int(eval_size), "subset": d.subset,
             "num_classes": int(data.num_classes), "in_channels": int(c), "input_size": int(size),
-            "scale": scale, "mean": mean, "std": std}
-
-
-def _digits_stats() -> tuple[float, float]:
-    """Mean and std of scikit-learn digits' training pixels / 16 (the split of load_digits)."""
-    import numpy as np
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
-    x_tr, *_ = train_test_split(bunch.images.astype(np.float32) / 16.0, bunch.target, test_size=0.2,
-                                random_state=0, stratify=bunch.target)
-    return float(x_tr.mean()), float(x_tr.std())
+            "scale": scale, "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
 
 def _splits(d: DataConfig, data: Any) -> tuple[str, str]:
