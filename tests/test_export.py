@@ -148,11 +148,14 @@ def test_export_writes_checked_files_and_a_card(retrain_dir, tmp_path):
                  "pixels divided by 16 (to [0, 1]), then per channel `(x - mean) / std` with mean [0.3] and std [0.4]",
                  "70.00%", "Apache License", "`python x.py`"):
         assert fact in card, fact
+    import onnx
+    opset = next(o.version for o in onnx.load(str(tmp_path / "m" / "model.onnx")).opset_import if o.domain == "")
+    assert f"ONNX (opset {opset})" in card  # the card says the file's own opset
     # a1's seeds score 80, 60 and 70%: seed 2 is the one closest to the mean, seed 0 is not
     table = representatives(retrain_dir)
     for seed, closest in ((2, True), (0, False)):
         row = pick(table, arch="a1", seed=seed)
-        card = model_card(read_info(retrain_dir / "models" / f"a1-s{seed}"), differences, ["x"], row)
+        card = model_card(read_info(retrain_dir / "models" / f"a1-s{seed}"), differences, ["x"], row, opset=18)
         assert ("this seed is the one closest to the mean" in card) == closest, seed
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():

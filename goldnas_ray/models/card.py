@@ -33,17 +33,18 @@ def licence() -> str:
 
 
 def model_card(info: dict[str, Any], differences: dict[str, float], argv: Sequence[str],
-               row: pd.Series | None = None) -> str:
+               row: pd.Series | None = None, *, opset: int) -> str:
     """The card's Markdown. ``info``: model.json; ``differences``: the exports' largest absolute
     differences from the network; ``argv``: the command that exported it; ``row``: the
-    architecture's row of the retrain's representatives, when the retrain's reports are at hand."""
+    architecture's row of the retrain's representatives, when the retrain's reports are at hand;
+    ``opset``: model.onnx's ONNX opset."""
     data = info["dataset"]
     lines = [f"# {info['arch_id']}, seed {info['seed']}: a {info['kind']} network for {data['name']}", "",
              f"An image classifier of {data['num_classes']} classes, "
              + ("found by a GOLD-NAS search" if info["kind"] == "searched" else "drawn at random (a baseline "
                 "of matched FLOPs beside a GOLD-NAS search's networks)")
              + f" and retrained ({_init(info)}) by goldnas-ray.", ""]
-    lines += _files() + _data(data) + _quality(info, row) + _cost(info, row)
+    lines += _files(opset) + _data(data) + _quality(info, row) + _cost(info, row)
     lines += ["## Where it came from", "",
               f"- search: `{info.get('search')}`", f"- retrain: `{info.get('retrain')}`",
               f"- exported with: `{shlex.join(argv)}`",
@@ -58,10 +59,10 @@ def _init(info: dict[str, Any]) -> str:
     return "from its inherited search weights" if info.get("init") == "inherited" else "from scratch"
 
 
-def _files() -> list[str]:
+def _files(opset: int) -> list[str]:
     return ["## Files", "",
             "| file | what |", "|---|---|",
-            "| model.onnx | ONNX (opset 18): input `image` (batch, C, H, W) float32, output `logits` (batch, classes); "
+            f"| model.onnx | ONNX (opset {opset}): input `image` (batch, C, H, W) float32, output `logits` (batch, classes); "
             "the batch size is free |",
             "| model.pt2 | torch.export program: `torch.export.load(path).module()(x)` |",
             "| weights.safetensors | the weights (state_dict of goldnas-ray's DiscreteNet) |",

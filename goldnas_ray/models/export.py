@@ -107,7 +107,7 @@ def export_folder(model: "str | Path | Location", out: "str | Path | Location", 
     net = load_model(model)  # checks every file of the folder, genotype.json among them
     with tempfile.TemporaryDirectory(prefix="goldnas-export-") as tmp:
         differences = export_model(Path(tmp), net, net.genotype, info, log)
-        (Path(tmp) / CARD).write_text(model_card(info, differences, argv, row))
+        (Path(tmp) / CARD).write_text(model_card(info, differences, argv, row, opset=ONNX_OPSET))
         out.mkdir()
         out.upload(Path(tmp))
     return differences
