@@ -31,14 +31,13 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 import ray.tune
-import torch
 
 from goldnas_ray.core.config import ConfigError
 from goldnas_ray.files.store import INFRASTRUCTURE, Location, location
 from goldnas_ray.files.search_files import RECORDS, OutputDirError, read_records, records_path
 from goldnas_ray.data.batches import check_batches
 from goldnas_ray.data.from_config import load_data
-from goldnas_ray.models.saved import MODELS, dataset_info, save_model
+from goldnas_ray.models.saved import MODELS, dataset_info, load_model, save_model
 from goldnas_ray.orchestration.cluster import connect, interruptible
 from goldnas_ray.orchestration.placement import (PLACEMENT_TIMEOUT, ask_of, at_once_line, place_first,
                                                  trial_resources)
@@ -360,13 +359,11 @@ def _track_report(tracker: RetrainTracker, out: Location, manifest: Manifest, tr
         for key, rows in trials.groupby("key", sort=False):
             if key in manifest.mlflow_child_run_ids:
                 tracker.log_history(manifest.mlflow_child_run_ids[key], rows.to_dict("records"))
-    networks = {}
-    for key, state in finished.items():
-        if key in manifest.mlflow_child_run_ids:
-            trainer = Retrainer.from_state_dict(state, "cpu")
-            g = trainer.geno
-            net = trainer.model.eval().to(memory_format=torch.contiguous_format)  # exported as NCHW
-            networks[manifest.mlflow_child_run_ids[key]] = (net, (g.in_channels, g.input_size, g.input_size))
+    networks = {}  # each finished trial's network as its model folder holds it (_save_models wrote them)
+    for key in (k for k in finished if k in manifest.mlflow_child_run_ids):
+        net = load_model(out / MODELS / key)
+        g = net.genotype
+        networks[manifest.mlflow_child_run_ids[key]] = (net, (g.in_channels, g.input_size, g.input_size))
     tracker.log_front(out, manifest, networks, log)
     summary, verdicts = stats.summary(comparison or {})
     tracker.log_report(manifest.mlflow_run_id, out, report.front_summary(table) | summary, table, verdicts)
