@@ -45,7 +45,7 @@ from goldnas_ray.orchestration.retrain_trial import (EXPERIMENT_DIR, TRIALS_LOG,
                                                      retrain_trial)
 from goldnas_ray.retrain import report, stats
 from goldnas_ray.retrain.recipe import Retrainer
-from goldnas_ray.run.ending import RunStopped, ends_tracked_run
+from goldnas_ray.run.ending import ends_tracked_run, tracked_or_stopped
 from goldnas_ray.retrain.candidates import save_genotypes
 from goldnas_ray.retrain.plan import Manifest, Resources, RetrainError, TrialSpec, check_workers, plan_retrain, trial_key
 from goldnas_ray.sweep.plan import Sweep, is_sweep
@@ -270,13 +270,10 @@ def _ending(tracker: RetrainTracker | None, manifest: Manifest, out: Location, l
     (``RetrainTracker.end_retrain`` at that stage), so none stays RUNNING. A stop (Ctrl-C,
     ``ray job stop``) becomes RunStopped: how many trials finished."""
     finish = (lambda status: tracker.end_retrain(manifest.mlflow_run_id, status, stage)) if tracker else None
-    try:
-        with ends_tracked_run(finish, log):
-            yield
-    except (KeyboardInterrupt, SystemExit) as exc:
-        done = finished_trials(out)
-        unwritten = "; the report was not written" if stage == "report" else ""
-        raise RunStopped(f"{len(done)} of {len(manifest.trials)} trials finished{unwritten}", exc, out) from None
+    unwritten = "; the report was not written" if stage == "report" else ""
+    with tracked_or_stopped(finish, out, lambda: f"{len(finished_trials(out))} of {len(manifest.trials)} trials "
+                                                 f"finished{unwritten}", log):
+        yield
 
 
 def finished_trials(out: Location) -> set[str]:

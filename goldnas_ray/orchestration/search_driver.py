@@ -28,7 +28,7 @@ from goldnas_ray.orchestration.placement import PLACEMENT_TIMEOUT, Ask, check, c
     wait_until_placed
 from goldnas_ray.orchestration.streaming import train_dataset
 from goldnas_ray.retrain.plan import Resources, check_workers
-from goldnas_ray.run.ending import Finish, RunStopped, ends_tracked_run
+from goldnas_ray.run.ending import Finish, tracked_or_stopped
 from goldnas_ray.run.loop import load_data, read_latency, search_start
 from goldnas_ray.tracking.common import check_uri, resolve_uri
 from goldnas_ray.tracking.search import search_tracker
@@ -131,17 +131,18 @@ def _fit(trainer: Any, finish: Finish | None, cfg: Config, out: Location,
     ends: a failure a user caused is raised as its one line, a stop as RunStopped."""
     import ray.train
 
+    def progress() -> str:
+        epochs = read_records(out)["epochs"] if records_path(out) is not None else 0
+        return f"after epoch {epochs} of at most {cfg.search.max_epochs}"
+
     try:
-        with ends_tracked_run(finish, log):
+        with tracked_or_stopped(finish, out, progress, log):
             interruptible(trainer.fit)  # a worker group that fails more than max_failures raises
     except ray.train.TrainingFailedError as exc:
         found = user_error(exc)  # a diverged schedule, bad data: the one line the user needs
         if found is None:
             raise
         raise found from None
-    except (KeyboardInterrupt, SystemExit) as exc:
-        epochs = read_records(out)["epochs"] if records_path(out) is not None else 0
-        raise RunStopped(f"after epoch {epochs} of at most {cfg.search.max_epochs}", exc, out) from None
 
 
 def check_search(cfg: Config, data: Any, workers: int, table: LatencyTable | None, new: bool = True) -> None:

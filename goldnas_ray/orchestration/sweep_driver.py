@@ -50,7 +50,7 @@ from goldnas_ray.orchestration.placement import PLACEMENT_TIMEOUT, ask_of, at_on
 from goldnas_ray.orchestration.retrain_trial import RETRIES_INSIDE_A_TRIAL
 from goldnas_ray.orchestration.search_driver import check_search
 from goldnas_ray.retrain.plan import Resources, check_workers
-from goldnas_ray.run.ending import RunStopped, ends_tracked_run
+from goldnas_ray.run.ending import tracked_or_stopped
 from goldnas_ray.run.loop import load_data, read_latency
 from goldnas_ray.sweep import report
 from goldnas_ray.sweep.plan import SearchPlan, Sweep, plan_sweep, search_state
@@ -87,26 +87,24 @@ def run_sweep(out: "str | Location", *, base: Config | None = None, grid: dict[s
     if not resume:
         out.mkdir()
     finish = (lambda status: tracker.end_unfinished(sweep, status)) if tracker is not None else None
-    try:
-        with ends_tracked_run(finish, log):  # from the parent's creation on, every run ends
-            if tracker is not None and not resume:
-                tracker.start(experiment, out, sweep)
-            elif tracker is not None:
-                tracker.resumed(sweep)
-            sweep.failed, sweep.failed_kinds = {}, {}
-            sweep.write(out)
-            _announce(out, sweep, states, at_once, resume, log)
-            started = time.perf_counter()
-            if todo:
-                jobs = {s.name: _job(s, out, sweep, max_failures, streams[s.name], verbose, tables[s.name])
-                        for s in todo}
-                relay = tracker if tracker is not None and tracker.relays else None
-                tuner = _tuner(out, jobs, per_search, at_once, max_failures, SweepCallback(jobs, log, relay))
-                _note_failures(out, sweep, interruptible(tuner.fit))
-            _report(out, sweep, tracker, started, log)
-    except (KeyboardInterrupt, SystemExit) as exc:  # the runs ended KILLED
-        done = sum(search_state(out / s.name) == "finished" for s in sweep.searches)
-        raise RunStopped(f"{done} of {len(sweep.searches)} searches finished", exc, out) from None
+    done = lambda: sum(search_state(out / s.name) == "finished" for s in sweep.searches)  # noqa: E731
+    # from the parent's creation on, every run ends; a stop says how many searches finished
+    with tracked_or_stopped(finish, out, lambda: f"{done()} of {len(sweep.searches)} searches finished", log):
+        if tracker is not None and not resume:
+            tracker.start(experiment, out, sweep)
+        elif tracker is not None:
+            tracker.resumed(sweep)
+        sweep.failed, sweep.failed_kinds = {}, {}
+        sweep.write(out)
+        _announce(out, sweep, states, at_once, resume, log)
+        started = time.perf_counter()
+        if todo:
+            jobs = {s.name: _job(s, out, sweep, max_failures, streams[s.name], verbose, tables[s.name])
+                    for s in todo}
+            relay = tracker if tracker is not None and tracker.relays else None
+            tuner = _tuner(out, jobs, per_search, at_once, max_failures, SweepCallback(jobs, log, relay))
+            _note_failures(out, sweep, interruptible(tuner.fit))
+        _report(out, sweep, tracker, started, log)
     return sweep
 
 

@@ -64,3 +64,15 @@ def ends_tracked_run(finish: Finish | None, log: Callable[[str], None] = print) 
     except BaseException as exc:
         mark_ended(finish, end_status(exc), log)
         raise
+
+
+@contextlib.contextmanager
+def tracked_or_stopped(finish: Finish | None, out: object, progress: Callable[[], str],
+                       log: Callable[[str], None] = print) -> Iterator[None]:
+    """How every driver runs its work: :func:`ends_tracked_run` around the block, and a stop in
+    it (Ctrl-C, SIGTERM) raised as RunStopped, ``progress()`` saying how far it got."""
+    try:
+        with ends_tracked_run(finish, log):
+            yield
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise RunStopped(progress(), exc, out) from None

@@ -34,7 +34,7 @@ from goldnas_ray.files.search_files import (CHECKPOINT, RECORDS, check_out_dir, 
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.run.console import EpochProgress, describe_start, format_epoch
 from goldnas_ray.run.drawing import plot_genotype
-from goldnas_ray.run.ending import RunStopped, ends_tracked_run
+from goldnas_ray.run.ending import tracked_or_stopped
 from goldnas_ray.run.plots import write_plots
 
 
@@ -226,11 +226,9 @@ def run_local(cfg: Config | None, out: "str | Path | Location", resume: bool = F
         info |= {"mlflow_run_id": run.run_id, "mlflow_tracking_uri": run.uri}
     log(describe_start(search, data.name))
     started = time.perf_counter()
-    try:
-        with ends_tracked_run(run.finish if run is not None else None, log):
-            search_loop(search, data, out, info, tracker=run, log=log, report=report)
-    except (KeyboardInterrupt, SystemExit) as exc:
-        raise RunStopped(f"after epoch {search.epoch} of at most {search.cfg.search.max_epochs}", exc, out) from None
+    with tracked_or_stopped(run.finish if run is not None else None, out,
+                            lambda: f"after epoch {search.epoch} of at most {search.cfg.search.max_epochs}", log):
+        search_loop(search, data, out, info, tracker=run, log=log, report=report)
     log(f"search finished after {search.epoch} epochs ({time.perf_counter() - started:.0f}s here); "
         f"{len(search.records)} architectures recorded in {out / RECORDS}")
     if run is not None:
