@@ -69,14 +69,19 @@ PROBE = ".goldnas-probe-"
 S3_TIMEOUTS = {"connect_timeout": 10.0, "request_timeout": 30.0}
 
 
-class StorageError(ValueError):
-    """An output or input location that cannot be used; nothing was written. ``kind``:
-    :data:`INPUT` (the location, bucket or credentials given are wrong) or
-    :data:`INFRASTRUCTURE` (the store kept failing for a reason that may pass)."""
+class KindedError(Exception):
+    """An error that says what it is a fault of: ``kind``, :data:`INPUT` (the default) or
+    :data:`INFRASTRUCTURE`. Pickled with it (Ray ships errors between processes)."""
 
     def __init__(self, message: str, kind: str = INPUT):
         super().__init__(message)
         self.kind = kind
+
+
+class StorageError(KindedError, ValueError):
+    """An output or input location that cannot be used; nothing was written. ``kind``:
+    :data:`INPUT` (the location, bucket or credentials given are wrong) or
+    :data:`INFRASTRUCTURE` (the store kept failing for a reason that may pass)."""
 
 
 class Location:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from goldnas_ray.core.config import Config, ConfigError, DataConfig
 from goldnas_ray.data.from_config import load_data
 from goldnas_ray.data.stream import StreamInfo, stream_info, streams
-from goldnas_ray.files.store import INPUT, Location, location
+from goldnas_ray.files.store import KindedError, Location, location
 from goldnas_ray.files.search_files import OutputDirError, check_new_out_dir, read_manifest
 from goldnas_ray.retrain.candidates import Candidate, SearchResult, load_search, random_candidates
 
@@ -25,13 +25,9 @@ MANIFEST = "retrain.json"
 MANIFEST_FORMAT = "goldnas-ray/retrain"
 
 
-class RetrainError(RuntimeError):
+class RetrainError(KindedError, RuntimeError):
     """Some trials did not finish (``kind`` infrastructure: the message says which and how to
     continue), or a retrain's input cannot be used (``kind`` input, the default)."""
-
-    def __init__(self, message: str, kind: str = INPUT):
-        super().__init__(message)
-        self.kind = kind
 
 
 def trial_key(arch_id: str, seed: int) -> str:

@@ -21,19 +21,15 @@ from typing import Any, Callable, Sequence
 
 from goldnas_ray.core.config import Config, ConfigError
 from goldnas_ray.files.search_files import CHECKPOINT, OutputDirError, read_manifest, read_records, records_path
-from goldnas_ray.files.store import INFRASTRUCTURE, INPUT, Location, location
+from goldnas_ray.files.store import INFRASTRUCTURE, INPUT, KindedError, Location, location
 
 SWEEP_FILE = "sweep.json"
 SWEEP_FORMAT = "goldnas-ray/sweep"
 
 
-class SweepError(RuntimeError):
+class SweepError(KindedError, RuntimeError):
     """Some searches of a sweep did not finish; the message says which and how to continue.
     ``kind``: input when every one failed on its own input, infrastructure otherwise."""
-
-    def __init__(self, message: str, kind: str = INPUT):
-        super().__init__(message)
-        self.kind = kind
 
 
 def parse_grid(flags: Sequence[str]) -> dict[str, list[str]]:

@@ -21,16 +21,12 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
-from goldnas_ray.files.store import INFRASTRUCTURE, INPUT, Location, location, working_copy_note
+from goldnas_ray.files.store import INFRASTRUCTURE, KindedError, Location, location, working_copy_note
 
 
-class TrackingError(ValueError):
+class TrackingError(KindedError, ValueError):
     """The MLflow tracking URI cannot be used. ``kind``: :data:`INPUT` (the URI or credentials
     given are wrong) or :data:`INFRASTRUCTURE` (a server that does not answer, which may pass)."""
-
-    def __init__(self, message: str, kind: str = INPUT):
-        super().__init__(message)
-        self.kind = kind
 
 
 # what store_kind says; a sqlite file or a folder takes one writer (a sweep's driver)
