@@ -127,11 +127,7 @@ class Sweep:
         return [name for name in self.failed if self.failed_kinds.get(name) == INPUT]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": SWEEP_FORMAT, "version": 1, "grid": self.grid, "seeds": self.seeds,
-                "searches": [asdict(s) for s in self.searches], "workers": self.workers,
-                "cpus_per_worker": self.cpus_per_worker, "gpus_per_worker": self.gpus_per_worker,
-                "experiment": self.experiment, "mlflow_tracking_uri": self.mlflow_tracking_uri,
-                "mlflow_run_id": self.mlflow_run_id, "failed": self.failed, "failed_kinds": self.failed_kinds}
+        return {"format": SWEEP_FORMAT, "version": 1} | asdict(self)
 
     def write(self, out: "Path | Location") -> Location:
         return (location(out) / SWEEP_FILE).write_text(json.dumps(self.to_dict(), indent=1))
