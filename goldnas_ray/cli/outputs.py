@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from goldnas_ray.files.search_files import (OutputDirError, is_mlflow_store, left_by_a_probe, read_records,
                                             records_path)
-from goldnas_ray.files.store import Location, is_uri, location, working_copy_note
+from goldnas_ray.files.store import Location, location, working_copy_note
 from goldnas_ray.orchestration.errors import USER_ERRORS
 
 
@@ -32,7 +32,7 @@ def output_folder(out: str | Path | None, resume: bool, stage: str) -> Location:
             raise OutputDirError(f"--resume needs --out, the folder of the {stage} to continue")
         out = time.strftime(f"{stage}-%Y%m%d-%H%M%S") if root else Path("runs") / time.strftime(
             f"{stage}-%Y%m%d-%H%M%S")
-    relative = not is_uri(out) and not str(out).startswith("file://") and not Path(out).is_absolute()
+    relative = "://" not in str(out) and not Path(out).is_absolute()
     if relative and root:
         where = location(root) / str(out)
     elif relative and working_copy_note():

@@ -465,10 +465,6 @@ def _s3_location(args: dict[str, Any], path: str, base: str, query: str) -> Loca
     return Location(fs, path, base, query, None, args)
 
 
-def is_uri(where: "str | Path") -> bool:
-    return "://" in str(where) and not str(where).startswith("file://")
-
-
 def working_copy_note() -> str | None:
     """When this process is a `ray job submit` entrypoint running in a copy of --working-dir,
     the copy's path; else None."""
