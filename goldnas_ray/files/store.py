@@ -465,16 +465,18 @@ def _s3_location(args: dict[str, Any], path: str, base: str, query: str) -> Loca
     return Location(fs, path, base, query, None, args)
 
 
+def job_runtime_env() -> dict[str, Any]:
+    """The runtime_env of the `ray job submit` job this process is the entrypoint of; empty
+    outside one (or when Ray's description of it cannot be read)."""
+    import json
+    try:
+        return json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+    except ValueError:
+        return {}
+
+
 def working_copy_note() -> str | None:
     """When this process is a `ray job submit` entrypoint running in a copy of --working-dir,
     the copy's path; else None."""
-    import json
-    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if not raw:
-        return None
-    try:
-        runtime_env = json.loads(raw).get("runtime_env") or {}
-    except ValueError:
-        return None
-    return os.getcwd() if runtime_env.get("working_dir") else None
+    return os.getcwd() if job_runtime_env().get("working_dir") else None
 

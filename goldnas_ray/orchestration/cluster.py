@@ -6,11 +6,12 @@ pipelines join that cluster; without one they start an embedded Ray on 127.0.0.1
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
 from typing import Any, Callable, TypeVar
+
+from goldnas_ray.files.store import job_runtime_env
 
 T = TypeVar("T")
 
@@ -88,13 +89,9 @@ def connect(address: str | None = None, log: Callable[[str], None] = print,
 def _beside_the_job(env: dict[str, Any]) -> dict[str, Any] | None:
     """``env`` without the fields and variables a ``ray job submit`` job's own runtime_env sets
     (Ray refuses to merge the two when they overlap: the job's own word wins)."""
-    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if not raw or not env:
+    job = job_runtime_env()
+    if not job or not env:
         return env or None
-    try:
-        job = json.loads(raw).get("runtime_env") or {}
-    except ValueError:
-        return env
     kept = {k: v for k, v in env.items() if k != "env_vars" and k not in job}
     env_vars = {k: v for k, v in env.get("env_vars", {}).items() if k not in (job.get("env_vars") or {})}
     if env_vars:
