@@ -40,12 +40,7 @@ def run_tags(space: Any, dataset: str, workers: int, out: Path) -> dict[str, str
     """Tags of a search run: space size, dataset, workers and the output folder."""
     size = log10_space_size(space.num_cells, space.num_nodes, len(space.operators))
     return {"space_log10_size": f"{size:.2f}", "dataset": dataset, "workers": str(workers),
-            "goldnas.out": _where(out)}
-
-
-def _where(out: "Path | Location") -> str:
-    out = location(out)
-    return out.uri if out.is_remote else str(out.local.resolve())
+            "goldnas.out": location(out).resolved().uri}
 
 
 class SearchTracker:
