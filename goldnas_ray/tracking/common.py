@@ -214,6 +214,19 @@ def log_params(client, run_id: str, params: dict[str, Any]) -> None:
     client.log_batch(run_id, params=[Param(k, v) for k, v in flat.items()])
 
 
+def log_metrics(client, run_id: str, values: dict[str, Any], step: int = 0,
+                tags: dict[str, str] | None = None) -> None:
+    """``values`` (name -> number; a None left out) as the metrics of ``step``, stamped now, and
+    ``tags``, in one ``log_batch``."""
+    import time
+
+    from mlflow.entities import Metric, RunTag
+
+    ts = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items() if v is not None],
+                     tags=[RunTag(k, v) for k, v in (tags or {}).items()])
+
+
 def log_files(client, run_id: str, out: "Path | Location", names: tuple[str, ...]) -> None:
     """The named files of ``out`` that exist, and its genotypes/ folder, as artifacts (from a
     remote ``out`` through a local copy)."""

@@ -22,7 +22,7 @@ from goldnas_ray.files.search_files import LEGACY_RECORDS, RECORDS, OutputDirErr
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.run.ending import ends_tracked_run
 from goldnas_ray.tracking.buffer import BufferedClient, is_outage
-from goldnas_ray.tracking.common import ENDED, check_uri, experiment_id, log_files, log_params
+from goldnas_ray.tracking.common import ENDED, check_uri, experiment_id, log_files, log_metrics, log_params
 from goldnas_ray.tracking.datasets import SPLIT_METRICS, DataInput, data_inputs, split_names, split_sizes
 from goldnas_ray.tracking.registry import (FOLDER, MODEL_FILES, FrontPoint, front_points, log_registered,
                                            register_front, registered_name)
@@ -73,8 +73,6 @@ class RetrainTracker:
 
     def _children(self, exp_id: str, parent: str, params: dict[str, Any],
                   children: dict[str, tuple[str, dict[str, Any], dict[str, str]]]) -> dict[str, str]:
-        from mlflow.entities import Metric
-
         log_params(self.client, parent, params)
         child_ids = {}
         for key, (name, child_params, child_tags) in children.items():
@@ -83,9 +81,7 @@ class RetrainTracker:
             child_ids[key] = run.info.run_id
             log_params(self.client, run.info.run_id, child_params)
             # FLOPs and parameters as metrics too, so the UI can put them on a chart axis
-            ts = int(time.time() * 1000)
-            self.client.log_batch(run.info.run_id, metrics=[
-                Metric(n, float(child_params[n]), ts, 0) for n in ("flops", "params")])
+            log_metrics(self.client, run.info.run_id, {n: child_params[n] for n in ("flops", "params")})
             self.client.update_run(run.info.run_id, status="SCHEDULED")
         return child_ids
 
@@ -118,8 +114,6 @@ class RetrainTracker:
             self._logged[run_id] = self._steps(run_id)
 
     def log_trial_epoch(self, run_id: str, row: dict[str, Any]) -> None:
-        from mlflow.entities import Metric
-
         if self.stopped:
             return
         if run_id not in self._logged:
@@ -128,9 +122,7 @@ class RetrainTracker:
         if step in self._logged[run_id]:
             return
         self.client.moment = f"epoch {step} of run {run_id}"
-        ts = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(n, float(row[n]), ts, step)
-                                               for n in TRIAL_METRICS if n in row])
+        log_metrics(self.client, run_id, {n: row[n] for n in TRIAL_METRICS if n in row}, step)
         self._logged[run_id].add(step)
 
     def log_history(self, run_id: str, history: list[dict[str, Any]]) -> int:
@@ -187,16 +179,12 @@ class RetrainTracker:
         ``tags`` (the comparison's verdicts and interval methods, ``retrain.stats.summary``),
         the front as the MLflow table ``front.json`` (``MlflowClient.load_table(experiment_id,
         "front.json", run_ids=[...])`` puts many retrains' fronts in one DataFrame)."""
-        from mlflow.entities import Metric, RunTag
-
         log_files(self.client, parent_id, out,
                    ("frontier.parquet", "frontier.csv", "frontier.png", "frontier_latency.png", "trials.parquet",
                     "retrain.json", "comparison.json"))
         if table is not None and len(table):
             self.client.log_table(parent_id, data=table, artifact_file=FRONT_TABLE)
-        ts = int(time.time() * 1000)
-        self.client.log_batch(parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in summary.items()],
-                              tags=[RunTag(k, v) for k, v in (tags or {}).items()])
+        log_metrics(self.client, parent_id, summary, tags=tags)
 
     def log_models(self, models: dict[str, Any], folders: "dict[str, Location] | None" = None,
                    inputs: "dict[str, DataInput] | None" = None) -> dict[str, str]:

@@ -8,7 +8,6 @@ MLFLOW_TRACKING_URI.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from goldnas_ray.core.space import log10_space_size
 from goldnas_ray.files.search_files import CONFIG, HISTORY, LATENCY, RECORDS, read_records
 from goldnas_ray.files.store import Location, location
 from goldnas_ray.tracking.buffer import BufferedClient
-from goldnas_ray.tracking.common import experiment_id, how_to_open, log_files, log_params
+from goldnas_ray.tracking.common import experiment_id, how_to_open, log_files, log_metrics, log_params
 
 METRICS = {  # history column -> MLflow metric name
     "lambda": "lambda",
@@ -63,16 +62,12 @@ class SearchTracker:
     def log_epoch(self, row: dict[str, Any]) -> None:
         """Log one history row; an epoch already in the run (logged, then re-run after a
         restart from an earlier checkpoint) is not logged twice."""
-        from mlflow.entities import Metric
-
         step = int(row["epoch"])
         if step in self.logged_steps:
             return
         self.client.moment = f"epoch {step}"
-        ts = int(time.time() * 1000)
-        metrics = [Metric(name, float(row[col]), ts, step) for col, name in METRICS.items()
-                   if col in row or col not in OPTIONAL]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        log_metrics(self.client, self.run_id, {name: row[col] for col, name in METRICS.items()
+                                               if col in row or col not in OPTIONAL}, step)
         self.logged_steps.add(step)
 
     def log_outputs(self, out: "Path | Location") -> None:

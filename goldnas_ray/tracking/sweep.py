@@ -26,7 +26,6 @@ report on the parent.
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pandas as pd
@@ -36,7 +35,8 @@ from goldnas_ray.files.store import Location, location
 from goldnas_ray.sweep.plan import SWEEP_FILE, Sweep
 from goldnas_ray.sweep.report import CHART, POINTS_CSV, SEARCHES_CSV, UNION
 from goldnas_ray.tracking.buffer import BufferedClient
-from goldnas_ray.tracking.common import ENDED, FILE_STORES, experiment_id, log_files, log_params, store_kind
+from goldnas_ray.tracking.common import (ENDED, FILE_STORES, experiment_id, log_files, log_metrics, log_params,
+                                          store_kind)
 from goldnas_ray.tracking.search import METRICS, SearchTracker, run_tags
 
 SUMMARY_TABLE = "sweep_summary.json"
@@ -152,8 +152,6 @@ class SweepTracker:
         """A finished search's outcome as metrics (an error of an earlier try removed), with
         its files from ``out`` on a file store, or a failed one's error as the tag
         ``goldnas.error`` and status FAILED."""
-        from mlflow.entities import Metric
-
         run = self.client.ask("get_run", run_id)  # None while a tracking server is away: write all
         metrics, tags = (run.data.metrics, run.data.tags) if run is not None else ({}, {})
         status = run.info.status if run is not None else None
@@ -161,9 +159,8 @@ class SweepTracker:
             if "records" not in metrics:  # once, whichever run of the sweep saw it finish
                 if self.relays and out is not None:
                     self._child(run_id).log_outputs(out)
-                ts = int(time.time() * 1000)
-                self.client.log_batch(run_id, metrics=[Metric(k, float(outcome[k]), ts, 0) for k in OUTCOME
-                                                       if outcome.get(k) is not None and pd.notna(outcome[k])])
+                log_metrics(self.client, run_id, {k: outcome[k] for k in OUTCOME
+                                                  if outcome.get(k) is not None and pd.notna(outcome[k])})
             if "goldnas.error" in tags:
                 self.client.delete_tag(run_id, "goldnas.error")
             if status != "FINISHED":
