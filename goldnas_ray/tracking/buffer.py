@@ -49,7 +49,7 @@ BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_F
           "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 # the MlflowClient methods that write; any other attribute (reads) goes to the client as it is
 WRITES = {"log_batch", "log_metric", "log_param", "set_tag", "update_run", "set_terminated", "log_artifact",
-          "log_artifacts", "log_table", "delete_tag"}
+          "log_artifacts", "log_table", "log_text", "delete_tag"}
 
 
 class Unreachable(Exception):

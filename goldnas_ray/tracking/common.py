@@ -206,11 +206,9 @@ def log_params(client, run_id: str, params: dict[str, Any]) -> None:
 
     flat = flatten(params)
     long = {k: v for k, v in flat.items() if len(v) > MAX_PARAM_VAL_LENGTH}
-    with tempfile.TemporaryDirectory(prefix="goldnas-params-") as tmp:
-        for key, value in long.items():
-            (Path(tmp) / f"{key}.txt").write_text(value)
-            client.log_artifact(run_id, str(Path(tmp) / f"{key}.txt"), "params")
-            flat[key] = f"({len(value)} characters, over MLflow's {MAX_PARAM_VAL_LENGTH}: artifact params/{key}.txt)"
+    for key, value in long.items():
+        client.log_text(run_id, value, f"params/{key}.txt")
+        flat[key] = f"({len(value)} characters, over MLflow's {MAX_PARAM_VAL_LENGTH}: artifact params/{key}.txt)"
     client.log_batch(run_id, params=[Param(k, v) for k, v in flat.items()])
 
 
