@@ -33,12 +33,11 @@ import re
 import shutil
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
 from goldnas_ray.files.store import Location, location
-from goldnas_ray.tracking.common import SERVER, store_kind
+from goldnas_ray.tracking.common import SERVER, healthy, store_kind
 
 BUFFER = ".mlflow-buffer"
 FAILED = ".mlflow-buffer.failed.jsonl"  # beside the buffer: the lines a healthy server refused
@@ -81,14 +80,6 @@ def is_outage(exc: BaseException, uri: str | None = None) -> bool:
 
 def _away(uri: str | None) -> bool:
     return uri is not None and store_kind(uri) == SERVER and not healthy(uri)
-
-
-def healthy(uri: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 class Buffer:

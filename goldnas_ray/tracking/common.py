@@ -72,15 +72,21 @@ def resolve_uri(out: "Path | Location", uri: str | None) -> str:
     return f"sqlite:///{(out.local / 'mlflow.db').resolve()}"
 
 
+def healthy(uri: str, timeout: float = 2.0) -> bool:
+    """Whether the tracking server ``uri`` answers 200 on ``/health`` within ``timeout`` s."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
 def check_uri(uri: str, timeout: float = 5.0) -> None:
     """Fail fast when an http(s) tracking server does not answer."""
     if store_kind(uri) == SERVER:
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
-                if resp.status != 200:
-                    raise TrackingError(f"MLflow server {uri} answered {resp.status} on /health", INFRASTRUCTURE)
-        except (urllib.error.URLError, OSError) as exc:
-            raise TrackingError(f"MLflow tracking server {uri} is unreachable: {exc}", INFRASTRUCTURE) from exc
+        if not healthy(uri, timeout):
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable: no 200 on /health within "
+                                f"{timeout:g} s", INFRASTRUCTURE)
         _check_credentials(uri, timeout)
 
 
