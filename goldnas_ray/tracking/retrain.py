@@ -354,38 +354,37 @@ def _save_pt2(net: Any, shape: tuple[int, int, int], path: Path, mlflow_model: A
 FRONT_TABLE = "front.json"
 
 
-def fetch_search_run(run_id: str, uri: str, dest: Path) -> Path:
-    """Download the records and genotypes of MLflow search run ``run_id`` into ``dest``."""
+def _fetch_run(run_id: str, uri: str, dest: Path, pick: Callable[[set[str]], list[str]], what: str) -> Path:
+    """Download into ``dest`` the artifacts of MLflow run ``run_id`` that ``pick`` chooses from
+    the run's listing; a store that fails is an OutputDirError: "cannot read ``what`` RUN"."""
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    check_uri(uri)
     try:
-        listed = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id)}
-        records = LEGACY_RECORDS if LEGACY_RECORDS in listed and RECORDS not in listed else RECORDS
-        for path in (records, "genotypes"):
-            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
-                                                dst_path=str(dest), tracking_uri=uri)
+        for path in pick({a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id)}):
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dest),
+                                                tracking_uri=uri)
     except (MlflowException, OSError) as exc:
-        raise OutputDirError(f"cannot read the search files of MLflow run {run_id} at {uri}: {exc}") from exc
+        raise OutputDirError(f"cannot read {what} {run_id} at {uri}: {exc}") from exc
     return dest
+
+
+def fetch_search_run(run_id: str, uri: str, dest: Path) -> Path:
+    """Download the records and genotypes of MLflow search run ``run_id`` into ``dest``."""
+    check_uri(uri)
+    return _fetch_run(run_id, uri, dest, lambda listed: [
+        LEGACY_RECORDS if LEGACY_RECORDS in listed and RECORDS not in listed else RECORDS, "genotypes"],
+        "the search files of MLflow run")
 
 
 def fetch_front_run(run_id: str, uri: str, dest: Path) -> Path:
     """A search run's records.json + genotypes, or a retrain parent's frontier.parquet, from
     MLflow into ``dest``."""
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    try:
-        listed = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id)}
+    def pick(listed: set[str]) -> list[str]:
         wanted = [p for p in ("frontier.parquet", "records.json", "frontier.json") if p in listed][:1]
         if not wanted:
             raise OutputDirError(f"MLflow run {run_id} at {uri} holds neither frontier.parquet nor records.json")
-        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=wanted[0], dst_path=str(dest),
-                                            tracking_uri=uri)
-    except (MlflowException, OSError) as exc:
-        raise OutputDirError(f"cannot read MLflow run {run_id} at {uri}: {exc}") from exc
-    return dest
+        return wanted
+
+    return _fetch_run(run_id, uri, dest, pick, "MLflow run")
