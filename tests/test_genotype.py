@@ -43,7 +43,7 @@ def _write(tmp_path, raw):
     (lambda d: d.update(format="pickle"), "format"),
     (lambda d: d.pop("num_nodes"), "num_nodes"),
     (lambda d: d.update(init_channels=0), "init_channels"),
-    (lambda d: d["cells"][1]["edges"][0].update(ops=["conv_9x9"]), r"cells\[1\].edges\[0\].ops: unknown operator 'conv_9x9'"),
+    (lambda d: d["cells"][1]["edges"][0].update(ops=["conv_9x9"]), r"cells\[1\].edges\[0\].ops\[0\]: 'conv_9x9' is not one of"),
     (lambda d: d["cells"][0]["edges"][0].update(src=5), r"cells\[0\].edges\[0\]: no edge 5->"),
     (lambda d: d["cells"][0]["edges"][0].update(ops=[]), "non-empty"),
     (lambda d: d["cells"][2].update(edges=[e for e in d["cells"][2]["edges"] if e["dst"] != 5]), "node 5 has no input"),
@@ -63,7 +63,7 @@ def test_not_json_and_missing_file(tmp_path):
         load_genotype(_write(tmp_path, "{not json"))
     with pytest.raises(GenotypeError, match="does not exist"):
         load_genotype(tmp_path / "nope.json")
-    with pytest.raises(GenotypeError, match="JSON object"):
+    with pytest.raises(GenotypeError, match=r"\[1, 2\] is not of type 'object'"):
         load_genotype(_write(tmp_path, "[1, 2]"))
 
 
@@ -122,7 +122,7 @@ def test_a_file_without_version_is_version_1_and_a_newer_one_is_refused_by_numbe
     assert load_genotype(_write(tmp_path, raw)).to_dict() == geno.to_dict()
     with pytest.raises(GenotypeError, match="unsupported version 2: newer than this release reads"):
         load_genotype(_write(tmp_path, raw | {"version": 2}))
-    with pytest.raises(GenotypeError, match="'version' must be a positive integer"):
+    with pytest.raises(GenotypeError, match="version: 0 is less than the minimum of 1"):
         load_genotype(_write(tmp_path, raw | {"version": 0}))
 
 

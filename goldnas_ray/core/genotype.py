@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import best_match, relevance
+
 from goldnas_ray.core.operations import PRIMITIVES
 from goldnas_ray.core.space import STEM_STRIDE, Edge, OpKey, cell_edges, check_spatial, reduction_cells
 
 FORMAT = "goldnas-ray/genotype"
 VERSION = 1  # the format's version: raise it when a reader of the previous one would misread a file
-FIELDS = ("format", "version", "num_cells", "num_nodes", "init_channels", "stem_multiplier", "input_size",
-          "in_channels", "num_classes", "stem", "cells", "metadata")
 
 
 class GenotypeError(ValueError):
@@ -155,84 +156,52 @@ def load_genotype(path: str | Path) -> Genotype:
         raise GenotypeError(f"genotype file {path}: {exc}") from None
 
 
-def _int(raw: dict, name: str, minimum: int = 1) -> int:
-    if name not in raw:
-        raise GenotypeError(f"missing field {name!r}")
-    value = raw[name]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise GenotypeError(f"field {name!r} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _parse_cell(cell_raw: Any, where: str, num_nodes: int) -> CellGenotype:
-    if not isinstance(cell_raw, dict) or not isinstance(cell_raw.get("reduction"), bool):
-        raise GenotypeError(f"{where} must be an object with a boolean 'reduction'")
-    edges_raw = cell_raw.get("edges")
-    if not isinstance(edges_raw, list):
-        raise GenotypeError(f"{where}.edges must be a list")
+def _parse_cell(cell_raw: dict, where: str, num_nodes: int) -> CellGenotype:
     valid_edges = set(cell_edges(num_nodes))
     edges: dict[Edge, tuple[str, ...]] = {}
-    for i, e in enumerate(edges_raw):
-        ew = f"{where}.edges[{i}]"
-        if not isinstance(e, dict) or not all(isinstance(e.get(f), int) for f in ("src", "dst")):
-            raise GenotypeError(f"{ew} must be an object with integer 'src' and 'dst'")
+    for i, e in enumerate(cell_raw["edges"]):
         edge = Edge(e["src"], e["dst"])
         if edge not in valid_edges:
             raise GenotypeError(
-                f"{ew}: no edge {edge.src}->{edge.dst} in a cell with {num_nodes} nodes "
+                f"{where}.edges[{i}]: no edge {edge.src}->{edge.dst} in a cell with {num_nodes} nodes "
                 f"(src must be < dst, dst in 2..{num_nodes + 1})")
         if edge in edges:
-            raise GenotypeError(f"{ew}: edge {edge.src}->{edge.dst} listed twice")
-        ops = e.get("ops")
-        if not isinstance(ops, list) or not ops:
-            raise GenotypeError(f"{ew}.ops must be a non-empty list of operator names")
-        for op in ops:
-            if op not in PRIMITIVES:
-                raise GenotypeError(f"{ew}.ops: unknown operator {op!r}; known: {', '.join(PRIMITIVES)}")
-        if len(set(ops)) != len(ops):
-            raise GenotypeError(f"{ew}.ops lists an operator twice")
-        edges[edge] = tuple(ops)
+            raise GenotypeError(f"{where}.edges[{i}]: edge {edge.src}->{edge.dst} listed twice")
+        edges[edge] = tuple(e["ops"])
     for dst in range(2, num_nodes + 2):
         if not any(e.dst == dst for e in edges):
             raise GenotypeError(f"{where}: node {dst} has no input edge")
     return CellGenotype(cell_raw["reduction"], edges)
 
 
+# The schema's validator, except that a count written 4.0 is refused (JSON Schema calls it an integer).
+_Validator = validators.extend(Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _, value: type(value) is int))
+
+
 def _parse(raw: Any) -> Genotype:
-    if not isinstance(raw, dict):
-        raise GenotypeError(f"a genotype must be a JSON object, got {type(raw).__name__}")
-    if raw.get("format") != FORMAT:
-        raise GenotypeError(f"field 'format' must be {FORMAT!r}, got {raw.get('format')!r}")
-    version = raw.get("version", 1)  # files written before the field have none: version 1
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise GenotypeError(f"field 'version' must be a positive integer, got {version!r}")
-    if version > VERSION:
+    """The file's shape is checked by :func:`json_schema`; here, only what a schema cannot say."""
+    version = raw.get("version") if isinstance(raw, dict) else None
+    if type(version) is int and version > VERSION:  # before the schema, which would only say "maximum"
         raise GenotypeError(f"unsupported version {version}: newer than this release reads (versions 1 to "
                             f"{VERSION}); upgrade goldnas-ray")
-    unknown = sorted(set(raw) - set(FIELDS))
-    if unknown:
-        raise GenotypeError(f"unknown field(s) {', '.join(map(repr, unknown))}; a genotype has {', '.join(FIELDS)}")
-    num_nodes = _int(raw, "num_nodes")
-    num_cells = _int(raw, "num_cells")
-    sizes = {name: _int(raw, name) for name in
-             ("init_channels", "stem_multiplier", "input_size", "in_channels", "num_classes")}
-    if sizes["num_classes"] < 2:
-        raise GenotypeError("field 'num_classes' must be at least 2")
-    cells_raw = raw.get("cells")
-    if not isinstance(cells_raw, list) or len(cells_raw) != num_cells:
+    # one error, the shallowest (relevance); a wrong 'format' first: the file is something else
+    error = best_match(_Validator(json_schema()).iter_errors(raw),
+                       key=lambda e: (list(e.path) == ["format"], relevance(e)))
+    if error is not None:
+        place = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+        raise GenotypeError(f"{place}: {error.message}" if place else error.message)
+    num_cells, num_nodes = raw["num_cells"], raw["num_nodes"]
+    if len(raw["cells"]) != num_cells:
         raise GenotypeError(f"field 'cells' must be a list of num_cells={num_cells} cells")
-    cells = [_parse_cell(cell_raw, f"cells[{k}]", num_nodes) for k, cell_raw in enumerate(cells_raw)]
+    cells = [_parse_cell(cell_raw, f"cells[{k}]", num_nodes) for k, cell_raw in enumerate(raw["cells"])]
     metadata = raw.get("metadata", {})
-    if not isinstance(metadata, dict):
-        raise GenotypeError("field 'metadata' must be an object")
-    for name in ("flops", "params"):
-        if name in metadata and not (isinstance(metadata[name], (int, float))
-                                     and math.isfinite(metadata[name]) and metadata[name] > 0):
+    for name in ("flops", "params"):  # Python reads NaN and Infinity in JSON; both pass the schema
+        if not math.isfinite(metadata.get(name, 1)):
             raise GenotypeError(f"metadata.{name} must be a positive number, got {metadata[name]!r}")
-    stem = raw.get("stem", "cifar")  # files written before the ImageNet stem have none
-    if stem not in STEM_STRIDE:
-        raise GenotypeError(f"field 'stem' must be one of {', '.join(STEM_STRIDE)}, got {stem!r}")
-    geno = Genotype(cells, num_nodes, metadata=metadata, stem=stem, **sizes)
+    sizes = {name: raw[name] for name in ("init_channels", "stem_multiplier", "input_size", "in_channels",
+                                          "num_classes")}
+    geno = Genotype(cells, num_nodes, metadata=metadata, stem=raw.get("stem", "cifar"), **sizes)  # absent: cifar
     try:
         check_reductions(geno)
     except ValueError as exc:
