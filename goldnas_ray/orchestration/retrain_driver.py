@@ -23,7 +23,6 @@ import contextlib
 import fnmatch
 import json
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -72,7 +71,10 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
     out = location(out).resolved()
     search_dir = location(search_dir) if search_dir is not None else None
     check_workers(trial.workers, trial.cpus, trial.gpus)
-    with _staging(search_run is not None or (search_dir is not None and search_dir.is_remote)) as staging:
+    needed = search_run is not None or (search_dir is not None and search_dir.is_remote)
+    with (tempfile.TemporaryDirectory(prefix="goldnas-search-", ignore_cleanup_errors=True) if needed
+          else contextlib.nullcontext()) as staging:  # a search fetched from MLflow or object storage
+        staging = Path(staging) if staging else None
         if resume:
             manifest, trial = _resumed(out, trial, log)
         else:
@@ -153,20 +155,6 @@ def tune_saved(out: Location) -> bool:
     retrain stopped between the two leaves only it (``Tuner.can_restore`` looks no further)."""
     names = (out / "ray" / EXPERIMENT_DIR).names()
     return "tuner.pkl" in names and any(fnmatch.fnmatch(n, "experiment_state-*.json") for n in names)
-
-
-@contextlib.contextmanager
-def _staging(needed: bool):
-    """A temporary folder for a search fetched from MLflow or object storage, removed whatever
-    happens."""
-    if not needed:
-        yield None
-        return
-    staging = Path(tempfile.mkdtemp(prefix="goldnas-search-"))
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _plan(out: Location, search_dir: Location | None, search_run: str | None, staging: Path | None,
