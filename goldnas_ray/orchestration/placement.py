@@ -211,7 +211,7 @@ def check(cluster: Cluster, ask: Ask, whose: str = "a search") -> None:
     keeps beside them."""
     if cluster.types is None:
         return
-    if not any(_fits(t, ask) for t in cluster.types):
+    if not any(_per_node(t, ask) for t in cluster.types):
         short = ("GPU", "CPU") if ask.gpus > 0 else ("CPU", "GPU")
         biggest = max(cluster.types, key=lambda t: tuple(t.resources.get(k, 0) for k in short))
         kind = "node type the cluster can have" if cluster.autoscaling else "node"
@@ -239,10 +239,6 @@ def check_spare(cpus: float, ask: Ask, whose: str) -> None:
                            f"{whose}'s {ask.workers} x {ask.cpus:g} CPUs leave {cpus - ask.workers * ask.cpus:g} "
                            f"of the cluster's {cpus:g}: lower --cpus-per-worker"
                            f"{' (--cpus-per-trial with one worker)' if whose == 'a trial' else ''}, or add a node")
-
-
-def _fits(t: NodeType, ask: Ask) -> bool:
-    return t.resources.get("CPU", 0) >= ask.cpus and t.resources.get("GPU", 0) >= ask.gpus
 
 
 def _per_node(t: NodeType, ask: Ask) -> int:
