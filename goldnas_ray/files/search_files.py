@@ -156,10 +156,7 @@ def write_weights(folder: Location, search: "GoldSearch", have: set[str]) -> dic
 def records_path(out: Where) -> Location | None:
     """``out``'s records.json (or the legacy frontier.json), or None when there is neither."""
     out = location(out)
-    for name in (RECORDS, LEGACY_RECORDS):
-        if (out / name).is_file():
-            return out / name
-    return None
+    return next((out / n for n in (RECORDS, LEGACY_RECORDS) if (out / n).is_file()), None)
 
 
 def read_manifest(path: Location, formats: tuple[str, ...], what: str) -> dict[str, Any]:
