@@ -338,16 +338,10 @@ def describe_errors(exc: ValidationError, model: type[BaseModel]) -> str:
     return "; ".join(found)
 
 
-def _fields_at(model: Any, loc: tuple) -> list[str]:
-    for part in loc:
-        model = _section(model.model_fields[part].annotation) if part in getattr(model, "model_fields", {}) else None
-        if model is None:
-            return []
-    return list(model.model_fields)
-
-
-def _section(annotation: Any) -> type[BaseModel] | None:
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The fields of the section at ``loc`` in ``model``; none when it is no section."""
+    found = _annotation(loc, model)
+    return list(found.model_fields) if isinstance(found, type) and issubclass(found, BaseModel) else []
 
 
 def _parse_value(parts: list[str], text: str) -> Any:
@@ -362,8 +356,8 @@ def _parse_value(parts: list[str], text: str) -> Any:
     return value
 
 
-def _annotation(parts: list[str]) -> Any:
-    model: Any = Config
+def _annotation(parts: "list[str] | tuple", model: Any = Config) -> Any:
+    """The annotation of the field at ``parts`` in ``model``; None when there is no such field."""
     for part in parts:
         fields = getattr(model, "model_fields", {})
         if part not in fields:
