@@ -134,8 +134,7 @@ def plot(table: pd.DataFrame, path: Path, title: str = "", axis: str = "flops") 
 
 def save_chart(fig, ax, path: "Path | Location", title: str, xlabel: str, ylabel: str) -> Location:
     """Label, grid and legend an accuracy/FLOPs chart and write it to ``path``."""
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     if title:
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)

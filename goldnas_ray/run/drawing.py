@@ -126,8 +126,7 @@ def _paint_panel(ax, panel: Panel, num_nodes: int) -> None:
                 bbox=dict(boxstyle="round", fc="#f4f4f4" if node.used else "white",
                           ec="black" if node.used else "#cccccc"), color="black" if node.used else "#aaaaaa")
     ax.set_title(panel.title, fontsize=8, color="#b03030" if panel.reduction else "black")
-    ax.set_xlim(-0.12, 1.12)
-    ax.set_ylim(0.05, 0.95)
+    ax.set(xlim=(-0.12, 1.12), ylim=(0.05, 0.95))
     ax.axis("off")
 
 
@@ -143,8 +142,7 @@ def _paint_stack(ax, drawing: Layout) -> None:
             fc=face if box.live else "#eeeeee", ec="black" if box.live else "#bbbbbb"))
         ax.text(k / n + 0.5 / n, 0.5, box.label, ha="center", va="center", fontsize=6,
                 color="black" if box.live else "#999999")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    ax.set(xlim=(0, 1), ylim=(0, 1))
     ax.axis("off")
     ax.set_title(drawing.title, fontsize=9)
 
