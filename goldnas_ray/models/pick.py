@@ -121,8 +121,7 @@ def _best_under(table: pd.DataFrame, budgets: dict[str, float]) -> pd.Series:
         smallest = {table.loc[table[BUDGETS[n][0]].astype(float).idxmin(), "arch_id"] for n in budgets}
         named = "; ".join(describe(table[table["arch_id"] == a].iloc[0]) for a in sorted(smallest))
         raise PickError(f"no network has {wanted}: the smallest there is: {named}")
-    order = fit.assign(_neg=-fit["accuracy_mean"]).sort_values(["_neg", "flops", "arch_id"])
-    return order.iloc[0].drop(labels="_neg").copy()
+    return fit.sort_values(["accuracy_mean", "flops", "arch_id"], ascending=[False, True, True]).iloc[0].copy()
 
 
 def _with_seed(row: pd.Series, seed: int | None) -> pd.Series:
