@@ -42,6 +42,7 @@ import torch
 
 from goldnas_ray.core.config import DATASETS as SPECS
 from goldnas_ray.data.batches import Augment, eval_batches, iterate_batches
+from goldnas_ray.data.transforms import stored_size
 from goldnas_ray.files.store import INFRASTRUCTURE, Location, StorageError, location, retrying
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -272,11 +273,6 @@ def decode_image(data: bytes, where: str, image_size: int | None) -> np.ndarray:
     if image_size:
         img = _resize_center(img, stored_size(image_size))
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-
-
-def stored_size(image_size: int) -> int:
-    """The side images are stored at for crops of ``image_size`` (the 256/224 convention)."""
-    return round(image_size * 256 / 224)
 
 
 def _resize_center(img, side: int):

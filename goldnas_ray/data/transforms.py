@@ -112,10 +112,15 @@ def random_resized_crop(x: torch.Tensor, size: int, gen: torch.Generator) -> tor
     return crop_and_resize(x, resized_crop_boxes(x.shape[0], x.shape[2], x.shape[3], gen), size)
 
 
+def stored_size(image_size: int) -> int:
+    """The side images are stored at for crops of ``image_size`` (the 256/224 convention)."""
+    return round(image_size * 256 / 224)
+
+
 def resize_center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Evaluation: shorter side to size x 256/224, then the central size x size."""
+    """Evaluation: shorter side to stored_size(size), then the central size x size."""
     _, _, h, w = x.shape
-    short = round(size * 256 / 224)
+    short = stored_size(size)
     nh, nw = (short, round(w * short / h)) if h <= w else (round(h * short / w), short)
     x = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
     top, left = (nh - size) // 2, (nw - size) // 2
