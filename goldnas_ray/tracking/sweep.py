@@ -77,6 +77,10 @@ class ReportedRun:
     def finish(self, status: str = "FINISHED") -> None:
         """Nothing: the driver ends the child run."""
 
+    def page(self) -> str:
+        """The store alone: the trial asks it nothing (the driver is its one user)."""
+        return f"the sweep's MLflow store {self.uri}"
+
 
 class _ChildRun(SearchTracker):
     """A search's child run written by the sweep's driver, through the driver's one
