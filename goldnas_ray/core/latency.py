@@ -49,7 +49,7 @@ import json
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
 import torch
@@ -178,7 +178,11 @@ class LatencyTable:
 
     # ---- JSON --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps({"format": FORMAT} | asdict(self)))  # a copy: editing it leaves the table as it is
+        return json.loads(json.dumps({  # a copy: editing it leaves the table as it is
+            "format": FORMAT, "key": self.key, "device": self.device, "measured": self.measured,
+            "correction": self.correction, "checks": self.checks, "parts_ms": self.parts_ms,
+            "spread_ms": self.spread_ms,
+            "cells_ms": {str(k): v for k, v in self.cells_ms.items()}}))
 
     @classmethod
     def from_dict(cls, raw: Any, where: str = "the latency table") -> "LatencyTable":
