@@ -75,7 +75,7 @@ def test_the_secrets_make_an_mlflow_server_that_only_its_user_can_write_to(tmp_p
         taken = subprocess.run(search + ["--out", str(tmp_path / "s2")], capture_output=True, text=True,
                                env=dict(clean, **env_of("mlflow.env")), timeout=300)
         assert taken.returncode == 0, taken.stderr[-2000:]
-        assert re.search(rf"MLflow run \w+: open {uri}/#/experiments/\d+/runs\n", taken.stdout), taken.stdout[-2000:]
+        assert re.search(rf"MLflow run \w+: open {re.escape(uri)}/#/experiments/\d+/runs\n", taken.stdout), taken.stdout[-2000:]
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -19,7 +19,7 @@ from goldnas_ray.core.genotype import Genotype
 from goldnas_ray.core.space import OpKey
 from goldnas_ray.files.store import location
 from goldnas_ray.models.card import model_card
-from goldnas_ray.models.export import check_exports, export_folder
+from goldnas_ray.models.export import ONNX_OPSET, check_exports, export_folder
 from goldnas_ray.models.pick import PickError, pick, representatives
 from goldnas_ray.models.saved import read_info
 
@@ -155,7 +155,7 @@ def test_export_writes_checked_files_and_a_card(retrain_dir, tmp_path):
     table = representatives(retrain_dir)
     for seed, closest in ((2, True), (0, False)):
         row = pick(table, arch="a1", seed=seed)
-        card = model_card(read_info(retrain_dir / "models" / f"a1-s{seed}"), differences, ["x"], row, opset=18)
+        card = model_card(read_info(retrain_dir / "models" / f"a1-s{seed}"), differences, ["x"], row, opset=ONNX_OPSET)
         assert ("this seed is the one closest to the mean" in card) == closest, seed
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():

@@ -40,7 +40,11 @@ def _write(tmp_path, raw):
 
 @pytest.mark.parametrize("mutate,message", [
     (lambda d: d.update(version=99), "unsupported version"),
-    (lambda d: d.update(format="pickle"), "format"),
+    (lambda d: d.update(format="pickle"), "format must be 'goldnas-ray/genotype', got 'pickle': not a genotype file"),
+    (lambda d: d.pop("format"), "format must be 'goldnas-ray/genotype', got None"),
+    (lambda d: d.update(num_nodes=4.0), r"num_nodes: 4\.0 is not of type 'integer'"),
+    (lambda d: d.update(metadata={"flops": float("nan")}), "flops"),
+    (lambda d: d.update(metadata={"params": float("inf")}), "params"),
     (lambda d: d.pop("num_nodes"), "num_nodes"),
     (lambda d: d.update(init_channels=0), "init_channels"),
     (lambda d: d["cells"][1]["edges"][0].update(ops=["conv_9x9"]), r"cells\[1\].edges\[0\].ops\[0\]: 'conv_9x9' is not one of"),

@@ -136,8 +136,9 @@ def test_each_driver_refuses_a_worker_count_or_size_that_cannot_run_before_conne
                                            cpus_per_worker=cpus, gpus_per_worker=gpus),
             "retrain": lambda out: run_retrain(out, search_dir=tmp_path / "no-search", trial=Resources(workers, cpus, gpus))}
     for name, run in runs.items():
-        with pytest.raises(ConfigError, match=r"a run needs at least one worker of > 0 CPUs and >= 0 GPUs, got "
-                                              rf"{workers} worker\(s\) x \({cpus:g} CPU, {gpus:g} GPU\)"):
+        with pytest.raises(ConfigError, match=r"^--workers[-a-z]*, --cpus-per-.*: a run needs at least one worker of "
+                                              rf"> 0 CPUs and >= 0 GPUs, got {workers} worker\(s\) x \({cpus:g} CPU, "
+                                              rf"{gpus:g} GPU\)"):
             run(tmp_path / name)
         assert not (tmp_path / name).exists(), name
     import ray

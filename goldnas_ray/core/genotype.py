@@ -181,13 +181,14 @@ _Validator = validators.extend(Draft202012Validator, type_checker=Draft202012Val
 
 def _parse(raw: Any) -> Genotype:
     """The file's shape is checked by :func:`json_schema`; here, only what a schema cannot say."""
+    # before the schema, whose errors would not say what the file is instead, or "upgrade"
+    if isinstance(raw, dict) and raw.get("format") != FORMAT:
+        raise GenotypeError(f"format must be {FORMAT!r}, got {raw.get('format')!r}: not a genotype file")
     version = raw.get("version") if isinstance(raw, dict) else None
-    if type(version) is int and version > VERSION:  # before the schema, which would only say "maximum"
+    if type(version) is int and version > VERSION:
         raise GenotypeError(f"unsupported version {version}: newer than this release reads (versions 1 to "
                             f"{VERSION}); upgrade goldnas-ray")
-    # one error, the shallowest (relevance); a wrong 'format' first: the file is something else
-    error = best_match(_Validator(json_schema()).iter_errors(raw),
-                       key=lambda e: (list(e.path) == ["format"], relevance(e)))
+    error = best_match(_Validator(json_schema()).iter_errors(raw), key=relevance)  # one error, the shallowest
     if error is not None:
         place = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
         raise GenotypeError(f"{place}: {error.message}" if place else error.message)

@@ -62,8 +62,8 @@ def _init(info: dict[str, Any]) -> str:
 def _files(opset: int) -> list[str]:
     return ["## Files", "",
             "| file | what |", "|---|---|",
-            f"| model.onnx | ONNX (opset {opset}): input `image` (batch, C, H, W) float32, output `logits` (batch, classes); "
-            "the batch size is free |",
+            f"| model.onnx | ONNX (opset {opset}): input `image` (batch, C, H, W) float32, output `logits` "
+            "(batch, classes); the batch size is free |",
             "| model.pt2 | torch.export program: `torch.export.load(path).module()(x)` |",
             "| weights.safetensors | the weights (state_dict of goldnas-ray's DiscreteNet) |",
             "| genotype.json | the architecture (goldnas-ray's genotype format) |",

@@ -46,7 +46,8 @@ from goldnas_ray.retrain import report, stats
 from goldnas_ray.retrain.recipe import Retrainer
 from goldnas_ray.run.ending import ends_tracked_run, tracked_or_stopped
 from goldnas_ray.retrain.candidates import save_genotypes
-from goldnas_ray.retrain.plan import Manifest, Resources, RetrainError, TrialSpec, check_workers, plan_retrain, trial_key
+from goldnas_ray.retrain.plan import (Manifest, Resources, RetrainError, TrialSpec, check_workers, plan_retrain,
+                                      trial_key)
 from goldnas_ray.sweep.plan import Sweep, is_sweep
 from goldnas_ray.sweep.retrain import describe_points, load_sweep, point_hypervolumes
 from goldnas_ray.tracking.common import check_uri, how_to_open, resolve_uri
@@ -70,7 +71,8 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
     ``placement_timeout``: how long to wait for the cluster to place the first trial."""
     out = location(out).resolved()
     search_dir = location(search_dir) if search_dir is not None else None
-    check_workers(trial.workers, trial.cpus, trial.gpus)
+    check_workers(trial.workers, trial.cpus, trial.gpus, "--workers-per-trial, --cpus-per-trial or --cpus-per-worker, "
+                  "--gpus-per-trial or --gpus-per-worker")
     needed = search_run is not None or (search_dir is not None and search_dir.is_remote)
     with (tempfile.TemporaryDirectory(prefix="goldnas-search-", ignore_cleanup_errors=True) if needed
           else contextlib.nullcontext()) as staging:  # a search fetched from MLflow or object storage

@@ -53,7 +53,7 @@ def run_ray(cfg: Config | None, out: "str | Path | Location", *, workers: int = 
     how long to wait for the cluster to place the workers (ClusterError after); None inside a
     sweep's trial, whose driver checked the cluster and waited."""
     out = location(out).resolved()
-    check_workers(workers, cpus_per_worker, gpus_per_worker)
+    check_workers(workers, cpus_per_worker, gpus_per_worker, "--workers, --cpus-per-worker, --gpus-per-worker")
     start = search_start(out, resume, cfg)
     if start.finished:
         log(f"search in {out} already finished after epoch {start.epochs}; nothing to do")

@@ -120,7 +120,8 @@ def _open_sweep(out: Location, resume: bool, base: Config | None, grid: dict[str
             check_uri(sweep.mlflow_tracking_uri)
         return sweep
     check_new_out_dir(out, "sweep")
-    check_workers(workers, cpus_per_worker, gpus_per_worker)
+    check_workers(workers, cpus_per_worker, gpus_per_worker,
+                  "--workers-per-search, --cpus-per-worker, --gpus-per-worker")
     sweep = Sweep(grid or {}, list(seeds or []), plan_sweep(base or Config(), grid or {}, seeds or []),
                   workers, cpus_per_worker if cpus_per_worker is not None else 1.0, gpus_per_worker, experiment)
     if tracking:

@@ -55,12 +55,13 @@ class Resources:
         return max(1, int(self.cpus))
 
 
-def check_workers(workers: int, cpus: float | None = 1.0, gpus: float = 0.0) -> None:
+def check_workers(workers: int, cpus: float | None, gpus: float, flags: str) -> None:
     """A run of ``workers`` workers of ``cpus`` CPUs (None: the driver chooses) and ``gpus``
-    GPUs each needs at least one worker, > 0 CPUs and >= 0 GPUs: else a ConfigError."""
+    GPUs each needs at least one worker, > 0 CPUs and >= 0 GPUs: else a ConfigError naming
+    ``flags``, the pipeline's flags that set them."""
     if workers < 1 or (cpus is not None and cpus <= 0) or gpus < 0:
-        raise ConfigError(f"a run needs at least one worker of > 0 CPUs and >= 0 GPUs, got {workers} worker(s) "
-                          f"x ({'default' if cpus is None else f'{cpus:g}'} CPU, {gpus:g} GPU)")
+        raise ConfigError(f"{flags}: a run needs at least one worker of > 0 CPUs and >= 0 GPUs, got {workers} "
+                          f"worker(s) x ({'default' if cpus is None else f'{cpus:g}'} CPU, {gpus:g} GPU)")
 
 
 @dataclass
