@@ -26,7 +26,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 import ray.tune
@@ -73,10 +73,7 @@ def run_retrain(out: "str | Path | Location", *, search_dir: "str | Path | Locat
     search_dir = location(search_dir) if search_dir is not None else None
     check_workers(trial.workers, trial.cpus, trial.gpus, "--workers-per-trial, --cpus-per-trial or --cpus-per-worker, "
                   "--gpus-per-trial or --gpus-per-worker")
-    needed = search_run is not None or (search_dir is not None and search_dir.is_remote)
-    with (tempfile.TemporaryDirectory(prefix="goldnas-search-", ignore_cleanup_errors=True) if needed
-          else contextlib.nullcontext()) as staging:  # a search fetched from MLflow or object storage
-        staging = Path(staging) if staging else None
+    with _staging(search_run is not None or (search_dir is not None and search_dir.is_remote)) as staging:
         if resume:
             manifest, trial = _resumed(out, trial, log)
         else:
@@ -157,6 +154,17 @@ def tune_saved(out: Location) -> bool:
     retrain stopped between the two leaves only it (``Tuner.can_restore`` looks no further)."""
     names = (out / "ray" / EXPERIMENT_DIR).names()
     return "tuner.pkl" in names and any(fnmatch.fnmatch(n, "experiment_state-*.json") for n in names)
+
+
+@contextlib.contextmanager
+def _staging(needed: bool) -> Iterator[Path | None]:
+    """A temporary folder for a search fetched from MLflow or object storage, removed whatever
+    happens; None when the search is read where it lies."""
+    if not needed:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="goldnas-search-", ignore_cleanup_errors=True) as folder:
+        yield Path(folder)
 
 
 def _plan(out: Location, search_dir: Location | None, search_run: str | None, staging: Path | None,
